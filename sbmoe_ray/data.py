@@ -1,0 +1,254 @@
+"""BEIR datasets: locate (data root or download), read with validation, and derive training pairs.
+
+Layout (https://github.com/beir-cellar/beir): ``<name>/corpus.jsonl``, ``<name>/queries.jsonl`` and
+``<name>/qrels/<split>.tsv`` with a ``query-id<TAB>corpus-id<TAB>score`` header. Everything is checked
+before use, and every problem is reported as one :class:`~sbmoe_ray.errors.DataError` that names the
+file and line. Semantics follow BEIR's ``GenericDataLoader``: documents are encoded as
+``(title + " " + text).strip()``, only the queries judged in the split's qrels are evaluated, and a
+qrels score of 0 means *judged not relevant* (kept for evaluation, never used as a training positive).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from sbmoe_ray.errors import DataError
+
+DATA_DIR_ENV = "SBMOE_DATA_DIR"
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "sbmoe" / "beir"
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+_MAX_EXAMPLES = 5
+
+Qrels = dict[str, dict[str, int]]
+
+
+class Document(NamedTuple):
+    title: str
+    text: str
+
+    @property
+    def full_text(self) -> str:
+        """The string BEIR encodes for a document."""
+        return (self.title + " " + self.text).strip()
+
+
+@dataclass
+class BeirDataset:
+    """One split of a BEIR dataset, validated. ``queries`` holds only the queries judged in ``qrels``."""
+
+    name: str
+    path: Path
+    split: str
+    corpus: dict[str, Document]
+    queries: dict[str, str]
+    qrels: Qrels
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the files this split is read from (content-addressed caches, run metadata)."""
+        return fingerprint_files(dataset_files(self.path, self.split))
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data root: ``data_dir`` if given, else ``$SBMOE_DATA_DIR``, else ``~/.cache/sbmoe/beir``."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else DEFAULT_DATA_DIR
+
+
+def dataset_files(path: Path, split: str) -> list[Path]:
+    return [path / "corpus.jsonl", path / "queries.jsonl", path / "qrels" / f"{split}.tsv"]
+
+
+def available_splits(path: Path) -> list[str]:
+    return sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
+
+
+def fingerprint_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def locate_dataset(name_or_path: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Return the folder of a dataset given by path, or by name under the data root (downloaded if absent)."""
+    as_path = Path(name_or_path).expanduser()
+    if (as_path / "corpus.jsonl").is_file():
+        return as_path
+    if os.sep in name_or_path or name_or_path.startswith("."):
+        raise DataError(f"dataset path {name_or_path!r} has no corpus.jsonl: expected a BEIR folder "
+                        "with corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    root = data_root(data_dir)
+    folder = root / name_or_path
+    if (folder / "corpus.jsonl").is_file():
+        return folder
+    if not download:
+        raise DataError(_not_found_message(name_or_path, folder, None))
+    return _download(name_or_path, root)
+
+
+def _not_found_message(name: str, folder: Path, download_error: str | None) -> str:
+    message = (f"dataset {name!r} not found: looked for {folder}/corpus.jsonl (data root from --data-dir, "
+               f"else ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR})")
+    if download_error:
+        message += f", and could not download {BEIR_URL.format(name=name)}: {download_error}"
+    return message + (f". Point --data-dir or ${DATA_DIR_ENV} at a folder that holds {name}/corpus.jsonl, "
+                      "or pass the dataset's folder as its path.")
+
+
+def _download(name: str, root: Path) -> Path:
+    url = BEIR_URL.format(name=name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            archive = Path(tmp) / f"{name}.zip"
+            with urllib.request.urlopen(url, timeout=30) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+            extracted = Path(tmp) / name
+            if not (extracted / "corpus.jsonl").is_file():
+                raise DataError(f"{url} did not contain {name}/corpus.jsonl")
+            extracted.rename(root / name)
+    except (urllib.error.URLError, OSError, zipfile.BadZipFile) as exc:
+        raise DataError(_not_found_message(name, root / name, str(getattr(exc, "reason", exc)))) from exc
+    return root / name
+
+
+def _read_jsonl(path: Path, what: str) -> dict[str, dict]:
+    """Read a BEIR jsonl file into ``{_id: record}``; malformed lines and duplicate ids are errors."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing {what} file")
+    records: dict[str, dict] = {}
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(record, dict) or "_id" not in record:
+                raise DataError(f"{path}:{lineno}: expected a JSON object with an '_id' field")
+            record_id = str(record["_id"])
+            if record_id in records:
+                raise DataError(f"{path}:{lineno}: duplicate {what} id {record_id!r} "
+                                f"(first seen on line {first_line[record_id]})")
+            for field in ("title", "text"):
+                if record.get(field) is not None and not isinstance(record[field], str):
+                    raise DataError(f"{path}:{lineno}: field {field!r} must be a string, "
+                                    f"got {type(record[field]).__name__}")
+            records[record_id] = record
+            first_line[record_id] = lineno
+    return records
+
+
+def read_corpus(path: Path) -> dict[str, Document]:
+    return {i: Document(r.get("title") or "", r.get("text") or "") for i, r in _read_jsonl(path, "document").items()}
+
+
+def read_queries(path: Path) -> dict[str, str]:
+    return {i: r.get("text") or "" for i, r in _read_jsonl(path, "query").items()}
+
+
+def read_qrels(path: Path) -> Qrels:
+    """Read a qrels TSV (LF or CRLF line ends); a repeated (query, document) pair is an error."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing qrels file")
+    qrels: Qrels = {}
+    first_line: dict[tuple[str, str], int] = {}
+    # newline=None (universal newlines) turns CRLF into LF, so the score column never carries a "\r".
+    with open(path, encoding="utf-8", newline=None) as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if lineno == 1:
+                if tuple(fields) != QRELS_HEADER:
+                    raise DataError(f"{path}:1: expected the header {'<TAB>'.join(QRELS_HEADER)!r}, "
+                                    f"got {line!r}")
+                continue
+            if len(fields) != 3:
+                raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields "
+                                f"(query-id, corpus-id, score), got {len(fields)}: {line!r}")
+            query_id, doc_id, score_text = fields
+            try:
+                score = int(score_text)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: score must be an integer, got {score_text!r}") from None
+            if (query_id, doc_id) in first_line:
+                raise DataError(f"{path}:{lineno}: duplicate judgement for query {query_id!r} and document "
+                                f"{doc_id!r} (first on line {first_line[query_id, doc_id]})")
+            first_line[query_id, doc_id] = lineno
+            qrels.setdefault(query_id, {})[doc_id] = score
+    if not qrels:
+        raise DataError(f"{path}: no judgements")
+    return qrels
+
+
+def _check_ids(qrels_path: Path, qrels: Qrels, queries: dict, corpus: dict) -> None:
+    unknown_queries = sorted(q for q in qrels if q not in queries)
+    unknown_docs = sorted({d for rels in qrels.values() for d in rels if d not in corpus})
+    problems = []
+    if unknown_queries:
+        problems.append(f"{len(unknown_queries)} query ids not in queries.jsonl "
+                        f"(e.g. {unknown_queries[:_MAX_EXAMPLES]})")
+    if unknown_docs:
+        problems.append(f"{len(unknown_docs)} corpus ids not in corpus.jsonl (e.g. {unknown_docs[:_MAX_EXAMPLES]})")
+    if problems:
+        raise DataError(f"{qrels_path}: qrels name unknown ids: " + "; ".join(problems))
+
+
+def load_dataset(name_or_path: str, split: str = "test", data_dir: str | os.PathLike | None = None,
+                 download: bool = True) -> BeirDataset:
+    """Locate, read and validate one split of a BEIR dataset."""
+    path = locate_dataset(name_or_path, data_dir, download=download)
+    qrels_path = path / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise DataError(f"dataset {name_or_path!r} has no split {split!r} ({qrels_path} is missing); "
+                        f"available splits: {available_splits(path) or 'none'}")
+    corpus = read_corpus(path / "corpus.jsonl")
+    all_queries = read_queries(path / "queries.jsonl")
+    qrels = read_qrels(qrels_path)
+    _check_ids(qrels_path, qrels, all_queries, corpus)
+    queries = {qid: all_queries[qid] for qid in qrels}
+    return BeirDataset(name=path.name, path=path, split=split, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def training_pairs(qrels: Qrels) -> list[tuple[str, str]]:
+    """(query id, positive document id) for every judgement with score > 0, in a stable order."""
+    return [(qid, did) for qid in sorted(qrels) for did in sorted(qrels[qid]) if qrels[qid][did] > 0]
+
+
+def split_by_query(pairs: list[tuple[str, str]], validation_fraction: float,
+                   seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Deterministic train/validation split that keeps all pairs of a query on the same side."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise DataError(f"validation_fraction={validation_fraction!r}: allowed range is [0, 1)")
+    query_ids = sorted({qid for qid, _ in pairs})
+    random.Random(seed).shuffle(query_ids)
+    n_validation = round(validation_fraction * len(query_ids))
+    if validation_fraction > 0 and len(query_ids) > 1:
+        n_validation = min(max(n_validation, 1), len(query_ids) - 1)
+    held_out = set(query_ids[:n_validation])
+    train = [p for p in pairs if p[0] not in held_out]
+    validation = [p for p in pairs if p[0] in held_out]
+    return train, validation

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random BERT with the real MiniLM tokenizer, the data root, a hand-made dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from sbmoe_ray.backbones import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer("minilm")
+
+
+def make_tiny_bert(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512)
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+@pytest.fixture
+def tiny_bert(tokenizer) -> BertModel:
+    return make_tiny_bert(len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real BEIR data root: $SBMOE_DATA_DIR, else ../shared/data/beir beside the repository."""
+    root = Path(os.environ.get("SBMOE_DATA_DIR", REPO.parent / "shared" / "data" / "beir"))
+    if not (root / "adi" / "corpus.jsonl").is_file():
+        pytest.skip(f"no BEIR data root at {root} (set SBMOE_DATA_DIR)")
+    return root
+
+
+def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: dict[str, list[tuple[str, str, int]]],
+               line_end: str = "\n") -> Path:
+    """Write a BEIR-layout dataset; ``qrels`` maps split -> rows."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    for split, rows in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
+        (folder / "qrels" / f"{split}.tsv").write_bytes((line_end.join(lines) + line_end).encode())
+    return folder
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    corpus = [{"_id": f"d{i}", "title": f"title {i}", "text": f"document number {i} about topic {i % 3}"}
+              for i in range(12)]
+    queries = [{"_id": f"q{i}", "text": f"question about topic {i % 3}"} for i in range(6)]
+    train = [(f"q{i}", f"d{i}", 1) for i in range(4)] + [("q0", "d5", 0)]
+    test = [("q4", "d4", 2), ("q4", "d7", 1), ("q5", "d5", 1), ("q5", "d8", 0)]
+    return write_beir(tmp_path / "tiny", corpus, queries, {"train": train, "test": test})
