@@ -92,6 +92,17 @@ def load_tokenizer(name: str):
         raise _load_error(name, source, exc) from exc
 
 
+def hidden_size(name: str) -> int:
+    """The base model's hidden size, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name).source
+    try:
+        return AutoConfig.from_pretrained(source).hidden_size
+    except (OSError, ValueError) as exc:
+        raise _load_error(name, source, exc) from exc
+
+
 def load_backbone(name: str):
     """The Hugging Face encoder for ``name`` (no pooler head: DDP would see unused parameters)."""
     from transformers import AutoModel

@@ -12,7 +12,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import faiss
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -97,6 +96,8 @@ def encode(model: BiEncoder, tokenizer, texts: Sequence[str], settings: EncodeSe
 def exact_search(doc_emb: np.ndarray, doc_ids: Sequence[str], query_emb: np.ndarray, query_ids: Sequence[str],
                  k: int = 1000) -> Run:
     """Exact inner-product top-k with FAISS (``IndexFlatIP``)."""
+    import faiss  # imported here: training workers never search
+
     index = faiss.IndexFlatIP(doc_emb.shape[1])
     index.add(np.ascontiguousarray(doc_emb, dtype=np.float32))
     scores, hits = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, len(doc_ids)))
@@ -122,22 +123,55 @@ class EvaluationResult:
         return result
 
 
+def _empty_load(model: BiEncoder) -> ExpertLoad | None:
+    return ExpertLoad.empty(model.head.num_experts) if model.head is not None else None
+
+
+def _search_and_score(dataset: BeirDataset, doc_emb: np.ndarray, query_emb: np.ndarray, load: ExpertLoad | None,
+                      seconds: dict[str, float], k: int) -> EvaluationResult:
+    start = time.perf_counter()
+    run = exact_search(doc_emb, list(dataset.corpus), query_emb, list(dataset.queries), k)
+    seconds["search"] = time.perf_counter() - start
+    metrics = evaluate_run(dataset.qrels, run)
+    seconds["total"] = sum(seconds.values())
+    return EvaluationResult(dataset.name, dataset.split, metrics, load, seconds)
+
+
 def evaluate(model: BiEncoder, tokenizer, dataset: BeirDataset, settings: EncodeSettings,
              k: int = 1000) -> EvaluationResult:
     """Encode corpus and judged queries, search exactly, and score the ranking against the qrels."""
     settings.validate(max_positions=getattr(model.backbone.config, "max_position_embeddings", None))
-    doc_ids, query_ids = list(dataset.corpus), list(dataset.queries)
-    load = ExpertLoad.empty(model.head.num_experts) if model.head is not None else None
+    load = _empty_load(model)
     start = time.perf_counter()
-    doc_emb = encode(model, tokenizer, [dataset.corpus[d].full_text for d in doc_ids], settings,
+    doc_emb = encode(model, tokenizer, [d.full_text for d in dataset.corpus.values()], settings,
                      desc=f"{dataset.name} corpus", expert_load=load)
     encoded = time.perf_counter()
-    query_emb = encode(model, tokenizer, [dataset.queries[q] for q in query_ids], settings,
-                       desc=f"{dataset.name} queries")
-    queried = time.perf_counter()
-    run = exact_search(doc_emb, doc_ids, query_emb, query_ids, k)
-    searched = time.perf_counter()
-    metrics = evaluate_run(dataset.qrels, run)
-    seconds = {"encode_corpus": encoded - start, "encode_queries": queried - encoded,
-               "search": searched - queried, "total": time.perf_counter() - start}
-    return EvaluationResult(dataset.name, dataset.split, metrics, load, seconds)
+    query_emb = encode(model, tokenizer, list(dataset.queries.values()), settings, desc=f"{dataset.name} queries")
+    seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
+    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k)
+
+
+@torch.inference_mode()
+def project_pooled(model: BiEncoder, pooled: np.ndarray, batch_size: int = 4096,
+                   expert_load: ExpertLoad | None = None) -> np.ndarray:
+    """Apply the head (and normalisation) to pooled embeddings of a frozen encoder."""
+    model.eval()
+    parts = []
+    for start in range(0, len(pooled), batch_size):
+        emb, routing = model.project(torch.from_numpy(pooled[start: start + batch_size]))
+        parts.append(emb.float().numpy())
+        if expert_load is not None and routing is not None:
+            expert_load.update(routing)
+    return np.concatenate(parts) if parts else np.empty((0, model.hidden_size), dtype=np.float32)
+
+
+def evaluate_pooled(model: BiEncoder, dataset: BeirDataset, doc_pooled: np.ndarray, query_pooled: np.ndarray,
+                    k: int = 1000) -> EvaluationResult:
+    """:func:`evaluate` for a frozen encoder, from cached pooled embeddings (corpus and query order)."""
+    load = _empty_load(model)
+    start = time.perf_counter()
+    doc_emb = project_pooled(model, doc_pooled, expert_load=load)
+    encoded = time.perf_counter()
+    query_emb = project_pooled(model, query_pooled)
+    seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
+    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k)

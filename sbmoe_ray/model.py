@@ -1,13 +1,17 @@
 """The SB-MoE bi-encoder: one shared Hugging Face encoder, pooling, the SB-MoE head, optional L2 norm.
 
 ``embed(x) = normalize?( SBMoE( pool( encoder(x) ) ) )`` for queries and documents alike; with
-``num_experts = 0`` there is no head and this is the plain fine-tuning baseline.
+``num_experts = 0`` there is no head and this is the plain fine-tuning baseline. With a frozen encoder the
+pooled embeddings can be computed once (:mod:`sbmoe_ray.embedding_cache`) and fed to ``forward`` directly;
+such a model may have no backbone at all.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import Mapping, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,9 @@ from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.moe import SBMoE, InferenceTopK, Routing, validate_moe_settings
 
 POOLINGS = ("mean", "cls")
+MODEL_CONFIG_FILE, WEIGHTS_FILE = "model_config.json", "model.pt"
+# Token batches ({"input_ids", "attention_mask"}) or, on the frozen-encoder path, pooled embeddings [B, H].
+EncoderInput = Union[Mapping[str, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -61,16 +68,22 @@ class EncoderOutput:
 
 
 class BiEncoder(nn.Module):
-    def __init__(self, backbone: nn.Module, pooling: str = "mean", normalize: bool = False,
-                 head: SBMoE | None = None) -> None:
+    def __init__(self, backbone: nn.Module | None, pooling: str = "mean", normalize: bool = False,
+                 head: SBMoE | None = None, frozen_encoder: bool = False, hidden_size: int | None = None) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling={pooling!r}: allowed values are {POOLINGS}")
         self.backbone, self.pooling, self.normalize, self.head = backbone, pooling, normalize, head
+        self.frozen_encoder = frozen_encoder
+        self.hidden_size = backbone.config.hidden_size if backbone is not None else hidden_size
+        if frozen_encoder and backbone is not None:
+            backbone.requires_grad_(False)
 
-    @property
-    def hidden_size(self) -> int:
-        return self.backbone.config.hidden_size
+    def train(self, mode: bool = True) -> BiEncoder:
+        super().train(mode)
+        if self.frozen_encoder and self.backbone is not None:
+            self.backbone.eval()   # a frozen encoder is a fixed function: no dropout, as in the cache
+        return self
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -89,13 +102,17 @@ class BiEncoder(nn.Module):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
         return self.project(self.pool(input_ids, attention_mask))
 
-    def forward(self, queries: Mapping[str, torch.Tensor], passages: Mapping[str, torch.Tensor]) -> EncoderOutput:
+    def _pooled(self, inputs: EncoderInput) -> torch.Tensor:
+        if isinstance(inputs, torch.Tensor):
+            return inputs
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
+            return self.pool(inputs["input_ids"], inputs["attention_mask"])
+
+    def forward(self, queries: EncoderInput, passages: EncoderInput) -> EncoderOutput:
         """Queries and passages in one call, so that DDP sees every parameter used once per step."""
-        pooled = torch.cat([self.pool(queries["input_ids"], queries["attention_mask"]),
-                            self.pool(passages["input_ids"], passages["attention_mask"])])
-        embeddings, routing = self.project(pooled)
-        n = queries["input_ids"].shape[0]
-        return EncoderOutput(embeddings[:n], embeddings[n:], routing)
+        q, p = self._pooled(queries), self._pooled(passages)
+        embeddings, routing = self.project(torch.cat([q, p]))
+        return EncoderOutput(embeddings[: len(q)], embeddings[len(q):], routing)
 
 
 def build_head(config: ModelConfig, hidden_size: int) -> SBMoE | None:
@@ -105,9 +122,41 @@ def build_head(config: ModelConfig, hidden_size: int) -> SBMoE | None:
                  config.noisy_gating, config.inference_top_k, config.expert_init_std)
 
 
-def build_bi_encoder(config: ModelConfig, backbone: nn.Module | None = None) -> BiEncoder:
-    """A bi-encoder for a *resolved* config; ``backbone`` overrides loading ``config.base_model``."""
+def build_bi_encoder(config: ModelConfig, backbone: nn.Module | None = None, frozen_encoder: bool = False,
+                     hidden_size: int | None = None) -> BiEncoder:
+    """A bi-encoder for a *resolved* config; ``backbone`` overrides loading ``config.base_model``.
+
+    ``hidden_size`` without a backbone builds the backbone-less model of the cached frozen-encoder path.
+    """
     config.validate()
-    backbone = backbone if backbone is not None else load_backbone(config.base_model)
-    head = build_head(config, backbone.config.hidden_size)
-    return BiEncoder(backbone, config.pooling or "mean", bool(config.normalize), head)
+    if hidden_size is None:
+        backbone = backbone if backbone is not None else load_backbone(config.base_model)
+        hidden_size = backbone.config.hidden_size
+    head = build_head(config, hidden_size)
+    return BiEncoder(backbone, config.pooling or "mean", bool(config.normalize), head, frozen_encoder, hidden_size)
+
+
+def save_model(model: BiEncoder, config: ModelConfig, folder: Path) -> None:
+    """Config + weights; a frozen encoder is not saved (it is the base model's, rebuilt on load)."""
+    state = {k: v for k, v in model.state_dict().items() if not (model.frozen_encoder and k.startswith("backbone."))}
+    torch.save(state, folder / WEIGHTS_FILE)
+    meta = {"config": asdict(config), "frozen_encoder": model.frozen_encoder, "hidden_size": model.hidden_size}
+    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta))
+
+
+def load_model(folder: Path, with_backbone: bool = True) -> tuple[BiEncoder, ModelConfig]:
+    """A saved model; ``with_backbone=False`` (frozen encoders only) gives the head for cached embeddings."""
+    meta = json.loads((folder / MODEL_CONFIG_FILE).read_text())
+    config, frozen = ModelConfig(**meta["config"]), meta["frozen_encoder"]
+    model = build_bi_encoder(config, frozen_encoder=frozen, hidden_size=None if with_backbone else meta["hidden_size"])
+    load_weights(model, folder)
+    return model, config
+
+
+def load_weights(model: BiEncoder, folder: Path) -> None:
+    """Load saved weights into ``model``; only a frozen encoder's weights may be absent from the file."""
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (model.frozen_encoder and k.startswith("backbone."))]
+    if missing or unexpected:
+        raise ValueError(f"{folder / WEIGHTS_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -1,0 +1,478 @@
+"""Distributed SB-MoE fine-tuning: a plain PyTorch loop inside Ray Train's ``TorchTrainer``.
+
+Read top to bottom: :class:`TrainConfig` (every knob, validated before Ray starts), the data each worker
+sees (:func:`epoch_batches`), the per-worker loop (:func:`train_loop_per_worker`), and the driver
+(:func:`fit`) that launches the workers, then evaluates the best checkpoint on the test datasets.
+
+Distributed semantics: the global batch of B pairs is split into W contiguous shards of B/W; passage
+embeddings are all-gathered *with gradient*, so every query sees all B passages as negatives and W
+workers compute exactly the gradient of one worker with batch B (DDP averages the per-worker means).
+The load-balancing loss is per worker (as in Switch Transformer). With a frozen encoder (``encoder_lr = 0``
+or ``freeze_encoder``) the encoder runs once per text into :mod:`sbmoe_ray.embedding_cache` and the
+workers train the SB-MoE head on cached pooled embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sbmoe_ray.backbones import hidden_size, load_tokenizer
+from sbmoe_ray.data import BeirDataset, data_root, load_dataset, split_by_query, training_pairs
+from sbmoe_ray.embedding_cache import PooledEmbeddingCache
+from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.evaluate import PRECISIONS, EncodeSettings, EvaluationResult, autocast, evaluate, evaluate_pooled
+from sbmoe_ray.losses import InBatchNegativesLoss, load_balancing_loss
+from sbmoe_ray.model import BiEncoder, EncoderInput, ModelConfig, build_bi_encoder, load_model, load_weights, save_model
+from sbmoe_ray.moe import ExpertLoad
+
+CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "train_loss": "min"}
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train_dataset: str = "scifact"
+    train_split: str = "train"
+    test_datasets: list[str] = field(default_factory=lambda: ["scifact"])
+    test_split: str = "test"
+    data_dir: str | None = None
+    epochs: int = 1
+    batch_size: int = 64                 # global: split evenly over the workers
+    query_max_length: int = 64
+    encoder_lr: float = 1e-6             # paper: 1e-6 for the encoder ...
+    moe_lr: float = 1e-4                 # ... and 1e-4 for the SB-MoE block
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
+    temperature: float = 0.05
+    load_balancing: float = 0.01         # coefficient of the Switch load-balancing loss; 0 disables it
+    precision: str = "bf16"              # autocast for training and evaluation: "bf16" or "fp32"
+    gradient_checkpointing: bool = False
+    freeze_encoder: bool = False         # also implied by encoder_lr == 0
+    embedding_cache: bool = True         # frozen encoder: train/evaluate from cached pooled embeddings
+    validation_fraction: float = 0.05
+    checkpoint_metric: str = "val_loss"
+    seed: int = 0
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1
+    storage_path: str = "results/ray"
+    name: str = "sbmoe-train"
+    eval_batch_size: int = 32
+
+    @property
+    def frozen(self) -> bool:
+        return self.freeze_encoder or self.encoder_lr == 0
+
+    @property
+    def uses_cache(self) -> bool:
+        return self.frozen and self.embedding_cache
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrainConfig:
+        """Build from plain data; unknown keys and wrong types are ConfigErrors naming the key."""
+        values = dict(values)
+        model_values = values.pop("model", {}) or {}
+        known = {f.name for f in fields(cls)} - {"model"}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys are {sorted(known | {'model'})}")
+        model_known = {f.name for f in fields(ModelConfig)}
+        for key in model_values:
+            if key not in model_known:
+                raise ConfigError(f"{where}: unknown key 'model.{key}'; allowed keys are {sorted(model_known)}")
+        config = cls(model=ModelConfig(**model_values), **values)
+        config.validate(where)
+        return config
+
+    def validate(self, where: str = "config") -> None:
+        self.model.validate(f"{where}.model")
+        positive_ints = ("epochs", "batch_size", "query_max_length", "num_workers", "eval_batch_size")
+        for key in positive_ints:
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{where}.{key}={value!r}: must be a positive integer")
+        for key in ("encoder_lr", "moe_lr", "weight_decay", "grad_clip", "load_balancing"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or math.isnan(value):
+                raise ConfigError(f"{where}.{key}={value!r}: must be a number >= 0")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ConfigError(f"{where}.temperature={self.temperature!r}: must be a number > 0")
+        if self.moe_lr == 0 and self.model.num_experts > 0:
+            raise ConfigError(f"{where}.moe_lr=0: the SB-MoE block would never train; use a value > 0")
+        if self.frozen and self.model.num_experts == 0:
+            raise ConfigError(f"{where}: a frozen encoder (encoder_lr=0 or freeze_encoder) with "
+                              "model.num_experts=0 has nothing to train; that is the zero-shot model "
+                              "(sbmoe evaluate)")
+        if self.batch_size % self.num_workers:
+            raise ConfigError(f"{where}.batch_size={self.batch_size}: must be a multiple of "
+                              f"num_workers={self.num_workers} (each worker takes an equal shard)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}.precision={self.precision!r}: allowed values are {PRECISIONS}")
+        if self.checkpoint_metric not in CHECKPOINT_METRICS:
+            raise ConfigError(f"{where}.checkpoint_metric={self.checkpoint_metric!r}: allowed values are "
+                              f"{sorted(CHECKPOINT_METRICS)}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ConfigError(f"{where}.validation_fraction={self.validation_fraction!r}: allowed range is [0, 1)")
+        if not self.cpus_per_worker > 0:
+            raise ConfigError(f"{where}.cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
+
+
+# ----------------------------------------------------------------------------------------------------
+# What each worker sees
+
+
+def epoch_batches(num_pairs: int, global_batch: int, rank: int, world: int, seed: int, epoch: int,
+                  shuffle: bool = True) -> list[np.ndarray]:
+    """This worker's shard of every full global batch of an epoch (the last partial batch is dropped).
+
+    The permutation depends only on (seed, epoch), so W workers together see exactly the batches one
+    worker would see, and a resumed run replays the same order.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(num_pairs) if shuffle else np.arange(num_pairs)
+    per_worker = global_batch // world
+    return [order[start + rank * per_worker: start + (rank + 1) * per_worker]
+            for start in range(0, num_pairs - global_batch + 1, global_batch)]
+
+
+@dataclass
+class PairData:
+    """Training and validation pairs, and how to turn ids into model inputs (tokens or cached embeddings)."""
+
+    train: list[tuple[str, str]]
+    validation: list[tuple[str, str]]
+    query_input: Callable[[list[str]], EncoderInput]
+    passage_input: Callable[[list[str]], EncoderInput]
+
+
+def _pairs(cfg: TrainConfig, dataset: BeirDataset) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    return split_by_query(training_pairs(dataset.qrels), cfg.validation_fraction, cfg.seed)
+
+
+def _cached_lookup(ids: list[str], pooled: np.ndarray) -> Callable[[list[str]], torch.Tensor]:
+    row = {i: n for n, i in enumerate(ids)}
+    table = torch.from_numpy(pooled)
+    return lambda batch_ids: table[[row[i] for i in batch_ids]]
+
+
+def embedding_cache(cfg: TrainConfig) -> PooledEmbeddingCache:
+    settings = EncodeSettings(batch_size=cfg.eval_batch_size, max_length=cfg.model.max_length,
+                              precision=cfg.precision, progress=True)
+    return PooledEmbeddingCache(cfg.run_dir.parent / "embedding_cache", cfg.model, settings)
+
+
+def pair_data(cfg: TrainConfig, device: torch.device) -> PairData:
+    dataset = load_dataset(cfg.train_dataset, cfg.train_split, cfg.data_dir)
+    train, validation = _pairs(cfg, dataset)
+    query_ids, doc_ids = list(dataset.queries), list(dataset.corpus)
+    if cfg.uses_cache:
+        cache = embedding_cache(cfg)
+        queries = _cached_lookup(query_ids, cache.get([dataset.queries[q] for q in query_ids], cfg.query_max_length))
+        docs = _cached_lookup(doc_ids, cache.get([dataset.corpus[d].full_text for d in doc_ids], cfg.model.max_length))
+        return PairData(train, validation, lambda ids: queries(ids).to(device), lambda ids: docs(ids).to(device))
+    tokenizer = load_tokenizer(cfg.model.base_model)
+
+    def tokenize(texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+    return PairData(train, validation,
+                    lambda ids: tokenize([dataset.queries[i] for i in ids], cfg.query_max_length),
+                    lambda ids: tokenize([dataset.corpus[i].full_text for i in ids], cfg.model.max_length))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The per-worker loop
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig) -> BiEncoder:
+    """The model a worker trains: a backbone-less head on the cached path, the full bi-encoder otherwise."""
+    torch.manual_seed(cfg.seed)
+    if cfg.uses_cache:
+        return build_bi_encoder(cfg.model, frozen_encoder=True, hidden_size=hidden_size(cfg.model.base_model))
+    model = build_bi_encoder(cfg.model, frozen_encoder=cfg.frozen)
+    if cfg.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def build_optimizer(model: BiEncoder, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    groups = []
+    if model.backbone is not None and not cfg.frozen:
+        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.encoder_lr, "name": "encoder"})
+    if model.head is not None:
+        groups.append({"params": list(model.head.parameters()), "lr": cfg.moe_lr, "name": "sbmoe"})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return optimizer, scheduler
+
+
+def _all_sum(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather equal shards along dim 0; backward sums every worker's gradient for this worker's shard."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = torch.distributed.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows: (ctx.rank + 1) * ctx.rows]
+
+
+def _gather(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    return _GatherWithGradient.apply(tensor) if world > 1 else tensor
+
+
+def _log_progress(cfg: TrainConfig, event: str, **values: Any) -> None:
+    """Append one JSON line to ``<run_dir>/progress.jsonl`` (epoch starts, and ends with their metrics)."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.run_dir / "progress.jsonl", "a") as f:
+        f.write(json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), **values}) + "\n")
+
+
+def read_progress(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "progress.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def epoch_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Metrics per epoch; an epoch that ran again after a failure counts once (its last run)."""
+    ends = {e["epoch"]: e["metrics"] for e in read_progress(run_dir) if e["event"] == "epoch_end"}
+    return [ends[epoch] for epoch in sorted(ends)]
+
+
+def run_epoch(model: torch.nn.Module, data: PairData, pairs: list[tuple[str, str]], cfg: TrainConfig, rank: int,
+              world: int, epoch: int, device: torch.device, optimizer=None, scheduler=None) -> dict[str, Any]:
+    """One pass over ``pairs``: training when an optimizer is given, else validation (no gradient)."""
+    training = optimizer is not None
+    criterion = InBatchNegativesLoss(cfg.temperature)
+    bare = getattr(model, "module", model)
+    load = ExpertLoad.empty(bare.head.num_experts) if bare.head is not None else None
+    global_batch = cfg.batch_size if training else min(cfg.batch_size, len(pairs) // world * world)
+    batches = epoch_batches(len(pairs), global_batch, rank, world, cfg.seed, epoch, shuffle=training) if global_batch else []
+    sums = torch.zeros(3, dtype=torch.float64)                          # loss, accuracy, steps
+    model.train(training)
+    start = time.perf_counter()
+    for index in batches:
+        query_ids, doc_ids = [pairs[i][0] for i in index], [pairs[i][1] for i in index]
+        with torch.set_grad_enabled(training), autocast(device.type, cfg.precision):
+            out = model(data.query_input(query_ids), data.passage_input(doc_ids))
+            loss, accuracy = criterion(out.queries, _gather(out.passages, world), offset=rank * len(index))
+            if out.routing is not None and cfg.load_balancing > 0:
+                loss = loss + cfg.load_balancing * load_balancing_loss(out.routing)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+        sums += torch.tensor([loss.item(), accuracy.item(), 1.0], dtype=torch.float64)
+        if load is not None:
+            load.update(out.routing)
+    seconds = time.perf_counter() - start
+    sums = _all_sum(sums.to(device), world).cpu()
+    prefix = "train" if training else "val"
+    steps = max(sums[2].item(), 1.0)
+    metrics = {f"{prefix}_loss": sums[0].item() / steps, f"{prefix}_accuracy": sums[1].item() / steps}
+    if training:
+        metrics.update(train_seconds=seconds, pairs_per_second=len(batches) * cfg.batch_size / max(seconds, 1e-9))
+    if load is not None:
+        merged = ExpertLoad.from_tensor(_all_sum(load.to_tensor().to(device), world).cpu())
+        metrics.update({f"{prefix}_load.{k}": v for k, v in merged.summary().items()})
+    return metrics
+
+
+def save_checkpoint(folder: Path, model: BiEncoder, cfg: TrainConfig, optimizer, scheduler, epoch: int) -> None:
+    save_model(model, cfg.model, folder)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
+               folder / TRAIN_STATE_FILE)
+
+
+def restore_checkpoint(folder: Path, model: BiEncoder, optimizer, scheduler) -> int:
+    """Load weights, optimizer, scheduler and RNG state; return the epoch to start from."""
+    state = torch.load(folder / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
+    load_weights(model, folder)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["epoch"] + 1
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.from_dict(config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    seed_everything(cfg.seed)
+    data = pair_data(cfg, device)
+    model = build_model(cfg)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            start_epoch = restore_checkpoint(Path(folder), model, optimizer, scheduler)
+    model = ray.train.torch.prepare_model(model)
+    bare = getattr(model, "module", model)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if rank == 0:
+            _log_progress(cfg, "epoch_start", epoch=epoch)
+        metrics = {"epoch": epoch, **run_epoch(model, data, data.train, cfg, rank, world, epoch, device, optimizer, scheduler)}
+        if data.validation:
+            metrics.update(run_epoch(model, data, data.validation, cfg, rank, world, epoch, device))
+        if rank == 0:
+            _log_progress(cfg, "epoch_end", epoch=epoch, metrics=metrics)
+            print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
+                  f"val_loss {metrics.get('val_loss', float('nan')):.4f}  "
+                  f"{metrics['pairs_per_second']:.1f} pairs/s", flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                save_checkpoint(Path(folder), bare, cfg, optimizer, scheduler, epoch)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The driver
+
+
+@dataclass
+class FitResult:
+    config: TrainConfig
+    history: list[dict[str, Any]]            # one row of metrics per epoch
+    best_checkpoint: str
+    best_metrics: dict[str, Any]
+    last_checkpoint: str
+    test: list[EvaluationResult]             # of the best checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "history": self.history, "best_checkpoint": self.best_checkpoint,
+                "best_metrics": self.best_metrics, "last_checkpoint": self.last_checkpoint,
+                "test": [r.to_dict() for r in self.test]}
+
+
+def evaluate_checkpoint(folder: Path, cfg: TrainConfig, datasets: list[BeirDataset]) -> list[EvaluationResult]:
+    """Test metrics of a saved model on every dataset (through the embedding cache when frozen)."""
+    if cfg.uses_cache:
+        model, _ = load_model(folder, with_backbone=False)
+        cache = embedding_cache(cfg)
+        return [evaluate_pooled(model, ds,
+                                cache.get([ds.corpus[d].full_text for d in ds.corpus], cfg.model.max_length, ds.name),
+                                cache.get([ds.queries[q] for q in ds.queries], cfg.query_max_length, ds.name))
+                for ds in datasets]
+    model, _ = load_model(folder)
+    tokenizer = load_tokenizer(cfg.model.base_model)
+    settings = EncodeSettings(batch_size=cfg.eval_batch_size, max_length=cfg.model.max_length, precision=cfg.precision)
+    return [evaluate(model, tokenizer, ds, settings) for ds in datasets]
+
+
+def prepare(cfg: TrainConfig) -> tuple[TrainConfig, list[BeirDataset]]:
+    """Everything that can fail cheaply, before Ray starts: config, datasets, model files, cache entries.
+
+    Returns the config the workers get: model defaults resolved, paths absolute (workers run elsewhere).
+    """
+    cfg.validate()
+    cfg = replace(cfg, model=cfg.model.resolved(), storage_path=str(Path(cfg.storage_path).resolve()),
+                  data_dir=str(data_root(cfg.data_dir).resolve()))
+    hidden_size(cfg.model.base_model)              # the base model exists (clear error otherwise)
+    train = load_dataset(cfg.train_dataset, cfg.train_split, cfg.data_dir)
+    tests = [load_dataset(name, cfg.test_split, cfg.data_dir) for name in cfg.test_datasets]
+    if len(_pairs(cfg, train)[0]) < cfg.batch_size:
+        raise ConfigError(f"config.batch_size={cfg.batch_size}: larger than the {len(_pairs(cfg, train)[0])} "
+                          f"training pairs of {cfg.train_dataset!r} ({cfg.train_split})")
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.uses_cache:
+        cache = embedding_cache(cfg)
+        for ds in [train, *tests]:
+            cache.get([ds.corpus[d].full_text for d in ds.corpus], cfg.model.max_length, f"{ds.name} corpus")
+            cache.get([ds.queries[q] for q in ds.queries], cfg.query_max_length, f"{ds.name} queries")
+    return cfg, tests
+
+
+def init_ray(address: str | None, cfg: TrainConfig) -> None:
+    """Connect to ``address`` (a cluster, or "auto"), else start a local Ray with enough logical CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+        return
+    needed = math.ceil(cfg.num_workers * cfg.cpus_per_worker) + 1
+    ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=True, dashboard_host="127.0.0.1")
+
+
+def fit(cfg: TrainConfig, address: str | None = None) -> FitResult:
+    """Train with Ray Train workers, evaluate the best checkpoint, write ``<run_dir>/results.json``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg, tests = prepare(cfg)
+    init_ray(address, cfg)
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=str(Path(cfg.storage_path).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=cfg.checkpoint_metric,
+                checkpoint_score_order=CHECKPOINT_METRICS[cfg.checkpoint_metric])))
+    result = trainer.fit()
+    best = result.get_best_checkpoint(cfg.checkpoint_metric, CHECKPOINT_METRICS[cfg.checkpoint_metric])
+    best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
+    history = epoch_history(cfg.run_dir)
+    with best.as_directory() as folder:
+        test = evaluate_checkpoint(Path(folder), cfg, tests)
+    fitted = FitResult(cfg, history, best.path, best_metrics, result.checkpoint.path, test)
+    (cfg.run_dir / "results.json").write_text(json.dumps(fitted.to_dict(), indent=2, default=str))
+    return fitted

@@ -1,0 +1,123 @@
+"""Ray Train runs on tiny models: 2 workers, worker-count equivalence, resume after a killed worker,
+and the frozen-encoder cache path against the live frozen encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from sbmoe_ray.model import WEIGHTS_FILE, ModelConfig
+from sbmoe_ray.train import TrainConfig, fit, read_progress
+
+from train_helpers import save_tiny_model, synthetic_dataset
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=4, object_store_memory=int(2e8))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("train")
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 48),
+            "big_data": synthetic_dataset(root / "big", 408)}
+
+
+def config(assets, tmp_path, **overrides) -> TrainConfig:
+    model = ModelConfig(base_model=str(assets["model"]), num_experts=3, top_k=1, max_length=32,
+                        noisy_gating=overrides.pop("noisy_gating", True))
+    base = TrainConfig(model=model, train_dataset=str(assets["data"]), test_datasets=[str(assets["data"])],
+                       epochs=2, batch_size=8, query_max_length=16, encoder_lr=1e-4, moe_lr=1e-3, precision="fp32",
+                       validation_fraction=0.2, storage_path=str(tmp_path / "store"), num_workers=2,
+                       cpus_per_worker=1.0)
+    return replace(base, **overrides)
+
+
+def weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    return torch.load(Path(checkpoint) / WEIGHTS_FILE, weights_only=True)
+
+
+def test_two_workers_report_each_epoch_with_merged_expert_load(assets, tmp_path):
+    result = fit(config(assets, tmp_path))
+    assert [row["epoch"] for row in result.history] == [0, 1]
+    for row in result.history:
+        shares = [row[f"train_load.expert_{i}.share"] for i in range(3)]
+        assert sum(shares) == pytest.approx(1.0)
+        # 40 train pairs -> 32 kept queries -> 4 steps of 8: counts are over the global batch, both workers
+        assert all(s * 64 == pytest.approx(round(s * 64)) for s in shares)
+        assert row["train_load.load_max_over_mean"] >= 1.0 and "val_loss" in row
+    saved = json.loads((Path(result.config.run_dir) / "results.json").read_text())
+    assert saved["test"][0]["num_queries"] == 8 and 0 <= saved["test"][0]["metrics"]["ndcg@10"] <= 1
+    assert (Path(result.best_checkpoint) / "train_state.pt").is_file()
+
+
+def test_one_and_two_workers_reach_the_same_weights(assets, tmp_path):
+    settings = dict(noisy_gating=False, load_balancing=0.0, checkpoint_metric="train_loss")
+    one = fit(config(assets, tmp_path, num_workers=1, cpus_per_worker=2.0, name="one", **settings))
+    two = fit(config(assets, tmp_path, num_workers=2, name="two", **settings))
+    w1, w2 = weights(one.last_checkpoint), weights(two.last_checkpoint)
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], atol=2e-5, rtol=1e-4, msg=key)
+    assert one.history[-1]["train_loss"] == pytest.approx(two.history[-1]["train_loss"], rel=1e-4)
+    initial = load_file(assets["model"] / "model.safetensors")
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert (w1[f"backbone.{key}"] - initial[key]).abs().max() > 1e-4       # the encoder did train
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
+    cfg = config(assets, tmp_path, train_dataset=str(assets["big_data"]), epochs=3, max_failures=2,
+                 batch_size=4, name="killed")
+    progress = Path(cfg.storage_path).resolve() / cfg.name
+    killed: list[int] = []
+
+    def kill_rank0_during_epoch_1() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            starts = [e for e in read_progress(progress) if e["event"] == "epoch_start" and e["epoch"] == 1]
+            if starts:
+                time.sleep(0.3)                      # well inside the epoch (it takes seconds)
+                os.kill(starts[0]["pid"], signal.SIGKILL)
+                killed.append(starts[0]["pid"])
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_rank0_during_epoch_1, daemon=True)
+    watcher.start()
+    result = fit(cfg)
+    watcher.join(timeout=5)
+    assert killed, "the watcher never saw epoch 1 start"
+    events = read_progress(progress)
+    starts = [e["epoch"] for e in events if e["event"] == "epoch_start"]
+    ends = [e["epoch"] for e in events if e["event"] == "epoch_end"]
+    ran_twice = {epoch for epoch in set(starts) if starts.count(epoch) > 1}
+    assert ran_twice == {1}                           # only the epoch in progress was lost
+    assert ends == [0, 1, 2]                          # epoch 1 finished once, after the restart
+    assert len({e["pid"] for e in events if e["event"] == "epoch_start" and e["epoch"] == 1}) == 2
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+
+
+def test_frozen_cache_path_equals_the_live_frozen_encoder(assets, tmp_path):
+    settings = dict(encoder_lr=0.0, num_workers=1, cpus_per_worker=2.0)
+    cached = fit(config(assets, tmp_path, name="cached", **settings))
+    live = fit(config(assets, tmp_path, name="live", embedding_cache=False, **settings))
+    w_cached, w_live = weights(cached.last_checkpoint), weights(live.last_checkpoint)
+    assert not any(k.startswith("backbone.") for k in w_cached)      # frozen encoder is not saved
+    for key, value in w_cached.items():
+        torch.testing.assert_close(value, w_live[key], atol=1e-5, rtol=1e-5, msg=key)
+    assert cached.test[0].metrics.means == pytest.approx(live.test[0].metrics.means, abs=1e-9)
+    cache_files = list((Path(cached.config.storage_path) / "embedding_cache").rglob("*.npy"))
+    assert len(cache_files) == 3        # corpus (train = test), train queries, test queries
