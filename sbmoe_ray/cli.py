@@ -48,6 +48,34 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {output}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from sbmoe_ray.metrics import METRICS
+    from sbmoe_ray.train import fit, load_train_config
+
+    config = load_train_config(Path(args.config), args.set or [])
+    result = fit(config, address=args.address)
+    print(f"\nbest checkpoint (by {config.checkpoint_metric}): epoch {result.best_metrics.get('epoch')}  "
+          f"{result.best_checkpoint}")
+    rows = [{"dataset": r.dataset, "split": r.split, "queries": r.metrics.num_queries, **r.metrics.means}
+            for r in result.test]
+    print(format_table(rows, ["dataset", "split", "queries", *METRICS]))
+    print(f"wrote {Path(result.config.run_dir) / 'results.json'}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sbmoe_ray.report import write_report
+    from sbmoe_ray.study import StudyConfig, load_study, load_trials
+    from sbmoe_ray.tracking import StudyTracker
+
+    folder = Path(args.study)
+    if not folder.is_dir():
+        folder = Path(StudyConfig().storage_path).resolve() / args.study
+    study = load_study(folder)
+    report = write_report(study, load_trials(study.study_dir))
+    StudyTracker(study).log_report(report)
+    print(f"wrote {report}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbmoe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", default="results/evaluate.json")
     ev.set_defaults(func=cmd_evaluate)
+    tr = sub.add_parser("train", help="one distributed SB-MoE training run, then test evaluation")
+    tr.add_argument("--config", required=True, help="YAML file with TrainConfig keys (see configs/)")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_experts=6")
+    tr.add_argument("--address", default=None, help="Ray cluster address ('auto' or host:port); "
+                    "default: $RAY_ADDRESS, else a local Ray started for this run")
+    tr.set_defaults(func=cmd_train)
+    rp = sub.add_parser("report", help="write a study's report (markdown + PNGs) and log it to MLflow")
+    rp.add_argument("study", help="study folder, or a study name under results/studies")
+    rp.set_defaults(func=cmd_report)
     return parser
 
 

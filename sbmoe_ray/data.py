@@ -68,6 +68,11 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_DATA_DIR
 
 
+def dataset_name(name_or_path: str) -> str:
+    """How results name a dataset given by name or by folder: the folder's name."""
+    return Path(name_or_path.rstrip("/")).name
+
+
 def dataset_files(path: Path, split: str) -> list[Path]:
     return [path / "corpus.jsonl", path / "queries.jsonl", path / "qrels" / f"{split}.tsv"]
 

@@ -102,6 +102,10 @@ class BiEncoder(nn.Module):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
         return self.project(self.pool(input_ids, attention_mask))
 
+    def embed_inputs(self, inputs: EncoderInput) -> tuple[torch.Tensor, Routing | None]:
+        """Embed token batches or (frozen path) pooled embeddings."""
+        return self.project(self._pooled(inputs))
+
     def _pooled(self, inputs: EncoderInput) -> torch.Tensor:
         if isinstance(inputs, torch.Tensor):
             return inputs

@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,13 +30,16 @@ import torch
 from sbmoe_ray.backbones import hidden_size, load_tokenizer
 from sbmoe_ray.data import BeirDataset, data_root, load_dataset, split_by_query, training_pairs
 from sbmoe_ray.embedding_cache import PooledEmbeddingCache
+from sbmoe_ray.config import build_dataclass, load_config
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.evaluate import PRECISIONS, EncodeSettings, EvaluationResult, autocast, evaluate, evaluate_pooled
+from sbmoe_ray.evaluate import (PRECISIONS, EncodeSettings, EvaluationResult, autocast, evaluate, evaluate_pooled,
+                                exact_search)
 from sbmoe_ray.losses import InBatchNegativesLoss, load_balancing_loss
+from sbmoe_ray.metrics import evaluate_run
 from sbmoe_ray.model import BiEncoder, EncoderInput, ModelConfig, build_bi_encoder, load_model, load_weights, save_model
 from sbmoe_ray.moe import ExpertLoad
 
-CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "train_loss": "min"}
+CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_ndcg@10": "max", "train_loss": "min"}
 TRAIN_STATE_FILE = "train_state.pt"
 
 
@@ -49,6 +52,7 @@ class TrainConfig:
     test_split: str = "test"
     data_dir: str | None = None
     epochs: int = 1
+    max_steps_per_epoch: int | None = None   # cut epochs short (smoke runs, benchmarks)
     batch_size: int = 64                 # global: split evenly over the workers
     query_max_length: int = 64
     encoder_lr: float = 1e-6             # paper: 1e-6 for the encoder ...
@@ -63,6 +67,8 @@ class TrainConfig:
     freeze_encoder: bool = False         # also implied by encoder_lr == 0
     embedding_cache: bool = True         # frozen encoder: train/evaluate from cached pooled embeddings
     validation_fraction: float = 0.05
+    validation_retrieval_docs: int = 0   # > 0: each epoch, nDCG@10 of the held-out queries over their
+                                         # positives plus this many random documents (0 disables)
     checkpoint_metric: str = "val_loss"
     seed: int = 0
     num_workers: int = 2
@@ -90,23 +96,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrainConfig:
-        """Build from plain data; unknown keys and wrong types are ConfigErrors naming the key."""
-        values = dict(values)
-        model_values = values.pop("model", {}) or {}
-        known = {f.name for f in fields(cls)} - {"model"}
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys are {sorted(known | {'model'})}")
-        model_known = {f.name for f in fields(ModelConfig)}
-        for key in model_values:
-            if key not in model_known:
-                raise ConfigError(f"{where}: unknown key 'model.{key}'; allowed keys are {sorted(model_known)}")
-        config = cls(model=ModelConfig(**model_values), **values)
+        """Build from plain data; unknown keys, wrong types and bad values are ConfigErrors naming the key."""
+        config = build_dataclass(cls, values, where)
         config.validate(where)
         return config
 
     def validate(self, where: str = "config") -> None:
         self.model.validate(f"{where}.model")
+        if self.max_steps_per_epoch is not None and (not isinstance(self.max_steps_per_epoch, int)
+                                                     or self.max_steps_per_epoch < 1):
+            raise ConfigError(f"{where}.max_steps_per_epoch={self.max_steps_per_epoch!r}: must be a positive "
+                              "integer or null")
         positive_ints = ("epochs", "batch_size", "query_max_length", "num_workers", "eval_batch_size")
         for key in positive_ints:
             value = getattr(self, key)
@@ -134,8 +134,18 @@ class TrainConfig:
                               f"{sorted(CHECKPOINT_METRICS)}")
         if not 0 <= self.validation_fraction < 1:
             raise ConfigError(f"{where}.validation_fraction={self.validation_fraction!r}: allowed range is [0, 1)")
+        if self.checkpoint_metric == "val_ndcg@10" and not self.validation_retrieval_docs:
+            raise ConfigError(f"{where}.checkpoint_metric='val_ndcg@10': needs validation_retrieval_docs > 0")
+        if not isinstance(self.validation_retrieval_docs, int) or self.validation_retrieval_docs < 0:
+            raise ConfigError(f"{where}.validation_retrieval_docs={self.validation_retrieval_docs!r}: "
+                              "must be an integer >= 0")
         if not self.cpus_per_worker > 0:
             raise ConfigError(f"{where}.cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
+
+
+def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:
+    """A TrainConfig from a YAML file plus ``key=value`` overrides; errors name ``file:line`` and the key."""
+    return load_config(TrainConfig, path, overrides)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -163,6 +173,7 @@ class PairData:
     validation: list[tuple[str, str]]
     query_input: Callable[[list[str]], EncoderInput]
     passage_input: Callable[[list[str]], EncoderInput]
+    dataset: BeirDataset
 
 
 def _pairs(cfg: TrainConfig, dataset: BeirDataset) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -189,7 +200,8 @@ def pair_data(cfg: TrainConfig, device: torch.device) -> PairData:
         cache = embedding_cache(cfg)
         queries = _cached_lookup(query_ids, cache.get([dataset.queries[q] for q in query_ids], cfg.query_max_length))
         docs = _cached_lookup(doc_ids, cache.get([dataset.corpus[d].full_text for d in doc_ids], cfg.model.max_length))
-        return PairData(train, validation, lambda ids: queries(ids).to(device), lambda ids: docs(ids).to(device))
+        return PairData(train, validation, lambda ids: queries(ids).to(device), lambda ids: docs(ids).to(device),
+                        dataset)
     tokenizer = load_tokenizer(cfg.model.base_model)
 
     def tokenize(texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -198,7 +210,7 @@ def pair_data(cfg: TrainConfig, device: torch.device) -> PairData:
 
     return PairData(train, validation,
                     lambda ids: tokenize([dataset.queries[i] for i in ids], cfg.query_max_length),
-                    lambda ids: tokenize([dataset.corpus[i].full_text for i in ids], cfg.model.max_length))
+                    lambda ids: tokenize([dataset.corpus[i].full_text for i in ids], cfg.model.max_length), dataset)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -288,10 +300,14 @@ def run_epoch(model: torch.nn.Module, data: PairData, pairs: list[tuple[str, str
     load = ExpertLoad.empty(bare.head.num_experts) if bare.head is not None else None
     global_batch = cfg.batch_size if training else min(cfg.batch_size, len(pairs) // world * world)
     batches = epoch_batches(len(pairs), global_batch, rank, world, cfg.seed, epoch, shuffle=training) if global_batch else []
+    if training and cfg.max_steps_per_epoch:
+        batches = batches[: cfg.max_steps_per_epoch]
     sums = torch.zeros(3, dtype=torch.float64)                          # loss, accuracy, steps
+    step_seconds = []
     model.train(training)
     start = time.perf_counter()
     for index in batches:
+        step_start = time.perf_counter()
         query_ids, doc_ids = [pairs[i][0] for i in index], [pairs[i][1] for i in index]
         with torch.set_grad_enabled(training), autocast(device.type, cfg.precision):
             out = model(data.query_input(query_ids), data.passage_input(doc_ids))
@@ -308,17 +324,41 @@ def run_epoch(model: torch.nn.Module, data: PairData, pairs: list[tuple[str, str
         sums += torch.tensor([loss.item(), accuracy.item(), 1.0], dtype=torch.float64)
         if load is not None:
             load.update(out.routing)
+        step_seconds.append(time.perf_counter() - step_start)
     seconds = time.perf_counter() - start
     sums = _all_sum(sums.to(device), world).cpu()
     prefix = "train" if training else "val"
     steps = max(sums[2].item(), 1.0)
     metrics = {f"{prefix}_loss": sums[0].item() / steps, f"{prefix}_accuracy": sums[1].item() / steps}
     if training:
-        metrics.update(train_seconds=seconds, pairs_per_second=len(batches) * cfg.batch_size / max(seconds, 1e-9))
+        metrics.update(train_seconds=seconds, pairs_per_second=len(batches) * cfg.batch_size / max(seconds, 1e-9),
+                       step_seconds_median=float(np.median(step_seconds)) if step_seconds else float("nan"))
     if load is not None:
         merged = ExpertLoad.from_tensor(_all_sum(load.to_tensor().to(device), world).cpu())
         metrics.update({f"{prefix}_load.{k}": v for k, v in merged.summary().items()})
     return metrics
+
+
+@torch.inference_mode()
+def validation_ndcg(model: BiEncoder, data: PairData, cfg: TrainConfig, device: torch.device) -> float:
+    """nDCG@10 of the held-out queries against their positives plus ``validation_retrieval_docs`` others."""
+    query_ids = sorted({q for q, _ in data.validation})
+    positives = {d for _, d in data.validation}
+    others = sorted(set(data.dataset.corpus) - positives)
+    sample = random.Random(cfg.seed).sample(others, min(cfg.validation_retrieval_docs, len(others)))
+    doc_ids = sorted(positives) + sample
+    model.eval()
+
+    def embed(ids: list[str], to_input: Callable[[list[str]], EncoderInput]) -> np.ndarray:
+        parts = []
+        for start in range(0, len(ids), cfg.eval_batch_size):
+            with autocast(device.type, cfg.precision):
+                parts.append(model.embed_inputs(to_input(ids[start: start + cfg.eval_batch_size]))[0].float().cpu())
+        return torch.cat(parts).numpy()
+
+    run = exact_search(embed(doc_ids, data.passage_input), doc_ids, embed(query_ids, data.query_input), query_ids, k=10)
+    qrels = {q: data.dataset.qrels[q] for q in query_ids}
+    return evaluate_run(qrels, run).means["ndcg@10"]
 
 
 def save_checkpoint(folder: Path, model: BiEncoder, cfg: TrainConfig, optimizer, scheduler, epoch: int) -> None:
@@ -367,6 +407,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, **run_epoch(model, data, data.train, cfg, rank, world, epoch, device, optimizer, scheduler)}
         if data.validation:
             metrics.update(run_epoch(model, data, data.validation, cfg, rank, world, epoch, device))
+            if cfg.validation_retrieval_docs:   # every rank computes it: cheap, and no rank waits idle
+                metrics["val_ndcg@10"] = validation_ndcg(bare, data, cfg, device)
         if rank == 0:
             _log_progress(cfg, "epoch_end", epoch=epoch, metrics=metrics)
             print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
@@ -406,20 +448,27 @@ def evaluate_checkpoint(folder: Path, cfg: TrainConfig, datasets: list[BeirDatas
                                 cache.get([ds.corpus[d].full_text for d in ds.corpus], cfg.model.max_length, ds.name),
                                 cache.get([ds.queries[q] for q in ds.queries], cfg.query_max_length, ds.name))
                 for ds in datasets]
+    device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     model, _ = load_model(folder)
     tokenizer = load_tokenizer(cfg.model.base_model)
-    settings = EncodeSettings(batch_size=cfg.eval_batch_size, max_length=cfg.model.max_length, precision=cfg.precision)
-    return [evaluate(model, tokenizer, ds, settings) for ds in datasets]
+    settings = EncodeSettings(batch_size=cfg.eval_batch_size, max_length=cfg.model.max_length, precision=cfg.precision,
+                              device=device)
+    return [evaluate(model.to(device), tokenizer, ds, settings) for ds in datasets]
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """Model defaults filled in from the base model's folder, paths made absolute (workers run elsewhere)."""
+    return replace(cfg, model=cfg.model.resolved(), storage_path=str(Path(cfg.storage_path).resolve()),
+                   data_dir=str(data_root(cfg.data_dir).resolve()))
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, list[BeirDataset]]:
     """Everything that can fail cheaply, before Ray starts: config, datasets, model files, cache entries.
 
-    Returns the config the workers get: model defaults resolved, paths absolute (workers run elsewhere).
+    Returns the config the workers get (:func:`resolved`).
     """
     cfg.validate()
-    cfg = replace(cfg, model=cfg.model.resolved(), storage_path=str(Path(cfg.storage_path).resolve()),
-                  data_dir=str(data_root(cfg.data_dir).resolve()))
+    cfg = resolved(cfg)
     hidden_size(cfg.model.base_model)              # the base model exists (clear error otherwise)
     train = load_dataset(cfg.train_dataset, cfg.train_split, cfg.data_dir)
     tests = [load_dataset(name, cfg.test_split, cfg.data_dir) for name in cfg.test_datasets]
@@ -435,34 +484,43 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, list[BeirDataset]]:
     return cfg, tests
 
 
-def init_ray(address: str | None, cfg: TrainConfig) -> None:
-    """Connect to ``address`` (a cluster, or "auto"), else start a local Ray with enough logical CPUs."""
+def init_ray(address: str | None, cpus_needed: float) -> None:
+    """Connect to ``address`` (a cluster, or "auto"; default ``$RAY_ADDRESS``), else start a local Ray.
+
+    A local Ray gets at least ``cpus_needed`` logical CPUs (a 2-core laptop can run a trial driver plus
+    two 1-CPU workers), and its dashboard listens on localhost only.
+    """
     import ray
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
-    needed = math.ceil(cfg.num_workers * cfg.cpus_per_worker) + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=True, dashboard_host="127.0.0.1")
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=True,
+             dashboard_host="127.0.0.1")
 
 
-def fit(cfg: TrainConfig, address: str | None = None) -> FitResult:
-    """Train with Ray Train workers, evaluate the best checkpoint, write ``<run_dir>/results.json``."""
+def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = None) -> FitResult:
+    """Train with Ray Train workers, evaluate the best checkpoint, write ``<run_dir>/results.json``.
+
+    ``callbacks`` are Ray Train callbacks (a Tune trial passes one that forwards each epoch to Tune).
+    """
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg, tests = prepare(cfg)
-    init_ray(address, cfg)
+    init_ray(address, cfg.num_workers * cfg.cpus_per_worker + 1)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=str(Path(cfg.storage_path).resolve()),
+            name=cfg.name, storage_path=str(Path(cfg.storage_path).resolve()), callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=cfg.checkpoint_metric,

@@ -1,0 +1,128 @@
+"""Training speed: our loop vs sentence-transformers, the SB-MoE head's overhead, the frozen fast path.
+
+1. One process, MiniLM, batch 64, max length 256 for queries and passages, fp32, on SciFact train pairs:
+   median step time of our loop (N = 0, the plain bi-encoder) vs sentence-transformers'
+   ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (same pairs, same batch size).
+   Our bf16-autocast loop is printed too. The first step of each is warm-up and is not counted.
+2. SB-MoE head overhead: N = 6, top-1 vs N = 0, bf16, runs interleaved (A B A B) and median step times.
+3. The frozen-encoder fast path: a 3-epoch SciFact run (N = 6, one Ray worker) through ``fit`` once the
+   embedding cache is built; wall time of ``fit`` with Ray already running, and the workers' train time.
+
+    python bench/train_throughput.py [--steps 6] [--data-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from sbmoe_ray.backbones import resolve_model
+from sbmoe_ray.data import load_dataset, split_by_query, training_pairs
+from sbmoe_ray.model import ModelConfig
+from sbmoe_ray.train import TrainConfig, build_model, build_optimizer, fit, pair_data, run_epoch
+
+
+def ours(cfg: TrainConfig, steps: int) -> float:
+    """Median seconds per step of our loop, in this process (no Ray), first step excluded."""
+    cfg = replace(cfg, model=cfg.model.resolved())
+    model = build_model(cfg)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    data = pair_data(cfg, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    run_epoch(model, data, data.train, replace(cfg, max_steps_per_epoch=1), 0, 1, 0, cpu, optimizer, scheduler)
+    metrics = run_epoch(model, data, data.train, replace(cfg, max_steps_per_epoch=steps), 0, 1, 1, cpu,
+                        optimizer, scheduler)
+    return metrics["step_seconds_median"]
+
+
+def sentence_transformers_reference(cfg: TrainConfig, steps: int) -> float:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    dataset = load_dataset(cfg.train_dataset, "train", cfg.data_dir)
+    train, _ = split_by_query(training_pairs(dataset.qrels), cfg.validation_fraction, cfg.seed)
+    pairs = Dataset.from_dict({"anchor": [dataset.queries[q] for q, _ in train],
+                               "positive": [dataset.corpus[d].full_text for _, d in train]})
+    model = SentenceTransformer(resolve_model(cfg.model.base_model).source, device="cpu")
+    model.max_seq_length = cfg.model.max_length
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.stamps.append(time.perf_counter())
+
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=out, per_device_train_batch_size=cfg.batch_size, max_steps=steps + 1, learning_rate=cfg.encoder_lr,
+            use_cpu=True, report_to="none", save_strategy="no", logging_strategy="no", dataloader_drop_last=True,
+            disable_tqdm=True, seed=cfg.seed)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
+                                             loss=MultipleNegativesRankingLoss(model, scale=1 / cfg.temperature),
+                                             callbacks=[timer])
+        trainer.train()
+    step_times = [end - begin for begin, end in zip(timer.stamps[0::2], timer.stamps[1::2])]
+    return statistics.median(step_times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    base = TrainConfig(model=ModelConfig(base_model="minilm", num_experts=0, max_length=256), train_dataset="scifact",
+                       batch_size=64, query_max_length=256, encoder_lr=2e-5, moe_lr=1e-3, precision="fp32",
+                       data_dir=args.data_dir, num_workers=1)
+    pairs_per_step = base.batch_size
+
+    print("1. training throughput, one process, batch 64, max length 256 (median s/step, first step excluded)")
+    reference = sentence_transformers_reference(base, args.steps)
+    print(f"   sentence-transformers MNRL fp32  {reference:7.2f} s/step  {pairs_per_step / reference:6.1f} pairs/s  1.00x",
+          flush=True)
+    for precision in ("fp32", "bf16"):
+        t = ours(replace(base, precision=precision), args.steps)
+        print(f"   ours N=0 {precision}                    {t:7.2f} s/step  {pairs_per_step / t:6.1f} pairs/s  "
+              f"{reference / t:.2f}x", flush=True)
+
+    print("2. SB-MoE head overhead, bf16, interleaved runs (median s/step)")
+    moe = replace(base, precision="bf16", model=replace(base.model, num_experts=6, top_k=1))
+    plain = replace(base, precision="bf16")
+    plain_times, moe_times = [], []
+    for _ in range(2):
+        plain_times.append(ours(plain, args.steps))
+        moe_times.append(ours(moe, args.steps))
+    p, m = statistics.median(plain_times), statistics.median(moe_times)
+    print(f"   N=0 {p:.3f} s/step   N=6 top-1 {m:.3f} s/step   overhead {100 * (m / p - 1):+.1f}%", flush=True)
+
+    print("3. frozen-encoder fast path: 3 SciFact epochs, N=6, 1 worker, embedding cache built")
+    with tempfile.TemporaryDirectory() as storage:
+        frozen = replace(base, model=replace(base.model, num_experts=6, top_k=1), encoder_lr=0.0, epochs=3,
+                         query_max_length=64, precision="bf16", storage_path=storage, cpus_per_worker=2.0,
+                         test_datasets=["scifact"])
+        start = time.perf_counter()
+        fit(replace(frozen, name="build-cache"))
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        result = fit(replace(frozen, name="cached"))
+        second = time.perf_counter() - start
+        train_seconds = sum(row["train_seconds"] for row in result.history)
+        print(f"   first run (builds the cache, starts Ray) {first:6.1f} s")
+        print(f"   cached run: fit() wall {second:5.1f} s, of which training {train_seconds:.2f} s over 3 epochs; "
+              f"test nDCG@10 {result.test[0].metrics.means['ndcg@10']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Training config: YAML errors name file:line and key; bad values stop before Ray starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+
+from sbmoe_ray.errors import ConfigError, DataError, ModelLoadError
+from sbmoe_ray.model import ModelConfig
+from sbmoe_ray.train import TrainConfig, epoch_batches, fit, load_train_config
+
+from train_helpers import save_tiny_model, synthetic_dataset
+
+GOOD = """\
+name: run
+model:
+  base_model: minilm
+  num_experts: 6
+  top_k: 1
+  inference_top_k: all
+test_datasets: [scifact, nfcorpus]
+moe_lr: 1e-4
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_with_overrides(tmp_path):
+    config = load_train_config(write(tmp_path, GOOD), ["epochs=3", "model.num_experts=9"])
+    assert config.moe_lr == 1e-4 and config.epochs == 3               # "1e-4" read as a number
+    assert config.model.num_experts == 9 and config.model.inference_top_k == "all"
+    assert config.test_datasets == ["scifact", "nfcorpus"]
+
+
+@pytest.mark.parametrize("text,message", [
+    (GOOD.replace("top_k: 1", "top_k: 7"), r"config\.yaml:5: config\.model\.top_k=7: must be an integer in \[1, num_experts=6\]"),
+    (GOOD + "epoch: 2\n", r"config\.yaml:9: config\.epoch=2: unknown key; allowed keys are \[.*'epochs'"),
+    (GOOD.replace("num_experts: 6", "num_experts: six"), r"config\.yaml:4: config\.model\.num_experts='six': expected int"),
+    (GOOD.replace("inference_top_k: all", "inference_top_k: most"),
+     r"config\.yaml:6: config\.model\.inference_top_k='most': expected int or 'all' or null"),
+    (GOOD + "encoder_lr: -1\n", r"config\.yaml:9: config\.encoder_lr=-1\.0: must be a number >= 0"),
+    (GOOD + "batch_size: 63\n", r"config\.yaml:9: config\.batch_size=63: must be a multiple of num_workers=2"),
+    (GOOD + "precision: fp16\n", r"config\.yaml:9: config\.precision='fp16': allowed values are \('fp32', 'bf16'\)"),
+    ("epochs: [1\n", r"config\.yaml:2: not valid YAML"),
+])
+def test_bad_files_name_line_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(write(tmp_path, text))
+
+
+def test_override_errors_are_not_blamed_on_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config\.model\.top_k=9: .*\(from --set or a default"):
+        load_train_config(write(tmp_path, GOOD), ["model.top_k=9"])
+
+
+def test_frozen_encoder_without_experts_is_refused():
+    with pytest.raises(ConfigError, match="nothing to train"):
+        TrainConfig(model=ModelConfig(num_experts=0), encoder_lr=0.0).validate()
+
+
+@pytest.mark.parametrize("overrides,error,message", [
+    ({"train_split": "dev"}, DataError, r"no split 'dev'"),
+    ({"test_datasets": ["missing-set"]}, DataError, r"dataset 'missing-set' not found"),
+    ({"batch_size": 64}, ConfigError, r"batch_size=64: larger than the 38 training pairs"),
+    ({"model": ModelConfig(base_model="/nonexistent/model")}, ModelLoadError, r"could not load base model"),
+])
+def test_bad_runs_stop_before_ray_starts(tmp_path, tokenizer, monkeypatch, overrides, error, message):
+    from sbmoe_ray import data
+
+    monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
+    config = TrainConfig(model=ModelConfig(base_model=str(save_tiny_model(tmp_path / "m", tokenizer)), num_experts=2),
+                         train_dataset=str(synthetic_dataset(tmp_path / "d")), test_datasets=[],
+                         batch_size=8, data_dir=str(tmp_path / "root"), storage_path=str(tmp_path / "s"))
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    assert not ray.is_initialized()
+    with pytest.raises(error, match=message):
+        fit(config)
+    assert not ray.is_initialized()
+
+
+def test_worker_shards_tile_the_global_batches():
+    one = epoch_batches(50, 8, rank=0, world=1, seed=3, epoch=1)
+    halves = [epoch_batches(50, 8, rank=r, world=2, seed=3, epoch=1) for r in (0, 1)]
+    assert len(one) == 6                                            # 50 // 8, the remainder dropped
+    for step, batch in enumerate(one):
+        assert list(batch) == list(halves[0][step]) + list(halves[1][step])
+    assert list(one[0]) != list(epoch_batches(50, 8, 0, 1, seed=3, epoch=2)[0])
