@@ -1,0 +1,183 @@
+"""What a study found, for people: the summary table, and a report (markdown + plots).
+
+* experts x top-k heatmap of test nDCG@10 per dataset (best trial per cell; "all" = all experts at inference),
+* Optuna parameter importances for the objective (fANOVA, over the SB-MoE trials),
+* expert load of the best trial: share of each expert per epoch in training, and on each test corpus.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sbmoe_ray.metrics import paired_t_test  # noqa: E402
+from sbmoe_ray.study import StudyConfig, TrialRecord  # noqa: E402
+
+
+def _shares(load: dict[str, float]) -> list[float]:
+    return [load[f"expert_{i}.share"] for i in range(sum(1 for k in load if k.endswith(".share")))]
+
+
+def expert_load_figure(history: list[dict[str, Any]], test: list[dict[str, Any]], title: str):
+    """Per-expert share of routed examples: training (per epoch) and each test corpus; None without experts."""
+    rows, labels = [], []
+    for row in history:
+        load = {k.removeprefix("train_load."): v for k, v in row.items() if k.startswith("train_load.")}
+        if load:
+            rows.append(_shares(load))
+            labels.append(f"train epoch {row['epoch'] + 1}")
+    for result in test:
+        if result.get("corpus_expert_load"):
+            rows.append(_shares(result["corpus_expert_load"]))
+            labels.append(f"{result['dataset']} corpus")
+    if not rows:
+        return None
+    matrix = np.array(rows)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * matrix.shape[1], 0.9 + 0.4 * len(rows)))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(matrix.max(), 1e-9), aspect="auto")
+    ax.set_xticks(range(matrix.shape[1]), [f"E{i}" for i in range(matrix.shape[1])])
+    ax.set_yticks(range(len(labels)), labels)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="w" if value < matrix.max() / 2 else "k",
+                fontsize=8)
+    ax.set_title(f"expert load (share of top-k assignments)\n{title}", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return fig
+
+
+def best_trial(records: list[TrialRecord], mode: str) -> TrialRecord | None:
+    """The SB-MoE trial with the best objective (a validation metric)."""
+    moe = [r for r in records if not r.is_baseline and not math.isnan(r.objective)]
+    if not moe:
+        return None
+    return min(moe, key=lambda r: r.objective) if mode == "min" else max(moe, key=lambda r: r.objective)
+
+
+def summary_rows(records: list[TrialRecord], datasets: list[str], mode: str) -> list[dict[str, Any]]:
+    """Per base model: baseline and best SB-MoE trial (by objective), Δ nDCG@10 and paired t-test p."""
+    rows = []
+    for base_model in sorted({r.params["base_model"] for r in records}):
+        mine = [r for r in records if r.params["base_model"] == base_model]
+        baseline = next((r for r in mine if r.is_baseline), None)
+        best = best_trial(mine, mode)
+        if best is None:
+            continue
+        row = {"base_model": base_model, "best": _describe(best.params), "trials": len(mine)}
+        for dataset in datasets:
+            row[f"{dataset} base"] = baseline.mean(dataset) if baseline else float("nan")
+            row[f"{dataset} moe"] = best.mean(dataset)
+            if baseline:
+                test = paired_t_test(baseline.per_query(dataset), best.per_query(dataset))
+                row[f"{dataset} Δ"], row[f"{dataset} p"] = test.delta, test.p_value
+        rows.append(row)
+    return rows
+
+
+def _describe(params: dict[str, Any]) -> str:
+    if params["num_experts"] == 0:
+        return "baseline"
+    return (f"N={params['num_experts']} k={params.get('top_k', '-')} inf={params.get('inference', 'top_k')} "
+            f"lr={params.get('moe_lr', float('nan')):.1e}")
+
+
+def heatmap_figure(records: list[TrialRecord], dataset: str):
+    """Experts x top-k grid of test nDCG@10 (best trial per cell); column "all" = all experts at inference."""
+    moe = [r for r in records if not r.is_baseline]
+    experts = sorted({r.params["num_experts"] for r in moe})
+    columns = sorted({str(r.params.get("top_k", 1)) for r in moe}) + (
+        ["all"] if any(r.params.get("inference") == "all" for r in moe) else [])
+    grid = np.full((len(experts), len(columns)), np.nan)
+    for r in moe:
+        column = "all" if r.params.get("inference") == "all" else str(r.params.get("top_k", 1))
+        i, j = experts.index(r.params["num_experts"]), columns.index(column)
+        grid[i, j] = np.nanmax([grid[i, j], r.mean(dataset)])
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(columns), 1.2 + 0.5 * len(experts)))
+    image = ax.imshow(grid, cmap="magma", aspect="auto")
+    ax.set_xticks(range(len(columns)), [c if c == "all" else f"top-{c}" for c in columns])
+    ax.set_yticks(range(len(experts)), [f"{n} experts" for n in experts])
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="w", fontsize=8)
+    baselines = [r.mean(dataset) for r in records if r.is_baseline]
+    ax.set_title(f"{dataset}: test nDCG@10 (best trial per cell)"
+                 + (f"\nbaseline {max(baselines):.3f}" if baselines else ""), fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return fig
+
+
+def param_importances(records: list[TrialRecord], mode: str) -> dict[str, float]:
+    """Optuna's fANOVA importances of the SB-MoE parameters for the objective (empty if too few trials)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    moe = [r for r in records if not r.is_baseline and not math.isnan(r.objective)]
+    if len(moe) < 3:
+        return {}
+    values = {key: sorted({r.params[key] for r in moe if key in r.params}, key=str)
+              for key in ("base_model", "num_experts", "top_k", "inference", "moe_lr")}
+    distributions = {
+        "base_model": CategoricalDistribution(values["base_model"]),
+        "num_experts": CategoricalDistribution(values["num_experts"]),
+        "moe_lr": FloatDistribution(min(values["moe_lr"]), max(values["moe_lr"]) * (1 + 1e-9), log=True),
+    }
+    if values["top_k"]:
+        distributions["top_k"] = IntDistribution(min(values["top_k"]), max(values["top_k"]) + 1)
+    if values["inference"]:
+        distributions["inference"] = CategoricalDistribution(values["inference"])
+    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    for r in moe:
+        params = {k: r.params[k] for k in distributions if k in r.params}
+        study.add_trial(optuna.trial.create_trial(params=params, value=r.objective,
+                                                  distributions={k: distributions[k] for k in params}))
+    try:
+        return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError):
+        return {}
+
+
+def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
+    """``<study>/report/report.md`` with its PNGs; returns the markdown path."""
+    folder = study.study_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets = study.test_names
+    lines = [f"# Study `{study.name}`", "",
+             f"{len(records)} finished trials; objective `{study.objective}` ({study.mode}) on the held-out "
+             f"validation split of `{study.train.train_dataset}`; test metrics below.", ""]
+    rows = summary_rows(records, datasets, study.mode)
+    if rows:
+        header = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p")]]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in rows:
+            lines.append("| " + " | ".join(f"{row.get(h, float('nan')):.4f}" if isinstance(row.get(h), float)
+                                            else str(row.get(h, "")) for h in header) + " |")
+        lines.append("")
+    for dataset in datasets:
+        if any(not r.is_baseline for r in records):
+            fig = heatmap_figure(records, dataset)
+            fig.savefig(folder / f"heatmap_{dataset}.png", dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            lines += [f"![{dataset} heatmap](heatmap_{dataset}.png)", ""]
+    importances = param_importances(records, study.mode)
+    if importances:
+        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importances)))
+        ax.barh(list(importances)[::-1], list(importances.values())[::-1], color="tab:blue")
+        ax.set_xlabel(f"importance for {study.objective} (fANOVA)")
+        fig.savefig(folder / "importances.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        lines += ["## Parameter importances", "", "![importances](importances.png)", ""]
+    best = best_trial(records, study.mode)
+    if best is not None:
+        fig = expert_load_figure(best.history, best.test, title=f"best trial {best.trial_id}: {_describe(best.params)}")
+        fig.savefig(folder / "expert_load_best.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        lines += ["## Expert load of the best trial", "", "![expert load](expert_load_best.png)", ""]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines))
+    return path

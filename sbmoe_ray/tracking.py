@@ -1,0 +1,220 @@
+"""MLflow tracking of a study: one parent run, one nested run per trial, kept across resumes.
+
+All logging happens in the driver, from a Tune callback, so a single process writes the store: the
+embedded ``sqlite:///mlflow.db`` is safe even with concurrent trials. (An ``mlflow server`` is what a
+cluster uses, so the UI and every node see one store.) Run ids are kept in ``<study>/mlflow_runs.json``:
+a restored study logs each trial into the run it already has instead of opening a second one (Ray's
+stock ``MLflowLoggerCallback`` opens a new run and leaves the first RUNNING).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from sbmoe_ray.data import data_root, fingerprint_files, dataset_files, locate_dataset
+from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.metrics import paired_t_test
+from sbmoe_ray.report import expert_load_figure
+from sbmoe_ray.study import StudyConfig, TrialRecord, metric_key
+
+RUNS_FILE = "mlflow_runs.json"
+PACKAGES = ("sbmoe-ray", "torch", "transformers", "ray", "optuna", "mlflow", "faiss-cpu", "beir")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail before any trial starts when the tracking store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConfigError(f"config.tracking_uri={uri!r}: the MLflow server is unreachable "
+                              f"({getattr(exc, 'reason', exc)}); start it (mlflow server --host 127.0.0.1 "
+                              "--port 5000) or use sqlite:///mlflow.db") from None
+        raise ConfigError(f"config.tracking_uri={uri!r}: /health did not answer 200")
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise ConfigError(f"config.tracking_uri={uri!r}: folder {folder} does not exist")
+        return
+    raise ConfigError(f"config.tracking_uri={uri!r}: use sqlite:///<file>.db or http(s)://<mlflow server> "
+                      "(the ./mlruns file store is refused by MLflow 3)")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:500]
+    return out
+
+
+def _metric_name(key: str) -> str:
+    return key.replace("@", "_at_")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+class StudyTracker:
+    """The study's MLflow runs, by id; safe to pickle (Tune pickles its callbacks with the experiment)."""
+
+    def __init__(self, study: StudyConfig) -> None:
+        self.tracking_uri, self.name, self.study_dir = study.tracking_uri, study.name, study.study_dir
+        self._client = None
+        self._trial_runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def _runs(self) -> dict[str, Any]:
+        path = self.study_dir / RUNS_FILE
+        return json.loads(path.read_text()) if path.is_file() else {"parent": None, "trials": {}}
+
+    def _save_runs(self, runs: dict[str, Any]) -> None:
+        (self.study_dir / RUNS_FILE).write_text(json.dumps(runs, indent=2))
+
+    def experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.name)
+        return experiment.experiment_id if experiment else self.client.create_experiment(self.name)
+
+    def parent_run(self, study: StudyConfig) -> str:
+        """The study's parent run: created with the space, datasets, checksums, versions and commit."""
+        runs = self._runs()
+        if runs["parent"]:
+            self.client.update_run(runs["parent"], status="RUNNING")
+            return runs["parent"]
+        run = self.client.create_run(self.experiment_id(), run_name=self.name, tags={"sbmoe.kind": "study"})
+        run_id = run.info.run_id
+        params = _flatten(study.space(), "space.")
+        params.update(_flatten({"train": json.loads(json.dumps(study.train.to_dict(), default=str))}))
+        root = data_root(study.train.data_dir)
+        for name in [study.train.train_dataset, *study.train.test_datasets]:
+            path = locate_dataset(name, root)
+            split = study.train.train_split if name == study.train.train_dataset else study.train.test_split
+            params[f"dataset.{name}.sha256"] = fingerprint_files(dataset_files(path, split))[:16]
+        for package in PACKAGES:
+            try:
+                params[f"version.{package}"] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                pass
+        params["git_commit"], params["python"] = _git_commit(), sys.version.split()[0]
+        for key, value in params.items():
+            self.client.log_param(run_id, key, value)
+        runs["parent"] = run_id
+        self._save_runs(runs)
+        return run_id
+
+    def trial_run(self, trial_id: str, params: dict[str, Any], starting: bool = False) -> str:
+        """The nested run of a trial: the one it already has (also after a resume), else a new one."""
+        if trial_id in self._trial_runs and not starting:
+            return self._trial_runs[trial_id]
+        runs = self._runs()
+        if trial_id in runs["trials"]:
+            run_id = self._trial_runs[trial_id] = runs["trials"][trial_id]
+            if starting:
+                self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id(), run_name=trial_id,
+                                     tags={"mlflow.parentRunId": runs["parent"], "sbmoe.kind": "trial"})
+        for key, value in _flatten(params).items():
+            self.client.log_param(run.info.run_id, key, value)
+        runs["trials"][trial_id] = self._trial_runs[trial_id] = run.info.run_id
+        self._save_runs(runs)
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(_metric_name(k), float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[start: start + 500])
+
+    def log_trial_artifacts(self, run_id: str, results_file: Path) -> None:
+        data = json.loads(results_file.read_text())
+        self.client.log_artifact(run_id, str(results_file))
+        figure = expert_load_figure(data["history"], data["test"], title=data["trial_id"])
+        if figure is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "expert_load.png"
+                figure.savefig(path, dpi=110, bbox_inches="tight")
+                self.client.log_artifact(run_id, str(path))
+
+    def log_comparisons(self, records: list[TrialRecord], datasets: list[str]) -> None:
+        """Δ nDCG@10 and paired t-test p-value of every SB-MoE trial against its base model's baseline."""
+        runs = self._runs()["trials"]
+        baselines = {r.params["base_model"]: r for r in records if r.is_baseline}
+        for record in records:
+            base = baselines.get(record.params["base_model"])
+            if record.is_baseline or base is None or record.trial_id not in runs:
+                continue
+            metrics = {}
+            for dataset in datasets:
+                test = paired_t_test(base.per_query(dataset), record.per_query(dataset))
+                metrics[metric_key(dataset, "delta_ndcg@10")] = test.delta
+                metrics[metric_key(dataset, "p_value_ndcg@10")] = test.p_value
+            self.log_metrics(runs[record.trial_id], metrics, step=0)
+
+    def log_report(self, report: Path) -> None:
+        """Attach the study report (markdown and PNGs) to the parent run."""
+        parent = self._runs()["parent"]
+        if parent:
+            self.client.log_artifacts(parent, str(report.parent), artifact_path="report")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        runs = self._runs()
+        if runs["parent"]:
+            self.client.set_terminated(runs["parent"], status)
+
+
+class MlflowStudyCallback(tune.Callback):
+    """Tune callback: per-epoch and final metrics, params and artifacts into each trial's nested run."""
+
+    def __init__(self, tracker: StudyTracker) -> None:
+        self.tracker = tracker
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.tracker.trial_run(trial.trial_id, trial.config, starting=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
+        self.tracker.log_metrics(run_id, result, step=int(result.get("epochs_done", 0)))
+        if result.get("final") and result.get("results_file"):
+            self.tracker.log_trial_artifacts(run_id, Path(result["results_file"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.tracker.client.set_terminated(self.tracker.trial_run(trial.trial_id, trial.config), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.tracker.client.set_terminated(self.tracker.trial_run(trial.trial_id, trial.config), "FAILED")

@@ -1,0 +1,144 @@
+"""The experts study end to end on tiny models: Tune + Optuna + Train + MLflow, and SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sbmoe_ray.study import load_trials
+
+from train_helpers import save_tiny_model, synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("study")
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 88)}
+
+
+def write_study(tmp_path: Path, assets, **overrides) -> Path:
+    study = {
+        "name": "tiny-study", "base_models": [str(assets["model"])], "num_experts": [0, 2, 3],
+        "top_k_max": 2, "moe_lr": [1e-3, 1e-2], "num_trials": 4, "max_concurrent": 2, "seed": 0,
+        "storage_path": str(tmp_path / "studies"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "train": {"model": {"max_length": 32}, "train_dataset": str(assets["data"]),
+                  "test_datasets": [str(assets["data"])], "encoder_lr": 0.0, "epochs": 2, "batch_size": 8,
+                  "query_max_length": 16, "precision": "fp32", "num_workers": 1, "cpus_per_worker": 0.5,
+                  "validation_fraction": 0.2},
+    }
+    for key, value in overrides.items():
+        target = study["train"] if key.startswith("train.") else study
+        target[key.removeprefix("train.")] = value
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def sweep(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "studies" / "experts_sweep.py"), "--config", str(config), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            **kwargs)
+
+
+def runs(tmp_path: Path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny-study")
+    return client.search_runs([experiment.experiment_id], max_results=100)
+
+
+def test_a_four_trial_study_tracks_every_trial_in_mlflow(tmp_path, assets):
+    proc = sweep(write_study(tmp_path, assets))
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    all_runs = runs(tmp_path)
+    parents = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "study"]
+    trials = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "trial"]
+    assert len(parents) == 1 and len(trials) == 4
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
+    assert all(r.info.status == "FINISHED" for r in all_runs)
+    dataset = Path(assets["data"]).name
+    for run in trials:
+        metrics, params = run.data.metrics, run.data.params
+        assert 0.0 <= metrics[f"{dataset}.ndcg_at_10"] <= 1.0
+        if params["num_experts"] != "0":
+            assert 1 <= int(params["top_k"]) <= int(params["num_experts"])
+            assert "train_load.load_cv" in metrics and f"{dataset}.p_value_ndcg_at_10" in metrics
+    assert "baseline vs best SB-MoE" in output
+    report = tmp_path / "studies" / "tiny-study" / "report"
+    assert (report / "report.md").is_file() and (report / f"heatmap_{dataset}.png").is_file()
+
+
+def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
+    cases = {
+        "top_k": ({"top_k": 3}, "top_k=3: larger than num_experts=2"),
+        "lr": ({"moe_lr": [1e-2, 1e-4]}, "moe_lr=[0.01, 0.0001]: expected [low, high]"),
+        "model": ({"base_models": ["no-such-org/no-such-model"]}, "could not load base model"),
+        "split": ({"train.train_split": "dev"}, "no split 'dev'"),
+        "tracking": ({"tracking_uri": "http://127.0.0.1:9"}, "MLflow server is unreachable"),
+        "storage": ({"storage_path": "/proc/forbidden"}, "not writable"),
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for name, (overrides, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        proc = sweep(write_study(folder, assets, **overrides), env=env)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and message in output, (name, output[-2000:])
+        assert "Started a local Ray instance" not in output and "ray.init" not in output
+    # a different space under an existing name is refused
+    first = tmp_path / "space"
+    first.mkdir()
+    (first / "studies" / "tiny-study").mkdir(parents=True)
+    (first / "studies" / "tiny-study" / "study_space.json").write_text(json.dumps({"num_experts": [0, 9]}))
+    proc = sweep(write_study(first, assets), env=env)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "exists" in output and "different search space" in output
+
+
+def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, assets):
+    config = write_study(tmp_path, assets, **{"train.encoder_lr": 1e-4, "train.epochs": 6, "num_trials": 3,
+                                               "num_experts": [2, 3], "max_concurrent": 1})
+    study_dir = tmp_path / "studies" / "tiny-study"
+    proc = sweep(config)
+    deadline = time.time() + 400
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        finished = list((study_dir / "tune").glob("*/trial_results.json"))
+        started = list((study_dir / "runs").glob("*/progress.jsonl"))
+        if finished and len(started) > len(finished):
+            time.sleep(1.0)                                 # the next trial is inside its epochs
+            os.killpg(proc.pid, signal.SIGKILL)             # driver and the local Ray it started
+            killed = True
+            break
+        time.sleep(0.2)
+    proc.communicate(timeout=60)
+    assert killed, "the study finished before it could be interrupted"
+    finished_before = {p.parent.name: p.stat().st_mtime for p in (study_dir / "tune").glob("*/trial_results.json")}
+    starts_before = {p.parent.name: p.read_text().count("epoch_start") for p in (study_dir / "runs").glob("*/progress.jsonl")}
+
+    resumed = sweep(config, "--resume")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output[-4000:]
+    records = load_trials(study_dir)
+    assert len(records) == 3
+    for trial_dir, mtime in finished_before.items():
+        assert (study_dir / "tune" / trial_dir / "trial_results.json").stat().st_mtime == mtime
+    for record in records:                                  # finished trials were not trained again
+        progress = (study_dir / "runs" / record.trial_id / "progress.jsonl").read_text()
+        if record.trial_id in {json.loads((study_dir / "tune" / d / "trial_results.json").read_text())["trial_id"]
+                               for d in finished_before}:
+            assert progress.count("epoch_start") == starts_before[record.trial_id]
+    trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
+    assert len(trials) == 3 and len({r.info.run_name for r in trials}) == 3
+    assert all(r.info.status == "FINISHED" for r in runs(tmp_path))
