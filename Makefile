@@ -25,8 +25,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The main job: the default experts study (studies/experts_sweep.yaml) on a local Ray with the embedded
+# MLflow store (sqlite:///mlflow.db). Running it again resumes an interrupted study of the same name.
 sweep: setup
-	$(VENV)/bin/sbmoe evaluate --model minilm --dataset scifact --precision bf16 --output results/zero-shot-scifact.json
+	$(PY) studies/experts_sweep.py $(SWEEP_ARGS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -40,7 +40,7 @@ INFERENCE_MODES = ("top_k", "all")
 
 def default_train() -> TrainConfig:
     """The default study trains the SB-MoE head of a frozen MiniLM on cached embeddings (seconds a trial)."""
-    return TrainConfig(encoder_lr=0.0, epochs=3, batch_size=64, num_workers=1, cpus_per_worker=1.0,
+    return TrainConfig(encoder_lr=0.0, epochs=6, batch_size=64, num_workers=1, cpus_per_worker=1.0,
                        test_datasets=["scifact", "nfcorpus", "cran", "cisi"], precision="bf16")
 
 
@@ -60,7 +60,8 @@ class StudyConfig:
     objective: str = "val_loss"
     seed: int = 0
     storage_path: str = "results/studies"
-    tracking_uri: str = "sqlite:///mlflow.db"
+    # $MLFLOW_TRACKING_URI (a cluster head exports its server's), else the embedded store
+    tracking_uri: str = field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     train: TrainConfig = field(default_factory=default_train)
 
     @property
@@ -148,7 +149,8 @@ def trial_config(study: StudyConfig, params: dict[str, Any], trial_id: str) -> T
                     top_k=params.get("top_k", study.top_k or 1),
                     inference_top_k="all" if params.get("inference") == "all" else None)
     return replace(study.train, model=model, moe_lr=params.get("moe_lr", study.train.moe_lr), name=trial_id,
-                   storage_path=str(study.study_dir / "runs"))
+                   storage_path=str(study.study_dir / "runs"),
+                   cache_dir=study.train.cache_dir or str(Path(study.storage_path).resolve() / "embedding_cache"))
 
 
 def is_zero_shot(cfg: TrainConfig) -> bool:

@@ -66,6 +66,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     freeze_encoder: bool = False         # also implied by encoder_lr == 0
     embedding_cache: bool = True         # frozen encoder: train/evaluate from cached pooled embeddings
+    cache_dir: str | None = None         # where the cache lives; default <storage_path>/embedding_cache
     validation_fraction: float = 0.05
     validation_retrieval_docs: int = 0   # > 0: each epoch, nDCG@10 of the held-out queries over their
                                          # positives plus this many random documents (0 disables)
@@ -189,7 +190,7 @@ def _cached_lookup(ids: list[str], pooled: np.ndarray) -> Callable[[list[str]], 
 def embedding_cache(cfg: TrainConfig) -> PooledEmbeddingCache:
     settings = EncodeSettings(batch_size=cfg.eval_batch_size, max_length=cfg.model.max_length,
                               precision=cfg.precision, progress=True)
-    return PooledEmbeddingCache(cfg.run_dir.parent / "embedding_cache", cfg.model, settings)
+    return PooledEmbeddingCache(Path(cfg.cache_dir or Path(cfg.storage_path) / "embedding_cache"), cfg.model, settings)
 
 
 def pair_data(cfg: TrainConfig, device: torch.device) -> PairData:
@@ -459,7 +460,8 @@ def evaluate_checkpoint(folder: Path, cfg: TrainConfig, datasets: list[BeirDatas
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """Model defaults filled in from the base model's folder, paths made absolute (workers run elsewhere)."""
     return replace(cfg, model=cfg.model.resolved(), storage_path=str(Path(cfg.storage_path).resolve()),
-                   data_dir=str(data_root(cfg.data_dir).resolve()))
+                   data_dir=str(data_root(cfg.data_dir).resolve()),
+                   cache_dir=str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else None)
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, list[BeirDataset]]:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action="store_true", help="the paper's grid (studies/paper.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted study of this name")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the config's sqlite:///mlflow.db)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the config's, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     args = parser.parse_args(argv)
     overrides = args.set + ([f"tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])
