@@ -24,11 +24,11 @@ from sbmoe_ray.train import fit, load_train_config
 class PeakTreeMemory(threading.Thread):
     def __init__(self, interval: float = 0.25) -> None:
         super().__init__(daemon=True)
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak, self._stopped = interval, 0, threading.Event()
 
     def run(self) -> None:
         root = psutil.Process()
-        while not self._stop.is_set():
+        while not self._stopped.is_set():
             total = 0
             for proc in [root, *root.children(recursive=True)]:
                 try:
@@ -36,10 +36,10 @@ class PeakTreeMemory(threading.Thread):
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
-            self._stop.wait(self.interval)
+            self._stopped.wait(self.interval)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._stopped.set()
         self.join()
         return self.peak
 

@@ -146,6 +146,20 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str) -> T:
     return cls(**kwargs)
 
 
+class ConfigBase:
+    """A config dataclass built from plain data (YAML, JSON) and validated: ``from_dict`` + ``validate``."""
+
+    @classmethod
+    def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
+        """Build from plain data; unknown keys, wrong types and bad values are ConfigErrors naming the key."""
+        config = build_dataclass(cls, values, where)
+        config.validate(where)
+        return config
+
+    def validate(self, where: str = "config") -> None:
+        raise NotImplementedError
+
+
 def load_config(cls: type[T], path: Path, overrides: list[str] = ()) -> T:
     """``cls.from_dict`` of a YAML file plus ``key=value`` overrides; errors name ``file:line`` and the key."""
     values, lines = read_yaml(path)

@@ -27,7 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from sbmoe_ray.backbones import hidden_size
-from sbmoe_ray.config import build_dataclass
+from sbmoe_ray.config import ConfigBase
 from sbmoe_ray.data import dataset_name, load_dataset
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluate import EvaluationResult, evaluate_pooled
@@ -45,7 +45,7 @@ def default_train() -> TrainConfig:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(ConfigBase):
     name: str = "experts-sweep"
     base_models: list[str] = field(default_factory=lambda: ["minilm", "minilm-l3"])
     num_experts: list[int] = field(default_factory=lambda: [0, 3, 6, 9, 12])   # 0 = the baseline
@@ -69,6 +69,11 @@ class StudyConfig:
         return Path(self.storage_path).resolve() / self.name
 
     @property
+    def cache_dir(self) -> Path:
+        """The frozen-encoder embedding cache, shared by every study under the same storage path."""
+        return Path(self.train.cache_dir or Path(self.storage_path) / "embedding_cache").resolve()
+
+    @property
     def test_names(self) -> list[str]:
         """The test datasets as results name them."""
         return [dataset_name(d) for d in self.train.test_datasets]
@@ -82,12 +87,6 @@ class StudyConfig:
         return {"base_models": self.base_models, "num_experts": self.num_experts, "top_k": self.top_k,
                 "top_k_max": self.top_k_max, "inference": self.inference, "moe_lr": self.moe_lr,
                 "objective": self.objective}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "config") -> StudyConfig:
-        study = build_dataclass(cls, values, where)
-        study.validate(where)
-        return study
 
     def validate(self, where: str = "config") -> None:
         if not self.base_models:
@@ -150,7 +149,7 @@ def trial_config(study: StudyConfig, params: dict[str, Any], trial_id: str) -> T
                     inference_top_k="all" if params.get("inference") == "all" else None)
     return replace(study.train, model=model, moe_lr=params.get("moe_lr", study.train.moe_lr), name=trial_id,
                    storage_path=str(study.study_dir / "runs"),
-                   cache_dir=study.train.cache_dir or str(Path(study.storage_path).resolve() / "embedding_cache"))
+                   cache_dir=str(study.cache_dir))
 
 
 def is_zero_shot(cfg: TrainConfig) -> bool:

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from sbmoe_ray.backbones import hidden_size, load_tokenizer
+from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
 from sbmoe_ray.data import BeirDataset, data_root, load_dataset, split_by_query, training_pairs
 from sbmoe_ray.embedding_cache import PooledEmbeddingCache
-from sbmoe_ray.config import build_dataclass, load_config
+from sbmoe_ray.config import ConfigBase, load_config
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluate import (PRECISIONS, EncodeSettings, EvaluationResult, autocast, evaluate, evaluate_pooled,
                                 exact_search)
@@ -41,10 +42,11 @@ from sbmoe_ray.moe import ExpertLoad
 
 CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_ndcg@10": "max", "train_loss": "min"}
 TRAIN_STATE_FILE = "train_state.pt"
+PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     model: ModelConfig = field(default_factory=ModelConfig)
     train_dataset: str = "scifact"
     train_split: str = "train"
@@ -75,6 +77,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    placement_strategy: str = "SPREAD"   # Train workers across nodes: SPREAD (best effort), PACK, STRICT_*
     max_failures: int = 1
     storage_path: str = "results/ray"
     name: str = "sbmoe-train"
@@ -94,13 +97,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrainConfig:
-        """Build from plain data; unknown keys, wrong types and bad values are ConfigErrors naming the key."""
-        config = build_dataclass(cls, values, where)
-        config.validate(where)
-        return config
 
     def validate(self, where: str = "config") -> None:
         self.model.validate(f"{where}.model")
@@ -140,6 +136,9 @@ class TrainConfig:
         if not isinstance(self.validation_retrieval_docs, int) or self.validation_retrieval_docs < 0:
             raise ConfigError(f"{where}.validation_retrieval_docs={self.validation_retrieval_docs!r}: "
                               "must be an integer >= 0")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(f"{where}.placement_strategy={self.placement_strategy!r}: allowed values are "
+                              f"{PLACEMENT_STRATEGIES}")
         if not self.cpus_per_worker > 0:
             raise ConfigError(f"{where}.cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
 
@@ -278,7 +277,14 @@ def _log_progress(cfg: TrainConfig, event: str, **values: Any) -> None:
     """Append one JSON line to ``<run_dir>/progress.jsonl`` (epoch starts, and ends with their metrics)."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with open(cfg.run_dir / "progress.jsonl", "a") as f:
-        f.write(json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), **values}) + "\n")
+        f.write(json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), "node_id": _node_id(),
+                            **values}) + "\n")
+
+
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def read_progress(run_dir: Path) -> list[dict[str, Any]]:
@@ -384,7 +390,9 @@ def restore_checkpoint(folder: Path, model: BiEncoder, optimizer, scheduler) -> 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()     # the load report lists the pooler weights we leave out on purpose
     cfg = TrainConfig.from_dict(config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -440,21 +448,43 @@ class FitResult:
                 "test": [r.to_dict() for r in self.test]}
 
 
-def evaluate_checkpoint(folder: Path, cfg: TrainConfig, datasets: list[BeirDataset]) -> list[EvaluationResult]:
-    """Test metrics of a saved model on every dataset (through the embedding cache when frozen)."""
-    if cfg.uses_cache:
-        model, _ = load_model(folder, with_backbone=False)
-        cache = embedding_cache(cfg)
-        return [evaluate_pooled(model, ds,
-                                cache.get([ds.corpus[d].full_text for d in ds.corpus], cfg.model.max_length, ds.name),
-                                cache.get([ds.queries[q] for q in ds.queries], cfg.query_max_length, ds.name))
-                for ds in datasets]
+def evaluate_checkpoint(checkpoint, cfg: TrainConfig, datasets: list[BeirDataset],
+                        threads: int | None = None) -> list[EvaluationResult]:
+    """Test metrics of a checkpoint on every dataset (through the embedding cache when frozen)."""
+    if threads:
+        torch.set_num_threads(threads)
+    with checkpoint.as_directory() as folder:
+        if cfg.uses_cache:
+            model, _ = load_model(Path(folder), with_backbone=False)
+            cache = embedding_cache(cfg)
+            return [evaluate_pooled(model, ds,
+                                    cache.get([ds.corpus[d].full_text for d in ds.corpus], cfg.model.max_length, ds.name),
+                                    cache.get([ds.queries[q] for q in ds.queries], cfg.query_max_length, ds.name))
+                    for ds in datasets]
+        model, _ = load_model(Path(folder))
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
-    model, _ = load_model(folder)
     tokenizer = load_tokenizer(cfg.model.base_model)
     settings = EncodeSettings(batch_size=cfg.eval_batch_size, max_length=cfg.model.max_length, precision=cfg.precision,
                               device=device)
     return [evaluate(model.to(device), tokenizer, ds, settings) for ds in datasets]
+
+
+def evaluate_best(checkpoint, cfg: TrainConfig, datasets: list[BeirDataset]) -> list[EvaluationResult]:
+    """Evaluate with the resources the trial's workers just released, not in its 0.25-CPU driver.
+
+    On the cached path evaluation is a matrix product and runs here. Otherwise it is a Ray task holding
+    the workers' CPUs (and one GPU with ``use_gpu``), wherever the cluster has them.
+    """
+    if cfg.uses_cache:
+        return evaluate_checkpoint(checkpoint, cfg, datasets)
+    import ray
+
+    cpus = cfg.num_workers * cfg.cpus_per_worker
+    # "DEFAULT": outside a Tune trial's placement group (its one bundle is the driver's 0.25 CPU), as Ray
+    # Train schedules its own actors.
+    task = ray.remote(num_cpus=cpus, num_gpus=1 if cfg.use_gpu else 0, max_retries=1,
+                      scheduling_strategy="DEFAULT")(evaluate_checkpoint)
+    return ray.get(task.remote(checkpoint, cfg, datasets, threads=max(1, int(cpus))))
 
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
@@ -486,24 +516,6 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, list[BeirDataset]]:
     return cfg, tests
 
 
-def init_ray(address: str | None, cpus_needed: float) -> None:
-    """Connect to ``address`` (a cluster, or "auto"; default ``$RAY_ADDRESS``), else start a local Ray.
-
-    A local Ray gets at least ``cpus_needed`` logical CPUs (a 2-core laptop can run a trial driver plus
-    two 1-CPU workers), and its dashboard listens on localhost only.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=True,
-             dashboard_host="127.0.0.1")
-
-
 def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = None) -> FitResult:
     """Train with Ray Train workers, evaluate the best checkpoint, write ``<run_dir>/results.json``.
 
@@ -512,6 +524,13 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    import ray
+
+    if not ray.is_initialized() and cluster_address(address):
+        # A cluster: connect first, so that storage the other nodes cannot see is refused before any work.
+        cfg.validate()
+        init_ray(address, 0)
+        check_shared_storage([Path(cfg.storage_path).resolve(), embedding_cache(cfg).root.resolve()])
     cfg, tests = prepare(cfg)
     init_ray(address, cfg.num_workers * cfg.cpus_per_worker + 1)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
@@ -520,7 +539,8 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.placement_strategy),
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=str(Path(cfg.storage_path).resolve()), callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
@@ -531,8 +551,7 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
     best = result.get_best_checkpoint(cfg.checkpoint_metric, CHECKPOINT_METRICS[cfg.checkpoint_metric])
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     history = epoch_history(cfg.run_dir)
-    with best.as_directory() as folder:
-        test = evaluate_checkpoint(Path(folder), cfg, tests)
+    test = evaluate_best(best, cfg, tests)
     fitted = FitResult(cfg, history, best.path, best_metrics, result.checkpoint.path, test)
     (cfg.run_dir / "results.json").write_text(json.dumps(fitted.to_dict(), indent=2, default=str))
     return fitted

@@ -28,19 +28,23 @@ import sys
 from pathlib import Path
 
 from sbmoe_ray.cli import format_table
+from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
 from sbmoe_ray.config import load_config
 from sbmoe_ray.errors import SbmoeError
 from sbmoe_ray.report import summary_rows, write_report
 from sbmoe_ray.study import StudyConfig, build_tuner, load_trials, prepare_study, save_study_config
 from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker, check_tracking_uri
-from sbmoe_ray.train import init_ray
 
 HERE = Path(__file__).parent
 
 
-def run(study: StudyConfig, resume: bool = False, address: str | None = None) -> None:
-    # Everything that can be wrong is found before Ray starts; the embedding caches are built here.
+def run(study: StudyConfig, resume: bool = False, address: str | None = None) -> int:
+    # Everything that can be wrong is found before any work (before a local Ray starts; on a cluster,
+    # right after connecting); then the embedding caches are built.
     check_tracking_uri(study.tracking_uri)
+    if cluster_address(address):      # a cluster: every node must see the study and its embedding cache
+        init_ray(address, 0)
+        check_shared_storage([study.study_dir, study.cache_dir])
     prepare_study(study, resume)
     save_study_config(study)
     trial_cpus = 0.25 + study.train.num_workers * study.train.cpus_per_worker
@@ -48,7 +52,7 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None) ->
 
     tracker = StudyTracker(study)
     tracker.parent_run(study)
-    build_tuner(study, callbacks=[MlflowStudyCallback(tracker)]).fit()
+    failed = len(build_tuner(study, callbacks=[MlflowStudyCallback(tracker)]).fit().errors)
 
     # Paired comparisons against each base model's baseline, the summary, and the report.
     records = load_trials(study.study_dir)
@@ -60,8 +64,12 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None) ->
     print(format_table(rows, columns))
     report = write_report(study, records)
     tracker.log_report(report)
-    tracker.finish()
     print(f"report: {report}\nMLflow: {study.tracking_uri} (experiment {study.name!r})")
+    if failed:
+        print(f"{failed} trial(s) failed: see {study.study_dir / 'tune'}/*/error.txt; run the study again to "
+              "retry them", file=sys.stderr)
+    tracker.finish("FAILED" if failed else "FINISHED")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,11 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = args.set + ([f"tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])
     try:
         study = load_config(StudyConfig, Path(HERE / "paper.yaml" if args.paper else args.config), overrides)
-        run(study, args.resume, args.address)
+        return run(study, args.resume, args.address)
     except SbmoeError as exc:
         print(f"experts_sweep: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

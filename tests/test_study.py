@@ -83,6 +83,10 @@ def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
     cases = {
         "top_k": ({"top_k": 3}, "top_k=3: larger than num_experts=2"),
         "lr": ({"moe_lr": [1e-2, 1e-4]}, "moe_lr=[0.01, 0.0001]: expected [low, high]"),
+        "lr0": ({"moe_lr": [0.0, 1e-2]}, "moe_lr=[0.0, 0.01]: expected [low, high] with 0 < low"),
+        "dataset": ({"train.test_datasets": ["/nonexistent/no-such-set"]}, "has no corpus.jsonl"),
+        "key": ({"num_trial": 4}, "config.num_trial=4: unknown key; allowed keys are"),
+        "type": ({"num_trials": "many"}, "config.num_trials='many': expected int"),
         "model": ({"base_models": ["no-such-org/no-such-model"]}, "could not load base model"),
         "split": ({"train.train_split": "dev"}, "no split 'dev'"),
         "tracking": ({"tracking_uri": "http://127.0.0.1:9"}, "MLflow server is unreachable"),
@@ -95,6 +99,7 @@ def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
         proc = sweep(write_study(folder, assets, **overrides), env=env)
         output, _ = proc.communicate(timeout=120)
         assert proc.returncode == 2 and message in output, (name, output[-2000:])
+        assert output.count("error:") == 1, (name, output[-2000:])                 # one message, no traceback
         assert "Started a local Ray instance" not in output and "ray.init" not in output
     # a different space under an existing name is refused
     first = tmp_path / "space"

@@ -25,7 +25,7 @@ from train_helpers import save_tiny_model, synthetic_dataset
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=4, object_store_memory=int(2e8))
+    ray.init(address="local", num_cpus=4, object_store_memory=int(2e8))
     yield
     ray.shutdown()
 

@@ -1,0 +1,81 @@
+"""Ray clusters: connecting (local, ``--address``, ``$RAY_ADDRESS``) and checking that storage is shared.
+
+On a cluster of several nodes, the Train workers of a trial write checkpoints to the storage path and read
+the embedding cache, wherever Ray places them, and a restored study reads what they wrote. A folder that
+only the driver's machine has cannot work there. :func:`check_shared_storage` asks every node whether it
+sees a probe file the driver just wrote, and refuses the path with one clear message if one does not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+
+from sbmoe_ray.errors import ConfigError
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to connect to: ``address`` ("auto" or host:port), else ``$RAY_ADDRESS``, else None (local)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(address: str | None, cpus_needed: float) -> None:
+    """Connect to a cluster (see :func:`cluster_address`), else start a local Ray.
+
+    A local Ray gets at least ``cpus_needed`` logical CPUs (a 2-core laptop can run a trial driver plus
+    two 1-CPU workers); its dashboard listens on localhost only, and token authentication stays on.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cluster_address(address)
+    if address:
+        ray.init(address=address)
+        return
+    # address="local": a new Ray, even when `ray start` left a cluster on this machine (plain ray.init()
+    # would join that one, and refuse num_cpus).
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=True,
+             dashboard_host="127.0.0.1")
+
+
+def _sees(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def check_shared_storage(folders: list[Path], key: str = "storage_path") -> None:
+    """On a multi-node cluster, refuse a folder that some alive node cannot see (not a shared file system).
+
+    Writes a probe file into each folder (creating it), runs one zero-CPU task pinned to every alive node
+    that reads it back, and removes the probe. Does nothing on a single node.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    probe_task = ray.remote(num_cpus=0, max_retries=0)(_sees)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        probe = folder / f".sbmoe-shared-probe-{token}"
+        probe.write_text(token)
+        try:
+            refs = [probe_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(str(probe), token) for n in nodes]
+            seen = ray.get(refs, timeout=120)
+        finally:
+            probe.unlink(missing_ok=True)
+        blind = [f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
+        if blind:
+            raise ConfigError(
+                f"config.{key}={str(folder)!r}: the Ray cluster has {len(nodes)} nodes and {len(blind)} of them "
+                f"cannot see this folder ({', '.join(blind)}): it is local to the driver's machine. Put it on a "
+                "file system that every node mounts at the same path (NFS/EFS, e.g. /mnt/shared/studies; see "
+                "cluster.yaml)")

@@ -1,0 +1,123 @@
+"""Studies on a multi-node Ray cluster on loopback (Ray's own ``cluster_utils.Cluster``): a worker node is
+removed mid-study and the study still finishes, the affected trial resuming from its checkpoint; and a
+storage path that one node cannot see (that node runs in its own mount namespace) is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ray.cluster_utils import Cluster
+
+from sbmoe_ray.study import load_trials
+
+from test_study import runs, sweep, write_study
+from train_helpers import save_tiny_model, synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("multinode")
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 88)}
+
+
+@pytest.fixture
+def cluster():
+    # The head holds no CPU, so trial drivers and Train workers run on the two worker nodes.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1"})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    cluster.shutdown()
+
+
+def registered_epoch(run_dir: Path) -> int | None:
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("epoch")
+
+
+def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
+    ray_cluster, workers = cluster
+    config = write_study(tmp_path, assets, **{"train.encoder_lr": 1e-4, "train.epochs": 6, "num_trials": 2,
+                                               "num_experts": [2, 3], "max_concurrent": 1,
+                                               "train.cpus_per_worker": 0.5})
+    runs_dir = tmp_path / "studies" / "tiny-study" / "runs"
+    proc = sweep(config, "--address", ray_cluster.address)
+    removed = None
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None and removed is None:
+        for progress in runs_dir.glob("*/progress.jsonl"):
+            events = [json.loads(line) for line in progress.read_text().splitlines()]
+            starts = [e for e in events if e["event"] == "epoch_start" and e["epoch"] >= 1]
+            if starts and registered_epoch(progress.parent) == starts[-1]["epoch"] - 1:
+                node = next(n for n in workers if n.node_id == starts[-1]["node_id"])
+                ray_cluster.remove_node(node, allow_graceful=False)      # the node dies mid-epoch
+                removed = (progress.parent, starts[-1]["epoch"], node.node_id)
+                break
+        time.sleep(0.1)
+    output, _ = proc.communicate(timeout=600)
+    assert removed, "no trial was seen training after a registered checkpoint"
+    assert proc.returncode == 0, output[-4000:]
+
+    run_dir, epoch, node_id = removed
+    events = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    starts = [e["epoch"] for e in events if e["event"] == "epoch_start"]
+    assert starts.count(epoch) == 2 and all(starts.count(e) == 1 for e in set(starts) - {epoch})
+    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == list(range(6))
+    rerun = [e for e in events if e["event"] == "epoch_start" and e["epoch"] == epoch]
+    assert rerun[0]["node_id"] == node_id != rerun[1]["node_id"]           # resumed on the surviving node
+    assert len(load_trials(tmp_path / "studies" / "tiny-study")) == 2
+    trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in runs(tmp_path))
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) for a private mount namespace")
+def test_storage_that_a_node_cannot_see_is_refused(tmp_path, assets):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    storage = tmp_path / "studies"
+    storage.mkdir()
+    # A second node that has its own, empty, /…/studies: what a driver-local folder looks like to it.
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    node = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f'mount -t tmpfs tmpfs "{storage}" && exec "{ray_bin}" start --address={cluster.address} '
+         "--num-cpus=1 --block"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if not _wait_for_alive_nodes(cluster.address, 2):
+            if node.poll() is not None:
+                pytest.skip(f"could not start a node in a private mount namespace: {node.stderr.read()[-500:]!r}")
+            pytest.fail("the node in its own mount namespace did not join the cluster in 60 s")
+        proc = sweep(write_study(tmp_path, assets), "--address", cluster.address)
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 2, output[-3000:]
+        assert "cannot see this folder" in output and "local to the driver's machine" in output, output[-3000:]
+        assert not (storage / "tiny-study" / "tune").exists()                # refused before any trial
+        # Without an address, a local Ray of our own starts, although this cluster is recorded as the
+        # machine's current one (plain ray.init() would join it).
+        code = ("import ray; from sbmoe_ray.cluster import init_ray; init_ray(None, 1); "
+                "print('GCS', ray.get_runtime_context().gcs_address)")
+        local = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                               env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        assert "GCS " in local.stdout and cluster.address not in local.stdout, local.stderr[-2000:]
+    finally:
+        os.killpg(node.pid, signal.SIGKILL)
+        cluster.shutdown()
+
+
+def _wait_for_alive_nodes(address: str, count: int, timeout: float = 60) -> bool:
+    code = ("import ray, sys, time; ray.init(address=sys.argv[1]); deadline = time.time() + float(sys.argv[3])\n"
+            "while len([n for n in ray.nodes() if n['Alive']]) < int(sys.argv[2]) and time.time() < deadline:\n"
+            "    time.sleep(0.5)\n"
+            "sys.exit(0 if len([n for n in ray.nodes() if n['Alive']]) >= int(sys.argv[2]) else 1)")
+    return subprocess.run([sys.executable, "-c", code, address, str(count), str(timeout)]).returncode == 0
