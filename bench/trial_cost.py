@@ -1,8 +1,8 @@
 """Cost and result of one real trial: ``fit`` on a config, with the whole run's peak memory.
 
-Peak memory is the largest sum of the resident set sizes of this process and all its descendants (the
-local Ray it starts: GCS, raylet, dashboard, Train controller and workers), sampled every 0.25 s. Shared
-pages are counted once per process, so this is an upper bound.
+Peak memory is taken over this process and all its descendants (the local Ray it starts: GCS, raylet,
+dashboard, Train controller and workers, the evaluation task), sampled every 0.5 s: PSS (shared pages
+split between the processes that map them) and summed RSS (an upper bound).
 
     python bench/trial_cost.py --config configs/train-minilm-scifact.yaml [--set model.num_experts=0 ...]
 """
@@ -10,8 +10,10 @@ pages are counted once per process, so this is an upper bound.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -22,26 +24,34 @@ from sbmoe_ray.train import fit, load_train_config
 
 
 class PeakTreeMemory(threading.Thread):
-    def __init__(self, interval: float = 0.25) -> None:
+    """Peak memory of this process and all its descendants, sampled every ``interval`` seconds.
+
+    ``rss``: the sum of resident set sizes, an upper bound (a library mapped by 20 Ray processes, such as
+    libtorch, counts 20 times). ``pss``: the sum of proportional set sizes, where a shared page counts
+    1/n in each of the n processes that map it: the machine's memory actually used by the run.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.interval, self.peak, self._stopped = interval, 0, threading.Event()
+        self.interval, self.peak_rss, self.peak_pss, self._stopped = interval, 0, 0, threading.Event()
 
     def run(self) -> None:
         root = psutil.Process()
         while not self._stopped.is_set():
-            total = 0
+            rss = pss = 0
             for proc in [root, *root.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
+                    info = proc.memory_full_info()
                 except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+                    continue
+                rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self._stopped.wait(self.interval)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._stopped.set()
         self.join()
-        return self.peak
+        return self.peak_pss, self.peak_rss
 
 
 def main() -> None:
@@ -49,13 +59,14 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
-    config = load_train_config(Path(args.config), args.set)
+    # A fresh storage folder: the same (storage_path, name) would resume a finished run and measure nothing.
+    config = replace(load_train_config(Path(args.config), args.set), storage_path=tempfile.mkdtemp(prefix="trial-cost-"))
     memory = PeakTreeMemory()
     memory.start()
     start = time.perf_counter()
     result = fit(config)
     wall = time.perf_counter() - start
-    peak = memory.stop()
+    peak_pss, peak_rss = memory.stop()
     print(f"\n{config.name}: {config.model.base_model} N={config.model.num_experts} k={config.model.top_k} "
           f"workers={config.num_workers} batch={config.batch_size} precision={config.precision} "
           f"gradient_checkpointing={config.gradient_checkpointing} frozen={config.frozen}")
@@ -65,7 +76,8 @@ def main() -> None:
               f"val_loss {row.get('val_loss', float('nan')):.4f}")
     for r in result.test:
         print(f"  evaluation {r.dataset}: {r.seconds['total']:.1f} s")
-    print(f"  whole run: {wall:.1f} s wall, peak memory {peak / 2**30:.2f} GiB (all processes)")
+    print(f"  whole run: {wall:.1f} s wall, peak memory of all processes {peak_pss / 2**30:.2f} GiB PSS "
+          f"({peak_rss / 2**30:.2f} GiB summed RSS)")
     rows = [{"dataset": r.dataset, **r.metrics.means} for r in result.test]
     print(format_table(rows, ["dataset", *METRICS]))
 

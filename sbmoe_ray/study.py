@@ -28,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sbmoe_ray.backbones import hidden_size
 from sbmoe_ray.config import ConfigBase
-from sbmoe_ray.data import dataset_name, load_dataset
+from sbmoe_ray.data import data_root, dataset_name, load_dataset
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluate import EvaluationResult, evaluate_pooled
 from sbmoe_ray.model import ModelConfig, build_bi_encoder
@@ -67,6 +67,17 @@ class StudyConfig(ConfigBase):
     @property
     def study_dir(self) -> Path:
         return Path(self.storage_path).resolve() / self.name
+
+    def resolved(self) -> StudyConfig:
+        """A copy with every path absolute, taken in the driver: trials run in their own trial folder (Tune
+        sets it as their working directory), where a relative path would name another place."""
+        study = replace(self, storage_path=str(Path(self.storage_path).resolve()))
+        uri = study.tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        train = replace(study.train, data_dir=str(data_root(study.train.data_dir).resolve()),
+                        cache_dir=str(study.cache_dir))
+        return replace(study, train=train, tracking_uri=uri)
 
     @property
     def cache_dir(self) -> Path:

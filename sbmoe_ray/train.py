@@ -400,13 +400,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     seed_everything(cfg.seed)
     data = pair_data(cfg, device)
-    model = build_model(cfg)
+    # On the device before the optimizer exists: a restored optimizer state follows its parameters' device.
+    model = build_model(cfg).to(device)
     optimizer, scheduler = build_optimizer(model, cfg)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             start_epoch = restore_checkpoint(Path(folder), model, optimizer, scheduler)
+        if rank == 0:
+            print(f"[{cfg.name}] resuming from the checkpoint of epoch {start_epoch}/{cfg.epochs} in "
+                  f"{cfg.run_dir}", flush=True)
     model = ray.train.torch.prepare_model(model)
     bare = getattr(model, "module", model)
 

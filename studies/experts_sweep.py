@@ -41,6 +41,7 @@ HERE = Path(__file__).parent
 def run(study: StudyConfig, resume: bool = False, address: str | None = None) -> int:
     # Everything that can be wrong is found before any work (before a local Ray starts; on a cluster,
     # right after connecting); then the embedding caches are built.
+    study = study.resolved()
     check_tracking_uri(study.tracking_uri)
     if cluster_address(address):      # a cluster: every node must see the study and its embedding cache
         init_ray(address, 0)

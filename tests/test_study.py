@@ -58,9 +58,17 @@ def runs(tmp_path: Path):
 
 
 def test_a_four_trial_study_tracks_every_trial_in_mlflow(tmp_path, assets):
-    proc = sweep(write_study(tmp_path, assets))
+    # Relative storage and tracking paths, as in studies/experts_sweep.yaml: trials run in their own
+    # trial folder, so the driver must make every path absolute before handing the config over.
+    config = write_study(tmp_path, assets, storage_path="studies", tracking_uri="sqlite:///mlflow.db")
+    proc = sweep(config, cwd=tmp_path)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
+    study_dir = tmp_path / "studies" / "tiny-study"
+    assert list((tmp_path / "studies" / "embedding_cache").rglob("*.npy"))
+    assert not list((study_dir / "tune").glob("*/embedding_cache")) and not list((study_dir / "tune").glob("*/studies"))
+    trained = {r.trial_id for r in load_trials(study_dir) if not r.is_baseline}
+    assert trained and trained == {p.parent.name for p in (study_dir / "runs").glob("*/progress.jsonl")}
     all_runs = runs(tmp_path)
     parents = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "study"]
     trials = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "trial"]
