@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,7 +71,7 @@ def main() -> None:
                         f"--window-size={args.window}", "--virtual-time-budget=20000",
                         f"--screenshot={Path(args.output).resolve()}", page], check=True, capture_output=True, timeout=180)
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)          # the server and the workers it started
         server.wait(timeout=30)
     print(f"wrote {args.output}: {len(trials)} trials of {args.experiment!r} compared ({page})")
 

@@ -1,6 +1,7 @@
 """What a study found, for people: the summary table, and a report (markdown + plots).
 
-* experts x top-k heatmap of test nDCG@10 per dataset (best trial per cell; "all" = all experts at inference),
+* experts x top-k heatmap of test nDCG@10 per dataset and base model (best trial per cell; "all" = all
+  experts at inference),
 * Optuna parameter importances for the objective (fANOVA, over the SB-MoE trials),
 * expert load of the best trial: share of each expert per epoch in training, and on each test corpus.
 """
@@ -88,27 +89,36 @@ def _describe(params: dict[str, Any]) -> str:
 
 
 def heatmap_figure(records: list[TrialRecord], dataset: str):
-    """Experts x top-k grid of test nDCG@10 (best trial per cell); column "all" = all experts at inference."""
+    """Experts x top-k grid of test nDCG@10, one panel per base model (best trial per cell); column "all" =
+    all experts at inference; each panel's title has its base model's baseline."""
     moe = [r for r in records if not r.is_baseline]
+    base_models = sorted({r.params["base_model"] for r in moe})
     experts = sorted({r.params["num_experts"] for r in moe})
     columns = sorted({str(r.params.get("top_k", 1)) for r in moe}) + (
         ["all"] if any(r.params.get("inference") == "all" for r in moe) else [])
-    grid = np.full((len(experts), len(columns)), np.nan)
-    for r in moe:
-        column = "all" if r.params.get("inference") == "all" else str(r.params.get("top_k", 1))
-        i, j = experts.index(r.params["num_experts"]), columns.index(column)
-        grid[i, j] = np.nanmax([grid[i, j], r.mean(dataset)])
-    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(columns), 1.2 + 0.5 * len(experts)))
-    image = ax.imshow(grid, cmap="magma", aspect="auto")
-    ax.set_xticks(range(len(columns)), [c if c == "all" else f"top-{c}" for c in columns])
-    ax.set_yticks(range(len(experts)), [f"{n} experts" for n in experts])
-    for (i, j), value in np.ndenumerate(grid):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="w", fontsize=8)
-    baselines = [r.mean(dataset) for r in records if r.is_baseline]
-    ax.set_title(f"{dataset}: test nDCG@10 (best trial per cell)"
-                 + (f"\nbaseline {max(baselines):.3f}" if baselines else ""), fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig, axes = plt.subplots(1, len(base_models), squeeze=False,
+                             figsize=(0.4 + (1.4 + 0.9 * len(columns)) * len(base_models), 1.2 + 0.5 * len(experts)))
+    for ax, base_model in zip(axes[0], base_models):
+        grid = np.full((len(experts), len(columns)), np.nan)
+        for r in moe:
+            if r.params["base_model"] != base_model:
+                continue
+            column = "all" if r.params.get("inference") == "all" else str(r.params.get("top_k", 1))
+            i, j = experts.index(r.params["num_experts"]), columns.index(column)
+            grid[i, j] = np.nanmax([grid[i, j], r.mean(dataset)])
+        image = ax.imshow(grid, cmap="magma", aspect="auto")
+        ax.set_xticks(range(len(columns)), [c if c == "all" else f"top-{c}" for c in columns])
+        ax.set_yticks(range(len(experts)), [f"{n} experts" for n in experts])
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
+                        color="k" if image.norm(value) > 0.6 else "w")
+        baseline = next((r.mean(dataset) for r in records if r.is_baseline and r.params["base_model"] == base_model),
+                        None)
+        ax.set_title(f"{base_model}" + (f" (baseline {baseline:.3f})" if baseline is not None else ""), fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.suptitle(f"{dataset}: test nDCG@10, best trial per cell", fontsize=10)
+    fig.tight_layout()
     return fig
 
 

@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,9 @@ class StudyConfig(ConfigBase):
     def validate(self, where: str = "config") -> None:
         if not self.base_models:
             raise ConfigError(f"{where}.base_models=[]: name at least one base model")
-        if not self.num_experts or any(not isinstance(n, int) or n < 0 for n in self.num_experts):
-            raise ConfigError(f"{where}.num_experts={self.num_experts!r}: a non-empty list of integers >= 0")
+        if not any(n > 0 for n in self.num_experts) or any(not isinstance(n, int) or n < 0 for n in self.num_experts):
+            raise ConfigError(f"{where}.num_experts={self.num_experts!r}: a list of integers >= 0 (0 = the "
+                              "baseline) with at least one expert count > 0")
         moe = [n for n in self.num_experts if n > 0]
         if self.top_k is not None and moe and self.top_k > min(moe):
             raise ConfigError(f"{where}.top_k={self.top_k}: larger than num_experts={min(moe)}; a fixed top_k "
@@ -136,20 +138,29 @@ class StudyConfig(ConfigBase):
 
 
 def define_space(trial, base_models: list[str], num_experts: list[int], top_k: int | None, top_k_max: int,
-                 inference: list[str], moe_lr: list[float]) -> None:
-    """Optuna define-by-run space; the top-k range depends on the sampled expert count (k <= N always)."""
+                 inference: list[str], moe_lr: list[float]) -> dict[str, Any] | None:
+    """Optuna define-by-run space; the top-k range depends on the sampled expert count (k <= N always).
+
+    Baselines (N = 0) come only from the enqueued points (:func:`baselines`): ``baseline`` is a one-value
+    parameter, always 0 when TPE samples it and 1 in those points, so no trial is spent on a copy of a
+    baseline (a zero-shot baseline has no objective, and TPE would never learn to avoid it).
+    """
     trial.suggest_categorical("base_model", base_models)
-    n = trial.suggest_categorical("num_experts", num_experts)
-    if n == 0:
-        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Fixed parameter baseline")    # the enqueued 1
+        if trial.suggest_int("baseline", 0, 0):
+            return {"num_experts": 0}
+    n = trial.suggest_categorical("num_experts", [n for n in num_experts if n > 0])
     if top_k is None:
         trial.suggest_int("top_k", 1, min(n, top_k_max))
     trial.suggest_categorical("inference", inference)
     trial.suggest_float("moe_lr", moe_lr[0], moe_lr[1], log=True)
+    return None
 
 
 def baselines(study: StudyConfig) -> list[dict[str, Any]]:
-    return [{"base_model": m, "num_experts": 0} for m in study.base_models] if 0 in study.num_experts else []
+    """One enqueued baseline trial per base model, when ``num_experts`` lists 0."""
+    return [{"base_model": m, "baseline": 1} for m in study.base_models] if 0 in study.num_experts else []
 
 
 def trial_config(study: StudyConfig, params: dict[str, Any], trial_id: str) -> TrainConfig:

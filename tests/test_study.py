@@ -155,3 +155,22 @@ def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, ass
     trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
     assert len(trials) == 3 and len({r.info.run_name for r in trials}) == 3
     assert all(r.info.status == "FINISHED" for r in runs(tmp_path))
+
+
+def test_the_space_keeps_top_k_within_n_and_baselines_to_the_enqueued_trials():
+    import optuna
+
+    from sbmoe_ray.study import StudyConfig, baselines, define_space
+
+    study = StudyConfig(base_models=["a", "b"], num_experts=[0, 3, 6], top_k_max=2)
+    sampler = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for point in baselines(study):
+        sampler.enqueue_trial(point)
+    trials = []
+    for i in range(30):
+        trial = sampler.ask()
+        constants = define_space(trial, study.base_models, study.num_experts, None, 2, study.inference, study.moe_lr)
+        trials.append({**trial.params, **(constants or {})})
+        sampler.tell(trial, float(i % 5))
+    assert [t["base_model"] for t in trials if t["num_experts"] == 0] == ["a", "b"]      # only the enqueued
+    assert all(1 <= t["top_k"] <= min(t["num_experts"], 2) for t in trials if t["num_experts"])
