@@ -29,9 +29,9 @@ import torch
 
 from sbmoe_ray.backbones import hidden_size, load_tokenizer
 from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
+from sbmoe_ray.config import ConfigBase, load_config
 from sbmoe_ray.data import BeirDataset, data_root, load_dataset, split_by_query, training_pairs
 from sbmoe_ray.embedding_cache import PooledEmbeddingCache
-from sbmoe_ray.config import ConfigBase, load_config
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluate import (PRECISIONS, EncodeSettings, EvaluationResult, autocast, evaluate, evaluate_pooled,
                                 exact_search)
