@@ -192,9 +192,14 @@ def zero_shot(cfg: TrainConfig) -> list[EvaluationResult]:
     return results
 
 
+def mlflow_name(key: str) -> str:
+    """MLflow-friendly metric names (no ``@``): ``ndcg@10`` -> ``ndcg_at_10``."""
+    return key.replace("@", "_at_")
+
+
 def metric_key(dataset: str, metric: str) -> str:
-    """MLflow-friendly metric names: ``scifact.ndcg_at_10``."""
-    return f"{dataset}.{metric.replace('@', '_at_')}"
+    """Per-dataset metric names: ``scifact.ndcg_at_10``."""
+    return f"{dataset}.{mlflow_name(metric)}"
 
 
 def final_metrics(results: list[EvaluationResult]) -> dict[str, float]:

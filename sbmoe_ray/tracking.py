@@ -27,7 +27,7 @@ from sbmoe_ray.data import data_root, fingerprint_files, dataset_files, locate_d
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.metrics import paired_t_test
 from sbmoe_ray.report import expert_load_figure
-from sbmoe_ray.study import StudyConfig, TrialRecord, metric_key
+from sbmoe_ray.study import StudyConfig, TrialRecord, metric_key, mlflow_name
 
 RUNS_FILE = "mlflow_runs.json"
 PACKAGES = ("sbmoe-ray", "torch", "transformers", "ray", "optuna", "mlflow", "faiss-cpu", "beir")
@@ -63,10 +63,6 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)[:500]
     return out
-
-
-def _metric_name(key: str) -> str:
-    return key.replace("@", "_at_")
 
 
 def _git_commit() -> str:
@@ -156,7 +152,7 @@ class StudyTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(_metric_name(k), float(v), now, step) for k, v in metrics.items()
+        batch = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         for start in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[start: start + 500])

@@ -20,7 +20,7 @@ from ray.cluster_utils import Cluster
 from sbmoe_ray.study import load_trials
 
 from test_study import runs, sweep, write_study
-from train_helpers import save_tiny_model, synthetic_dataset
+from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def registered_epoch(run_dir: Path) -> int | None:
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("epoch")
 
 
 def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):

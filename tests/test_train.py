@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from sbmoe_ray.model import WEIGHTS_FILE, ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, read_progress
 
-from train_helpers import save_tiny_model, synthetic_dataset
+from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,15 +86,6 @@ def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
     progress = Path(cfg.storage_path).resolve() / cfg.name
     killed: list[int] = []
 
-    def registered_epoch() -> int | None:
-        """The epoch of the latest checkpoint the Train controller has registered (it polls every 2 s)."""
-        try:
-            snapshot = json.loads((progress / "checkpoint_manager_snapshot.json").read_text())
-        except (OSError, ValueError):
-            return None
-        latest = snapshot.get("latest_checkpoint_result") or {}
-        return latest.get("metrics", {}).get("epoch")
-
     def kill_rank0_during_epoch_1() -> None:
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
@@ -102,7 +93,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
             starts = [e for e in events if e["event"] == "epoch_start" and e["epoch"] == 1]
             if any(e["event"] == "epoch_end" and e["epoch"] == 1 for e in events):
                 return                               # epoch 1 ended before epoch 0 was registered
-            if starts and registered_epoch() == 0:
+            if starts and registered_epoch(progress) == 0:
                 os.kill(starts[0]["pid"], signal.SIGKILL)
                 killed.append(starts[0]["pid"])
             time.sleep(0.02)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from conftest import make_tiny_bert, write_beir
@@ -25,3 +26,12 @@ def synthetic_dataset(folder: Path, num_queries: int = 48) -> Path:
     train = [(f"q{i}", f"d{i}", 1) for i in range(num_queries - 8)]
     test = [(f"q{i}", f"d{i}", 1) for i in range(num_queries - 8, num_queries)]
     return write_beir(folder, corpus, queries, {"train": train, "test": test})
+
+
+def registered_epoch(run_dir: Path) -> int | None:
+    """The epoch of the latest checkpoint Ray Train's controller has registered (it polls every 2 s)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("epoch")
