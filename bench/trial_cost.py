@@ -13,6 +13,7 @@ import argparse
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,29 +24,43 @@ from sbmoe_ray.metrics import METRICS
 from sbmoe_ray.train import fit, load_train_config
 
 
+def process_group(proc: psutil.Process, root: psutil.Process) -> str:
+    """Which part of the run a process is: the driver, a Ray worker (its task or actor), or Ray itself."""
+    if proc.pid == root.pid:
+        return "driver"
+    title = (proc.cmdline() or [""])[0]          # Ray workers set it to ray::<actor or task>.<method>
+    return title[len("ray::"):].split(".")[0].split(" ")[0] if title.startswith("ray::") else "ray system"
+
+
 class PeakTreeMemory(threading.Thread):
     """Peak memory of this process and all its descendants, sampled every ``interval`` seconds.
 
     ``rss``: the sum of resident set sizes, an upper bound (a library mapped by 20 Ray processes, such as
     libtorch, counts 20 times). ``pss``: the sum of proportional set sizes, where a shared page counts
     1/n in each of the n processes that map it: the machine's memory actually used by the run.
+    ``parts``: PSS by process group (:func:`process_group`) at the moment of the peak.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.interval, self.peak_rss, self.peak_pss, self._stopped = interval, 0, 0, threading.Event()
+        self.parts: dict[str, int] = {}
 
     def run(self) -> None:
         root = psutil.Process()
         while not self._stopped.is_set():
-            rss = pss = 0
+            rss, parts = 0, Counter()
             for proc in [root, *root.children(recursive=True)]:
                 try:
-                    info = proc.memory_full_info()
+                    info, group = proc.memory_full_info(), process_group(proc, root)
                 except psutil.Error:
                     continue
-                rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+                rss += info.rss
+                parts[group] += getattr(info, "pss", info.rss)
+            pss = sum(parts.values())
+            if pss > self.peak_pss:
+                self.peak_pss, self.parts = pss, dict(parts)
+            self.peak_rss = max(self.peak_rss, rss)
             self._stopped.wait(self.interval)
 
     def stop(self) -> tuple[int, int]:
@@ -78,6 +93,8 @@ def main() -> None:
         print(f"  evaluation {r.dataset}: {r.seconds['total']:.1f} s")
     print(f"  whole run: {wall:.1f} s wall, peak memory of all processes {peak_pss / 2**30:.2f} GiB PSS "
           f"({peak_rss / 2**30:.2f} GiB summed RSS)")
+    print("  at the peak, PSS by process: " + ", ".join(f"{group} {size / 2**30:.2f} GiB" for group, size in
+                                                        sorted(memory.parts.items(), key=lambda kv: -kv[1])))
     rows = [{"dataset": r.dataset, **r.metrics.means} for r in result.test]
     print(format_table(rows, ["dataset", *METRICS]))
 

@@ -103,6 +103,23 @@ def hidden_size(name: str) -> int:
         raise _load_error(name, source, exc) from exc
 
 
+def set_attention_dropout(backbone, probability: float) -> int:
+    """Set the dropout on attention probabilities of every self-attention module; returns how many.
+
+    Any value > 0 keeps PyTorch's CPU ``scaled_dot_product_attention`` off its fused (flash) kernel: it
+    then materialises every batch x heads x L x L probability matrix and a Bernoulli mask of that size.
+    """
+    from torch import nn
+
+    modules = [m for m in backbone.modules()
+               if type(m).__name__.endswith("SelfAttention") and isinstance(getattr(m, "dropout", None), nn.Dropout)]
+    for module in modules:
+        module.dropout.p = probability
+    if hasattr(backbone.config, "attention_probs_dropout_prob"):
+        backbone.config.attention_probs_dropout_prob = probability
+    return len(modules)
+
+
 def load_backbone(name: str):
     """The Hugging Face encoder for ``name`` (no pooler head: DDP would see unused parameters)."""
     from transformers import AutoModel

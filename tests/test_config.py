@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import ray
 
 from sbmoe_ray.errors import ConfigError, DataError, ModelLoadError
 from sbmoe_ray.model import ModelConfig
-from sbmoe_ray.train import TrainConfig, epoch_batches, fit, load_train_config
+from sbmoe_ray.train import TrainConfig, build_model, epoch_batches, fit, load_train_config
 
 from train_helpers import save_tiny_model, synthetic_dataset
 
@@ -92,3 +93,22 @@ def test_worker_shards_tile_the_global_batches():
     for step, batch in enumerate(one):
         assert list(batch) == list(halves[0][step]) + list(halves[1][step])
     assert list(one[0]) != list(epoch_batches(50, 8, 0, 1, seed=3, epoch=2)[0])
+
+
+def test_attention_dropout_is_off_by_default_and_can_be_kept(tmp_path, tokenizer):
+    from transformers import AutoConfig
+
+    folder = save_tiny_model(tmp_path / "m", tokenizer)
+    config = AutoConfig.from_pretrained(folder)
+    config.attention_probs_dropout_prob = 0.1          # the BERT default, as all-MiniLM-L6-v2 ships it
+    config.save_pretrained(folder)
+    base = TrainConfig(model=ModelConfig(base_model=str(folder), num_experts=2).resolved())
+
+    def attention_dropouts(cfg: TrainConfig) -> list[float]:
+        model = build_model(cfg)
+        return [m.dropout.p for m in model.backbone.modules() if type(m).__name__.endswith("SelfAttention")]
+
+    assert attention_dropouts(base) == [0.0, 0.0]                     # both layers: the fused SDPA kernel
+    assert attention_dropouts(replace(base, attention_dropout=None)) == [0.1, 0.1]
+    with pytest.raises(ConfigError, match=r"attention_dropout=1.5: allowed range is \[0, 1\)"):
+        replace(base, attention_dropout=1.5).validate()
