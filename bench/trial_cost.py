@@ -88,9 +88,10 @@ def main() -> None:
     for row in result.history:
         print(f"  epoch {row['epoch']}: train {row['train_seconds']:.1f} s ({row['pairs_per_second']:.1f} pairs/s, "
               f"median step {row['step_seconds_median']:.2f} s), train_loss {row['train_loss']:.4f}, "
-              f"val_loss {row.get('val_loss', float('nan')):.4f}")
+              f"val_loss {row.get('val_loss', float('nan')):.4f}"
+              + (f", GPU peak {row['cuda_peak_memory_gib']:.2f} GiB" if "cuda_peak_memory_gib" in row else ""))
     for r in result.test:
-        print(f"  evaluation {r.dataset}: {r.seconds['total']:.1f} s")
+        print(f"  evaluation {r.dataset}: {r.seconds['total']:.1f} s on {r.device}")
     print(f"  whole run: {wall:.1f} s wall, peak memory of all processes {peak_pss / 2**30:.2f} GiB PSS "
           f"({peak_rss / 2**30:.2f} GiB summed RSS)")
     print("  at the peak, PSS by process: " + ", ".join(f"{group} {size / 2**30:.2f} GiB" for group, size in

@@ -25,7 +25,8 @@ def init_ray(address: str | None, cpus_needed: float) -> None:
     """Connect to a cluster (see :func:`cluster_address`), else start a local Ray.
 
     A local Ray gets at least ``cpus_needed`` logical CPUs (a 2-core laptop can run a trial driver plus
-    two 1-CPU workers); its dashboard listens on localhost only, and token authentication stays on.
+    two 1-CPU workers); its dashboard (started when ``ray[default]`` is installed) listens on localhost
+    only, and token authentication stays on.
     """
     import ray
 
@@ -37,7 +38,7 @@ def init_ray(address: str | None, cpus_needed: float) -> None:
         return
     # address="local": a new Ray, even when `ray start` left a cluster on this machine (plain ray.init()
     # would join that one, and refuse num_cpus).
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=True,
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=None,
              dashboard_host="127.0.0.1")
 
 

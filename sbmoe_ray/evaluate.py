@@ -112,10 +112,11 @@ class EvaluationResult:
     metrics: RetrievalMetrics
     expert_load: ExpertLoad | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"                    # where the encoder ran
 
     def to_dict(self, per_query: bool = True) -> dict:
         result = {"dataset": self.dataset, "split": self.split, "num_queries": self.metrics.num_queries,
-                  "metrics": self.metrics.means, "seconds": self.seconds}
+                  "metrics": self.metrics.means, "seconds": self.seconds, "device": self.device}
         if self.expert_load is not None:
             result["corpus_expert_load"] = self.expert_load.summary()
         if per_query:
@@ -128,13 +129,13 @@ def _empty_load(model: BiEncoder) -> ExpertLoad | None:
 
 
 def _search_and_score(dataset: BeirDataset, doc_emb: np.ndarray, query_emb: np.ndarray, load: ExpertLoad | None,
-                      seconds: dict[str, float], k: int) -> EvaluationResult:
+                      seconds: dict[str, float], k: int, device: str = "cpu") -> EvaluationResult:
     start = time.perf_counter()
     run = exact_search(doc_emb, list(dataset.corpus), query_emb, list(dataset.queries), k)
     seconds["search"] = time.perf_counter() - start
     metrics = evaluate_run(dataset.qrels, run)
     seconds["total"] = sum(seconds.values())
-    return EvaluationResult(dataset.name, dataset.split, metrics, load, seconds)
+    return EvaluationResult(dataset.name, dataset.split, metrics, load, seconds, device)
 
 
 def evaluate(model: BiEncoder, tokenizer, dataset: BeirDataset, settings: EncodeSettings,
@@ -148,7 +149,7 @@ def evaluate(model: BiEncoder, tokenizer, dataset: BeirDataset, settings: Encode
     encoded = time.perf_counter()
     query_emb = encode(model, tokenizer, list(dataset.queries.values()), settings, desc=f"{dataset.name} queries")
     seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
-    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k)
+    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, settings.device)
 
 
 @torch.inference_mode()

@@ -210,17 +210,21 @@ def final_metrics(results: list[EvaluationResult]) -> dict[str, float]:
 # The trial, and how it talks to Tune and Optuna
 
 
+def epoch_result(metrics: dict[str, Any], objective: str) -> dict[str, Any]:
+    """An epoch's metrics as Tune sees them: ``objective`` (this epoch's value) and a 1-based ``epochs_done``."""
+    return {**metrics, "objective": metrics.get(objective, float("nan")), "epochs_done": metrics["epoch"] + 1,
+            "final": False}
+
+
 class StudyReportCallback(TuneReportCallback):
-    """Forward each epoch to Tune with ``objective`` (this epoch's value) and a 1-based ``epochs_done``."""
+    """Forward each epoch of a Ray Train run to Tune (:func:`epoch_result`)."""
 
     def __init__(self, objective: str) -> None:
         super().__init__()
         self.objective = objective
 
     def after_report(self, run_context, metrics, checkpoint):
-        metrics = [{**m, "objective": m.get(self.objective, float("nan")), "epochs_done": m["epoch"] + 1,
-                    "final": False} for m in metrics]
-        super().after_report(run_context, metrics, checkpoint)
+        super().after_report(run_context, [epoch_result(m, self.objective) for m in metrics], checkpoint)
 
 
 class FinalResultOptunaSearch(OptunaSearch):
@@ -245,7 +249,10 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
         test, best_metrics, history, epochs = zero_shot(train_cfg), {}, [], 0
         objective = float("nan")
     else:
-        fitted = fit(train_cfg, callbacks=[StudyReportCallback(cfg.objective)])
+        if train_cfg.in_process:      # the cached fast path trains here, in the trial
+            fitted = fit(train_cfg, on_epoch=lambda metrics: tune.report(epoch_result(metrics, cfg.objective)))
+        else:
+            fitted = fit(train_cfg, callbacks=[StudyReportCallback(cfg.objective)])
         test, best_metrics, history = fitted.test, fitted.best_metrics, fitted.history
         objective, epochs = best_metrics.get(cfg.objective, float("nan")), len(history)
     results_file.write_text(json.dumps({"trial_id": context.get_trial_id(), "params": params, "objective": objective,
@@ -311,8 +318,13 @@ def load_study(study_dir: Path) -> StudyConfig:
 
 
 def trainable(study: StudyConfig):
+    """The trial function with its resources: a 0.25-CPU driver of Ray Train workers, or, when trials
+    train in-process (cached fast path), one worker's CPUs (and GPU)."""
     study_values = json.loads(json.dumps(asdict(study), default=str))
-    return tune.with_resources(tune.with_parameters(run_trial, study=study_values), {"CPU": 0.25})
+    train = study.train
+    resources = ({"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})} if train.in_process
+                 else {"CPU": 0.25})
+    return tune.with_resources(tune.with_parameters(run_trial, study=study_values), resources)
 
 
 def build_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:

@@ -1,15 +1,17 @@
 """Distributed SB-MoE fine-tuning: a plain PyTorch loop inside Ray Train's ``TorchTrainer``.
 
 Read top to bottom: :class:`TrainConfig` (every knob, validated before Ray starts), the data each worker
-sees (:func:`epoch_batches`), the per-worker loop (:func:`train_loop_per_worker`), and the driver
-(:func:`fit`) that launches the workers, then evaluates the best checkpoint on the test datasets.
+sees (:func:`epoch_batches`), the per-worker loop (:func:`train_worker`, with a session that is Ray Train
+or, for the cached fast path, this process), and the driver (:func:`fit`) that launches the workers, then
+evaluates the best checkpoint on the test datasets.
 
 Distributed semantics: the global batch of B pairs is split into W contiguous shards of B/W; passage
 embeddings are all-gathered *with gradient*, so every query sees all B passages as negatives and W
 workers compute exactly the gradient of one worker with batch B (DDP averages the per-worker means).
 The load-balancing loss is per worker (as in Switch Transformer). With a frozen encoder (``encoder_lr = 0``
 or ``freeze_encoder``) the encoder runs once per text into :mod:`sbmoe_ray.embedding_cache` and the
-workers train the SB-MoE head on cached pooled embeddings.
+workers train the SB-MoE head on cached pooled embeddings; with one worker that happens in the calling
+process (:attr:`TrainConfig.in_process`), as Ray Train's start-up would cost 20x the training.
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ class TrainConfig(ConfigBase):
     @property
     def uses_cache(self) -> bool:
         return self.frozen and self.embedding_cache
+
+    @property
+    def in_process(self) -> bool:
+        """One worker on cached embeddings trains in the calling process, without Ray Train: its worker
+        group takes ~10 s to start, the whole training on cached embeddings well under a second."""
+        return self.uses_cache and self.num_workers == 1
 
     @property
     def run_dir(self) -> Path:
@@ -348,6 +356,8 @@ def run_epoch(model: torch.nn.Module, data: PairData, pairs: list[tuple[str, str
     if training:
         metrics.update(train_seconds=seconds, pairs_per_second=len(batches) * cfg.batch_size / max(seconds, 1e-9),
                        step_seconds_median=float(np.median(step_seconds)) if step_seconds else float("nan"))
+        if device.type == "cuda":
+            metrics["cuda_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if load is not None:
         merged = ExpertLoad.from_tensor(_all_sum(load.to_tensor().to(device), world).cpu())
         metrics.update({f"{prefix}_load.{k}": v for k, v in merged.summary().items()})
@@ -395,36 +405,116 @@ def restore_checkpoint(folder: Path, model: BiEncoder, optimizer, scheduler) -> 
     return state["epoch"] + 1
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
-    from transformers.utils import logging as hf_logging
+class RayTrainSession:
+    """What a Ray Train worker needs from Train: its rank, device, checkpoint to resume from, and reporting."""
 
-    hf_logging.set_verbosity_error()     # the load report lists the pooler weights we leave out on purpose
-    cfg = TrainConfig.from_dict(config)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    def __init__(self, cfg: TrainConfig) -> None:
+        import ray.train
+        import ray.train.torch
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()     # the load report lists the pooler weights we leave out on purpose
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def resume(self, model: BiEncoder, optimizer, scheduler) -> int:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return 0
+        with checkpoint.as_directory() as folder:
+            return restore_checkpoint(Path(folder), model, optimizer, scheduler)
+
+    def wrap(self, model: BiEncoder) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)   # DDP when world > 1
+
+    def report(self, metrics: dict[str, Any], folder: Path | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+
+class LocalCheckpoints:
+    """An in-process run's checkpoints in its run folder (``checkpoint_epoch_NNNN``): the best and the latest."""
+
+    METRICS_FILE = "metrics.json"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.root, self.metric, self.mode = cfg.run_dir, cfg.checkpoint_metric, CHECKPOINT_METRICS[cfg.checkpoint_metric]
+
+    def all(self) -> list[tuple[Path, dict[str, Any]]]:
+        folders = sorted(self.root.glob("checkpoint_epoch_*"))
+        return [(f, json.loads((f / self.METRICS_FILE).read_text())) for f in folders if (f / self.METRICS_FILE).is_file()]
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        return (self.all() or [None])[-1]
+
+    def best(self) -> tuple[Path, dict[str, Any]]:
+        sign = 1 if self.mode == "min" else -1
+        return min(self.all(), key=lambda item: sign * item[1].get(self.metric, float("inf")))
+
+    def add(self, folder: Path, metrics: dict[str, Any]) -> None:
+        """Copy a checkpoint in (written under a temporary name, then renamed), then drop all but best and latest."""
+        import shutil
+
+        target = self.root / f"checkpoint_epoch_{metrics['epoch']:04d}"
+        staging = self.root / f".{target.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(folder, staging)
+        (staging / self.METRICS_FILE).write_text(json.dumps(metrics, default=str))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        keep = {self.best()[0], target}
+        for old, _ in self.all():
+            if old not in keep:
+                shutil.rmtree(old)
+
+
+class InProcessSession:
+    """The session of a run that trains in the calling process (:attr:`TrainConfig.in_process`)."""
+
+    rank, world = 0, 1
+
+    def __init__(self, cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+        self.checkpoints, self.on_epoch = LocalCheckpoints(cfg), on_epoch
+
+    def resume(self, model: BiEncoder, optimizer, scheduler) -> int:
+        latest = self.checkpoints.latest()
+        return restore_checkpoint(latest[0], model, optimizer, scheduler) if latest else 0
+
+    def wrap(self, model: BiEncoder) -> torch.nn.Module:
+        return model
+
+    def report(self, metrics: dict[str, Any], folder: Path | None) -> None:
+        self.checkpoints.add(folder, metrics)
+        if self.on_epoch:
+            self.on_epoch(metrics)
+
+
+def train_worker(cfg: TrainConfig, session: RayTrainSession | InProcessSession) -> None:
+    """The training loop of one worker: restore, then per epoch train, validate, checkpoint, report."""
+    rank, world, device = session.rank, session.world, session.device
     seed_everything(cfg.seed)
     data = pair_data(cfg, device)
     # On the device before the optimizer exists: a restored optimizer state follows its parameters' device.
     model = build_model(cfg).to(device)
     optimizer, scheduler = build_optimizer(model, cfg)
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            start_epoch = restore_checkpoint(Path(folder), model, optimizer, scheduler)
-        if rank == 0:
-            print(f"[{cfg.name}] resuming from the checkpoint of epoch {start_epoch}/{cfg.epochs} in "
-                  f"{cfg.run_dir}", flush=True)
-    model = ray.train.torch.prepare_model(model)
+    start_epoch = session.resume(model, optimizer, scheduler)
+    if start_epoch and rank == 0:
+        print(f"[{cfg.name}] resuming from the checkpoint of epoch {start_epoch}/{cfg.epochs} in {cfg.run_dir}",
+              flush=True)
+    model = session.wrap(model)
     bare = getattr(model, "module", model)
 
     for epoch in range(start_epoch, cfg.epochs):
         if rank == 0:
-            _log_progress(cfg, "epoch_start", epoch=epoch)
+            _log_progress(cfg, "epoch_start", epoch=epoch, device=str(device))
         metrics = {"epoch": epoch, **run_epoch(model, data, data.train, cfg, rank, world, epoch, device, optimizer, scheduler)}
         if data.validation:
             metrics.update(run_epoch(model, data, data.validation, cfg, rank, world, epoch, device))
@@ -438,7 +528,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 save_checkpoint(Path(folder), bare, cfg, optimizer, scheduler, epoch)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
+            session.report(metrics, Path(folder) if rank == 0 else None)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point on each worker."""
+    cfg = TrainConfig.from_dict(config)
+    train_worker(cfg, RayTrainSession(cfg))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -460,20 +556,19 @@ class FitResult:
                 "test": [r.to_dict() for r in self.test]}
 
 
-def evaluate_checkpoint(checkpoint, cfg: TrainConfig, datasets: list[BeirDataset],
+def evaluate_checkpoint(folder: Path, cfg: TrainConfig, datasets: list[BeirDataset],
                         threads: int | None = None) -> list[EvaluationResult]:
     """Test metrics of a checkpoint on every dataset (through the embedding cache when frozen)."""
     if threads:
         torch.set_num_threads(threads)
-    with checkpoint.as_directory() as folder:
-        if cfg.uses_cache:
-            model, _ = load_model(Path(folder), with_backbone=False)
-            cache = embedding_cache(cfg)
-            return [evaluate_pooled(model, ds,
-                                    cache.get([ds.corpus[d].full_text for d in ds.corpus], cfg.model.max_length, ds.name),
-                                    cache.get([ds.queries[q] for q in ds.queries], cfg.query_max_length, ds.name))
-                    for ds in datasets]
-        model, _ = load_model(Path(folder))
+    if cfg.uses_cache:
+        model, _ = load_model(folder, with_backbone=False)
+        cache = embedding_cache(cfg)
+        return [evaluate_pooled(model, ds,
+                                cache.get([ds.corpus[d].full_text for d in ds.corpus], cfg.model.max_length, ds.name),
+                                cache.get([ds.queries[q] for q in ds.queries], cfg.query_max_length, ds.name))
+                for ds in datasets]
+    model, _ = load_model(folder)
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(cfg.model.base_model)
     settings = EncodeSettings(batch_size=cfg.eval_batch_size, max_length=cfg.model.max_length, precision=cfg.precision,
@@ -481,14 +576,14 @@ def evaluate_checkpoint(checkpoint, cfg: TrainConfig, datasets: list[BeirDataset
     return [evaluate(model.to(device), tokenizer, ds, settings) for ds in datasets]
 
 
-def evaluate_best(checkpoint, cfg: TrainConfig, datasets: list[BeirDataset]) -> list[EvaluationResult]:
+def evaluate_best(folder: Path, cfg: TrainConfig, datasets: list[BeirDataset]) -> list[EvaluationResult]:
     """Evaluate with the resources the trial's workers just released, not in its 0.25-CPU driver.
 
     On the cached path evaluation is a matrix product and runs here. Otherwise it is a Ray task holding
     the workers' CPUs (and one GPU with ``use_gpu``), wherever the cluster has them.
     """
     if cfg.uses_cache:
-        return evaluate_checkpoint(checkpoint, cfg, datasets)
+        return evaluate_checkpoint(folder, cfg, datasets)
     import ray
 
     cpus = cfg.num_workers * cfg.cpus_per_worker
@@ -496,7 +591,7 @@ def evaluate_best(checkpoint, cfg: TrainConfig, datasets: list[BeirDataset]) -> 
     # Train schedules its own actors.
     task = ray.remote(num_cpus=cpus, num_gpus=1 if cfg.use_gpu else 0, max_retries=1,
                       scheduling_strategy="DEFAULT")(evaluate_checkpoint)
-    return ray.get(task.remote(checkpoint, cfg, datasets, threads=max(1, int(cpus))))
+    return ray.get(task.remote(folder, cfg, datasets, threads=max(1, int(cpus))))
 
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
@@ -528,22 +623,39 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, list[BeirDataset]]:
     return cfg, tests
 
 
-def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = None) -> FitResult:
-    """Train with Ray Train workers, evaluate the best checkpoint, write ``<run_dir>/results.json``.
+def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+    """Train, evaluate the best checkpoint on the test datasets, write ``<run_dir>/results.json``.
 
-    ``callbacks`` are Ray Train callbacks (a Tune trial passes one that forwards each epoch to Tune).
+    Ray Train workers train, unless the run is :attr:`TrainConfig.in_process`. ``callbacks`` are Ray Train
+    callbacks (a Tune trial passes one that forwards each epoch to Tune); ``on_epoch`` is called here with
+    each epoch's metrics by an in-process run.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     import ray
 
-    if not ray.is_initialized() and cluster_address(address):
+    if not cfg.in_process and not ray.is_initialized() and cluster_address(address):
         # A cluster: connect first, so that storage the other nodes cannot see is refused before any work.
         cfg.validate()
         init_ray(address, 0)
         check_shared_storage([Path(cfg.storage_path).resolve(), embedding_cache(cfg).root.resolve()])
     cfg, tests = prepare(cfg)
+    if cfg.in_process:
+        train_worker(cfg, InProcessSession(cfg, on_epoch))
+        checkpoints = LocalCheckpoints(cfg)
+        (best, best_metrics), last = checkpoints.best(), checkpoints.latest()[0]
+    else:
+        best, best_metrics, last = fit_ray_train(cfg, address, callbacks)
+    test = evaluate_best(best, cfg, tests)
+    fitted = FitResult(cfg, epoch_history(cfg.run_dir), str(best), best_metrics, str(last), test)
+    (cfg.run_dir / "results.json").write_text(json.dumps(fitted.to_dict(), indent=2, default=str))
+    return fitted
+
+
+def fit_ray_train(cfg: TrainConfig, address: str | None, callbacks: list | None) -> tuple[Path, dict[str, Any], Path]:
+    """Train with a ``TorchTrainer``; the best checkpoint's folder and metrics, and the last checkpoint's folder."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     init_ray(address, cfg.num_workers * cfg.cpus_per_worker + 1)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
@@ -562,8 +674,5 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
     result = trainer.fit()
     best = result.get_best_checkpoint(cfg.checkpoint_metric, CHECKPOINT_METRICS[cfg.checkpoint_metric])
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
-    history = epoch_history(cfg.run_dir)
-    test = evaluate_best(best, cfg, tests)
-    fitted = FitResult(cfg, history, best.path, best_metrics, result.checkpoint.path, test)
-    (cfg.run_dir / "results.json").write_text(json.dumps(fitted.to_dict(), indent=2, default=str))
-    return fitted
+    # Storage is a local or shared file system (see resolved()), so checkpoint paths are folders here.
+    return Path(best.path), best_metrics, Path(result.checkpoint.path)

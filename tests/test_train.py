@@ -113,6 +113,37 @@ def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
 
 
+def test_one_cached_worker_trains_in_process_like_ray_train_workers(assets, tmp_path):
+    settings = dict(encoder_lr=0.0, epochs=3, noisy_gating=False, load_balancing=0.0)   # as one vs two workers
+    local = fit(config(assets, tmp_path, name="local", num_workers=1, **settings))
+    workers = fit(config(assets, tmp_path, name="workers", num_workers=2, **settings))
+    assert local.config.in_process and not workers.config.in_process
+    assert not (local.config.run_dir / "checkpoint_manager_snapshot.json").exists()     # no Ray Train run
+    assert {e["pid"] for e in read_progress(local.config.run_dir)} == {os.getpid()}
+    assert [row["epoch"] for row in local.history] == [0, 1, 2]
+    w_local, w_workers = weights(local.last_checkpoint), weights(workers.last_checkpoint)
+    for key, value in w_local.items():
+        torch.testing.assert_close(value, w_workers[key], atol=2e-5, rtol=1e-4, msg=key)
+    assert local.test[0].metrics.means == pytest.approx(workers.test[0].metrics.means, abs=1e-4)
+    assert local.best_metrics["val_loss"] == min(row["val_loss"] for row in local.history)
+    # Kept: the best and the last epoch's checkpoints.
+    kept = sorted(p.name for p in local.config.run_dir.glob("checkpoint_epoch_*"))
+    best_epoch = local.best_metrics["epoch"]
+    assert kept == sorted({f"checkpoint_epoch_{best_epoch:04d}", "checkpoint_epoch_0002"})
+
+
+def test_an_in_process_run_resumes_from_its_last_checkpoint(assets, tmp_path):
+    first = fit(config(assets, tmp_path, name="resumed", num_workers=1, encoder_lr=0.0, epochs=1))
+    whole = fit(config(assets, tmp_path, name="resumed", num_workers=1, encoder_lr=0.0, epochs=3))
+    starts = [e["epoch"] for e in read_progress(whole.config.run_dir) if e["event"] == "epoch_start"]
+    assert starts == [0, 1, 2]                     # epoch 0 ran once: the second call went on from it
+    assert [row["epoch"] for row in whole.history] == [0, 1, 2]
+    assert whole.history[0] == first.history[0]
+    straight = fit(config(assets, tmp_path, name="straight", num_workers=1, encoder_lr=0.0, epochs=3))
+    for key, value in weights(straight.last_checkpoint).items():
+        torch.testing.assert_close(value, weights(whole.last_checkpoint)[key], msg=key)
+
+
 def test_frozen_cache_path_equals_the_live_frozen_encoder(assets, tmp_path):
     settings = dict(encoder_lr=0.0, num_workers=1, cpus_per_worker=2.0)
     cached = fit(config(assets, tmp_path, name="cached", **settings))
