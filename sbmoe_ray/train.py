@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -456,13 +457,11 @@ class LocalCheckpoints:
         return (self.all() or [None])[-1]
 
     def best(self) -> tuple[Path, dict[str, Any]]:
-        sign = 1 if self.mode == "min" else -1
-        return min(self.all(), key=lambda item: sign * item[1].get(self.metric, float("inf")))
+        sign = 1 if self.mode == "min" else -1      # an epoch without the metric ranks last
+        return min(self.all(), key=lambda item: (self.metric not in item[1], sign * item[1].get(self.metric, 0.0)))
 
     def add(self, folder: Path, metrics: dict[str, Any]) -> None:
         """Copy a checkpoint in (written under a temporary name, then renamed), then drop all but best and latest."""
-        import shutil
-
         target = self.root / f"checkpoint_epoch_{metrics['epoch']:04d}"
         staging = self.root / f".{target.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
