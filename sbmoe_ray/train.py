@@ -40,7 +40,8 @@ from sbmoe_ray.evaluate import (PRECISIONS, EncodeSettings, EvaluationResult, au
                                 exact_search)
 from sbmoe_ray.losses import InBatchNegativesLoss, load_balancing_loss
 from sbmoe_ray.metrics import evaluate_run
-from sbmoe_ray.model import BiEncoder, EncoderInput, ModelConfig, build_bi_encoder, load_model, load_weights, save_model
+from sbmoe_ray.model import (BiEncoder, EncoderInput, EncoderOutput, ModelConfig, build_bi_encoder, load_model,
+                             load_weights, save_model)
 from sbmoe_ray.moe import ExpertLoad
 
 CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_ndcg@10": "max", "train_loss": "min"}
@@ -69,6 +70,8 @@ class TrainConfig(ConfigBase):
     load_balancing: float = 0.01         # coefficient of the Switch load-balancing loss; 0 disables it
     precision: str = "bf16"              # autocast for training and evaluation: "bf16" or "fp32"
     gradient_checkpointing: bool = False
+    grad_cache_chunk: int = 0            # > 0: cached-gradient training (GradCache), encoding this many texts
+                                         # at a time: the whole batch's loss at one chunk's activation memory
     attention_dropout: float | None = 0.0  # dropout on attention probabilities while training; null keeps
                                          # the base model's (0.1 for BERT), which is 2x slower on CPU
     freeze_encoder: bool = False         # also implied by encoder_lr == 0
@@ -151,6 +154,13 @@ class TrainConfig(ConfigBase):
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ConfigError(f"{where}.placement_strategy={self.placement_strategy!r}: allowed values are "
                               f"{PLACEMENT_STRATEGIES}")
+        if not isinstance(self.grad_cache_chunk, int) or isinstance(self.grad_cache_chunk, bool) \
+                or self.grad_cache_chunk < 0:
+            raise ConfigError(f"{where}.grad_cache_chunk={self.grad_cache_chunk!r}: must be an integer >= 0 "
+                              "(0 disables cached-gradient training)")
+        if self.grad_cache_chunk and self.frozen:
+            raise ConfigError(f"{where}.grad_cache_chunk={self.grad_cache_chunk}: needs a trained encoder "
+                              "(encoder_lr > 0); a frozen encoder keeps no activations to save")
         if self.attention_dropout is not None and not (isinstance(self.attention_dropout, (int, float))
                                                        and 0 <= self.attention_dropout < 1):
             raise ConfigError(f"{where}.attention_dropout={self.attention_dropout!r}: allowed range is [0, 1), "
@@ -316,6 +326,83 @@ def epoch_history(run_dir: Path) -> list[dict[str, Any]]:
     return [ends[epoch] for epoch in sorted(ends)]
 
 
+def batch_loss(out: EncoderOutput, criterion: InBatchNegativesLoss, cfg: TrainConfig, rank: int,
+               world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contrastive loss over every worker's passages (+ load balancing), and the in-batch accuracy."""
+    loss, accuracy = criterion(out.queries, _gather(out.passages, world), offset=rank * len(out.queries))
+    if out.routing is not None and cfg.load_balancing > 0:
+        loss = loss + cfg.load_balancing * load_balancing_loss(out.routing)
+    return loss, accuracy
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _chunks(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """Row chunks of a token batch, each cut to its own longest text."""
+    chunks = []
+    for start in range(0, len(batch["input_ids"]), size):
+        mask = batch["attention_mask"][start: start + size]
+        width = int(mask.sum(dim=1).max())
+        chunks.append({"input_ids": batch["input_ids"][start: start + size, :width], "attention_mask": mask[:, :width]})
+    return chunks
+
+
+def cached_gradient_backward(model: BiEncoder, queries: dict[str, torch.Tensor], passages: dict[str, torch.Tensor],
+                             cfg: TrainConfig, device: torch.device,
+                             loss_of: Callable[[EncoderOutput], tuple[torch.Tensor, torch.Tensor]]):
+    """Backward of the whole batch's loss at the activation memory of ``cfg.grad_cache_chunk`` texts.
+
+    GradCache (Gao, Zhang, Han, Callan 2021, arXiv 2101.06983): (1) pool every chunk without a graph,
+    (2) run the head and the loss on the pooled embeddings and backpropagate to them, (3) re-encode each
+    chunk with a graph and backpropagate its slice of those gradients. The RNG state of each chunk's first
+    pass is replayed in the second, so dropout masks match and the gradient is the full batch's.
+    Returns the batch's output, loss and accuracy; gradients are accumulated into ``model``.
+    """
+    chunks = _chunks(queries, cfg.grad_cache_chunk) + _chunks(passages, cfg.grad_cache_chunk)
+    states, pooled = [], []
+    with torch.no_grad(), autocast(device.type, cfg.precision):
+        for chunk in chunks:
+            states.append(_rng_state(device))
+            pooled.append(model.pool(chunk["input_ids"], chunk["attention_mask"]))
+    cached = torch.cat(pooled).requires_grad_()
+    rows = len(queries["input_ids"])
+    with autocast(device.type, cfg.precision):
+        embeddings, routing = model.project(cached)
+        out = EncoderOutput(embeddings[:rows], embeddings[rows:], routing)
+        loss, accuracy = loss_of(out)
+    loss.backward()
+    after = _rng_state(device)
+    for chunk, state, grad in zip(chunks, states, cached.grad.split([len(p) for p in pooled])):
+        _set_rng_state(state, device)
+        with autocast(device.type, cfg.precision):
+            model.pool(chunk["input_ids"], chunk["attention_mask"]).backward(grad)
+    _set_rng_state(after, device)
+    return out, loss.detach(), accuracy
+
+
+def _average_gradients(model: torch.nn.Module, world: int) -> None:
+    """What DDP does after backward, for the cached-gradient path (which bypasses DDP's forward)."""
+    if world == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    for p, part in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(part.view_as(p))
+
+
 def run_epoch(model: torch.nn.Module, data: PairData, pairs: list[tuple[str, str]], cfg: TrainConfig, rank: int,
               world: int, epoch: int, device: torch.device, optimizer=None, scheduler=None) -> dict[str, Any]:
     """One pass over ``pairs``: training when an optimizer is given, else validation (no gradient)."""
@@ -333,15 +420,21 @@ def run_epoch(model: torch.nn.Module, data: PairData, pairs: list[tuple[str, str
     start = time.perf_counter()
     for index in batches:
         step_start = time.perf_counter()
-        query_ids, doc_ids = [pairs[i][0] for i in index], [pairs[i][1] for i in index]
-        with torch.set_grad_enabled(training), autocast(device.type, cfg.precision):
-            out = model(data.query_input(query_ids), data.passage_input(doc_ids))
-            loss, accuracy = criterion(out.queries, _gather(out.passages, world), offset=rank * len(index))
-            if out.routing is not None and cfg.load_balancing > 0:
-                loss = loss + cfg.load_balancing * load_balancing_loss(out.routing)
+        queries = data.query_input([pairs[i][0] for i in index])
+        passages = data.passage_input([pairs[i][1] for i in index])
         if training:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        if training and cfg.grad_cache_chunk:
+            out, loss, accuracy = cached_gradient_backward(bare, queries, passages, cfg, device,
+                                                           lambda o: batch_loss(o, criterion, cfg, rank, world))
+            _average_gradients(bare, world)
+        else:
+            with torch.set_grad_enabled(training), autocast(device.type, cfg.precision):
+                out = model(queries, passages)
+                loss, accuracy = batch_loss(out, criterion, cfg, rank, world)
+            if training:
+                loss.backward()
+        if training:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()

@@ -16,9 +16,11 @@ import pytest
 import ray
 import torch
 from safetensors.torch import load_file
+from transformers import AutoConfig
 
+from sbmoe_ray.losses import InBatchNegativesLoss
 from sbmoe_ray.model import WEIGHTS_FILE, ModelConfig
-from sbmoe_ray.train import TrainConfig, fit, read_progress
+from sbmoe_ray.train import TrainConfig, batch_loss, build_model, cached_gradient_backward, fit, read_progress
 
 from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset
 
@@ -51,6 +53,39 @@ def weights(checkpoint: str) -> dict[str, torch.Tensor]:
     return torch.load(Path(checkpoint) / WEIGHTS_FILE, weights_only=True)
 
 
+@pytest.mark.parametrize("hidden_dropout,chunk", [(0.0, 3), (0.1, 8)])
+def test_cached_gradients_equal_the_whole_batch_backward(tokenizer, tmp_path, hidden_dropout, chunk):
+    """GradCache's gradient is the whole batch's: exactly without dropout; with dropout only if each
+    chunk's second pass replays the masks of its first (chunk = batch keeps the reference's RNG order)."""
+    folder = save_tiny_model(tmp_path / "m", tokenizer)
+    model_config = AutoConfig.from_pretrained(folder)
+    model_config.hidden_dropout_prob = hidden_dropout
+    model_config.save_pretrained(folder)
+    cfg = TrainConfig(model=ModelConfig(base_model=str(folder), num_experts=3, top_k=1, max_length=32).resolved(),
+                      precision="fp32", grad_cache_chunk=chunk)
+    model = build_model(cfg).train()
+    queries = tokenizer([f"question {i} about topic {i % 3}" for i in range(8)], padding=True, return_tensors="pt")
+    passages = tokenizer([f"passage {i} " + "words " * i for i in range(8)], padding=True, return_tensors="pt")
+    queries, passages = ({k: b[k] for k in ("input_ids", "attention_mask")} for b in (queries, passages))
+    criterion = InBatchNegativesLoss(cfg.temperature)
+
+    def loss_of(out):
+        return batch_loss(out, criterion, cfg, rank=0, world=1)
+
+    torch.manual_seed(1)
+    reference = loss_of(model(queries, passages))[0]
+    reference.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    _, loss, _ = cached_gradient_backward(model, queries, passages, cfg, torch.device("cpu"), loss_of)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_two_workers_report_each_epoch_with_merged_expert_load(assets, tmp_path):
     result = fit(config(assets, tmp_path, validation_retrieval_docs=10))
     assert [row["epoch"] for row in result.history] == [0, 1]
@@ -66,10 +101,12 @@ def test_two_workers_report_each_epoch_with_merged_expert_load(assets, tmp_path)
     assert (Path(result.best_checkpoint) / "train_state.pt").is_file()
 
 
-def test_one_and_two_workers_reach_the_same_weights(assets, tmp_path):
+@pytest.mark.parametrize("grad_cache_chunk", [0, 3])
+def test_one_and_two_workers_reach_the_same_weights(assets, tmp_path, grad_cache_chunk):
+    """Two workers (with DDP, or with cached gradients averaged by hand) train as one worker does."""
     settings = dict(noisy_gating=False, load_balancing=0.0, checkpoint_metric="train_loss")
     one = fit(config(assets, tmp_path, num_workers=1, cpus_per_worker=2.0, name="one", **settings))
-    two = fit(config(assets, tmp_path, num_workers=2, name="two", **settings))
+    two = fit(config(assets, tmp_path, num_workers=2, name="two", grad_cache_chunk=grad_cache_chunk, **settings))
     w1, w2 = weights(one.last_checkpoint), weights(two.last_checkpoint)
     assert w1.keys() == w2.keys()
     for key in w1:
