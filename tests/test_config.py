@@ -48,6 +48,8 @@ def test_a_good_file_with_overrides(tmp_path):
     (GOOD + "encoder_lr: -1\n", r"config\.yaml:9: config\.encoder_lr=-1\.0: must be a number >= 0"),
     (GOOD + "batch_size: 63\n", r"config\.yaml:9: config\.batch_size=63: must be a multiple of num_workers=2"),
     (GOOD + "precision: fp16\n", r"config\.yaml:9: config\.precision='fp16': allowed values are \('fp32', 'bf16'\)"),
+    (GOOD + "grad_cache_chunk: -8\n", r"config\.yaml:9: config\.grad_cache_chunk=-8: must be an integer >= 0"),
+    (GOOD + "encoder_lr: 0\ngrad_cache_chunk: 8\n", r"config\.grad_cache_chunk=8: needs a trained encoder"),
     ("epochs: [1\n", r"config\.yaml:2: not valid YAML"),
 ])
 def test_bad_files_name_line_and_key(tmp_path, text, message):
