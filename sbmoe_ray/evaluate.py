@@ -1,8 +1,9 @@
 """Exact dense-retrieval evaluation: length-sorted batched encoding, FAISS inner-product search, metrics.
 
 Texts are tokenized once, sorted by token length and padded per batch, so short texts do not pay for
-long ones. With ``precision="bf16"`` the encoder runs under bf16 autocast (CPU with AMX, or GPU); the
-embeddings and the search stay float32. Scores are inner products: cosine when the model normalises.
+long ones. With ``precision="bf16"`` the encoder runs under bf16 autocast (CPUs with AVX-512 BF16 or AMX,
+or a GPU); the embeddings and the search stay float32. Scores are inner products: cosine when the model
+normalises.
 """
 
 from __future__ import annotations
