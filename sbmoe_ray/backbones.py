@@ -103,21 +103,19 @@ def hidden_size(name: str) -> int:
         raise _load_error(name, source, exc) from exc
 
 
-def set_attention_dropout(backbone, probability: float) -> int:
-    """Set the dropout on attention probabilities of every self-attention module; returns how many.
+def set_attention_dropout(backbone, probability: float) -> None:
+    """Set the dropout on attention probabilities of every self-attention module.
 
     Any value > 0 keeps PyTorch's CPU ``scaled_dot_product_attention`` off its fused (flash) kernel: it
     then materialises every batch x heads x L x L probability matrix and a Bernoulli mask of that size.
     """
     from torch import nn
 
-    modules = [m for m in backbone.modules()
-               if type(m).__name__.endswith("SelfAttention") and isinstance(getattr(m, "dropout", None), nn.Dropout)]
-    for module in modules:
-        module.dropout.p = probability
+    for module in backbone.modules():
+        if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None), nn.Dropout):
+            module.dropout.p = probability
     if hasattr(backbone.config, "attention_probs_dropout_prob"):
         backbone.config.attention_probs_dropout_prob = probability
-    return len(modules)
 
 
 def load_backbone(name: str):

@@ -733,9 +733,9 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
         check_shared_storage([Path(cfg.storage_path).resolve(), embedding_cache(cfg).root.resolve()])
     cfg, tests = prepare(cfg)
     if cfg.in_process:
-        train_worker(cfg, InProcessSession(cfg, on_epoch))
-        checkpoints = LocalCheckpoints(cfg)
-        (best, best_metrics), last = checkpoints.best(), checkpoints.latest()[0]
+        session = InProcessSession(cfg, on_epoch)
+        train_worker(cfg, session)
+        (best, best_metrics), last = session.checkpoints.best(), session.checkpoints.latest()[0]
     else:
         best, best_metrics, last = fit_ray_train(cfg, address, callbacks)
     test = evaluate_best(best, cfg, tests)
