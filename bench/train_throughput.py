@@ -20,25 +20,38 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from sbmoe_ray.backbones import resolve_model
 from sbmoe_ray.data import load_dataset, split_by_query, training_pairs
 from sbmoe_ray.model import ModelConfig
-from sbmoe_ray.train import TrainConfig, build_model, build_optimizer, fit, pair_data, run_epoch
+from sbmoe_ray.train import TrainConfig, fit, resolved
+from sbmoe_ray.train.loop import build_optimizer, run_epoch
+from sbmoe_ray.train.plan import PLANS, objective_for
+
+SEARCH_ORDER = ("run", "data", "optim", "memory", "scaling", "model", "loss")
+
+
+def settings(cfg: TrainConfig, **values) -> TrainConfig:
+    """``cfg`` with settings given by field name, wherever their section is (``name``: the run's)."""
+    from dataclasses import fields
+
+    for key, value in values.items():
+        section = next(s for s in SEARCH_ORDER if key in {g.name for g in fields(getattr(cfg, s))})
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: value})})
+    return cfg
 
 
 def ours(cfg: TrainConfig, steps: int) -> float:
     """Median seconds per step of our loop, in this process (no Ray), first step excluded."""
-    cfg = replace(cfg, model=cfg.model.resolved())
-    model = build_model(cfg)
+    cfg, cpu = resolved(cfg), torch.device("cpu")
+    plan = PLANS[cfg.path]
+    model = plan.model(cfg)
     optimizer, scheduler = build_optimizer(model, cfg)
-    data = pair_data(cfg, torch.device("cpu"))
-    cpu = torch.device("cpu")
-    run_epoch(model, data, data.train, replace(cfg, max_steps_per_epoch=1), 0, 1, 0, cpu, optimizer, scheduler)
-    metrics = run_epoch(model, data, data.train, replace(cfg, max_steps_per_epoch=steps), 0, 1, 1, cpu,
+    data, step = plan.inputs(cfg, cpu), plan.step(cfg, objective_for(cfg), cpu)
+    run_epoch(model, step, data, data.train, settings(cfg, max_steps_per_epoch=1), 0, 1, 0, optimizer, scheduler)
+    metrics = run_epoch(model, step, data, data.train, settings(cfg, max_steps_per_epoch=steps), 0, 1, 1,
                         optimizer, scheduler)
     return metrics["step_seconds_median"]
 
@@ -49,8 +62,8 @@ def sentence_transformers_reference(cfg: TrainConfig, steps: int) -> float:
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
-    dataset = load_dataset(cfg.train_dataset, "train", cfg.data_dir)
-    train, _ = split_by_query(training_pairs(dataset.qrels), cfg.validation_fraction, cfg.seed)
+    dataset = load_dataset(cfg.data.train_dataset, "train", cfg.data.data_dir)
+    train, _ = split_by_query(training_pairs(dataset.qrels), cfg.data.validation_fraction, cfg.run.seed)
     pairs = Dataset.from_dict({"anchor": [dataset.queries[q] for q, _ in train],
                                "positive": [dataset.corpus[d].full_text for _, d in train]})
     model = SentenceTransformer(resolve_model(cfg.model.base_model).source, device="cpu")
@@ -69,11 +82,11 @@ def sentence_transformers_reference(cfg: TrainConfig, steps: int) -> float:
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         args = SentenceTransformerTrainingArguments(
-            output_dir=out, per_device_train_batch_size=cfg.batch_size, max_steps=steps + 1, learning_rate=cfg.encoder_lr,
+            output_dir=out, per_device_train_batch_size=cfg.optim.batch_size, max_steps=steps + 1, learning_rate=cfg.optim.encoder_lr,
             use_cpu=True, report_to="none", save_strategy="no", logging_strategy="no", dataloader_drop_last=True,
-            disable_tqdm=True, seed=cfg.seed)
+            disable_tqdm=True, seed=cfg.run.seed)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
-                                             loss=MultipleNegativesRankingLoss(model, scale=1 / cfg.temperature),
+                                             loss=MultipleNegativesRankingLoss(model, scale=1 / cfg.loss.temperature),
                                              callbacks=[timer])
         trainer.train()
     step_times = [end - begin for begin, end in zip(timer.stamps[0::2], timer.stamps[1::2])]
@@ -85,24 +98,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    base = TrainConfig(model=ModelConfig(base_model="minilm", num_experts=0, max_length=256), train_dataset="scifact",
-                       batch_size=64, query_max_length=256, encoder_lr=2e-5, moe_lr=1e-3, precision="fp32",
-                       data_dir=args.data_dir, num_workers=1)
-    pairs_per_step = base.batch_size
+    base = settings(TrainConfig(model=ModelConfig(base_model="minilm", num_experts=0, max_length=256)),
+                    train_dataset="scifact", batch_size=64, query_max_length=256, encoder_lr=2e-5, moe_lr=1e-3,
+                    precision="fp32", data_dir=args.data_dir, num_workers=1)
+    pairs_per_step = base.optim.batch_size
 
     print("1. training throughput, one process, batch 64, max length 256 (median s/step, first step excluded)")
     reference = sentence_transformers_reference(base, args.steps)
     print(f"   sentence-transformers MNRL fp32  {reference:7.2f} s/step  {pairs_per_step / reference:6.1f} pairs/s  1.00x",
           flush=True)
-    for label, cfg in [("fp32, attention dropout 0.1", replace(base, attention_dropout=None)),
-                       ("fp32 (attention dropout 0)", base), ("bf16 (attention dropout 0)", replace(base, precision="bf16"))]:
+    for label, cfg in [("fp32, attention dropout 0.1", settings(base, attention_dropout=None)),
+                       ("fp32 (attention dropout 0)", base), ("bf16 (attention dropout 0)", settings(base, precision="bf16"))]:
         t = ours(cfg, args.steps)
         print(f"   ours N=0 {label:28s} {t:7.2f} s/step  {pairs_per_step / t:6.1f} pairs/s  {reference / t:.2f}x",
               flush=True)
 
     print("2. SB-MoE head overhead, bf16, interleaved runs (median s/step)")
-    moe = replace(base, precision="bf16", model=replace(base.model, num_experts=6, top_k=1))
-    plain = replace(base, precision="bf16")
+    moe = settings(base, precision="bf16", num_experts=6, top_k=1)
+    plain = settings(base, precision="bf16")
     plain_times, moe_times = [], []
     for _ in range(2):
         plain_times.append(ours(plain, args.steps))
@@ -112,18 +125,17 @@ def main() -> None:
 
     print("3. frozen-encoder fast path: 3 SciFact epochs, N=6, 1 worker (in-process), embedding cache built")
     with tempfile.TemporaryDirectory() as storage:
-        frozen = replace(base, model=replace(base.model, num_experts=6, top_k=1), encoder_lr=0.0, epochs=3,
-                         query_max_length=64, precision="bf16", storage_path=storage, cpus_per_worker=2.0,
-                         test_datasets=["scifact"])
+        frozen = settings(base, num_experts=6, top_k=1, encoder_lr=0.0, epochs=3, query_max_length=64,
+                          precision="bf16", storage_path=storage, cpus_per_worker=2.0, test_datasets=["scifact"])
         start = time.perf_counter()
-        fit(replace(frozen, name="build-cache"))
+        fit(settings(frozen, name="build-cache"))
         first = time.perf_counter() - start
         start = time.perf_counter()
-        result = fit(replace(frozen, name="cached"))
+        result = fit(settings(frozen, name="cached"))
         second = time.perf_counter() - start
         train_seconds = sum(row["train_seconds"] for row in result.history)
         start = time.perf_counter()
-        workers = fit(replace(frozen, name="cached-ray-train", num_workers=2, cpus_per_worker=1.0))
+        workers = fit(settings(frozen, name="cached-ray-train", num_workers=2, cpus_per_worker=1.0))
         through_ray = time.perf_counter() - start
         print(f"   first run (builds the cache) {first:6.1f} s")
         print(f"   cached run, in-process: fit() wall {second:5.1f} s, of which training {train_seconds:.2f} s over "

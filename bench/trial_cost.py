@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from sbmoe_ray.cli import format_table
 from sbmoe_ray.metrics import METRICS
+from sbmoe_ray.results import format_table
 from sbmoe_ray.train import fit, load_train_config
 
 
@@ -75,16 +75,18 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
     # A fresh storage folder: the same (storage_path, name) would resume a finished run and measure nothing.
-    config = replace(load_train_config(Path(args.config), args.set), storage_path=tempfile.mkdtemp(prefix="trial-cost-"))
+    config = load_train_config(Path(args.config), args.set)
+    config = replace(config, run=replace(config.run, storage_path=tempfile.mkdtemp(prefix="trial-cost-")))
     memory = PeakTreeMemory()
     memory.start()
     start = time.perf_counter()
     result = fit(config)
     wall = time.perf_counter() - start
     peak_pss, peak_rss = memory.stop()
-    print(f"\n{config.name}: {config.model.base_model} N={config.model.num_experts} k={config.model.top_k} "
-          f"workers={config.num_workers} batch={config.batch_size} precision={config.precision} "
-          f"gradient_checkpointing={config.gradient_checkpointing} frozen={config.frozen}")
+    config = result.config
+    print(f"\n{config.run.name}: {config.model.base_model} N={config.model.num_experts} k={config.model.top_k} "
+          f"workers={config.scaling.num_workers} batch={config.optim.batch_size} precision={config.memory.precision} "
+          f"gradient_checkpointing={config.memory.gradient_checkpointing} path={config.path}")
     for row in result.history:
         print(f"  epoch {row['epoch']}: train {row['train_seconds']:.1f} s ({row['pairs_per_second']:.1f} pairs/s, "
               f"median step {row['step_seconds_median']:.2f} s), train_loss {row['train_loss']:.4f}, "

@@ -8,28 +8,28 @@ import sys
 from pathlib import Path
 
 from sbmoe_ray.errors import SbmoeError
+from sbmoe_ray.results import format_table
 
 
-def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:
-    """A plain-text table; floats with 4 decimals."""
-    cells = [[f"{r.get(c, ''):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
-             for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    _quiet_transformers()
     from sbmoe_ray.backbones import load_tokenizer
     from sbmoe_ray.data import load_dataset
     from sbmoe_ray.evaluate import EncodeSettings, evaluate
     from sbmoe_ray.metrics import METRICS
     from sbmoe_ray.model import ModelConfig, build_bi_encoder
+    from sbmoe_ray.precision import describe, resolve_precision
 
     config = ModelConfig(base_model=args.model, max_length=args.max_length).resolved()
-    settings = EncodeSettings(batch_size=args.batch_size, max_length=config.max_length, precision=args.precision,
+    precision = resolve_precision(args.precision, args.device)
+    print(describe(precision, args.device), flush=True)
+    settings = EncodeSettings(batch_size=args.batch_size, max_length=config.max_length, precision=precision,
                               device=args.device)
     settings.validate(where="--")
     datasets = [load_dataset(name, args.split, args.data_dir) for name in args.dataset]  # validate all first
@@ -39,22 +39,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     rows = [{"dataset": r.dataset, "split": r.split, "queries": r.metrics.num_queries, **r.metrics.means,
              "seconds": r.seconds["total"]} for r in results]
     print(f"\nmodel {args.model} ({config.pooling} pooling, normalize={config.normalize}, "
-          f"max_length={config.max_length}, {args.precision})")
+          f"max_length={config.max_length}, {precision})")
     print(format_table(rows, ["dataset", "split", "queries", *METRICS, "seconds"]))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"model": args.model, "model_config": vars(config), "precision": args.precision,
+    output.write_text(json.dumps({"model": args.model, "model_config": vars(config), "precision": precision,
                                   "results": [r.to_dict() for r in results]}, indent=2))
     print(f"wrote {output}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from sbmoe_ray.metrics import METRICS
-    from sbmoe_ray.train import fit, load_train_config
+    from sbmoe_ray.train import load_train_config
 
     config = load_train_config(Path(args.config), args.set or [])
+    from sbmoe_ray.metrics import METRICS      # after the config is known good: these import torch and Ray
+    from sbmoe_ray.train import fit
+
+    _quiet_transformers()
     result = fit(config, address=args.address)
-    print(f"\nbest checkpoint (by {config.checkpoint_metric}): epoch {result.best_metrics.get('epoch')}  "
+    print(f"\nbest checkpoint (by {config.run.checkpoint_metric}): epoch {result.best_metrics.get('epoch')}  "
           f"{result.best_checkpoint}")
     rows = [{"dataset": r.dataset, "split": r.split, "queries": r.metrics.num_queries, **r.metrics.means}
             for r in result.test]
@@ -64,7 +67,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from sbmoe_ray.report import write_report
-    from sbmoe_ray.study import StudyConfig, load_study, load_trials
+    from sbmoe_ray.results import load_trials
+    from sbmoe_ray.study import load_study
+    from sbmoe_ray.study_config import StudyConfig
     from sbmoe_ray.tracking import StudyTracker
 
     folder = Path(args.study)
@@ -86,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="data root (default: $SBMOE_DATA_DIR or ~/.cache/sbmoe/beir)")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--max-length", type=int, default=None, help="default: the model folder's max_seq_length")
-    ev.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ev.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto: bf16 where native (a GPU, a CPU with AVX-512 BF16/AMX), else fp32")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", default="results/evaluate.json")
     ev.set_defaults(func=cmd_evaluate)
@@ -105,9 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
         args.func(args)
     except SbmoeError as exc:
         print(f"sbmoe: error: {exc}", file=sys.stderr)

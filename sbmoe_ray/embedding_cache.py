@@ -79,3 +79,10 @@ class PooledEmbeddingCache:
             np.save(tmp, pooled)
         os.replace(tmp.name, path)
         return pooled
+
+
+def dataset_embeddings(cache: PooledEmbeddingCache, dataset, query_max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled embeddings of a dataset's corpus and queries (in their order), from the cache or encoded now."""
+    docs = cache.get([d.full_text for d in dataset.corpus.values()], cache.config.max_length, f"{dataset.name} corpus")
+    queries = cache.get(list(dataset.queries.values()), query_max_length, f"{dataset.name} queries")
+    return docs, queries

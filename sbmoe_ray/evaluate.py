@@ -2,14 +2,13 @@
 
 Texts are tokenized once, sorted by token length and padded per batch, so short texts do not pay for
 long ones. With ``precision="bf16"`` the encoder runs under bf16 autocast (CPUs with AVX-512 BF16 or AMX,
-or a GPU); the embeddings and the search stay float32. Scores are inner products: cosine when the model
-normalises.
+or a GPU; see :mod:`sbmoe_ray.precision`); the embeddings and the search stay float32. Scores are inner
+products: cosine when the model normalises.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,8 +21,9 @@ from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.metrics import RetrievalMetrics, Run, evaluate_run
 from sbmoe_ray.model import BiEncoder
 from sbmoe_ray.moe import ExpertLoad
+from sbmoe_ray.precision import autocast
 
-PRECISIONS = ("fp32", "bf16")
+RESOLVED_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -38,19 +38,13 @@ class EncodeSettings:
         if max_positions is not None and self.max_length > max_positions:
             raise ConfigError(f"{where}.max_length={self.max_length}: the base model has only {max_positions} "
                               f"positions; allowed range is [1, {max_positions}]")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"{where}.precision={self.precision!r}: allowed values are {PRECISIONS}")
+        if self.precision not in RESOLVED_PRECISIONS:
+            raise ConfigError(f"{where}.precision={self.precision!r}: allowed values are {RESOLVED_PRECISIONS} "
+                              "(resolve 'auto' with sbmoe_ray.precision.resolve_precision first)")
         for key in ("batch_size", "max_length"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{where}.{key}={value!r}: must be a positive integer")
-
-
-def autocast(device: str, precision: str):
-    """bf16 autocast on the given device, or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def tokenize_sorted(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:

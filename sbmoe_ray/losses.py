@@ -1,4 +1,5 @@
-"""Training losses: in-batch-negatives contrastive loss, and the Switch-Transformer load-balancing loss."""
+"""Training losses: in-batch-negatives contrastive loss (the registry :data:`LOSSES`), and the
+Switch-Transformer load-balancing loss of the SB-MoE router."""
 
 from __future__ import annotations
 
@@ -48,3 +49,18 @@ def load_balancing_loss(routing: Routing) -> torch.Tensor:
     counts = torch.bincount(routing.topk.reshape(-1), minlength=num_experts).to(routing.probs.dtype)
     share = counts / counts.sum()
     return num_experts * (share * routing.probs.mean(dim=0)).sum()
+
+
+# A new loss: one class above (``forward(queries, passages, offset) -> (loss, accuracy)``, built from
+# ``temperature``) and one entry here; select it with ``loss.name`` in a config.
+LOSSES: dict[str, type[nn.Module]] = {"in_batch_negatives": InBatchNegativesLoss}
+
+
+def build_loss(name: str, temperature: float, where: str = "config.loss") -> nn.Module:
+    """The contrastive loss named ``name`` (a key of :data:`LOSSES`)."""
+    if name not in LOSSES:
+        from sbmoe_ray.errors import ConfigError
+
+        raise ConfigError(f"{where}.name={name!r}: allowed values are {sorted(LOSSES)}; add a loss to "
+                          "sbmoe_ray.losses.LOSSES")
+    return LOSSES[name](temperature)

@@ -17,47 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbmoe_ray.backbones import encoder_defaults, load_backbone, resolve_model
+from sbmoe_ray.backbones import load_backbone
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.moe import SBMoE, InferenceTopK, Routing, validate_moe_settings
+from sbmoe_ray.model_config import POOLINGS, ModelConfig
+from sbmoe_ray.moe import SBMoE, Routing
 
-POOLINGS = ("mean", "cls")
 MODEL_CONFIG_FILE, WEIGHTS_FILE = "model_config.json", "model.pt"
 # Token batches ({"input_ids", "attention_mask"}) or, on the frozen-encoder path, pooled embeddings [B, H].
 EncoderInput = Union[Mapping[str, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class ModelConfig:
-    """Everything that defines a bi-encoder; ``None`` means "what the base model's folder declares"."""
-
-    base_model: str = "minilm"
-    num_experts: int = 0
-    top_k: int = 1
-    inference_top_k: InferenceTopK = None
-    expert_hidden: int | None = None
-    activation: str = "relu"
-    noisy_gating: bool = True
-    expert_init_std: float = 0.02
-    pooling: str | None = None
-    normalize: bool | None = None
-    max_length: int | None = None
-
-    def validate(self, where: str = "model") -> None:
-        validate_moe_settings(self.num_experts, self.top_k, self.inference_top_k, self.activation, where)
-        if self.pooling not in (None, *POOLINGS):
-            raise ConfigError(f"{where}.pooling={self.pooling!r}: allowed values are {POOLINGS}")
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
-            raise ConfigError(f"{where}.max_length={self.max_length!r}: must be a positive integer")
-
-    def resolved(self) -> ModelConfig:
-        """A copy with pooling, normalisation and max length filled in from the base model's folder."""
-        defaults = encoder_defaults(resolve_model(self.base_model).source)
-        values = asdict(self)
-        for key in ("pooling", "normalize", "max_length"):
-            if values[key] is None:
-                values[key] = getattr(defaults, key)
-        return ModelConfig(**values)
 
 
 @dataclass

@@ -29,7 +29,6 @@ Design choices, and why they differ from the authors' code:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -37,26 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.model_config import ACTIVATION_NAMES, InferenceTopK, validate_moe_settings
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
-InferenceTopK = int | Literal["all"] | None
-
-
-def validate_moe_settings(num_experts: int, top_k: int, inference_top_k: InferenceTopK = None,
-                          activation: str = "relu", where: str = "model") -> None:
-    """Raise one ConfigError naming the first bad setting and its allowed values."""
-    if not isinstance(num_experts, int) or num_experts < 0:
-        raise ConfigError(f"{where}.num_experts={num_experts!r}: must be an integer >= 0 (0 = no MoE block)")
-    if num_experts == 0:
-        return
-    if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
-        raise ConfigError(f"{where}.top_k={top_k!r}: must be an integer in [1, num_experts={num_experts}]")
-    if inference_top_k not in (None, "all") and (
-            not isinstance(inference_top_k, int) or not 1 <= inference_top_k <= num_experts):
-        raise ConfigError(f"{where}.inference_top_k={inference_top_k!r}: must be None (same as top_k), "
-                          f"'all', or an integer in [1, {num_experts}]")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"{where}.activation={activation!r}: allowed values are {sorted(ACTIVATIONS)}")
+assert sorted(ACTIVATIONS) == list(ACTIVATION_NAMES)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 * experts x top-k heatmap of test nDCG@10 per dataset and base model (best trial per cell; "all" = all
   experts at inference),
 * Optuna parameter importances for the objective (fANOVA, over the SB-MoE trials),
-* expert load of the best trial: share of each expert per epoch in training, and on each test corpus.
+* expert load of the best trial: share of each expert per epoch in training, and on each test corpus,
+  and the same figure for every SB-MoE trial (``report/trials/``, which the tracker logs to each trial's run).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sbmoe_ray.metrics import paired_t_test  # noqa: E402
-from sbmoe_ray.study import StudyConfig, TrialRecord  # noqa: E402
+from sbmoe_ray.results import TrialRecord, baselines, best_trial  # noqa: E402
+from sbmoe_ray.search_space import PARAMS, describe  # noqa: E402
+from sbmoe_ray.study_config import StudyConfig  # noqa: E402
 
 
 def _shares(load: dict[str, float]) -> list[float]:
@@ -53,24 +56,15 @@ def expert_load_figure(history: list[dict[str, Any]], test: list[dict[str, Any]]
     return fig
 
 
-def best_trial(records: list[TrialRecord], mode: str) -> TrialRecord | None:
-    """The SB-MoE trial with the best objective (a validation metric)."""
-    moe = [r for r in records if not r.is_baseline and not math.isnan(r.objective)]
-    if not moe:
-        return None
-    return min(moe, key=lambda r: r.objective) if mode == "min" else max(moe, key=lambda r: r.objective)
-
-
 def summary_rows(records: list[TrialRecord], datasets: list[str], mode: str) -> list[dict[str, Any]]:
     """Per base model: baseline and best SB-MoE trial (by objective), Δ nDCG@10 and paired t-test p."""
-    rows = []
-    for base_model in sorted({r.params["base_model"] for r in records}):
-        mine = [r for r in records if r.params["base_model"] == base_model]
-        baseline = next((r for r in mine if r.is_baseline), None)
-        best = best_trial(mine, mode)
+    rows, paired = [], baselines(records)
+    for base_model in sorted({r.base_model for r in records}):
+        mine = [r for r in records if r.base_model == base_model]
+        baseline, best = paired.get(base_model), best_trial(mine, mode)
         if best is None:
             continue
-        row = {"base_model": base_model, "best": _describe(best.params), "trials": len(mine)}
+        row = {"base_model": base_model, "best": describe(best.params), "trials": len(mine)}
         for dataset in datasets:
             row[f"{dataset} base"] = baseline.mean(dataset) if baseline else float("nan")
             row[f"{dataset} moe"] = best.mean(dataset)
@@ -79,13 +73,6 @@ def summary_rows(records: list[TrialRecord], datasets: list[str], mode: str) -> 
                 row[f"{dataset} Δ"], row[f"{dataset} p"] = test.delta, test.p_value
         rows.append(row)
     return rows
-
-
-def _describe(params: dict[str, Any]) -> str:
-    if params["num_experts"] == 0:
-        return "baseline"
-    return (f"N={params['num_experts']} k={params.get('top_k', '-')} inf={params.get('inference', 'top_k')} "
-            f"lr={params.get('moe_lr', float('nan')):.1e}")
 
 
 def heatmap_figure(records: list[TrialRecord], dataset: str):
@@ -113,8 +100,8 @@ def heatmap_figure(records: list[TrialRecord], dataset: str):
             if not np.isnan(value):
                 ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
                         color="k" if image.norm(value) > 0.6 else "w")
-        baseline = next((r.mean(dataset) for r in records if r.is_baseline and r.params["base_model"] == base_model),
-                        None)
+        baseline = baselines(records).get(base_model)
+        baseline = baseline.mean(dataset) if baseline else None
         ax.set_title(f"{base_model}" + (f" (baseline {baseline:.3f})" if baseline is not None else ""), fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.05)
     fig.suptitle(f"{dataset}: test nDCG@10, best trial per cell", fontsize=10)
@@ -123,33 +110,38 @@ def heatmap_figure(records: list[TrialRecord], dataset: str):
 
 
 def param_importances(records: list[TrialRecord], mode: str) -> dict[str, float]:
-    """Optuna's fANOVA importances of the SB-MoE parameters for the objective (empty if too few trials)."""
+    """Optuna's fANOVA importances of the search parameters for the objective (empty if too few trials)."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     moe = [r for r in records if not r.is_baseline and not math.isnan(r.objective)]
     if len(moe) < 3:
         return {}
-    values = {key: sorted({r.params[key] for r in moe if key in r.params}, key=str)
-              for key in ("base_model", "num_experts", "top_k", "inference", "moe_lr")}
-    distributions = {
-        "base_model": CategoricalDistribution(values["base_model"]),
-        "num_experts": CategoricalDistribution(values["num_experts"]),
-        "moe_lr": FloatDistribution(min(values["moe_lr"]), max(values["moe_lr"]) * (1 + 1e-9), log=True),
-    }
-    if values["top_k"]:
-        distributions["top_k"] = IntDistribution(min(values["top_k"]), max(values["top_k"]) + 1)
-    if values["inference"]:
-        distributions["inference"] = CategoricalDistribution(values["inference"])
+    distributions = {p.name: p.distribution([r.params[p.name] for r in moe]) for p in PARAMS
+                     if all(p.name in r.params for r in moe)}
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
     for r in moe:
-        params = {k: r.params[k] for k in distributions if k in r.params}
-        study.add_trial(optuna.trial.create_trial(params=params, value=r.objective,
-                                                  distributions={k: distributions[k] for k in params}))
+        study.add_trial(optuna.trial.create_trial(params={k: r.params[k] for k in distributions}, value=r.objective,
+                                                  distributions=distributions))
     try:
         return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (RuntimeError, ValueError):
         return {}
+
+
+def write_trial_figures(folder: Path, records: list[TrialRecord]) -> dict[str, list[Path]]:
+    """The expert-load figure of every SB-MoE trial under ``folder``; with each trial's results file, the
+    files to attach to its MLflow run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for record in records:
+        files[record.trial_id] = [record.file] if record.file else []
+        fig = expert_load_figure(record.history, record.test, title=f"{record.trial_id}: {describe(record.params)}")
+        if fig is not None:
+            path = folder / f"{record.trial_id}_expert_load.png"
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            files[record.trial_id].append(path)
+    return files
 
 
 def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
@@ -158,8 +150,8 @@ def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     datasets = study.test_names
     lines = [f"# Study `{study.name}`", "",
-             f"{len(records)} finished trials; objective `{study.objective}` ({study.mode}) on the held-out "
-             f"validation split of `{study.train.train_dataset}`; test metrics below.", ""]
+             f"{len(records)} finished trials; objective `{study.search.objective}` ({study.mode}) on the held-out "
+             f"validation split of `{study.train.data.train_dataset}`; test metrics below.", ""]
     rows = summary_rows(records, datasets, study.mode)
     if rows:
         header = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p")]]
@@ -178,13 +170,13 @@ def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
     if importances:
         fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importances)))
         ax.barh(list(importances)[::-1], list(importances.values())[::-1], color="tab:blue")
-        ax.set_xlabel(f"importance for {study.objective} (fANOVA)")
+        ax.set_xlabel(f"importance for {study.search.objective} (fANOVA)")
         fig.savefig(folder / "importances.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         lines += ["## Parameter importances", "", "![importances](importances.png)", ""]
     best = best_trial(records, study.mode)
     if best is not None:
-        fig = expert_load_figure(best.history, best.test, title=f"best trial {best.trial_id}: {_describe(best.params)}")
+        fig = expert_load_figure(best.history, best.test, title=f"best trial {best.trial_id}: {describe(best.params)}")
         fig.savefig(folder / "expert_load_best.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         lines += ["## Expert load of the best trial", "", "![expert load](expert_load_best.png)", ""]

@@ -13,7 +13,6 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,11 +22,12 @@ from typing import Any
 
 from ray import tune
 
-from sbmoe_ray.data import data_root, fingerprint_files, dataset_files, locate_dataset
+from sbmoe_ray.data import data_root, dataset_files, fingerprint_files, locate_dataset
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.metrics import paired_t_test
-from sbmoe_ray.report import expert_load_figure
-from sbmoe_ray.study import StudyConfig, TrialRecord, metric_key, mlflow_name
+from sbmoe_ray.results import TrialRecord, baselines, metric_key, mlflow_name
+from sbmoe_ray.search_space import describe
+from sbmoe_ray.study_config import StudyConfig
 
 RUNS_FILE = "mlflow_runs.json"
 PACKAGES = ("sbmoe-ray", "torch", "transformers", "ray", "optuna", "mlflow", "faiss-cpu", "beir")
@@ -111,12 +111,14 @@ class StudyTracker:
             return runs["parent"]
         run = self.client.create_run(self.experiment_id(), run_name=self.name, tags={"sbmoe.kind": "study"})
         run_id = run.info.run_id
-        params = _flatten(study.space(), "space.")
+        params = _flatten(study.fingerprint())
+        params.update(_flatten({"search": study.search.to_dict()}))
         params.update(_flatten({"train": json.loads(json.dumps(study.train.to_dict(), default=str))}))
-        root = data_root(study.train.data_dir)
-        for name in [study.train.train_dataset, *study.train.test_datasets]:
+        data = study.train.data
+        root = data_root(data.data_dir)
+        for name in [data.train_dataset, *data.test_datasets]:
             path = locate_dataset(name, root)
-            split = study.train.train_split if name == study.train.train_dataset else study.train.test_split
+            split = data.train_split if name == data.train_dataset else data.test_split
             params[f"dataset.{name}.sha256"] = fingerprint_files(dataset_files(path, split))[:16]
         for package in PACKAGES:
             try:
@@ -140,8 +142,9 @@ class StudyTracker:
             if starting:
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id(), run_name=trial_id,
-                                     tags={"mlflow.parentRunId": runs["parent"], "sbmoe.kind": "trial"})
+        run = self.client.create_run(self.experiment_id(), run_name=f"{describe(params)} · {trial_id}",
+                                     tags={"mlflow.parentRunId": runs["parent"], "sbmoe.kind": "trial",
+                                           "sbmoe.trial_id": trial_id})
         for key, value in _flatten(params).items():
             self.client.log_param(run.info.run_id, key, value)
         runs["trials"][trial_id] = self._trial_runs[trial_id] = run.info.run_id
@@ -157,22 +160,20 @@ class StudyTracker:
         for start in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[start: start + 500])
 
-    def log_trial_artifacts(self, run_id: str, results_file: Path) -> None:
-        data = json.loads(results_file.read_text())
-        self.client.log_artifact(run_id, str(results_file))
-        figure = expert_load_figure(data["history"], data["test"], title=data["trial_id"])
-        if figure is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "expert_load.png"
-                figure.savefig(path, dpi=110, bbox_inches="tight")
-                self.client.log_artifact(run_id, str(path))
+    def log_trial_files(self, files: dict[str, list[Path]]) -> None:
+        """Attach files (the results file, the figures the report wrote) to each trial's run, by trial id."""
+        runs = self._runs()["trials"]
+        for trial_id, paths in files.items():
+            for path in paths:
+                if trial_id in runs and Path(path).is_file():
+                    self.client.log_artifact(runs[trial_id], str(path))
 
     def log_comparisons(self, records: list[TrialRecord], datasets: list[str]) -> None:
         """Δ nDCG@10 and paired t-test p-value of every SB-MoE trial against its base model's baseline."""
         runs = self._runs()["trials"]
-        baselines = {r.params["base_model"]: r for r in records if r.is_baseline}
+        paired = baselines(records)
         for record in records:
-            base = baselines.get(record.params["base_model"])
+            base = paired.get(record.base_model)
             if record.is_baseline or base is None or record.trial_id not in runs:
                 continue
             metrics = {}
@@ -195,7 +196,8 @@ class StudyTracker:
 
 
 class MlflowStudyCallback(tune.Callback):
-    """Tune callback: per-epoch and final metrics, params and artifacts into each trial's nested run."""
+    """Tune callback: params, per-epoch and final metrics into each trial's nested run (files are logged at
+    the end of the study, from what the report wrote: :meth:`StudyTracker.log_trial_files`)."""
 
     def __init__(self, tracker: StudyTracker) -> None:
         self.tracker = tracker
@@ -206,8 +208,6 @@ class MlflowStudyCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.tracker.trial_run(trial.trial_id, trial.config)
         self.tracker.log_metrics(run_id, result, step=int(result.get("epochs_done", 0)))
-        if result.get("final") and result.get("results_file"):
-            self.tracker.log_trial_artifacts(run_id, Path(result["results_file"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.tracker.client.set_terminated(self.tracker.trial_run(trial.trial_id, trial.config), "FINISHED")

@@ -27,18 +27,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from sbmoe_ray.cli import format_table
-from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
 from sbmoe_ray.config import load_config
 from sbmoe_ray.errors import SbmoeError
-from sbmoe_ray.report import summary_rows, write_report
-from sbmoe_ray.study import StudyConfig, build_tuner, load_trials, prepare_study, save_study_config
-from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker, check_tracking_uri
+from sbmoe_ray.study_config import StudyConfig
 
 HERE = Path(__file__).parent
 
 
 def run(study: StudyConfig, resume: bool = False, address: str | None = None) -> int:
+    # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
+    from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
+    from sbmoe_ray.report import summary_rows, write_report, write_trial_figures
+    from sbmoe_ray.results import format_table, load_trials
+    from sbmoe_ray.study import build_tuner, prepare_study, save_study_config
+    from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker, check_tracking_uri
+
     # Everything that can be wrong is found before any work (before a local Ray starts; on a cluster,
     # right after connecting); then the embedding caches are built.
     study = study.resolved()
@@ -48,22 +51,23 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None) ->
         check_shared_storage([study.study_dir, study.cache_dir])
     prepare_study(study, resume)
     save_study_config(study)
-    trial_cpus = 0.25 + study.train.num_workers * study.train.cpus_per_worker
-    init_ray(address, study.max_concurrent * trial_cpus + 1)
+    scaling = study.train.scaling
+    init_ray(address, study.search.max_concurrent * (0.25 + scaling.num_workers * scaling.cpus_per_worker) + 1)
 
     tracker = StudyTracker(study)
     tracker.parent_run(study)
     failed = len(build_tuner(study, callbacks=[MlflowStudyCallback(tracker)]).fit().errors)
 
-    # Paired comparisons against each base model's baseline, the summary, and the report.
+    # Paired comparisons against each base model's baseline, the summary, the report and its files.
     records = load_trials(study.study_dir)
     datasets = study.test_names
     tracker.log_comparisons(records, datasets)
     rows = summary_rows(records, datasets, study.mode)
     columns = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p")]]
-    print(f"\n{study.name}: {len(records)} trials; test nDCG@10, baseline vs best SB-MoE (by {study.objective})")
+    print(f"\n{study.name}: {len(records)} trials; test nDCG@10, baseline vs best SB-MoE (by {study.search.objective})")
     print(format_table(rows, columns))
     report = write_report(study, records)
+    tracker.log_trial_files(write_trial_figures(study.study_dir / "trial_figures", records))
     tracker.log_report(report)
     print(f"report: {report}\nMLflow: {study.tracking_uri} (experiment {study.name!r})")
     if failed:

@@ -10,19 +10,25 @@ import ray
 
 from sbmoe_ray.errors import ConfigError, DataError, ModelLoadError
 from sbmoe_ray.model import ModelConfig
-from sbmoe_ray.train import TrainConfig, build_model, epoch_batches, fit, load_train_config
+from sbmoe_ray.train import TrainConfig, fit, load_train_config
+from sbmoe_ray.train.config import DataConfig, MemoryConfig, OptimConfig, RunConfig
+from sbmoe_ray.train.inputs import epoch_batches
+from sbmoe_ray.train.plan import build_model
 
 from train_helpers import save_tiny_model, synthetic_dataset
 
 GOOD = """\
-name: run
+run:
+  name: run
 model:
   base_model: minilm
   num_experts: 6
   top_k: 1
   inference_top_k: all
-test_datasets: [scifact, nfcorpus]
-moe_lr: 1e-4
+data:
+  test_datasets: [scifact, nfcorpus]
+optim:
+  moe_lr: 1e-4
 """
 
 
@@ -33,23 +39,27 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_good_file_with_overrides(tmp_path):
-    config = load_train_config(write(tmp_path, GOOD), ["epochs=3", "model.num_experts=9"])
-    assert config.moe_lr == 1e-4 and config.epochs == 3               # "1e-4" read as a number
+    config = load_train_config(write(tmp_path, GOOD), ["optim.epochs=3", "model.num_experts=9"])
+    assert config.optim.moe_lr == 1e-4 and config.optim.epochs == 3     # "1e-4" read as a number
     assert config.model.num_experts == 9 and config.model.inference_top_k == "all"
-    assert config.test_datasets == ["scifact", "nfcorpus"]
+    assert config.data.test_datasets == ["scifact", "nfcorpus"]
+    assert config.path == "live" and config.memory.precision == "auto"
 
 
 @pytest.mark.parametrize("text,message", [
-    (GOOD.replace("top_k: 1", "top_k: 7"), r"config\.yaml:5: config\.model\.top_k=7: must be an integer in \[1, num_experts=6\]"),
-    (GOOD + "epoch: 2\n", r"config\.yaml:9: config\.epoch=2: unknown key; allowed keys are \[.*'epochs'"),
-    (GOOD.replace("num_experts: 6", "num_experts: six"), r"config\.yaml:4: config\.model\.num_experts='six': expected int"),
+    (GOOD.replace("top_k: 1", "top_k: 7"), r"config\.yaml:6: config\.model\.top_k=7: must be an integer in \[1, num_experts=6\]"),
+    (GOOD + "  epoch: 2\n", r"config\.yaml:12: config\.optim\.epoch=2: unknown key; allowed keys are \[.*'epochs'"),
+    (GOOD.replace("num_experts: 6", "num_experts: six"), r"config\.yaml:5: config\.model\.num_experts='six': expected int"),
     (GOOD.replace("inference_top_k: all", "inference_top_k: most"),
-     r"config\.yaml:6: config\.model\.inference_top_k='most': expected int or 'all' or null"),
-    (GOOD + "encoder_lr: -1\n", r"config\.yaml:9: config\.encoder_lr=-1\.0: must be a number >= 0"),
-    (GOOD + "batch_size: 63\n", r"config\.yaml:9: config\.batch_size=63: must be a multiple of num_workers=2"),
-    (GOOD + "precision: fp16\n", r"config\.yaml:9: config\.precision='fp16': allowed values are \('fp32', 'bf16'\)"),
-    (GOOD + "grad_cache_chunk: -8\n", r"config\.yaml:9: config\.grad_cache_chunk=-8: must be an integer >= 0"),
-    (GOOD + "encoder_lr: 0\ngrad_cache_chunk: 8\n", r"config\.grad_cache_chunk=8: needs a trained encoder"),
+     r"config\.yaml:7: config\.model\.inference_top_k='most': expected int or 'all' or null"),
+    (GOOD + "  encoder_lr: -1\n", r"config\.yaml:12: config\.optim\.encoder_lr=-1\.0: must be a number >= 0"),
+    (GOOD + "  batch_size: 63\n",
+     r"config\.yaml:12: config\.optim\.batch_size=63: must be a multiple of scaling\.num_workers=2"),
+    (GOOD + "memory:\n  precision: fp16\n",
+     r"config\.yaml:13: config\.memory\.precision='fp16': allowed values are \('auto', 'fp32', 'bf16'\)"),
+    (GOOD + "memory:\n  grad_cache_chunk: -8\n", r"config\.yaml:13: config\.memory\.grad_cache_chunk=-8: must be an integer >= 0"),
+    (GOOD + "  encoder_lr: 0\nmemory:\n  grad_cache_chunk: 8\n", r"config\.memory\.grad_cache_chunk=8: needs a trained encoder"),
+    (GOOD + "encoder_lr: 0.001\n", r"config\.yaml:12: config\.encoder_lr=0\.001: this key moved to config\.optim\.encoder_lr"),
     ("epochs: [1\n", r"config\.yaml:2: not valid YAML"),
 ])
 def test_bad_files_name_line_and_key(tmp_path, text, message):
@@ -62,26 +72,38 @@ def test_override_errors_are_not_blamed_on_the_file(tmp_path):
         load_train_config(write(tmp_path, GOOD), ["model.top_k=9"])
 
 
-def test_frozen_encoder_without_experts_is_refused():
-    with pytest.raises(ConfigError, match="nothing to train"):
-        TrainConfig(model=ModelConfig(num_experts=0), encoder_lr=0.0).validate()
+@pytest.mark.parametrize("model,optim,memory,path", [
+    (ModelConfig(num_experts=0), OptimConfig(encoder_lr=0.0), MemoryConfig(), "zero_shot"),
+    (ModelConfig(num_experts=3), OptimConfig(encoder_lr=0.0), MemoryConfig(), "cached_head"),
+    (ModelConfig(num_experts=3), OptimConfig(freeze_encoder=True), MemoryConfig(embedding_cache=False), "live"),
+    (ModelConfig(num_experts=0), OptimConfig(), MemoryConfig(), "live"),
+    (ModelConfig(num_experts=3), OptimConfig(), MemoryConfig(grad_cache_chunk=8), "cached_gradient"),
+])
+def test_the_config_names_its_training_path_once(model, optim, memory, path):
+    config = TrainConfig(model=model, optim=optim, memory=memory)
+    config.validate()
+    assert config.path == path
 
 
 @pytest.mark.parametrize("overrides,error,message", [
-    ({"train_split": "dev"}, DataError, r"no split 'dev'"),
-    ({"test_datasets": ["missing-set"]}, DataError, r"dataset 'missing-set' not found"),
-    ({"batch_size": 64}, ConfigError, r"batch_size=64: larger than the 38 training pairs"),
-    ({"model": ModelConfig(base_model="/nonexistent/model")}, ModelLoadError, r"could not load base model"),
+    ({"data.train_split": "dev"}, DataError, r"no split 'dev'"),
+    ({"data.test_datasets": ["missing-set"]}, DataError, r"dataset 'missing-set' not found"),
+    ({"optim.batch_size": 64}, ConfigError, r"batch_size=64: larger than the 38 training pairs"),
+    ({"loss.name": "no-such-loss"}, ConfigError,
+     r"config\.loss\.name='no-such-loss': allowed values are \['in_batch_negatives'\]"),
+    ({"model.base_model": "/nonexistent/model"}, ModelLoadError, r"could not load base model"),
 ])
 def test_bad_runs_stop_before_ray_starts(tmp_path, tokenizer, monkeypatch, overrides, error, message):
     from sbmoe_ray import data
 
     monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
     config = TrainConfig(model=ModelConfig(base_model=str(save_tiny_model(tmp_path / "m", tokenizer)), num_experts=2),
-                         train_dataset=str(synthetic_dataset(tmp_path / "d")), test_datasets=[],
-                         batch_size=8, data_dir=str(tmp_path / "root"), storage_path=str(tmp_path / "s"))
+                         data=DataConfig(train_dataset=str(synthetic_dataset(tmp_path / "d")), test_datasets=[],
+                                         data_dir=str(tmp_path / "root")),
+                         optim=OptimConfig(batch_size=8), run=RunConfig(storage_path=str(tmp_path / "s")))
     for key, value in overrides.items():
-        setattr(config, key, value)
+        section, leaf = key.split(".")
+        setattr(getattr(config, section), leaf, value)
     assert not ray.is_initialized()
     with pytest.raises(error, match=message):
         fit(config)
@@ -105,12 +127,14 @@ def test_attention_dropout_is_off_by_default_and_can_be_kept(tmp_path, tokenizer
     config.attention_probs_dropout_prob = 0.1          # the BERT default, as all-MiniLM-L6-v2 ships it
     config.save_pretrained(folder)
     base = TrainConfig(model=ModelConfig(base_model=str(folder), num_experts=2).resolved())
+    keep = replace(base, optim=replace(base.optim, attention_dropout=None))
+    too_high = replace(base, optim=replace(base.optim, attention_dropout=1.5))
 
     def attention_dropouts(cfg: TrainConfig) -> list[float]:
         model = build_model(cfg)
         return [m.dropout.p for m in model.backbone.modules() if type(m).__name__.endswith("SelfAttention")]
 
     assert attention_dropouts(base) == [0.0, 0.0]                     # both layers: the fused SDPA kernel
-    assert attention_dropouts(replace(base, attention_dropout=None)) == [0.1, 0.1]
-    with pytest.raises(ConfigError, match=r"attention_dropout=1.5: allowed range is \[0, 1\)"):
-        replace(base, attention_dropout=1.5).validate()
+    assert attention_dropouts(keep) == [0.1, 0.1]
+    with pytest.raises(ConfigError, match=r"optim\.attention_dropout=1.5: allowed range is \[0, 1\)"):
+        too_high.validate()

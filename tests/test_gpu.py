@@ -8,7 +8,6 @@ tests only, unless the machine has two GPUs.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,10 @@ import torch
 
 from sbmoe_ray.data import load_dataset
 from sbmoe_ray.model import ModelConfig
-from sbmoe_ray.train import TrainConfig, evaluate_checkpoint, fit, read_progress
+from sbmoe_ray.train import TrainConfig, fit, read_progress
+from sbmoe_ray.train.launch import evaluation_for
 
-from train_helpers import save_tiny_model, synthetic_dataset
+from train_helpers import save_tiny_model, synthetic_dataset, with_settings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -39,11 +39,11 @@ def assets(tmp_path_factory, tokenizer):
 
 def config(assets, tmp_path, **overrides) -> TrainConfig:
     model = ModelConfig(base_model=str(assets["model"]), num_experts=3, top_k=1, max_length=32)
-    base = TrainConfig(model=model, train_dataset=str(assets["data"]), test_datasets=[str(assets["data"])],
-                       epochs=2, batch_size=8, query_max_length=16, encoder_lr=1e-4, moe_lr=1e-3, precision="bf16",
-                       validation_fraction=0.2, storage_path=str(tmp_path / "store"), num_workers=1,
-                       cpus_per_worker=1.0, use_gpu=True)
-    return replace(base, **overrides)
+    base = with_settings(TrainConfig(model=model), train_dataset=str(assets["data"]),
+                         test_datasets=[str(assets["data"])], epochs=2, batch_size=8, query_max_length=16,
+                         encoder_lr=1e-4, moe_lr=1e-3, precision="auto", validation_fraction=0.2,
+                         storage_path=str(tmp_path / "store"), num_workers=1, cpus_per_worker=1.0, use_gpu=True)
+    return with_settings(base, **overrides)
 
 
 def devices(run_dir) -> list[str]:
@@ -59,12 +59,13 @@ def test_a_gpu_worker_trains_resumes_and_evaluates_on_the_gpu(assets, tmp_path):
     starts = [e["epoch"] for e in read_progress(resumed.config.run_dir) if e["event"] == "epoch_start"]
     assert starts == [0, 1, 2]
     assert devices(resumed.config.run_dir) == ["cuda:0"] * 3
+    assert resumed.config.memory.precision == "bf16"                  # auto on a GPU with bf16
     assert all(row["train_loss"] == row["train_loss"] for row in resumed.history)      # no NaN in bf16
     # The GPU evaluation agrees with the CPU one of the same checkpoint (fp32 on both).
-    fp32 = replace(resumed.config, precision="fp32")
+    fp32 = with_settings(resumed.config, precision="fp32")
     dataset = load_dataset(str(assets["data"]), "test")
-    on_gpu = evaluate_checkpoint(Path(resumed.best_checkpoint), fp32, [dataset])[0]
-    on_cpu = evaluate_checkpoint(Path(resumed.best_checkpoint), replace(fp32, use_gpu=False), [dataset])[0]
+    on_gpu = evaluation_for(fp32)(Path(resumed.best_checkpoint), [dataset])[0]
+    on_cpu = evaluation_for(with_settings(fp32, use_gpu=False))(Path(resumed.best_checkpoint), [dataset])[0]
     assert (on_gpu.device, on_cpu.device) == ("cuda", "cpu")
     assert on_gpu.metrics.means == pytest.approx(on_cpu.metrics.means, abs=1e-4)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import Cluster
 
-from sbmoe_ray.study import load_trials
+from sbmoe_ray.results import load_trials
 
 from test_study import runs, sweep, write_study
 from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset
@@ -50,10 +50,10 @@ def free_port() -> int:
 
 def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
     ray_cluster, workers = cluster
-    config = write_study(tmp_path, assets, **{"train.encoder_lr": 1e-4, "train.epochs": 4, "num_trials": 2,
-                                               "num_experts": [2, 3], "max_concurrent": 1,
-                                               "train.cpus_per_worker": 0.5,
-                                               "train.train_dataset": str(assets["big_data"])})
+    config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": 4,
+                                               "search.num_trials": 2, "space.num_experts": [2, 3],
+                                               "search.max_concurrent": 1, "train.scaling.cpus_per_worker": 0.5,
+                                               "train.data.train_dataset": str(assets["big_data"])})
     runs_dir = tmp_path / "studies" / "tiny-study" / "runs"
     proc = sweep(config, "--address", ray_cluster.address)
     removed = None

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sbmoe_ray.study import load_trials
+from sbmoe_ray.results import load_trials
 
 from train_helpers import save_tiny_model, synthetic_dataset
 
@@ -29,17 +29,23 @@ def assets(tmp_path_factory, tokenizer):
 
 def write_study(tmp_path: Path, assets, **overrides) -> Path:
     study = {
-        "name": "tiny-study", "base_models": [str(assets["model"])], "num_experts": [0, 2, 3],
-        "top_k_max": 2, "moe_lr": [1e-3, 1e-2], "num_trials": 4, "max_concurrent": 2, "seed": 0,
-        "storage_path": str(tmp_path / "studies"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "train": {"model": {"max_length": 32}, "train_dataset": str(assets["data"]),
-                  "test_datasets": [str(assets["data"])], "encoder_lr": 0.0, "epochs": 2, "batch_size": 8,
-                  "query_max_length": 16, "precision": "fp32", "num_workers": 1, "cpus_per_worker": 0.5,
-                  "validation_fraction": 0.2},
+        "name": "tiny-study", "storage_path": str(tmp_path / "studies"),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "space": {"base_model": [str(assets["model"])], "num_experts": [0, 2, 3], "top_k": [1, 2],
+                  "moe_lr": [1e-3, 1e-2]},
+        "search": {"num_trials": 4, "max_concurrent": 2, "seed": 0},
+        "train": {"model": {"max_length": 32},
+                  "data": {"train_dataset": str(assets["data"]), "test_datasets": [str(assets["data"])],
+                           "query_max_length": 16, "validation_fraction": 0.2},
+                  "optim": {"encoder_lr": 0.0, "epochs": 2, "batch_size": 8},
+                  "memory": {"precision": "fp32"}, "scaling": {"num_workers": 1, "cpus_per_worker": 0.5}},
     }
-    for key, value in overrides.items():
-        target = study["train"] if key.startswith("train.") else study
-        target[key.removeprefix("train.")] = value
+    for key, value in overrides.items():          # "section.key" or "train.section.key"
+        *parents, leaf = key.split(".")
+        target = study
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -67,13 +73,19 @@ def test_a_four_trial_study_tracks_every_trial_in_mlflow(tmp_path, assets):
     study_dir = tmp_path / "studies" / "tiny-study"
     assert list((tmp_path / "studies" / "embedding_cache").rglob("*.npy"))
     assert not list((study_dir / "tune").glob("*/embedding_cache")) and not list((study_dir / "tune").glob("*/studies"))
-    trained = {r.trial_id for r in load_trials(study_dir) if not r.is_baseline}
+    records = load_trials(study_dir)
+    trained = {r.trial_id for r in records if not r.is_baseline}
     assert trained and trained == {p.parent.name for p in (study_dir / "runs").glob("*/progress.jsonl")}
+    assert {r.path for r in records} == {"zero_shot", "cached_head"} and len(records) == 4
     all_runs = runs(tmp_path)
     parents = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "study"]
     trials = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "trial"]
     assert len(parents) == 1 and len(trials) == 4
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
+    # Run names say what the trial is: "model baseline", or "model N=3 k=1 all lr=2.1e-03", then the trial id.
+    names = {r.info.run_name for r in trials}
+    assert sum(name.startswith("model baseline · ") for name in names) == 1, names
+    assert all(name.startswith("model N=") for name in names if "baseline" not in name), names
     assert all(r.info.status == "FINISHED" for r in all_runs)
     dataset = Path(assets["data"]).name
     for run in trials:
@@ -89,14 +101,16 @@ def test_a_four_trial_study_tracks_every_trial_in_mlflow(tmp_path, assets):
 
 def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
     cases = {
-        "top_k": ({"top_k": 3}, "top_k=3: larger than num_experts=2"),
-        "lr": ({"moe_lr": [1e-2, 1e-4]}, "moe_lr=[0.01, 0.0001]: expected [low, high]"),
-        "lr0": ({"moe_lr": [0.0, 1e-2]}, "moe_lr=[0.0, 0.01]: expected [low, high] with 0 < low"),
-        "dataset": ({"train.test_datasets": ["/nonexistent/no-such-set"]}, "has no corpus.jsonl"),
-        "key": ({"num_trial": 4}, "config.num_trial=4: unknown key; allowed keys are"),
-        "type": ({"num_trials": "many"}, "config.num_trials='many': expected int"),
-        "model": ({"base_models": ["no-such-org/no-such-model"]}, "could not load base model"),
-        "split": ({"train.train_split": "dev"}, "no split 'dev'"),
+        "top_k": ({"space.top_k": 3}, "top_k=3: larger than num_experts=2"),
+        "lr": ({"space.moe_lr": [1e-2, 1e-4]}, "moe_lr=[0.01, 0.0001]: expected [low, high]"),
+        "lr0": ({"space.moe_lr": [0.0, 1e-2]}, "moe_lr=[0.0, 0.01]: expected [low, high] with 0 < low"),
+        "parameter": ({"space.experts": [1]}, "config.space.experts=[1]: unknown search parameter"),
+        "dataset": ({"train.data.test_datasets": ["/nonexistent/no-such-set"]}, "has no corpus.jsonl"),
+        "key": ({"search.num_trial": 4}, "config.search.num_trial=4: unknown key; allowed keys are"),
+        "moved": ({"num_trials": 4}, "config.num_trials=4: this key moved to config.search.num_trials"),
+        "type": ({"search.num_trials": "many"}, "config.search.num_trials='many': expected int"),
+        "model": ({"space.base_model": ["no-such-org/no-such-model"]}, "could not load base model"),
+        "split": ({"train.data.train_split": "dev"}, "no split 'dev'"),
         "tracking": ({"tracking_uri": "http://127.0.0.1:9"}, "MLflow server is unreachable"),
         "storage": ({"storage_path": "/proc/forbidden"}, "not writable"),
     }
@@ -113,21 +127,22 @@ def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
     first = tmp_path / "space"
     first.mkdir()
     (first / "studies" / "tiny-study").mkdir(parents=True)
-    (first / "studies" / "tiny-study" / "study_space.json").write_text(json.dumps({"num_experts": [0, 9]}))
+    (first / "studies" / "tiny-study" / "study_space.json").write_text(json.dumps({"space": {"num_experts": [0, 9]}}))
     proc = sweep(write_study(first, assets), env=env)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "exists" in output and "different search space" in output
 
 
 def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, assets):
-    config = write_study(tmp_path, assets, **{"train.encoder_lr": 1e-4, "train.epochs": 6, "num_trials": 3,
-                                               "num_experts": [2, 3], "max_concurrent": 1})
+    config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": 6,
+                                               "search.num_trials": 3, "space.num_experts": [2, 3],
+                                               "search.max_concurrent": 1})
     study_dir = tmp_path / "studies" / "tiny-study"
     proc = sweep(config)
     deadline = time.time() + 400
     killed = False
     while time.time() < deadline and proc.poll() is None:
-        finished = list((study_dir / "tune").glob("*/trial_results.json"))
+        finished = list((study_dir / "runs").glob("*/results.json"))
         started = list((study_dir / "runs").glob("*/progress.jsonl"))
         if finished and len(started) > len(finished):
             time.sleep(1.0)                                 # the next trial is inside its epochs
@@ -137,7 +152,7 @@ def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, ass
         time.sleep(0.2)
     proc.communicate(timeout=60)
     assert killed, "the study finished before it could be interrupted"
-    finished_before = {p.parent.name: p.stat().st_mtime for p in (study_dir / "tune").glob("*/trial_results.json")}
+    finished_before = {p.parent.name: p.stat().st_mtime for p in (study_dir / "runs").glob("*/results.json")}
     starts_before = {p.parent.name: p.read_text().count("epoch_start") for p in (study_dir / "runs").glob("*/progress.jsonl")}
 
     resumed = sweep(config, "--resume")
@@ -145,12 +160,11 @@ def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, ass
     assert resumed.returncode == 0, output[-4000:]
     records = load_trials(study_dir)
     assert len(records) == 3
-    for trial_dir, mtime in finished_before.items():
-        assert (study_dir / "tune" / trial_dir / "trial_results.json").stat().st_mtime == mtime
+    for trial_id, mtime in finished_before.items():
+        assert (study_dir / "runs" / trial_id / "results.json").stat().st_mtime == mtime
     for record in records:                                  # finished trials were not trained again
         progress = (study_dir / "runs" / record.trial_id / "progress.jsonl").read_text()
-        if record.trial_id in {json.loads((study_dir / "tune" / d / "trial_results.json").read_text())["trial_id"]
-                               for d in finished_before}:
+        if record.trial_id in finished_before:
             assert progress.count("epoch_start") == starts_before[record.trial_id]
     trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
     assert len(trials) == 3 and len({r.info.run_name for r in trials}) == 3
@@ -160,16 +174,18 @@ def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, ass
 def test_the_space_keeps_top_k_within_n_and_baselines_to_the_enqueued_trials():
     import optuna
 
-    from sbmoe_ray.study import StudyConfig, baselines, define_space
+    from sbmoe_ray.search_space import define_space
+    from sbmoe_ray.study import baselines
+    from sbmoe_ray.study_config import StudyConfig
 
-    study = StudyConfig(base_models=["a", "b"], num_experts=[0, 3, 6], top_k_max=2)
+    study = StudyConfig.from_dict({"space": {"base_model": ["a", "b"], "num_experts": [0, 3, 6], "top_k": [1, 2]}})
     sampler = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     for point in baselines(study):
         sampler.enqueue_trial(point)
     trials = []
     for i in range(30):
         trial = sampler.ask()
-        constants = define_space(trial, study.base_models, study.num_experts, None, 2, study.inference, study.moe_lr)
+        constants = define_space(trial, study.space)
         trials.append({**trial.params, **(constants or {})})
         sampler.tell(trial, float(i % 5))
     assert [t["base_model"] for t in trials if t["num_experts"] == 0] == ["a", "b"]      # only the enqueued

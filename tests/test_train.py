@@ -11,18 +11,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from sbmoe_ray.losses import InBatchNegativesLoss
 from sbmoe_ray.model import WEIGHTS_FILE, ModelConfig
-from sbmoe_ray.train import TrainConfig, batch_loss, build_model, cached_gradient_backward, fit, read_progress
+from sbmoe_ray.train import TrainConfig, fit, read_progress
+from sbmoe_ray.train.plan import build_model, objective_for
+from sbmoe_ray.train.step import CachedGradientStep
 
-from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset
+from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset, with_settings
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,11 +42,11 @@ def assets(tmp_path_factory, tokenizer):
 def config(assets, tmp_path, **overrides) -> TrainConfig:
     model = ModelConfig(base_model=str(assets["model"]), num_experts=3, top_k=1, max_length=32,
                         noisy_gating=overrides.pop("noisy_gating", True))
-    base = TrainConfig(model=model, train_dataset=str(assets["data"]), test_datasets=[str(assets["data"])],
-                       epochs=2, batch_size=8, query_max_length=16, encoder_lr=1e-4, moe_lr=1e-3, precision="fp32",
-                       validation_fraction=0.2, storage_path=str(tmp_path / "store"), num_workers=2,
-                       cpus_per_worker=1.0)
-    return replace(base, **overrides)
+    base = with_settings(TrainConfig(model=model), train_dataset=str(assets["data"]),
+                         test_datasets=[str(assets["data"])], epochs=2, batch_size=8, query_max_length=16,
+                         encoder_lr=1e-4, moe_lr=1e-3, precision="fp32", validation_fraction=0.2,
+                         storage_path=str(tmp_path / "store"), num_workers=2, cpus_per_worker=1.0)
+    return with_settings(base, **overrides)
 
 
 def weights(checkpoint: str) -> dict[str, torch.Tensor]:
@@ -61,24 +61,21 @@ def test_cached_gradients_equal_the_whole_batch_backward(tokenizer, tmp_path, hi
     model_config = AutoConfig.from_pretrained(folder)
     model_config.hidden_dropout_prob = hidden_dropout
     model_config.save_pretrained(folder)
-    cfg = TrainConfig(model=ModelConfig(base_model=str(folder), num_experts=3, top_k=1, max_length=32).resolved(),
-                      precision="fp32", grad_cache_chunk=chunk)
+    cfg = with_settings(TrainConfig(model=ModelConfig(base_model=str(folder), num_experts=3, top_k=1,
+                                                      max_length=32).resolved()), precision="fp32", grad_cache_chunk=chunk)
     model = build_model(cfg).train()
     queries = tokenizer([f"question {i} about topic {i % 3}" for i in range(8)], padding=True, return_tensors="pt")
     passages = tokenizer([f"passage {i} " + "words " * i for i in range(8)], padding=True, return_tensors="pt")
     queries, passages = ({k: b[k] for k in ("input_ids", "attention_mask")} for b in (queries, passages))
-    criterion = InBatchNegativesLoss(cfg.temperature)
-
-    def loss_of(out):
-        return batch_loss(out, criterion, cfg, rank=0, world=1)
+    objective = objective_for(cfg)
 
     torch.manual_seed(1)
-    reference = loss_of(model(queries, passages))[0]
+    reference = objective(model(queries, passages))[0]
     reference.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)
-    _, loss, _ = cached_gradient_backward(model, queries, passages, cfg, torch.device("cpu"), loss_of)
+    _, loss, _ = CachedGradientStep(objective, torch.device("cpu"), "fp32", chunk)(model, queries, passages, train=True)
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     assert grads.keys() == expected.keys()
@@ -120,7 +117,7 @@ def test_one_and_two_workers_reach_the_same_weights(assets, tmp_path, grad_cache
 def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
     cfg = config(assets, tmp_path, train_dataset=str(assets["big_data"]), epochs=3, max_failures=2,
                  batch_size=4, name="killed")
-    progress = Path(cfg.storage_path).resolve() / cfg.name
+    progress = Path(cfg.run.storage_path).resolve() / cfg.run.name
     killed: list[int] = []
 
     def kill_rank0_during_epoch_1() -> None:
@@ -190,5 +187,19 @@ def test_frozen_cache_path_equals_the_live_frozen_encoder(assets, tmp_path):
     for key, value in w_cached.items():
         torch.testing.assert_close(value, w_live[key], atol=1e-5, rtol=1e-5, msg=key)
     assert cached.test[0].metrics.means == pytest.approx(live.test[0].metrics.means, abs=1e-9)
-    cache_files = list((Path(cached.config.storage_path) / "embedding_cache").rglob("*.npy"))
+    cache_files = list((Path(cached.config.run.storage_path) / "embedding_cache").rglob("*.npy"))
     assert len(cache_files) == 3        # corpus (train = test), train queries, test queries
+
+
+def test_the_zero_shot_path_tests_the_base_model_cached_or_live_alike(assets, tmp_path):
+    """A frozen encoder without experts trains nothing: fit tests the base model as it is."""
+    settings = dict(encoder_lr=0.0, num_workers=1, cpus_per_worker=2.0)
+    cfg = config(assets, tmp_path, name="zero-cached", **settings)
+    cfg = replace(cfg, model=replace(cfg.model, num_experts=0))
+    cached = fit(cfg)
+    live = fit(with_settings(cfg, name="zero-live", embedding_cache=False))
+    assert cached.config.path == live.config.path == "zero_shot"
+    assert cached.best_checkpoint is None and cached.history == [] and not read_progress(cached.config.run_dir)
+    assert cached.test[0].metrics.means == pytest.approx(live.test[0].metrics.means, abs=1e-6)
+    saved = json.loads((cached.config.run_dir / "results.json").read_text())
+    assert saved["path"] == "zero_shot" and saved["test"][0]["metrics"]["ndcg@10"] == cached.test[0].metrics.means["ndcg@10"]

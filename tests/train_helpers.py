@@ -7,6 +7,8 @@ from pathlib import Path
 
 from conftest import make_tiny_bert, write_beir
 
+SEARCH_ORDER = ("run", "data", "optim", "memory", "scaling", "model", "loss")
+
 
 def save_tiny_model(folder: Path, tokenizer, seed: int = 0) -> Path:
     """A 2-layer H=32 BERT without dropout (so runs are comparable across worker counts), saved as a folder."""
@@ -35,3 +37,15 @@ def registered_epoch(run_dir: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("epoch")
+
+
+def with_settings(cfg, **settings):
+    """``cfg`` with settings given by their field name (``encoder_lr=0.0``), wherever their section is
+    (``name`` is the run's; give the loss's by replacing ``cfg.loss``)."""
+    from dataclasses import fields, replace
+
+    sections = {}
+    for key, value in settings.items():
+        section = next(s for s in SEARCH_ORDER if key in {g.name for g in fields(getattr(cfg, s))})
+        sections.setdefault(section, {})[key] = value
+    return replace(cfg, **{name: replace(getattr(cfg, name), **values) for name, values in sections.items()})

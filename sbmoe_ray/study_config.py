@@ -1,0 +1,124 @@
+"""What a study is: its name and storage, the search space (:mod:`sbmoe_ray.search_space`), how the search
+runs (``search``), and the training template every trial starts from (``train``).
+
+The default study (``studies/experts_sweep.yaml``) trains the SB-MoE head of a frozen MiniLM and of its
+3-layer cut on cached embeddings of SciFact train, seconds a trial. Optuna optimises ``search.objective``,
+a validation metric of the training dataset's held-out split, never a test metric. Nothing here imports
+torch, Ray or Optuna: a bad study config is refused in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sbmoe_ray.config import ConfigBase, non_negative_int, one_of, positive_int, setting
+from sbmoe_ray.data import data_root, dataset_name
+from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.search_space import PARAMS, apply, default_space
+from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
+
+OBJECTIVES = ("val_loss", "val_accuracy", "val_ndcg@10")
+# Keys of the flat study configs before 0.2, and where they live now.
+MOVED = {"base_models": "space.base_model", "num_experts": "space.num_experts", "top_k": "space.top_k",
+         "top_k_max": "space.top_k", "inference": "space.inference", "moe_lr": "space.moe_lr"}
+
+
+def default_train() -> TrainConfig:
+    """The default study trains the SB-MoE head of a frozen MiniLM on cached embeddings (seconds a trial)."""
+    from sbmoe_ray.train.config import DataConfig, OptimConfig, ScalingConfig
+
+    return TrainConfig(data=DataConfig(test_datasets=["scifact", "nfcorpus", "cran", "cisi"]),
+                       optim=OptimConfig(encoder_lr=0.0, epochs=6, batch_size=64),
+                       scaling=ScalingConfig(num_workers=1, cpus_per_worker=1.0))
+
+
+@dataclass
+class SearchConfig(ConfigBase):
+    num_trials: int = setting(24, positive_int)       # including the enqueued baselines
+    max_concurrent: int = setting(1, positive_int)
+    asha: bool = False                                 # early stopping on the per-epoch objective
+    asha_grace_epochs: int = setting(1, positive_int)
+    objective: str = setting("val_loss", one_of(*OBJECTIVES))   # a validation metric, never a test metric
+    seed: int = setting(0, non_negative_int)
+
+
+@dataclass
+class StudyConfig(ConfigBase):
+    MOVED = MOVED
+    name: str = "experts-sweep"
+    storage_path: str = "results/studies"
+    # $MLFLOW_TRACKING_URI (a cluster head exports its server's), else the embedded store
+    tracking_uri: str = setting(factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    space: dict[str, Any] = setting(factory=default_space)
+    search: SearchConfig = setting(factory=SearchConfig)
+    train: TrainConfig = setting(factory=default_train)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.storage_path).resolve() / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """The frozen-encoder embedding cache, shared by every study under the same storage path."""
+        return Path(self.train.memory.cache_dir or Path(self.storage_path) / "embedding_cache").resolve()
+
+    @property
+    def test_names(self) -> list[str]:
+        """The test datasets as results name them."""
+        return [dataset_name(d) for d in self.train.data.test_datasets]
+
+    @property
+    def mode(self) -> str:
+        return CHECKPOINT_METRICS[self.search.objective]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What defines the search: a study resumed under the same name must keep it."""
+        return {"space": {p.name: self.space[p.name] for p in PARAMS}, "objective": self.search.objective}
+
+    def resolved(self) -> StudyConfig:
+        """A copy with every path absolute, taken in the driver: trials run in their own trial folder (Tune
+        sets it as their working directory), where a relative path would name another place."""
+        study = replace(self, storage_path=str(Path(self.storage_path).resolve()))
+        uri = study.tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        train = replace(study.train, data=replace(study.train.data, data_dir=str(data_root(study.train.data.data_dir).resolve())),
+                        memory=replace(study.train.memory, cache_dir=str(study.cache_dir)))
+        return replace(study, train=train, tracking_uri=uri)
+
+    def trial_config(self, params: dict[str, Any], trial_id: str) -> TrainConfig:
+        """The TrainConfig of one trial: the study's template plus the trial's parameters."""
+        cfg = apply(self.train, params)
+        return replace(cfg, run=replace(cfg.run, name=trial_id, storage_path=str(self.study_dir / "runs")),
+                       memory=replace(cfg.memory, cache_dir=str(self.cache_dir)))
+
+    def rules(self, where: str) -> None:
+        self.space = {**default_space(), **{k: _numbers(v) for k, v in self.space.items()}}
+        unknown = sorted(set(self.space) - {p.name for p in PARAMS})
+        if unknown:
+            raise ConfigError(f"{where}.space.{unknown[0]}={self.space[unknown[0]]!r}: unknown search parameter; "
+                              f"allowed are {[p.name for p in PARAMS]} (add one in sbmoe_ray/search_space.py)")
+        for param in PARAMS:
+            problem = param.check(self.space[param.name], self.space)
+            if problem:
+                raise ConfigError(f"{where}.space.{param.name}={self.space[param.name]!r}: {problem}")
+        if self.search.objective == "val_ndcg@10" and not self.train.data.validation_retrieval_docs:
+            raise ConfigError(f"{where}.search.objective='val_ndcg@10': needs train.data.validation_retrieval_docs > 0")
+        # The template must be valid for the largest head the space asks for.
+        example = {"num_experts": max(self.space["num_experts"]), "top_k": 1}
+        apply(self.train, example).validate(f"{where}.train")
+
+
+def _numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string: numeric strings in a space value become numbers."""
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and any(c in value for c in ".eE"):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value

@@ -1,0 +1,157 @@
+"""Every setting of a training run, in sections, and the one property that names the training path.
+
+Sections: ``model`` (what is trained, :class:`~sbmoe_ray.model_config.ModelConfig`), ``data`` (what it
+learns from and is tested on), ``optim`` (AdamW, epochs, batch), ``loss`` (which loss, temperature, load
+balancing), ``memory`` (precision, recomputation, caches), ``scaling`` (Ray Train workers and resources),
+``run`` (name, storage, checkpoint selection, seed). Each field's own limit is declared next to it; the
+``rules`` of a class are its cross-field rules. No torch or Ray is imported here: a bad config answers
+in well under a second, before anything starts.
+
+:attr:`TrainConfig.path` decides once how a run trains (Tevatron picks its GradCache trainer the same
+way); :mod:`sbmoe_ray.train.launch` builds the inputs, the step and the session from it:
+
+* ``zero_shot``       frozen encoder, no experts: nothing to train; the base model is evaluated.
+* ``cached_head``     frozen encoder: the SB-MoE head trains on cached pooled embeddings (seconds).
+* ``live``            one forward and backward of the whole batch through the encoder (and head).
+* ``cached_gradient`` GradCache: the whole batch's loss at the activation memory of a chunk of texts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sbmoe_ray.config import (ConfigBase, load_config, non_negative, non_negative_int, one_of, optional, positive,
+                              positive_int, setting, unit_interval)
+from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.model_config import ModelConfig
+from sbmoe_ray.precision import PRECISIONS
+
+CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_ndcg@10": "max", "train_loss": "min"}
+PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
+PATHS = ("zero_shot", "cached_head", "live", "cached_gradient")
+
+
+@dataclass
+class DataConfig(ConfigBase):
+    train_dataset: str = "scifact"
+    train_split: str = "train"
+    test_datasets: list[str] = setting(factory=lambda: ["scifact"])
+    test_split: str = "test"
+    data_dir: str | None = None             # default: $SBMOE_DATA_DIR, else ~/.cache/sbmoe/beir
+    query_max_length: int = setting(64, positive_int)
+    validation_fraction: float = setting(0.05, unit_interval)
+    validation_retrieval_docs: int = setting(0, non_negative_int)  # > 0: each epoch, nDCG@10 of the held-out
+    #                                       queries over their positives plus this many random documents
+
+
+@dataclass
+class OptimConfig(ConfigBase):
+    epochs: int = setting(1, positive_int)
+    max_steps_per_epoch: int | None = setting(None, optional(positive_int))   # smoke runs, benchmarks
+    batch_size: int = setting(64, positive_int)     # global: split evenly over the workers
+    encoder_lr: float = setting(1e-6, non_negative)  # paper: 1e-6 for the encoder ...
+    moe_lr: float = setting(1e-4, non_negative)      # ... and 1e-4 for the SB-MoE block
+    freeze_encoder: bool = False                     # also implied by encoder_lr == 0
+    weight_decay: float = setting(0.01, non_negative)
+    warmup_steps: int = setting(0, non_negative_int)
+    grad_clip: float = setting(1.0, non_negative)    # max gradient norm; 0 disables clipping
+    attention_dropout: float | None = setting(0.0, optional(unit_interval))  # on attention probabilities
+    #                                       while training; null keeps the base model's (0.1 for BERT),
+    #                                       which is 2x slower on CPU (PyTorch leaves its fused kernel)
+
+
+@dataclass
+class LossConfig(ConfigBase):
+    name: str = "in_batch_negatives"       # a key of sbmoe_ray.losses.LOSSES (checked by launch.prepare)
+    temperature: float = setting(0.05, positive)
+    load_balancing: float = setting(0.01, non_negative)  # Switch load-balancing coefficient; 0 disables it
+
+
+@dataclass
+class MemoryConfig(ConfigBase):
+    precision: str = setting("auto", one_of(*PRECISIONS))  # auto: bf16 where native (GPU, AVX-512 BF16/AMX)
+    gradient_checkpointing: bool = False
+    grad_cache_chunk: int = setting(0, non_negative_int)  # > 0: GradCache, encoding this many texts at a time
+    embedding_cache: bool = True            # frozen encoder: train/evaluate from cached pooled embeddings
+    cache_dir: str | None = None            # default <run.storage_path>/embedding_cache
+    eval_batch_size: int = setting(32, positive_int)
+
+
+@dataclass
+class ScalingConfig(ConfigBase):
+    num_workers: int = setting(2, positive_int)
+    use_gpu: bool = False
+    cpus_per_worker: float = setting(1.0, positive)
+    placement_strategy: str = setting("SPREAD", one_of(*PLACEMENT_STRATEGIES))  # across nodes
+    max_failures: int = setting(1, non_negative_int)
+    dashboard: bool = True                  # a local Ray's dashboard (with ray[default]); false saves ~0.2 GiB
+
+
+@dataclass
+class RunConfig(ConfigBase):
+    name: str = "sbmoe-train"
+    storage_path: str = "results/ray"
+    checkpoint_metric: str = setting("val_loss", one_of(*CHECKPOINT_METRICS))
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig(ConfigBase):
+    model: ModelConfig = setting(factory=ModelConfig)
+    data: DataConfig = setting(factory=DataConfig)
+    optim: OptimConfig = setting(factory=OptimConfig)
+    loss: LossConfig = setting(factory=LossConfig)
+    memory: MemoryConfig = setting(factory=MemoryConfig)
+    scaling: ScalingConfig = setting(factory=ScalingConfig)
+    run: RunConfig = setting(factory=RunConfig)
+
+    @property
+    def frozen(self) -> bool:
+        return self.optim.freeze_encoder or self.optim.encoder_lr == 0
+
+    @property
+    def path(self) -> str:
+        """How this run trains (one of :data:`PATHS`); decided here, once."""
+        if self.frozen and self.model.num_experts == 0:
+            return "zero_shot"
+        if self.frozen and self.memory.embedding_cache:
+            return "cached_head"
+        return "cached_gradient" if self.memory.grad_cache_chunk else "live"
+
+    @property
+    def in_process(self) -> bool:
+        """Train in the calling process, without Ray Train: nothing to train, or one worker on cached
+        embeddings (its worker group takes ~10 s to start, the whole training well under a second)."""
+        return self.path == "zero_shot" or (self.path == "cached_head" and self.scaling.num_workers == 1)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.storage_path) / self.run.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """The frozen-encoder embedding cache, shared by every run under the same storage path."""
+        return Path(self.memory.cache_dir or Path(self.run.storage_path) / "embedding_cache")
+
+    def validate(self, where: str = "config") -> None:
+        self.model.validate(f"{where}.model")
+        super().validate(where)
+
+    def rules(self, where: str) -> None:
+        o = self.optim
+        if o.moe_lr == 0 and self.model.num_experts > 0:
+            raise ConfigError(f"{where}.optim.moe_lr=0: the SB-MoE block would never train; use a value > 0")
+        if o.batch_size % self.scaling.num_workers:
+            raise ConfigError(f"{where}.optim.batch_size={o.batch_size}: must be a multiple of "
+                              f"scaling.num_workers={self.scaling.num_workers} (each worker takes an equal shard)")
+        if self.run.checkpoint_metric == "val_ndcg@10" and not self.data.validation_retrieval_docs:
+            raise ConfigError(f"{where}.run.checkpoint_metric='val_ndcg@10': needs data.validation_retrieval_docs > 0")
+        if self.memory.grad_cache_chunk and self.frozen:
+            raise ConfigError(f"{where}.memory.grad_cache_chunk={self.memory.grad_cache_chunk}: needs a trained "
+                              "encoder (optim.encoder_lr > 0); a frozen encoder keeps no activations to save")
+
+
+def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:
+    """A TrainConfig from a YAML file plus ``key=value`` overrides; errors name ``file:line`` and the key."""
+    return load_config(TrainConfig, path, overrides)

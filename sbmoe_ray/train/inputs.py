@@ -1,0 +1,83 @@
+"""What each worker sees: its shard of every global batch, and ids turned into model inputs.
+
+The permutation of an epoch depends only on (seed, epoch), so W workers together see exactly the batches
+one worker would see, and a resumed run replays the same order. Inputs are token batches (the encoder
+runs) or, on the ``cached_head`` path, rows of the cached pooled embeddings of a frozen encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sbmoe_ray.backbones import load_tokenizer
+from sbmoe_ray.data import BeirDataset, load_dataset, split_by_query, training_pairs
+from sbmoe_ray.embedding_cache import PooledEmbeddingCache, dataset_embeddings
+from sbmoe_ray.evaluate import EncodeSettings
+from sbmoe_ray.model import EncoderInput
+from sbmoe_ray.train.config import TrainConfig
+
+Pairs = list[tuple[str, str]]
+
+
+def epoch_batches(num_pairs: int, global_batch: int, rank: int, world: int, seed: int, epoch: int,
+                  shuffle: bool = True) -> list[np.ndarray]:
+    """This worker's shard of every full global batch of an epoch (the last partial batch is dropped)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_pairs) if shuffle else np.arange(num_pairs)
+    per_worker = global_batch // world
+    return [order[start + rank * per_worker: start + (rank + 1) * per_worker]
+            for start in range(0, num_pairs - global_batch + 1, global_batch)]
+
+
+def split_pairs(cfg: TrainConfig, dataset: BeirDataset) -> tuple[Pairs, Pairs]:
+    """Training and validation (query, positive) pairs; the split is by query and depends on the seed."""
+    return split_by_query(training_pairs(dataset.qrels), cfg.data.validation_fraction, cfg.run.seed)
+
+
+@dataclass
+class PairData:
+    """Training and validation pairs, and how to turn ids into model inputs (tokens or cached embeddings)."""
+
+    train: Pairs
+    validation: Pairs
+    query_input: Callable[[list[str]], EncoderInput]
+    passage_input: Callable[[list[str]], EncoderInput]
+    dataset: BeirDataset
+
+
+def embedding_cache(cfg: TrainConfig, progress: bool = True) -> PooledEmbeddingCache:
+    """The run's cache of pooled embeddings (``cfg`` resolved: precision and model defaults filled in)."""
+    settings = EncodeSettings(batch_size=cfg.memory.eval_batch_size, max_length=cfg.model.max_length,
+                              precision=cfg.memory.precision, progress=progress)
+    return PooledEmbeddingCache(cfg.cache_dir, cfg.model, settings)
+
+
+def _lookup(ids: list[str], pooled: np.ndarray, device: torch.device) -> Callable[[list[str]], torch.Tensor]:
+    row = {i: n for n, i in enumerate(ids)}
+    table = torch.from_numpy(pooled)
+    return lambda batch_ids: table[[row[i] for i in batch_ids]].to(device)
+
+
+def cached_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
+    """Inputs of the ``cached_head`` path: rows of the frozen encoder's cached pooled embeddings."""
+    dataset = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
+    docs, queries = dataset_embeddings(embedding_cache(cfg), dataset, cfg.data.query_max_length)
+    return PairData(*split_pairs(cfg, dataset), _lookup(list(dataset.queries), queries, device),
+                    _lookup(list(dataset.corpus), docs, device), dataset)
+
+
+def token_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
+    """Inputs of the paths that run the encoder: padded token batches on ``device``."""
+    dataset = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
+    tokenizer = load_tokenizer(cfg.model.base_model)
+
+    def tokenize(texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+    return PairData(*split_pairs(cfg, dataset),
+                    lambda ids: tokenize([dataset.queries[i] for i in ids], cfg.data.query_max_length),
+                    lambda ids: tokenize([dataset.corpus[i].full_text for i in ids], cfg.model.max_length), dataset)

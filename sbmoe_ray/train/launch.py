@@ -1,0 +1,196 @@
+"""The driver of a training run: check everything cheaply, train on the chosen path, test the best model.
+
+:func:`prepare` finds every bad setting, dataset or model before anything expensive starts and fills in
+what ``auto`` and ``None`` mean on this machine (precision, model defaults, absolute paths). :func:`fit`
+then trains where the config says (:attr:`TrainConfig.path` and :attr:`TrainConfig.in_process`: nowhere
+for ``zero_shot``, this process, or Ray Train's ``TorchTrainer`` workers), evaluates the best checkpoint on
+the test datasets and writes ``<run_dir>/results.json``, the run's one results file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
+from sbmoe_ray.data import BeirDataset, data_root, load_dataset
+from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.precision import describe, resolve_precision
+from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class FitResult:
+    config: TrainConfig
+    history: list[dict[str, Any]]            # one row of metrics per epoch
+    best_checkpoint: str | None              # None: nothing was trained (zero_shot)
+    best_metrics: dict[str, Any]
+    last_checkpoint: str | None
+    test: list                               # EvaluationResult per test dataset, of the best checkpoint
+    extra: dict[str, Any] = field(default_factory=dict)    # e.g. a study's trial id and parameters
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.extra, "config": self.config.to_dict(), "path": self.config.path, "history": self.history,
+                "best_checkpoint": self.best_checkpoint, "best_metrics": self.best_metrics,
+                "last_checkpoint": self.last_checkpoint, "test": [r.to_dict() for r in self.test]}
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """What ``auto`` and ``None`` mean here: precision for the device, model defaults from the base model's
+    folder, absolute paths (workers and trials run elsewhere)."""
+    device = "cuda" if cfg.scaling.use_gpu else "cpu"
+    memory = replace(cfg.memory, precision=resolve_precision(cfg.memory.precision, device),
+                     cache_dir=str(cfg.cache_dir.resolve()))
+    return replace(cfg, model=cfg.model.resolved(), memory=memory,
+                   data=replace(cfg.data, data_dir=str(data_root(cfg.data.data_dir).resolve())),
+                   run=replace(cfg.run, storage_path=str(Path(cfg.run.storage_path).resolve())))
+
+
+def evaluation_for(cfg: TrainConfig):
+    """How this run's models are tested (chosen once): through the embedding cache, or by encoding."""
+    from sbmoe_ray.checkpoint_eval import CachedEvaluation, LiveEvaluation
+    from sbmoe_ray.evaluate import EncodeSettings
+    from sbmoe_ray.precision import device_for
+
+    settings = EncodeSettings(batch_size=cfg.memory.eval_batch_size, max_length=cfg.model.max_length,
+                              precision=cfg.memory.precision, device=device_for(cfg.scaling.use_gpu))
+    if cfg.frozen and cfg.memory.embedding_cache:
+        return CachedEvaluation(cfg.model, replace(settings, device="cpu"), cfg.data.query_max_length,
+                                str(cfg.cache_dir))
+    return LiveEvaluation(cfg.model, settings)
+
+
+def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[BeirDataset]]:
+    """Everything that can fail cheaply, before Ray starts: config, loss, datasets, model files, then the
+    cache entries of a frozen encoder. Returns the resolved config (:func:`resolved`) and the test sets."""
+    from sbmoe_ray.backbones import hidden_size
+    from sbmoe_ray.losses import build_loss
+    from sbmoe_ray.train.inputs import embedding_cache, split_pairs
+
+    cfg.validate()
+    build_loss(cfg.loss.name, cfg.loss.temperature)
+    cfg = resolved(cfg)
+    hidden_size(cfg.model.base_model)              # the base model exists (clear error otherwise)
+    train = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
+    tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
+    pairs = len(split_pairs(cfg, train)[0])
+    if cfg.path != "zero_shot" and pairs < cfg.optim.batch_size:
+        raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
+                          f"pairs of {cfg.data.train_dataset!r} ({cfg.data.train_split})")
+    if not quiet:
+        print(f"[{cfg.run.name}] {cfg.path} path, {describe(cfg.memory.precision, 'cuda' if cfg.scaling.use_gpu else 'cpu')}",
+              flush=True)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.frozen and cfg.memory.embedding_cache:
+        from sbmoe_ray.embedding_cache import dataset_embeddings
+
+        cache = embedding_cache(cfg)
+        for ds in [train, *tests]:
+            dataset_embeddings(cache, ds, cfg.data.query_max_length)
+    return cfg, tests
+
+
+def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, extra: dict[str, Any] | None = None) -> FitResult:
+    """Train, evaluate the best checkpoint on the test datasets, write ``<run_dir>/results.json``.
+
+    ``callbacks`` are Ray Train callbacks (a Tune trial passes one that forwards each epoch to Tune);
+    ``on_epoch`` is called here with each epoch's metrics by an in-process run; ``extra`` is stored with
+    the results (a study's trial id and parameters).
+    """
+    if not cfg.in_process and cluster_address(address):
+        # A cluster: connect first, so that storage the other nodes cannot see is refused before any work.
+        cfg.validate()
+        init_ray(address, 0)
+        check_shared_storage([Path(cfg.run.storage_path).resolve(), cfg.cache_dir.resolve()])
+    cfg, tests = prepare(cfg)
+    train = TRAINERS["zero_shot" if cfg.path == "zero_shot" else "in_process" if cfg.in_process else "ray_train"]
+    best, best_metrics, last = train(cfg, address=address, callbacks=callbacks, on_epoch=on_epoch)
+    test = evaluate_best(best, cfg, tests)
+    from sbmoe_ray.train.session import epoch_history
+
+    fitted = FitResult(cfg, epoch_history(cfg.run_dir), best and str(best), best_metrics, last and str(last), test,
+                       extra or {})
+    tmp = cfg.run_dir / f".{RESULTS_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(fitted.to_dict(), indent=2, default=str))
+    tmp.replace(cfg.run_dir / RESULTS_FILE)
+    return fitted
+
+
+def train_nothing(cfg: TrainConfig, **_) -> tuple[None, dict[str, Any], None]:
+    """The ``zero_shot`` path: the base model is tested as it is."""
+    return None, {}, None
+
+
+def train_in_process(cfg: TrainConfig, on_epoch=None, **_) -> tuple[Path, dict[str, Any], Path]:
+    """Train in this process (one worker on cached embeddings); checkpoints in the run folder."""
+    from sbmoe_ray.train.loop import train_worker
+    from sbmoe_ray.train.plan import PLANS
+    from sbmoe_ray.train.session import InProcessSession
+
+    session = InProcessSession(cfg, on_epoch)
+    train_worker(cfg, session, PLANS[cfg.path])
+    (best, best_metrics), last = session.checkpoints.best(), session.checkpoints.latest()[0]
+    return best, best_metrics, last
+
+
+def train_ray(cfg: TrainConfig, address: str | None = None, callbacks: list | None = None, **_
+              ) -> tuple[Path, dict[str, Any], Path]:
+    """Train with a ``TorchTrainer``; the best checkpoint's folder and metrics, and the last checkpoint's folder."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from sbmoe_ray.train.loop import train_loop_per_worker
+
+    s, mode = cfg.scaling, CHECKPOINT_METRICS[cfg.run.checkpoint_metric]
+    init_ray(address, s.num_workers * s.cpus_per_worker + 1, s.dashboard)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, placement_strategy=s.placement_strategy,
+            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=cfg.run.storage_path, callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=cfg.run.checkpoint_metric, checkpoint_score_order=mode)))
+    result = trainer.fit()
+    best = result.get_best_checkpoint(cfg.run.checkpoint_metric, mode)
+    best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
+    # Storage is a local or shared file system (see resolved()), so checkpoint paths are folders here.
+    return Path(best.path), best_metrics, Path(result.checkpoint.path)
+
+
+TRAINERS = {"zero_shot": train_nothing, "in_process": train_in_process, "ray_train": train_ray}
+
+
+def evaluate_best(folder: Path | None, cfg: TrainConfig, datasets: list[BeirDataset]) -> list:
+    """Test the best checkpoint (or the base model) with the resources the trial's workers just released.
+
+    Through the embedding cache it is a matrix product and runs here; otherwise a Ray task holds the
+    workers' CPUs (and one GPU with ``use_gpu``), wherever the cluster has them.
+    """
+    evaluation = evaluation_for(cfg)
+    if evaluation.runs_here or not datasets:
+        return evaluation(folder, datasets)
+    import ray
+
+    s = cfg.scaling
+    cpus = s.num_workers * s.cpus_per_worker
+    init_ray(None, cpus + 1, s.dashboard)
+    # "DEFAULT": outside a Tune trial's placement group (its one bundle is the driver's 0.25 CPU), as Ray
+    # Train schedules its own actors.
+    task = ray.remote(num_cpus=cpus, num_gpus=1 if s.use_gpu else 0, max_retries=1,
+                      scheduling_strategy="DEFAULT")(_evaluate)
+    return ray.get(task.remote(evaluation, folder, datasets, max(1, int(cpus))))
+
+
+def _evaluate(evaluation, folder: Path | None, datasets: list[BeirDataset], threads: int) -> list:
+    return evaluation(folder, datasets, threads=threads)

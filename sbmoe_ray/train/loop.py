@@ -1,0 +1,162 @@
+"""The training loop of one worker, top to bottom: seed, inputs, model, optimizer, resume; then per epoch
+train, validate, checkpoint and report.
+
+It is the same loop on every path and in every session: the plan (:mod:`sbmoe_ray.train.plan`) gives the
+inputs, the model and the step; the session (:mod:`sbmoe_ray.train.session`) gives rank, device, resume
+and reporting. AdamW with two learning rates (encoder, SB-MoE block), optional linear warm-up, gradient
+clipping (Sokli et al. 2025 train with AdamW, the encoder at a much lower rate than the block).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sbmoe_ray.evaluate import exact_search
+from sbmoe_ray.metrics import evaluate_run
+from sbmoe_ray.model import BiEncoder
+from sbmoe_ray.moe import ExpertLoad
+from sbmoe_ray.precision import autocast
+from sbmoe_ray.train.config import TrainConfig
+from sbmoe_ray.train.inputs import PairData, Pairs, epoch_batches
+from sbmoe_ray.train.plan import PLANS, Plan, Step, objective_for
+from sbmoe_ray.train.session import RayTrainSession, log_progress, save_checkpoint
+from sbmoe_ray.train.step import all_sum
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: BiEncoder, cfg: TrainConfig):
+    """AdamW over the trained encoder (``encoder_lr``) and the SB-MoE block (``moe_lr``), and its schedule."""
+    groups = []
+    if model.backbone is not None and not model.frozen_encoder:
+        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.encoder_lr, "name": "encoder"})
+    if model.head is not None:
+        groups.append({"params": list(model.head.parameters()), "lr": cfg.optim.moe_lr, "name": "sbmoe"})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+    warmup = cfg.optim.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return optimizer, scheduler
+
+
+def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, cfg: TrainConfig, rank: int,
+              world: int, epoch: int, optimizer=None, scheduler=None) -> dict[str, Any]:
+    """One pass over ``pairs``: training when an optimizer is given, else validation (no gradient)."""
+    training = optimizer is not None
+    bare = getattr(model, "module", model)
+    load = ExpertLoad.empty(bare.head.num_experts) if bare.head is not None else None
+    global_batch = cfg.optim.batch_size if training else min(cfg.optim.batch_size, len(pairs) // world * world)
+    batches = epoch_batches(len(pairs), global_batch, rank, world, cfg.run.seed, epoch, shuffle=training) if global_batch else []
+    if training and cfg.optim.max_steps_per_epoch:
+        batches = batches[: cfg.optim.max_steps_per_epoch]
+    sums, step_seconds = torch.zeros(3, dtype=torch.float64), []          # loss, accuracy, steps
+    model.train(training)
+    start = time.perf_counter()
+    for index in batches:
+        step_start = time.perf_counter()
+        queries = data.query_input([pairs[i][0] for i in index])
+        passages = data.passage_input([pairs[i][1] for i in index])
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+        out, loss, accuracy = step(model, queries, passages, training)
+        if training:
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+        sums += torch.tensor([loss.item(), accuracy.item(), 1.0], dtype=torch.float64)
+        if load is not None:
+            load.update(out.routing)
+        step_seconds.append(time.perf_counter() - step_start)
+    seconds = time.perf_counter() - start
+    return _epoch_metrics(sums, load, step_seconds, seconds, len(batches), cfg, world, training,
+                          next(bare.parameters()).device)
+
+
+def _epoch_metrics(sums, load, step_seconds, seconds, steps_run, cfg, world, training, device) -> dict[str, Any]:
+    """Losses and accuracy averaged over every worker's steps, timing, and the merged expert load."""
+    sums = all_sum(sums.to(device), world).cpu()
+    prefix = "train" if training else "val"
+    steps = max(sums[2].item(), 1.0)
+    metrics = {f"{prefix}_loss": sums[0].item() / steps, f"{prefix}_accuracy": sums[1].item() / steps}
+    if training:
+        metrics.update(train_seconds=seconds, pairs_per_second=steps_run * cfg.optim.batch_size / max(seconds, 1e-9),
+                       step_seconds_median=float(np.median(step_seconds)) if step_seconds else float("nan"))
+        if device.type == "cuda":
+            metrics["cuda_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if load is not None:
+        merged = ExpertLoad.from_tensor(all_sum(load.to_tensor().to(device), world).cpu())
+        metrics.update({f"{prefix}_load.{k}": v for k, v in merged.summary().items()})
+    return metrics
+
+
+@torch.inference_mode()
+def validation_ndcg(model: BiEncoder, data: PairData, cfg: TrainConfig, device: torch.device) -> float:
+    """nDCG@10 of the held-out queries against their positives plus ``validation_retrieval_docs`` others."""
+    query_ids = sorted({q for q, _ in data.validation})
+    positives = {d for _, d in data.validation}
+    others = sorted(set(data.dataset.corpus) - positives)
+    sample = random.Random(cfg.run.seed).sample(others, min(cfg.data.validation_retrieval_docs, len(others)))
+    doc_ids, size = sorted(positives) + sample, cfg.memory.eval_batch_size
+    model.eval()
+
+    def embed(ids: list[str], to_input) -> np.ndarray:
+        parts = []
+        for start in range(0, len(ids), size):
+            with autocast(device.type, cfg.memory.precision):
+                parts.append(model.embed_inputs(to_input(ids[start: start + size]))[0].float().cpu())
+        return torch.cat(parts).numpy()
+
+    run = exact_search(embed(doc_ids, data.passage_input), doc_ids, embed(query_ids, data.query_input), query_ids, k=10)
+    return evaluate_run({q: data.dataset.qrels[q] for q in query_ids}, run).means["ndcg@10"]
+
+
+def train_worker(cfg: TrainConfig, session, plan: Plan) -> None:
+    """The training loop of one worker: restore, then per epoch train, validate, checkpoint, report."""
+    rank, world, device = session.rank, session.world, session.device
+    seed_everything(cfg.run.seed)
+    data = plan.inputs(cfg, device)
+    # On the device before the optimizer exists: a restored optimizer state follows its parameters' device.
+    model = plan.model(cfg).to(device)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    start_epoch = session.resume(model, optimizer, scheduler)
+    if start_epoch and rank == 0:
+        print(f"[{cfg.run.name}] resuming from the checkpoint of epoch {start_epoch}/{cfg.optim.epochs} in "
+              f"{cfg.run_dir}", flush=True)
+    model = session.wrap(model)
+    bare = getattr(model, "module", model)
+    step = plan.step(cfg, objective_for(cfg, rank, world), device)
+
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        if rank == 0:
+            log_progress(cfg.run_dir, "epoch_start", epoch=epoch, device=str(device))
+        metrics = {"epoch": epoch, **run_epoch(model, step, data, data.train, cfg, rank, world, epoch, optimizer, scheduler)}
+        if data.validation:
+            metrics.update(run_epoch(model, step, data, data.validation, cfg, rank, world, epoch))
+            if cfg.data.validation_retrieval_docs:   # every rank computes it: cheap, and no rank waits idle
+                metrics["val_ndcg@10"] = validation_ndcg(bare, data, cfg, device)
+        if rank == 0:
+            log_progress(cfg.run_dir, "epoch_end", epoch=epoch, metrics=metrics)
+            print(f"[{cfg.run.name}] epoch {epoch + 1}/{cfg.optim.epochs}  train_loss {metrics['train_loss']:.4f}  "
+                  f"val_loss {metrics.get('val_loss', float('nan')):.4f}  "
+                  f"{metrics['pairs_per_second']:.1f} pairs/s", flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                save_checkpoint(Path(folder), bare, cfg, optimizer, scheduler, epoch)
+            session.report(metrics, Path(folder) if rank == 0 else None)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point on each worker: the path's plan, chosen once, and this worker's session."""
+    cfg = TrainConfig.from_dict(config)
+    train_worker(cfg, RayTrainSession(cfg), PLANS[cfg.path])
