@@ -25,6 +25,8 @@ from ray import tune
 from sbmoe_ray.data import data_root, dataset_files, fingerprint_files, locate_dataset
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.metrics import paired_t_test
+from sbmoe_ray.precision import describe as describe_precision
+from sbmoe_ray.precision import resolve_precision
 from sbmoe_ray.results import TrialRecord, baselines, metric_key, mlflow_name
 from sbmoe_ray.search_space import describe
 from sbmoe_ray.study_config import StudyConfig
@@ -126,8 +128,10 @@ class StudyTracker:
             except metadata.PackageNotFoundError:
                 pass
         params["git_commit"], params["python"] = _git_commit(), sys.version.split()[0]
-        for key, value in params.items():
-            self.client.log_param(run_id, key, value)
+        device = "cuda" if study.train.scaling.use_gpu else "cpu"
+        params["precision.resolved"] = resolve_precision(study.train.memory.precision, device)
+        params["precision.why"] = describe_precision(params["precision.resolved"], device)
+        self._log_params(run_id, params)
         runs["parent"] = run_id
         self._save_runs(runs)
         return run_id
@@ -145,11 +149,18 @@ class StudyTracker:
         run = self.client.create_run(self.experiment_id(), run_name=f"{describe(params)} · {trial_id}",
                                      tags={"mlflow.parentRunId": runs["parent"], "sbmoe.kind": "trial",
                                            "sbmoe.trial_id": trial_id})
-        for key, value in _flatten(params).items():
-            self.client.log_param(run.info.run_id, key, value)
+        self._log_params(run.info.run_id, _flatten(params))
         runs["trials"][trial_id] = self._trial_runs[trial_id] = run.info.run_id
         self._save_runs(runs)
         return run.info.run_id
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """Params in batches (one request each, not one per param)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start: start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric

@@ -111,11 +111,16 @@ class TrainConfig(ConfigBase):
         return self.optim.freeze_encoder or self.optim.encoder_lr == 0
 
     @property
+    def uses_cache(self) -> bool:
+        """A frozen encoder whose pooled embeddings come from the cache (for training and testing)."""
+        return self.frozen and self.memory.embedding_cache
+
+    @property
     def path(self) -> str:
         """How this run trains (one of :data:`PATHS`); decided here, once."""
         if self.frozen and self.model.num_experts == 0:
             return "zero_shot"
-        if self.frozen and self.memory.embedding_cache:
+        if self.uses_cache:
             return "cached_head"
         return "cached_gradient" if self.memory.grad_cache_chunk else "live"
 

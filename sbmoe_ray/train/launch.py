@@ -59,7 +59,7 @@ def evaluation_for(cfg: TrainConfig):
 
     settings = EncodeSettings(batch_size=cfg.memory.eval_batch_size, max_length=cfg.model.max_length,
                               precision=cfg.memory.precision, device=device_for(cfg.scaling.use_gpu))
-    if cfg.frozen and cfg.memory.embedding_cache:
+    if cfg.uses_cache:
         return CachedEvaluation(cfg.model, replace(settings, device="cpu"), cfg.data.query_max_length,
                                 str(cfg.cache_dir))
     return LiveEvaluation(cfg.model, settings)
@@ -86,7 +86,7 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
         print(f"[{cfg.run.name}] {cfg.path} path, {describe(cfg.memory.precision, 'cuda' if cfg.scaling.use_gpu else 'cpu')}",
               flush=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.frozen and cfg.memory.embedding_cache:
+    if cfg.uses_cache:
         from sbmoe_ray.embedding_cache import dataset_embeddings
 
         cache = embedding_cache(cfg)
