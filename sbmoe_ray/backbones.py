@@ -119,9 +119,12 @@ def set_attention_dropout(backbone, probability: float) -> None:
 
 
 def load_backbone(name: str):
-    """The Hugging Face encoder for ``name`` (no pooler head: DDP would see unused parameters)."""
+    """The Hugging Face encoder for ``name`` (no pooler head: DDP would see unused parameters; the load
+    report that lists the pooler weights left out on purpose is silenced)."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
     spec = resolve_model(name)
     try:
         try:

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -224,8 +225,15 @@ def _check_ids(qrels_path: Path, qrels: Qrels, queries: dict, corpus: dict) -> N
 
 def load_dataset(name_or_path: str, split: str = "test", data_dir: str | os.PathLike | None = None,
                  download: bool = True) -> BeirDataset:
-    """Locate, read and validate one split of a BEIR dataset."""
+    """Locate, read and validate one split of a BEIR dataset (read once per process while its files stay
+    the same; callers treat it as read-only)."""
     path = locate_dataset(name_or_path, data_dir, download=download)
+    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in dataset_files(path, split) if f.is_file())
+    return _read_split(path, split, stamp, name_or_path)
+
+
+@lru_cache(maxsize=16)
+def _read_split(path: Path, split: str, stamp: tuple, name_or_path: str) -> BeirDataset:
     qrels_path = path / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         raise DataError(f"dataset {name_or_path!r} has no split {split!r} ({qrels_path} is missing); "

@@ -123,11 +123,37 @@ def prepare_study(study: StudyConfig, resume: bool = False) -> None:
                               "restore its settings to resume it")
     elif resume:
         raise ConfigError(f"--resume: no study named {study.name!r} in {study.study_dir.parent}")
+    examples = []
     for base_model in study.space["base_model"]:
         hidden_size(base_model)                       # clear error for an unknown or unreachable model
         params = {"base_model": base_model, "num_experts": max(study.space["num_experts"]), "top_k": 1}
-        prepare(study.trial_config(params, "prepare"))   # datasets, splits, and the embedding cache
+        examples.append(study.trial_config(params, "prepare"))
+    fill_shared_caches(examples)
+    for example in examples:
+        prepare(example)                              # datasets, splits, and the embedding cache
     fingerprint_file.write_text(json.dumps(current, indent=2))
+
+
+def fill_shared_caches(configs: list) -> None:
+    """Base models that are layer prefixes of one another (``minilm-l3`` of ``minilm``) share one forward
+    pass per text list: their cache entries are filled together before each model's own preparation."""
+    from sbmoe_ray.data import load_dataset
+    from sbmoe_ray.embedding_cache import fill_family, prefix_families
+    from sbmoe_ray.train import resolved
+    from sbmoe_ray.train.inputs import embedding_cache
+
+    configs = [resolved(c) for c in configs if c.uses_cache]
+    caches = [embedding_cache(c) for c in configs]
+    if not configs or not prefix_families(caches):
+        return
+    data = configs[0].data
+    names = [(data.train_dataset, data.train_split)] + [(n, data.test_split) for n in data.test_datasets]
+    for family in prefix_families(caches):
+        for name, split in names:
+            ds = load_dataset(name, split, data.data_dir)
+            fill_family(family, [d.full_text for d in ds.corpus.values()], family[0].config.max_length,
+                        f"{ds.name} corpus")
+            fill_family(family, list(ds.queries.values()), data.query_max_length, f"{ds.name} queries")
 
 
 def save_study_config(study: StudyConfig) -> None:
@@ -142,13 +168,17 @@ def load_study(study_dir: Path) -> StudyConfig:
     return StudyConfig.from_dict(json.loads(path.read_text()), where=str(path))
 
 
+def trials_in_process(study: StudyConfig) -> bool:
+    """Whether the study's SB-MoE trials train in their own process (the cached fast path, one worker)."""
+    return study.trial_config({"num_experts": max(study.space["num_experts"]), "top_k": 1}, "example").in_process
+
+
 def trainable(study: StudyConfig):
     """The trial function with its resources: a 0.25-CPU driver of Ray Train workers, or, when trials
     train in-process (cached fast path), one worker's CPUs (and GPU)."""
     values = json.loads(json.dumps(asdict(study), default=str))
     s = study.train.scaling
-    example = study.trial_config({"num_experts": max(study.space["num_experts"]), "top_k": 1}, "example")
-    resources = ({"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})} if example.in_process
+    resources = ({"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})} if trials_in_process(study)
                  else {"CPU": 0.25})
     return tune.with_resources(tune.with_parameters(run_trial, study=values), resources)
 
@@ -166,7 +196,10 @@ def build_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:
                  if search.asha else None)
     return tune.Tuner(
         trainable(study),
+        # In-process trials of seconds: one trial actor serves the next (no process start, imports and
+        # file reads per trial); the datasets, cache entries and model hashes stay loaded in it.
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher(study), max_concurrent=search.max_concurrent),
-                                    scheduler=scheduler, num_samples=search.num_trials),
+                                    scheduler=scheduler, num_samples=search.num_trials,
+                                    reuse_actors=trials_in_process(study)),
         run_config=tune.RunConfig(name="tune", storage_path=str(study.study_dir), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=1)))
