@@ -4,7 +4,9 @@ Reference: sentence-transformers ``encode`` through BEIR's ``SentenceBERT`` + ``
 (cosine), scored by BEIR's ``EvaluateRetrieval``, data read by BEIR's ``GenericDataLoader``.
 Ours: ``sbmoe_ray.evaluate.evaluate`` in fp32 and in bf16 autocast.
 Each pipeline runs in a fresh subprocess (oneDNN caches kernels per shape, which would favour whichever
-pipeline runs second). Prints texts/s (corpus + queries, end to end), nDCG@10, and ratios to the reference.
+pipeline runs second). Prints the machine and its measured matmul ceilings (fp32, bf16), then texts/s
+(corpus + queries, end to end), nDCG@10, ratios to the reference, and our encoder's model FLOP/s as a
+share of the ceiling at its precision (nanoGPT's MFU).
 
     python bench/encode_throughput.py --dataset scifact [--dataset nfcorpus] [--data-dir DIR]
 """
@@ -44,12 +46,20 @@ def run_ours(dataset: str, data_dir: str | None, model: str, precision: str) -> 
     from sbmoe_ray.evaluate import EncodeSettings, evaluate
     from sbmoe_ray.model import ModelConfig, build_bi_encoder
 
+    from sbmoe_ray.hardware import encoder_flops_per_token, utilisation
+
     config = ModelConfig(base_model=model).resolved()
     ds = load_dataset(dataset, "test", data_dir)
-    result = evaluate(build_bi_encoder(config), load_tokenizer(model), ds,
-                      EncodeSettings(max_length=config.max_length, precision=precision, progress=False))
-    return {"texts": len(ds.corpus) + len(ds.queries), "seconds": result.seconds["total"],
-            "ndcg@10": result.metrics.means["ndcg@10"], "recall@100": result.metrics.means["recall@100"]}
+    model_, tokenizer = build_bi_encoder(config), load_tokenizer(model)
+    result = evaluate(model_, tokenizer, ds, EncodeSettings(max_length=config.max_length, precision=precision,
+                                                            progress=False))
+    texts = [d.full_text for d in ds.corpus.values()] + list(ds.queries.values())
+    lengths = [len(x) for x in tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]]
+    flops = encoder_flops_per_token(model_.backbone, sum(lengths) // len(lengths)) * sum(lengths)
+    seconds = result.seconds["encode_corpus"] + result.seconds["encode_queries"]
+    return {"texts": len(texts), "seconds": result.seconds["total"], "ndcg@10": result.metrics.means["ndcg@10"],
+            "recall@100": result.metrics.means["recall@100"], "tflops": flops / seconds / 1e12,
+            "utilisation": utilisation(flops, seconds, precision)}
 
 
 def main() -> None:
@@ -69,9 +79,14 @@ def main() -> None:
                else run_ours(name, args.data_dir, args.model, args.pipeline.removeprefix("ours-")))
         print("RESULT " + json.dumps(out))
         return
+    from sbmoe_ray.hardware import describe_machine, matmul_ceiling
+
     pipelines = ["reference", "ours-fp32", "ours-bf16"]
+    print(f"machine: {describe_machine()}")
+    print(f"matmul ceiling (1024², all threads): fp32 {matmul_ceiling('fp32') / 1e9:.0f} GFLOP/s, "
+          f"bf16 {matmul_ceiling('bf16') / 1e9:.0f} GFLOP/s", flush=True)
     print(f"{'dataset':10} {'pipeline':12} {'texts/s':>8} {'seconds':>8} {'nDCG@10':>8} {'R@100':>7} "
-          f"{'speed-up':>8} {'ΔnDCG@10':>9}")
+          f"{'speed-up':>8} {'ΔnDCG@10':>9} {'TFLOP/s':>8} {'of ceiling':>10}")
     for name in datasets:
         rows = {}
         for pipeline in pipelines:
@@ -86,7 +101,8 @@ def main() -> None:
             ref = rows["reference"]
             print(f"{name:10} {pipeline:12} {r['texts'] / r['seconds']:8.1f} {r['seconds']:8.1f} "
                   f"{r['ndcg@10']:8.4f} {r['recall@100']:7.4f} {ref['seconds'] / r['seconds']:7.2f}x "
-                  f"{r['ndcg@10'] - ref['ndcg@10']:+9.4f}", flush=True)
+                  f"{r['ndcg@10'] - ref['ndcg@10']:+9.4f}"
+                  + (f" {r['tflops']:8.3f} {100 * r['utilisation']:9.0f}%" if "tflops" in r else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ def ours(cfg: TrainConfig, steps: int) -> float:
     run_epoch(model, step, data, data.train, settings(cfg, max_steps_per_epoch=1), 0, 1, 0, optimizer, scheduler)
     metrics = run_epoch(model, step, data, data.train, settings(cfg, max_steps_per_epoch=steps), 0, 1, 1,
                         optimizer, scheduler)
+    print(f"     (utilisation {100 * metrics.get('train_utilisation', 0):.0f}% of the {cfg.memory.precision} ceiling, "
+          f"{metrics.get('train_tflops', 0):.3f} TFLOP/s)", flush=True)
     return metrics["step_seconds_median"]
 
 
@@ -98,6 +100,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
+    from sbmoe_ray.hardware import describe_machine, matmul_ceiling
+
+    print(f"machine: {describe_machine()}")
+    print(f"matmul ceiling (1024², all threads): fp32 {matmul_ceiling('fp32') / 1e9:.0f} GFLOP/s, "
+          f"bf16 {matmul_ceiling('bf16') / 1e9:.0f} GFLOP/s", flush=True)
     base = settings(TrainConfig(model=ModelConfig(base_model="minilm", num_experts=0, max_length=256)),
                     train_dataset="scifact", batch_size=64, query_max_length=256, encoder_lr=2e-5, moe_lr=1e-3,
                     precision="fp32", data_dir=args.data_dir, num_workers=1)

@@ -93,6 +93,7 @@ def test_two_workers_report_each_epoch_with_merged_expert_load(assets, tmp_path)
         assert all(s * 64 == pytest.approx(round(s * 64)) for s in shares)
         assert row["train_load.load_max_over_mean"] >= 1.0 and "val_loss" in row
         assert 0.0 <= row["val_ndcg@10"] <= 1.0
+        assert row["train_tflops"] > 0 and 0 < row["train_utilisation"] < 10    # share of the measured ceiling
     saved = json.loads((Path(result.config.run_dir) / "results.json").read_text())
     assert saved["test"][0]["num_queries"] == 8 and 0 <= saved["test"][0]["metrics"]["ndcg@10"] <= 1
     assert (Path(result.best_checkpoint) / "train_state.pt").is_file()

@@ -81,3 +81,10 @@ def token_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
     return PairData(*split_pairs(cfg, dataset),
                     lambda ids: tokenize([dataset.queries[i] for i in ids], cfg.data.query_max_length),
                     lambda ids: tokenize([dataset.corpus[i].full_text for i in ids], cfg.model.max_length), dataset)
+
+
+def token_count(inputs: EncoderInput) -> tuple[int, int]:
+    """(tokens, texts) in a batch of token inputs; (0, 0) for cached pooled embeddings."""
+    if isinstance(inputs, torch.Tensor):
+        return 0, 0
+    return int(inputs["attention_mask"].sum()), len(inputs["attention_mask"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -33,9 +34,11 @@ class FitResult:
     last_checkpoint: str | None
     test: list                               # EvaluationResult per test dataset, of the best checkpoint
     extra: dict[str, Any] = field(default_factory=dict)    # e.g. a study's trial id and parameters
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time: prepare, train, test; start, end
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, "config": self.config.to_dict(), "path": self.config.path, "history": self.history,
+        return {**self.extra, "config": self.config.to_dict(), "path": self.config.path, "seconds": self.seconds,
+                "history": self.history,
                 "best_checkpoint": self.best_checkpoint, "best_metrics": self.best_metrics,
                 "last_checkpoint": self.last_checkpoint, "test": [r.to_dict() for r in self.test]}
 
@@ -108,14 +111,20 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
         cfg.validate()
         init_ray(address, 0)
         check_shared_storage([Path(cfg.run.storage_path).resolve(), cfg.cache_dir.resolve()])
+    clock = [time.time()]
     cfg, tests = prepare(cfg)
+    clock.append(time.time())
     train = TRAINERS["zero_shot" if cfg.path == "zero_shot" else "in_process" if cfg.in_process else "ray_train"]
     best, best_metrics, last = train(cfg, address=address, callbacks=callbacks, on_epoch=on_epoch)
+    clock.append(time.time())
     test = evaluate_best(best, cfg, tests)
+    clock.append(time.time())
     from sbmoe_ray.train.session import epoch_history
 
+    seconds = {"prepare": clock[1] - clock[0], "train": clock[2] - clock[1], "test": clock[3] - clock[2],
+               "start": clock[0], "end": clock[3]}
     fitted = FitResult(cfg, epoch_history(cfg.run_dir), best and str(best), best_metrics, last and str(last), test,
-                       extra or {})
+                       extra or {}, seconds)
     tmp = cfg.run_dir / f".{RESULTS_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(fitted.to_dict(), indent=2, default=str))
     tmp.replace(cfg.run_dir / RESULTS_FILE)

@@ -24,7 +24,7 @@ from sbmoe_ray.model import BiEncoder
 from sbmoe_ray.moe import ExpertLoad
 from sbmoe_ray.precision import autocast
 from sbmoe_ray.train.config import TrainConfig
-from sbmoe_ray.train.inputs import PairData, Pairs, epoch_batches
+from sbmoe_ray.train.inputs import PairData, Pairs, epoch_batches, token_count
 from sbmoe_ray.train.plan import PLANS, Plan, Step, objective_for
 from sbmoe_ray.train.session import RayTrainSession, log_progress, save_checkpoint
 from sbmoe_ray.train.step import all_sum
@@ -60,12 +60,14 @@ def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, 
     if training and cfg.optim.max_steps_per_epoch:
         batches = batches[: cfg.optim.max_steps_per_epoch]
     sums, step_seconds = torch.zeros(3, dtype=torch.float64), []          # loss, accuracy, steps
+    tokens = np.zeros(2, dtype=np.int64)                                  # tokens, texts encoded
     model.train(training)
     start = time.perf_counter()
     for index in batches:
         step_start = time.perf_counter()
         queries = data.query_input([pairs[i][0] for i in index])
         passages = data.passage_input([pairs[i][1] for i in index])
+        tokens += np.add(token_count(queries), token_count(passages))
         if training:
             optimizer.zero_grad(set_to_none=True)
         out, loss, accuracy = step(model, queries, passages, training)
@@ -79,8 +81,22 @@ def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, 
             load.update(out.routing)
         step_seconds.append(time.perf_counter() - step_start)
     seconds = time.perf_counter() - start
-    return _epoch_metrics(sums, load, step_seconds, seconds, len(batches), cfg, world, training,
-                          next(bare.parameters()).device)
+    metrics = _epoch_metrics(sums, load, step_seconds, seconds, len(batches), cfg, world, training,
+                             next(bare.parameters()).device)
+    if training and tokens[0]:
+        metrics.update(_utilisation(bare, tokens, seconds, cfg))
+    return metrics
+
+
+def _utilisation(model: BiEncoder, tokens: np.ndarray, seconds: float, cfg: TrainConfig) -> dict[str, float]:
+    """This worker's model FLOP/s and its share of the measured matmul ceiling (nanoGPT's MFU, for CPUs too)."""
+    from sbmoe_ray.hardware import encoder_flops_per_token, utilisation
+
+    passes = 1 if model.frozen_encoder else 3                    # forward only, or forward + backward
+    flops = passes * encoder_flops_per_token(model.backbone, int(tokens[0] / max(tokens[1], 1))) * tokens[0]
+    device = str(next(model.parameters()).device)
+    return {"train_tflops": flops / max(seconds, 1e-9) / 1e12,
+            "train_utilisation": utilisation(flops, seconds, cfg.memory.precision, device)}
 
 
 def _epoch_metrics(sums, load, step_seconds, seconds, steps_run, cfg, world, training, device) -> dict[str, Any]:
@@ -148,8 +164,10 @@ def train_worker(cfg: TrainConfig, session, plan: Plan) -> None:
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_end", epoch=epoch, metrics=metrics)
             print(f"[{cfg.run.name}] epoch {epoch + 1}/{cfg.optim.epochs}  train_loss {metrics['train_loss']:.4f}  "
-                  f"val_loss {metrics.get('val_loss', float('nan')):.4f}  "
-                  f"{metrics['pairs_per_second']:.1f} pairs/s", flush=True)
+                  f"val_loss {metrics.get('val_loss', float('nan')):.4f}  {metrics['pairs_per_second']:.1f} pairs/s"
+                  + (f"  {metrics['train_tflops']:.3f} TFLOP/s per worker = {100 * metrics['train_utilisation']:.0f}% "
+                     f"of its {cfg.memory.precision} matmul ceiling" if "train_utilisation" in metrics else ""),
+                  flush=True)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 save_checkpoint(Path(folder), bare, cfg, optimizer, scheduler, epoch)

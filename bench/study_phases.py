@@ -1,0 +1,66 @@
+"""Where a study's time went: the cache phase, the trial phase, each trial's wall time and its overhead.
+
+Reads a finished study folder (this version's ``runs/*/results.json``, or 0.1's ``tune/*/trial_results.json``)
+and Tune's per-trial ``result.json``. Trials run one at a time (``max_concurrent: 1``), so a trial's wall
+time is the time from the previous trial's end to its own end, as the driver sees it (actor start,
+imports, reading inputs, training, testing, reporting, MLflow logging); its *work* is training plus test
+evaluation (per-epoch ``train_seconds`` and each test set's ``seconds.total``). Overhead = 1 - work / wall.
+
+    python bench/study_phases.py results/studies/experts-sweep [--started UNIX_TIME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def trial_ends(study: Path) -> dict[str, float]:
+    """Trial id -> end time: ``seconds.end`` of the results file (new), else Tune's last timestamp (1 s)."""
+    ends = {}
+    for path in (study / "runs").glob("*/results.json"):
+        data = json.loads(path.read_text())
+        if "trial_id" in data and "end" in data.get("seconds", {}):
+            ends[data["trial_id"]] = data["seconds"]["end"]
+    if ends:
+        return ends
+    for path in (study / "tune").glob("*/result.json"):
+        last = json.loads(path.read_text().splitlines()[-1])
+        ends[last["trial_id"]] = float(last["timestamp"])
+    return ends
+
+
+def trial_work(study: Path) -> dict[str, float]:
+    files = list((study / "runs").glob("*/results.json")) or list((study / "tune").glob("*/trial_results.json"))
+    work = {}
+    for path in files:
+        data = json.loads(path.read_text())
+        if "trial_id" in data:
+            work[data["trial_id"]] = (sum(row.get("train_seconds", 0.0) for row in data["history"])
+                                      + sum(r["seconds"]["total"] for r in data["test"]))
+    return work
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", type=Path)
+    parser.add_argument("--started", type=float, default=None, help="when the study command started (unix time)")
+    args = parser.parse_args()
+    ends, work = trial_ends(args.study), trial_work(args.study)
+    order = sorted(ends, key=ends.get)
+    walls = [ends[b] - ends[a] for a, b in zip(order, order[1:])]
+    shares = [1 - work[b] / (ends[b] - ends[a]) for a, b in zip(order, order[1:]) if b in work and ends[b] > ends[a]]
+    phase = ends[order[-1]] - ends[order[0]]
+    print(f"{len(order)} trials; trial phase (first trial's end to last trial's end) {phase:.1f} s")
+    if args.started:
+        print(f"before the first trial ended: {ends[order[0]] - args.started:.1f} s (start-up and cache phase)")
+    print(f"trial wall time: median {statistics.median(walls):.2f} s, mean {statistics.mean(walls):.2f} s")
+    print(f"work (training + test evaluation) in the trial phase: {sum(work.get(t, 0.0) for t in order[1:]):.1f} s; "
+          f"overhead share {100 * (1 - sum(work.get(t, 0.0) for t in order[1:]) / phase):.0f}% "
+          f"(median per trial {100 * statistics.median(shares):.0f}%)")
+
+
+if __name__ == "__main__":
+    main()
