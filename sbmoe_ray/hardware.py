@@ -50,8 +50,9 @@ def matmul_ceiling(precision: str, device: str = "cpu", threads: int | None = No
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
+        # A generator of its own: measuring must not move the run's RNG (gating noise, dropout).
+        generator = torch.Generator(device=device).manual_seed(0)
+        a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=generator) for _ in range(2))
         best = float("inf")
         for _ in range(6):
             if device.startswith("cuda"):
