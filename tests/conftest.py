@@ -14,6 +14,12 @@ from sbmoe_ray.backbones import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Faster feedback: Ray Train V2's controller polls its workers every 2 s by default; a run of tiny epochs
+# then mostly waits. Every test process (and the studies they start) inherits these; Train V2 copies
+# RAY_TRAIN_* variables to its controller. The preemption watcher only watches cloud nodes.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
 
 @pytest.fixture(scope="session")
 def tokenizer():
