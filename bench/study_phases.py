@@ -33,13 +33,15 @@ def trial_ends(study: Path) -> dict[str, float]:
 
 
 def trial_work(study: Path) -> dict[str, float]:
-    files = list((study / "runs").glob("*/results.json")) or list((study / "tune").glob("*/trial_results.json"))
     work = {}
-    for path in files:
-        data = json.loads(path.read_text())
-        if "trial_id" in data:
-            work[data["trial_id"]] = (sum(row.get("train_seconds", 0.0) for row in data["history"])
-                                      + sum(r["seconds"]["total"] for r in data["test"]))
+    for pattern in ("runs/*/results.json", "tune/*/trial_results.json"):      # this version's, else 0.1's
+        for path in study.glob(pattern):
+            data = json.loads(path.read_text())
+            if "trial_id" in data:
+                work[data["trial_id"]] = (sum(row.get("train_seconds", 0.0) for row in data["history"])
+                                          + sum(r["seconds"]["total"] for r in data["test"]))
+        if work:
+            return work
     return work
 
 

@@ -163,11 +163,9 @@ class StudyTracker:
             self.client.log_batch(run_id, params=items[start: start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
+        self.log_metric_batch(run_id, metric_entities(metrics, step))
 
-        now = int(time.time() * 1000)
-        batch = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    def log_metric_batch(self, run_id: str, batch: list) -> None:
         for start in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[start: start + 500])
 
@@ -206,22 +204,47 @@ class StudyTracker:
             self.client.set_terminated(runs["parent"], status)
 
 
+def metric_entities(metrics: dict[str, Any], step: int) -> list:
+    """MLflow metrics of one report: the finite numbers, MLflow-named, at ``step``."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
 class MlflowStudyCallback(tune.Callback):
     """Tune callback: params, per-epoch and final metrics into each trial's nested run (files are logged at
-    the end of the study, from what the report wrote: :meth:`StudyTracker.log_trial_files`)."""
+    the end of the study, from what the report wrote: :meth:`StudyTracker.log_trial_files`).
 
-    def __init__(self, tracker: StudyTracker) -> None:
-        self.tracker = tracker
+    Epoch metrics are buffered and written in one request at most every ``flush_seconds`` and at the
+    trial's end: a trial of seconds costs four requests, a long trial still shows its epochs as it goes."""
+
+    def __init__(self, tracker: StudyTracker, flush_seconds: float = 10.0) -> None:
+        self.tracker, self.flush_seconds = tracker, flush_seconds
+        self._pending: dict[str, list] = {}
+        self._flushed: dict[str, float] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.tracker.trial_run(trial.trial_id, trial.config, starting=True)
+        self._flushed[trial.trial_id] = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self.tracker.trial_run(trial.trial_id, trial.config)
-        self.tracker.log_metrics(run_id, result, step=int(result.get("epochs_done", 0)))
+        pending = self._pending.setdefault(trial.trial_id, [])
+        pending += metric_entities(result, step=int(result.get("epochs_done", 0)))
+        if result.get("final") or time.monotonic() - self._flushed.get(trial.trial_id, 0.0) >= self.flush_seconds:
+            self._flush(trial)
+
+    def _flush(self, trial) -> None:
+        batch = self._pending.pop(trial.trial_id, [])
+        if batch:
+            self.tracker.log_metric_batch(self.tracker.trial_run(trial.trial_id, trial.config), batch)
+        self._flushed[trial.trial_id] = time.monotonic()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._flush(trial)
         self.tracker.client.set_terminated(self.tracker.trial_run(trial.trial_id, trial.config), "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._flush(trial)
         self.tracker.client.set_terminated(self.tracker.trial_run(trial.trial_id, trial.config), "FAILED")

@@ -105,3 +105,23 @@ def test_minilm_resolves_to_the_offline_package_and_derived_bases_keep_first_lay
     assert len(small.encoder.layer) == 3 and small.config.num_hidden_layers == 3
     with pytest.raises(ModelLoadError):
         load_backbone(str(resolve_model("minilm").source) + "-missing")
+
+
+def test_a_ranking_of_depth_101_scores_as_a_ranking_of_1000(data_dir):
+    """Our metrics cut at 100 at most; one more document covers the identical-id rule (CISI's query ids
+    collide with its document ids): the shallow ranking gives every per-query value of the deep one."""
+    from sbmoe_ray.evaluate import RANKING_DEPTH
+    from sbmoe_ray.metrics import evaluate_run
+
+    ds = load_dataset("cisi", "test", data_dir=data_dir)
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((len(ds.corpus), 32)).astype("float32")
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    # Each query sits next to the document that shares its id: the rule drops that top hit every time.
+    row = {d: i for i, d in enumerate(ds.corpus)}
+    queries = np.stack([docs[row[q]] + 0.05 * rng.standard_normal(32).astype("float32") for q in ds.queries])
+    assert all(q in row for q in ds.queries)
+    runs = {k: exact_search(docs, list(ds.corpus), queries, list(ds.queries), k) for k in (1000, RANKING_DEPTH)}
+    assert all(next(iter(ranking)) == q for q, ranking in runs[RANKING_DEPTH].items())
+    deep, shallow = (evaluate_run(ds.qrels, runs[k]) for k in (1000, RANKING_DEPTH))
+    assert shallow.per_query == deep.per_query
