@@ -125,3 +125,17 @@ def test_a_ranking_of_depth_101_scores_as_a_ranking_of_1000(data_dir):
     assert all(next(iter(ranking)) == q for q, ranking in runs[RANKING_DEPTH].items())
     deep, shallow = (evaluate_run(ds.qrels, runs[k]) for k in (1000, RANKING_DEPTH))
     assert shallow.per_query == deep.per_query
+
+
+def test_the_ranking_keeps_one_document_more_than_the_deepest_cut_for_the_identical_id_rule():
+    """A query's own id ranks first and is dropped; its one relevant document is 101st: it must still count
+    for Recall@100 (it is 100th once the query's own document is gone), as in a ranking of depth 1000."""
+    from sbmoe_ray.evaluate import RANKING_DEPTH
+    from sbmoe_ray.metrics import evaluate_run
+
+    doc_ids = ["q"] + [f"d{i}" for i in range(200)]
+    docs = np.array([[1000.0]] + [[200.0 - i] for i in range(200)], dtype="float32")
+    qrels = {"q": {"d99": 1}}
+    recall = {k: evaluate_run(qrels, exact_search(docs, doc_ids, np.ones((1, 1), "float32"), ["q"], k)).means["recall@100"]
+              for k in (100, RANKING_DEPTH, 1000)}
+    assert recall == {100: 0.0, RANKING_DEPTH: 1.0, 1000: 1.0}
