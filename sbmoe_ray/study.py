@@ -69,8 +69,15 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
     cfg = StudyConfig.from_dict(study)
     trial_id, objective = tune.get_context().get_trial_id(), cfg.search.objective
     train_cfg = cfg.trial_config(params, trial_id)
-    forward = dict(on_epoch=lambda m: tune.report(epoch_result(m, objective))) if train_cfg.in_process \
-        else dict(callbacks=[StudyReportCallback(objective)])
+    # How epochs reach Tune, chosen once: a Ray Train run forwards each epoch as it ends; an in-process
+    # run too when ASHA needs them; otherwise a trial of seconds reports once, at its end (each report is
+    # a round trip to the driver), and the tracker logs its epochs from the results file.
+    if not train_cfg.in_process:
+        forward = dict(callbacks=[StudyReportCallback(objective)])
+    elif cfg.search.asha:
+        forward = dict(on_epoch=lambda m: tune.report(epoch_result(m, objective)))
+    else:
+        forward = {}
     fitted = fit(train_cfg, extra={"trial_id": trial_id, "params": params, "objective_metric": objective},
                  **forward)
     value = fitted.best_metrics.get(objective, float("nan"))

@@ -224,6 +224,7 @@ class MlflowStudyCallback(tune.Callback):
         self.tracker, self.flush_seconds = tracker, flush_seconds
         self._pending: dict[str, list] = {}
         self._flushed: dict[str, float] = {}
+        self._logged: dict[str, set[int]] = {}      # epochs (1-based) each trial reported one by one
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.tracker.trial_run(trial.trial_id, trial.config, starting=True)
@@ -231,9 +232,20 @@ class MlflowStudyCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         pending = self._pending.setdefault(trial.trial_id, [])
-        pending += metric_entities(result, step=int(result.get("epochs_done", 0)))
+        step = int(result.get("epochs_done", 0))
+        if not result.get("final"):
+            self._logged.setdefault(trial.trial_id, set()).add(step)
+        elif result.get("results_file"):            # epochs that were not reported one by one
+            pending += self._unreported_epochs(trial.trial_id, Path(result["results_file"]))
+        pending += metric_entities(result, step=step)
         if result.get("final") or time.monotonic() - self._flushed.get(trial.trial_id, 0.0) >= self.flush_seconds:
             self._flush(trial)
+
+    def _unreported_epochs(self, trial_id: str, results_file: Path) -> list:
+        logged = self._logged.get(trial_id, set())
+        history = json.loads(results_file.read_text())["history"] if results_file.is_file() else []
+        return [m for row in history if row["epoch"] + 1 not in logged
+                for m in metric_entities({**row, "epochs_done": row["epoch"] + 1}, step=row["epoch"] + 1)]
 
     def _flush(self, trial) -> None:
         batch = self._pending.pop(trial.trial_id, [])
