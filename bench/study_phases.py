@@ -1,5 +1,9 @@
 """Where a study's time went: the cache phase, the trial phase, each trial's wall time and its overhead.
 
+With this version's results files (which carry each ``fit``'s start and end), the trial phase is also
+split into the time between trials (Tune, Optuna, MLflow, reporting: the framework's overhead) and the
+time inside ``fit`` (our own work, including validation passes, checkpoints and model building).
+
 Reads a finished study folder (this version's ``runs/*/results.json``, or 0.1's ``tune/*/trial_results.json``)
 and Tune's per-trial ``result.json``. Trials run one at a time (``max_concurrent: 1``), so a trial's wall
 time is the time from the previous trial's end to its own end, as the driver sees it (actor start,
@@ -45,6 +49,16 @@ def trial_work(study: Path) -> dict[str, float]:
     return work
 
 
+def fit_spans(study: Path) -> dict[str, tuple[float, float]]:
+    """Trial id -> (start, end) of its ``fit`` (this version's results files only)."""
+    spans = {}
+    for path in (study / "runs").glob("*/results.json"):
+        data = json.loads(path.read_text())
+        if "trial_id" in data and "start" in data.get("seconds", {}):
+            spans[data["trial_id"]] = (data["seconds"]["start"], data["seconds"]["end"])
+    return spans
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", type=Path)
@@ -56,6 +70,14 @@ def main() -> None:
     shares = [1 - work[b] / (ends[b] - ends[a]) for a, b in zip(order, order[1:]) if b in work and ends[b] > ends[a]]
     phase = ends[order[-1]] - ends[order[0]]
     print(f"{len(order)} trials; trial phase (first trial's end to last trial's end) {phase:.1f} s")
+    fits = fit_spans(args.study)
+    if fits:
+        spans = sorted(fits.values())
+        between = sum(b[0] - a[1] for a, b in zip(spans, spans[1:]))
+        inside = sum(end - start for start, end in spans[1:])
+        print(f"between trials (Tune, Optuna, MLflow, reporting): {between:.1f} s = "
+              f"{100 * between / phase:.0f}% of the trial phase; inside fit: {inside:.1f} s "
+              f"(median fit {statistics.median(end - start for start, end in spans):.2f} s)")
     if args.started:
         print(f"before the first trial ended: {ends[order[0]] - args.started:.1f} s (start-up and cache phase)")
     print(f"trial wall time: median {statistics.median(walls):.2f} s, mean {statistics.mean(walls):.2f} s")
