@@ -3,7 +3,7 @@
 The study follows Sokli et al. (2025), "Mixture of Experts Approaches in Dense Retrieval Tasks":
 one SB-MoE block after the last layer of a bi-encoder, compared with the same bi-encoder without it.
 
-  Models.    Each base encoder in ``base_models``, with and without an SB-MoE block of
+  Models.    Each base encoder in ``space.base_model``, with and without an SB-MoE block of
              ``num_experts`` experts (the paper: 3, 6, 9, 12); ``top_k`` experts are active in
              training, and at inference either the same ``top_k`` or all of them ("all").
   Training.  In-batch-negatives contrastive loss with a temperature, AdamW, the encoder at a much
