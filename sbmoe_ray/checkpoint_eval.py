@@ -8,7 +8,7 @@ the driver can run them as a Ray task with the resources the trial's workers jus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ class CachedEvaluation:
     settings: EncodeSettings
     query_max_length: int
     cache_dir: str
+    identical_ids: dict[str, str] = field(default_factory=dict)    # dataset name -> rule (default auto)
     runs_here = True                # a matrix product: no need for a Ray task of its own
 
     def load(self, folder: Path | None) -> BiEncoder:
@@ -39,7 +40,8 @@ class CachedEvaluation:
     def __call__(self, folder: Path | None, datasets: list[BeirDataset], threads: int | None = None
                  ) -> list[EvaluationResult]:
         model, cache = self.load(folder), PooledEmbeddingCache(Path(self.cache_dir), self.model, self.settings)
-        return [evaluate_pooled(model, ds, *dataset_embeddings(cache, ds, self.query_max_length)) for ds in datasets]
+        return [evaluate_pooled(model, ds, *dataset_embeddings(cache, ds, self.query_max_length),
+                                identical_ids=self.identical_ids.get(ds.name, "auto")) for ds in datasets]
 
 
 @dataclass
@@ -49,6 +51,7 @@ class LiveEvaluation:
 
     model: ModelConfig
     settings: EncodeSettings
+    identical_ids: dict[str, str] = field(default_factory=dict)    # dataset name -> rule (default auto)
     runs_here = False               # encoding: a Ray task with the workers' resources
 
     def load(self, folder: Path | None) -> BiEncoder:
@@ -59,4 +62,5 @@ class LiveEvaluation:
         if threads:
             torch.set_num_threads(threads)
         model, tokenizer = self.load(folder).to(self.settings.device), load_tokenizer(self.model.base_model)
-        return [evaluate(model, tokenizer, ds, self.settings) for ds in datasets]
+        return [evaluate(model, tokenizer, ds, self.settings, identical_ids=self.identical_ids.get(ds.name, "auto"))
+                for ds in datasets]

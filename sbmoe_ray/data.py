@@ -60,6 +60,33 @@ class BeirDataset:
         """SHA-256 over the files this split is read from (content-addressed caches, run metadata)."""
         return fingerprint_files(dataset_files(self.path, self.split))
 
+    def queries_in_corpus(self) -> set[str]:
+        """Queries that are corpus documents: the same id *and* the same text (ArguAna, Quora, CQADupStack).
+
+        BEIR drops a retrieved document whose id equals the query id for such collections. In classic
+        collections (Cranfield, CISI, Medline, ADI, NPL) query and document ids are two numberings that
+        collide, and a query may judge its same-numbered document relevant: nothing is dropped there.
+        """
+        return {q for q, text in self.queries.items() if q in self.corpus and _same_text(text, self.corpus[q])}
+
+
+IDENTICAL_ID_RULES = ("auto", "drop", "keep")
+
+
+def identical_id_queries(dataset: BeirDataset, rule: str = "auto") -> set[str]:
+    """The queries whose same-id document is removed from their ranking: decided from the data
+    (``auto``: :meth:`BeirDataset.queries_in_corpus`), or every query (``drop``, BEIR's
+    ``ignore_identical_ids=True``), or none (``keep``)."""
+    if rule not in IDENTICAL_ID_RULES:
+        raise DataError(f"identical_ids[{dataset.name!r}]={rule!r}: allowed values are {IDENTICAL_ID_RULES}")
+    return {"auto": dataset.queries_in_corpus, "drop": lambda: set(dataset.queries), "keep": set}[rule]()
+
+
+def _same_text(query: str, document: Document) -> bool:
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split())
+    return norm(query) in {norm(document.text), norm(document.full_text), norm(document.title)} - {""}
+
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """The data root: ``data_dir`` if given, else ``$SBMOE_DATA_DIR``, else ``~/.cache/sbmoe/beir``."""

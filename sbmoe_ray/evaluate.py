@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sbmoe_ray.data import BeirDataset
+from sbmoe_ray.data import BeirDataset, identical_id_queries
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.metrics import RetrievalMetrics, Run, evaluate_run
 from sbmoe_ray.model import BiEncoder
@@ -112,10 +112,12 @@ class EvaluationResult:
     expert_load: ExpertLoad | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"                    # where the encoder ran
+    identical_ids: dict = field(default_factory=dict)   # the rule and how many queries it dropped a doc for
 
     def to_dict(self, per_query: bool = True) -> dict:
         result = {"dataset": self.dataset, "split": self.split, "num_queries": self.metrics.num_queries,
-                  "metrics": self.metrics.means, "seconds": self.seconds, "device": self.device}
+                  "metrics": self.metrics.means, "seconds": self.seconds, "device": self.device,
+                  "identical_ids": self.identical_ids}
         if self.expert_load is not None:
             result["corpus_expert_load"] = self.expert_load.summary()
         if per_query:
@@ -128,18 +130,21 @@ def _empty_load(model: BiEncoder) -> ExpertLoad | None:
 
 
 def _search_and_score(dataset: BeirDataset, doc_emb: np.ndarray, query_emb: np.ndarray, load: ExpertLoad | None,
-                      seconds: dict[str, float], k: int, device: str = "cpu") -> EvaluationResult:
+                      seconds: dict[str, float], k: int, device: str, identical_ids: str) -> EvaluationResult:
     start = time.perf_counter()
     run = exact_search(doc_emb, list(dataset.corpus), query_emb, list(dataset.queries), k)
     seconds["search"] = time.perf_counter() - start
-    metrics = evaluate_run(dataset.qrels, run)
+    dropped = identical_id_queries(dataset, identical_ids)
+    metrics = evaluate_run(dataset.qrels, run, ignore_identical_ids=dropped)
     seconds["total"] = sum(seconds.values())
-    return EvaluationResult(dataset.name, dataset.split, metrics, load, seconds, device)
+    return EvaluationResult(dataset.name, dataset.split, metrics, load, seconds, device,
+                            {"rule": identical_ids, "queries": len(dropped)})
 
 
 def evaluate(model: BiEncoder, tokenizer, dataset: BeirDataset, settings: EncodeSettings,
-             k: int = RANKING_DEPTH) -> EvaluationResult:
-    """Encode corpus and judged queries, search exactly, and score the ranking against the qrels."""
+             k: int = RANKING_DEPTH, identical_ids: str = "auto") -> EvaluationResult:
+    """Encode corpus and judged queries, search exactly, and score the ranking against the qrels
+    (``identical_ids``: the dataset's rule, :func:`sbmoe_ray.data.identical_id_queries`)."""
     settings.validate(max_positions=getattr(model.backbone.config, "max_position_embeddings", None))
     load = _empty_load(model)
     start = time.perf_counter()
@@ -148,7 +153,7 @@ def evaluate(model: BiEncoder, tokenizer, dataset: BeirDataset, settings: Encode
     encoded = time.perf_counter()
     query_emb = encode(model, tokenizer, list(dataset.queries.values()), settings, desc=f"{dataset.name} queries")
     seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
-    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, settings.device)
+    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, settings.device, identical_ids)
 
 
 @torch.inference_mode()
@@ -166,7 +171,7 @@ def project_pooled(model: BiEncoder, pooled: np.ndarray, batch_size: int = 4096,
 
 
 def evaluate_pooled(model: BiEncoder, dataset: BeirDataset, doc_pooled: np.ndarray, query_pooled: np.ndarray,
-                    k: int = RANKING_DEPTH) -> EvaluationResult:
+                    k: int = RANKING_DEPTH, identical_ids: str = "auto") -> EvaluationResult:
     """:func:`evaluate` for a frozen encoder, from cached pooled embeddings (corpus and query order)."""
     load = _empty_load(model)
     start = time.perf_counter()
@@ -174,4 +179,4 @@ def evaluate_pooled(model: BiEncoder, dataset: BeirDataset, doc_pooled: np.ndarr
     encoded = time.perf_counter()
     query_emb = project_pooled(model, query_pooled)
     seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
-    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k)
+    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, "cpu", identical_ids)

@@ -1,7 +1,8 @@
 """Retrieval metrics with pytrec_eval, defined exactly as BEIR's ``EvaluateRetrieval``, and paired t-tests.
 
 Means are over the queries that have both judgements and a ranking (as BEIR); documents whose id equals
-the query id are dropped from the ranking first (BEIR's ``ignore_identical_ids=True``). MRR@10 is
+the query id are dropped from the ranking first, for every query (BEIR's ``ignore_identical_ids=True``) or
+for the queries a per-dataset rule names (:func:`sbmoe_ray.data.identical_id_queries`). MRR@10 is
 pytrec_eval's ``recip_rank`` on the top 10 (BEIR's custom MRR gives the same value). Values are not
 rounded (BEIR rounds to 5 decimals).
 """
@@ -43,9 +44,13 @@ def _top(run: Run, k: int) -> Run:
             for qid, docs in run.items()}
 
 
-def evaluate_run(qrels: Qrels, run: Run, ignore_identical_ids: bool = True) -> RetrievalMetrics:
-    if ignore_identical_ids:
-        run = {qid: {did: s for did, s in docs.items() if did != qid} for qid, docs in run.items()}
+def evaluate_run(qrels: Qrels, run: Run, ignore_identical_ids: bool | set[str] = True) -> RetrievalMetrics:
+    """Metrics of ``run``; ``ignore_identical_ids``: drop a document whose id is the query's, for every
+    query (True, BEIR's default), none (False), or the queries in a set (a per-dataset rule)."""
+    if ignore_identical_ids is not False:
+        drop = set(run) if ignore_identical_ids is True else ignore_identical_ids
+        run = {qid: {did: s for did, s in docs.items() if did != qid} if qid in drop else docs
+               for qid, docs in run.items()}
     full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map_cut.100", "P.1"}).evaluate(run)
     top10 = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(_top(run, 10))
     per_query: dict[str, dict[str, float]] = {}

@@ -128,6 +128,15 @@ def param_importances(records: list[TrialRecord], mode: str) -> dict[str, float]
         return {}
 
 
+def identical_ids_line(records: list[TrialRecord]) -> str:
+    """How each test set treated a retrieved document whose id is the query's (from the trials' results)."""
+    rules = {r["dataset"]: r.get("identical_ids", {}) for record in records for r in record.test}
+    parts = [f"`{name}` {rule.get('rule', 'drop (0.1)')}, {rule.get('queries', 'all')} queries"
+             for name, rule in sorted(rules.items())]
+    return ("Identical-id rule (a retrieved document whose id is the query's is dropped only for queries that "
+            "are corpus documents, same id and same text; `auto` decides from the data): " + "; ".join(parts) + ".")
+
+
 def write_trial_figures(folder: Path, records: list[TrialRecord]) -> dict[str, list[Path]]:
     """The expert-load figure of every SB-MoE trial under ``folder``; with each trial's results file, the
     files to attach to its MLflow run."""
@@ -153,6 +162,7 @@ def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
              f"{len(records)} finished trials; objective `{study.search.objective}` ({study.mode}) on the held-out "
              f"validation split of `{study.train.data.train_dataset}`; test metrics below.", ""]
     rows = summary_rows(records, datasets, study.mode)
+    lines += [identical_ids_line(records), ""] if records else []
     if rows:
         header = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p")]]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

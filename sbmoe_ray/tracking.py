@@ -22,7 +22,8 @@ from typing import Any
 
 from ray import tune
 
-from sbmoe_ray.data import data_root, dataset_files, fingerprint_files, locate_dataset
+from sbmoe_ray.data import (data_root, dataset_files, fingerprint_files, identical_id_queries, load_dataset,
+                            locate_dataset)
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.metrics import paired_t_test
 from sbmoe_ray.precision import describe as describe_precision
@@ -122,6 +123,9 @@ class StudyTracker:
             path = locate_dataset(name, root)
             split = data.train_split if name == data.train_dataset else data.test_split
             params[f"dataset.{name}.sha256"] = fingerprint_files(dataset_files(path, split))[:16]
+            rule = data.identical_ids.get(Path(name).name, "auto")
+            dropped = identical_id_queries(load_dataset(name, split, root), rule)
+            params[f"dataset.{name}.identical_ids"] = f"{rule}: {len(dropped)} queries drop their own id"
         for package in PACKAGES:
             try:
                 params[f"version.{package}"] = metadata.version(package)

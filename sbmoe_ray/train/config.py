@@ -27,6 +27,13 @@ from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.model_config import ModelConfig
 from sbmoe_ray.precision import PRECISIONS
 
+def _rules(value) -> str | None:
+    from sbmoe_ray.data import IDENTICAL_ID_RULES
+
+    bad = {k: v for k, v in value.items() if v not in IDENTICAL_ID_RULES} if isinstance(value, dict) else value
+    return f"a mapping of dataset name to one of {IDENTICAL_ID_RULES}" if bad else None
+
+
 CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_ndcg@10": "max", "train_loss": "min"}
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 PATHS = ("zero_shot", "cached_head", "live", "cached_gradient")
@@ -43,6 +50,9 @@ class DataConfig(ConfigBase):
     validation_fraction: float = setting(0.05, unit_interval)
     validation_retrieval_docs: int = setting(0, non_negative_int)  # > 0: each epoch, nDCG@10 of the held-out
     #                                       queries over their positives plus this many random documents
+    # Per test dataset (by name): drop a retrieved document whose id is the query's? "auto" decides from the
+    # data (a query that is a corpus document: same id and same text), "drop" always (BEIR), "keep" never.
+    identical_ids: dict[str, str] = setting(factory=dict, check=lambda v: _rules(v))
 
 
 @dataclass

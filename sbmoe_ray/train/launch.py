@@ -62,10 +62,11 @@ def evaluation_for(cfg: TrainConfig):
 
     settings = EncodeSettings(batch_size=cfg.memory.eval_batch_size, max_length=cfg.model.max_length,
                               precision=cfg.memory.precision, device=device_for(cfg.scaling.use_gpu))
+    rules = cfg.data.identical_ids
     if cfg.uses_cache:
         return CachedEvaluation(cfg.model, replace(settings, device="cpu"), cfg.data.query_max_length,
-                                str(cfg.cache_dir))
-    return LiveEvaluation(cfg.model, settings)
+                                str(cfg.cache_dir), rules)
+    return LiveEvaluation(cfg.model, settings, rules)
 
 
 def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[BeirDataset]]:

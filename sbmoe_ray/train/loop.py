@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sbmoe_ray.data import identical_id_queries
 from sbmoe_ray.evaluate import exact_search
 from sbmoe_ray.metrics import evaluate_run
 from sbmoe_ray.model import BiEncoder
@@ -134,7 +135,8 @@ def validation_ndcg(model: BiEncoder, data: PairData, cfg: TrainConfig, device: 
         return torch.cat(parts).numpy()
 
     run = exact_search(embed(doc_ids, data.passage_input), doc_ids, embed(query_ids, data.query_input), query_ids, k=10)
-    return evaluate_run({q: data.dataset.qrels[q] for q in query_ids}, run).means["ndcg@10"]
+    drop = identical_id_queries(data.dataset, cfg.data.identical_ids.get(data.dataset.name, "auto"))
+    return evaluate_run({q: data.dataset.qrels[q] for q in query_ids}, run, ignore_identical_ids=drop).means["ndcg@10"]
 
 
 def train_worker(cfg: TrainConfig, session, plan: Plan) -> None:
