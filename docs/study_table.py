@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sbmoe_ray.metrics import paired_t_test
-from sbmoe_ray.results import baselines, best_trial, load_trials
+from sbmoe_ray.comparisons import study_summary
+from sbmoe_ray.results import load_trials
 
 
 def main() -> None:
@@ -30,15 +30,13 @@ def main() -> None:
                  f"{r.params['moe_lr']:.1e}", f"{r.objective:.3f}"])
         print("| " + " | ".join(map(str, head + [f"{r.mean(d):.3f}" for d in datasets])) + " |")
     print()
-    paired = baselines(records)
-    for model in sorted(paired):
-        best = best_trial([r for r in records if r.base_model == model], mode)
-        cells = []
-        for d in datasets:
-            test = paired_t_test(paired[model].per_query(d), best.per_query(d))
-            cells.append(f"{paired[model].mean(d):.3f} → {best.mean(d):.3f} ({test.delta:+.3f}, p {test.p_value:.2g})")
-        print(f"| {model} | {best.trial_id} | " + " | ".join(cells) + " |")
-
+    summary = study_summary(records, datasets, mode, config["search"]["objective"])
+    for answer in summary["per_base_model"]:
+        cells = [f"{c['baseline_mean']:.3f} → {c['moe_mean']:.3f} ({c['delta']:+.3f} [{c['ci_low']:+.3f}, "
+                 f"{c['ci_high']:+.3f}], p {c['p_raw']:.1g}, adj. {c['p_adjusted']:.1g})"
+                 for c in (answer["datasets"][d] for d in datasets)]
+        print(f"| {answer['base_model']} | {answer['chosen']['config']} | " + " | ".join(cells) + " |")
+    print(f"\n{summary['method']}")
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sbmoe_ray.metrics import paired_t_test  # noqa: E402
+from sbmoe_ray.comparisons import study_summary  # noqa: E402
 from sbmoe_ray.results import TrialRecord, baselines, best_trial  # noqa: E402
 from sbmoe_ray.search_space import PARAMS, describe  # noqa: E402
 from sbmoe_ray.study_config import StudyConfig  # noqa: E402
@@ -56,23 +57,32 @@ def expert_load_figure(history: list[dict[str, Any]], test: list[dict[str, Any]]
     return fig
 
 
-def summary_rows(records: list[TrialRecord], datasets: list[str], mode: str) -> list[dict[str, Any]]:
-    """Per base model: baseline and best SB-MoE trial (by objective), Δ nDCG@10 and paired t-test p."""
-    rows, paired = [], baselines(records)
-    for base_model in sorted({r.base_model for r in records}):
-        mine = [r for r in records if r.base_model == base_model]
-        baseline, best = paired.get(base_model), best_trial(mine, mode)
-        if best is None:
-            continue
-        row = {"base_model": base_model, "best": describe(best.params), "trials": len(mine)}
+def summary_rows(summary: dict, datasets: list[str]) -> list[dict[str, Any]]:
+    """Per base model: baseline and the SB-MoE trial chosen by the objective, Δ nDCG@10 with its 95 %
+    interval, raw and adjusted p (:func:`sbmoe_ray.comparisons.study_summary`)."""
+    rows = []
+    for answer in summary["per_base_model"]:
+        row = {"base_model": answer["base_model"], "best": answer["chosen"]["config"], "trials": answer["trials"]}
         for dataset in datasets:
-            row[f"{dataset} base"] = baseline.mean(dataset) if baseline else float("nan")
-            row[f"{dataset} moe"] = best.mean(dataset)
-            if baseline:
-                test = paired_t_test(baseline.per_query(dataset), best.per_query(dataset))
-                row[f"{dataset} Δ"], row[f"{dataset} p"] = test.delta, test.p_value
+            c = answer["datasets"].get(dataset)
+            if c:
+                row.update({f"{dataset} base": c["baseline_mean"], f"{dataset} moe": c["moe_mean"],
+                            f"{dataset} Δ": c["delta"], f"{dataset} CI": f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+                            f"{dataset} p": c["p_raw"], f"{dataset} p adj": c["p_adjusted"]})
         rows.append(row)
     return rows
+
+
+SUMMARY_COLUMNS = ("base", "moe", "Δ", "CI", "p", "p adj")
+
+
+def surviving(summary: dict, alpha: float = 0.05) -> str:
+    """One sentence: which chosen configurations' differences survive the correction at ``alpha``."""
+    kept = [f"{a['base_model']} on {d} ({c['delta']:+.3f})" for a in summary["per_base_model"]
+            for d, c in a["datasets"].items() if c["p_adjusted"] < alpha]
+    return (f"Budget: {summary['trials']} trials, {summary['seeds']} seed per configuration; {summary['method']}. "
+            f"Differences of the chosen configurations that survive the correction at {alpha}: "
+            + (", ".join(kept) if kept else "none") + ".")
 
 
 def heatmap_figure(records: list[TrialRecord], dataset: str):
@@ -161,10 +171,12 @@ def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
     lines = [f"# Study `{study.name}`", "",
              f"{len(records)} finished trials; objective `{study.search.objective}` ({study.mode}) on the held-out "
              f"validation split of `{study.train.data.train_dataset}`; test metrics below.", ""]
-    rows = summary_rows(records, datasets, study.mode)
-    lines += [identical_ids_line(records), ""] if records else []
+    summary = study_summary(records, datasets, study.mode, study.search.objective)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    rows = summary_rows(summary, datasets)
+    lines += [identical_ids_line(records), "", surviving(summary), ""] if records else []
     if rows:
-        header = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p")]]
+        header = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in SUMMARY_COLUMNS]]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in rows:
             lines.append("| " + " | ".join(f"{row.get(h, float('nan')):.4f}" if isinstance(row.get(h), float)

@@ -25,10 +25,10 @@ from ray import tune
 from sbmoe_ray.data import (data_root, dataset_files, fingerprint_files, identical_id_queries, load_dataset,
                             locate_dataset)
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.metrics import paired_t_test
+from sbmoe_ray.comparisons import compare_trials
 from sbmoe_ray.precision import describe as describe_precision
 from sbmoe_ray.precision import resolve_precision
-from sbmoe_ray.results import TrialRecord, baselines, metric_key, mlflow_name
+from sbmoe_ray.results import TrialRecord, metric_key, mlflow_name
 from sbmoe_ray.search_space import describe
 from sbmoe_ray.study_config import StudyConfig
 
@@ -182,19 +182,17 @@ class StudyTracker:
                     self.client.log_artifact(runs[trial_id], str(path))
 
     def log_comparisons(self, records: list[TrialRecord], datasets: list[str]) -> None:
-        """Δ nDCG@10 and paired t-test p-value of every SB-MoE trial against its base model's baseline."""
-        runs = self._runs()["trials"]
-        paired = baselines(records)
-        for record in records:
-            base = paired.get(record.base_model)
-            if record.is_baseline or base is None or record.trial_id not in runs:
-                continue
-            metrics = {}
-            for dataset in datasets:
-                test = paired_t_test(base.per_query(dataset), record.per_query(dataset))
-                metrics[metric_key(dataset, "delta_ndcg@10")] = test.delta
-                metrics[metric_key(dataset, "p_value_ndcg@10")] = test.p_value
-            self.log_metrics(runs[record.trial_id], metrics, step=0)
+        """Δ nDCG@10, its 95 % interval, raw and adjusted p of every SB-MoE trial against its base model's
+        baseline (:func:`sbmoe_ray.comparisons.compare_trials`), on each trial's run."""
+        runs, metrics = self._runs()["trials"], {}
+        for c in compare_trials(records, datasets):
+            values = metrics.setdefault(c.trial_id, {})
+            for name, value in (("delta", c.delta), ("ci_low", c.ci_low), ("ci_high", c.ci_high),
+                                ("p_value", c.p_raw), ("p_adjusted", c.p_adjusted)):
+                values[metric_key(c.dataset, f"{name}_ndcg@10")] = value
+        for trial_id, values in metrics.items():
+            if trial_id in runs:
+                self.log_metrics(runs[trial_id], values, step=0)
 
     def log_report(self, report: Path) -> None:
         """Attach the study report (markdown and PNGs) to the parent run."""

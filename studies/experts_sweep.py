@@ -37,6 +37,7 @@ HERE = Path(__file__).parent
 def run(study: StudyConfig, resume: bool = False, address: str | None = None) -> int:
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
     from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
+    from sbmoe_ray.comparisons import study_summary
     from sbmoe_ray.report import summary_rows, write_report, write_trial_figures
     from sbmoe_ray.results import format_table, load_trials
     from sbmoe_ray.study import build_tuner, prepare_study, save_study_config
@@ -62,9 +63,10 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None) ->
     records = load_trials(study.study_dir)
     datasets = study.test_names
     tracker.log_comparisons(records, datasets)
-    rows = summary_rows(records, datasets, study.mode)
-    columns = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p")]]
-    print(f"\n{study.name}: {len(records)} trials; test nDCG@10, baseline vs best SB-MoE (by {study.search.objective})")
+    rows = summary_rows(study_summary(records, datasets, study.mode, study.search.objective), datasets)
+    columns = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p", "p adj")]]
+    print(f"\n{study.name}: {len(records)} trials; test nDCG@10, baseline vs best SB-MoE (by {study.search.objective}); "
+          "p: paired t-test, p adj: Holm over every SB-MoE trial and test set")
     print(format_table(rows, columns))
     report = write_report(study, records)
     tracker.log_trial_files(write_trial_figures(study.study_dir / "trial_figures", records))
