@@ -1,10 +1,12 @@
 """What a study found, for people: the summary table, and a report (markdown + plots).
 
-* experts x top-k heatmap of test nDCG@10 per dataset and base model (best trial per cell; "all" = all
-  experts at inference),
+* the answer per base model (the configuration chosen by the validation objective, its test comparison
+  with the baseline, corrected for all comparisons: :mod:`sbmoe_ray.comparisons`), also as summary.json,
+* experts x top-k heatmap of test nDCG@10 per dataset and base model (each cell shows its trial chosen by
+  the validation objective, never the best test value; "all" = all experts at inference),
 * Optuna parameter importances for the objective (fANOVA, over the SB-MoE trials),
-* expert load of the best trial: share of each expert per epoch in training, and on each test corpus,
-  and the same figure for every SB-MoE trial (``report/trials/``, which the tracker logs to each trial's run).
+* expert load of the chosen trial: share of each expert per epoch in training, and on each test corpus,
+  and the same figure for every SB-MoE trial (``<study>/trial_figures``, logged to each trial's run).
 """
 
 from __future__ import annotations
@@ -85,9 +87,9 @@ def surviving(summary: dict, alpha: float = 0.05) -> str:
             + (", ".join(kept) if kept else "none") + ".")
 
 
-def heatmap_figure(records: list[TrialRecord], dataset: str):
-    """Experts x top-k grid of test nDCG@10, one panel per base model (best trial per cell); column "all" =
-    all experts at inference; each panel's title has its base model's baseline."""
+def heatmap_figure(records: list[TrialRecord], dataset: str, mode: str = "min"):
+    """Experts x top-k grid of test nDCG@10, one panel per base model (per cell, the trial with the best
+    validation objective); column "all" = all experts at inference; titles carry the baseline."""
     moe = [r for r in records if not r.is_baseline]
     base_models = sorted({r.params["base_model"] for r in moe})
     experts = sorted({r.params["num_experts"] for r in moe})
@@ -97,12 +99,14 @@ def heatmap_figure(records: list[TrialRecord], dataset: str):
                              figsize=(0.4 + (1.4 + 0.9 * len(columns)) * len(base_models), 1.2 + 0.5 * len(experts)))
     for ax, base_model in zip(axes[0], base_models):
         grid = np.full((len(experts), len(columns)), np.nan)
+        cells: dict[tuple[int, int], list[TrialRecord]] = {}
         for r in moe:
-            if r.params["base_model"] != base_model:
-                continue
-            column = "all" if r.params.get("inference") == "all" else str(r.params.get("top_k", 1))
-            i, j = experts.index(r.params["num_experts"]), columns.index(column)
-            grid[i, j] = np.nanmax([grid[i, j], r.mean(dataset)])
+            if r.params["base_model"] == base_model:
+                column = "all" if r.params.get("inference") == "all" else str(r.params.get("top_k", 1))
+                cells.setdefault((experts.index(r.params["num_experts"]), columns.index(column)), []).append(r)
+        for (i, j), trials in cells.items():     # the cell's trial chosen by validation, never by test
+            chosen = best_trial(trials, mode)
+            grid[i, j] = chosen.mean(dataset) if chosen else np.nan
         image = ax.imshow(grid, cmap="magma", aspect="auto")
         ax.set_xticks(range(len(columns)), [c if c == "all" else f"top-{c}" for c in columns])
         ax.set_yticks(range(len(experts)), [f"{n} experts" for n in experts])
@@ -114,7 +118,7 @@ def heatmap_figure(records: list[TrialRecord], dataset: str):
         baseline = baseline.mean(dataset) if baseline else None
         ax.set_title(f"{base_model}" + (f" (baseline {baseline:.3f})" if baseline is not None else ""), fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.05)
-    fig.suptitle(f"{dataset}: test nDCG@10, best trial per cell", fontsize=10)
+    fig.suptitle(f"{dataset}: test nDCG@10 of each cell's trial chosen by the validation objective", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -184,7 +188,7 @@ def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
         lines.append("")
     for dataset in datasets:
         if any(not r.is_baseline for r in records):
-            fig = heatmap_figure(records, dataset)
+            fig = heatmap_figure(records, dataset, study.mode)
             fig.savefig(folder / f"heatmap_{dataset}.png", dpi=110, bbox_inches="tight")
             plt.close(fig)
             lines += [f"![{dataset} heatmap](heatmap_{dataset}.png)", ""]

@@ -29,7 +29,7 @@ from sbmoe_ray.comparisons import compare_trials
 from sbmoe_ray.precision import describe as describe_precision
 from sbmoe_ray.precision import resolve_precision
 from sbmoe_ray.results import TrialRecord, metric_key, mlflow_name
-from sbmoe_ray.search_space import describe
+from sbmoe_ray.search_space import PARAMS, describe
 from sbmoe_ray.study_config import StudyConfig
 
 RUNS_FILE = "mlflow_runs.json"
@@ -153,7 +153,9 @@ class StudyTracker:
         run = self.client.create_run(self.experiment_id(), run_name=f"{describe(params)} · {trial_id}",
                                      tags={"mlflow.parentRunId": runs["parent"], "sbmoe.kind": "trial",
                                            "sbmoe.trial_id": trial_id})
-        self._log_params(run.info.run_id, _flatten(params))
+        # Every search parameter on every run ("n/a" where a baseline has none), so MLflow's compare view
+        # shows the same columns for all trials.
+        self._log_params(run.info.run_id, _flatten({**{q.name: "n/a" for q in PARAMS}, **params}))
         runs["trials"][trial_id] = self._trial_runs[trial_id] = run.info.run_id
         self._save_runs(runs)
         return run.info.run_id

@@ -91,12 +91,19 @@ def test_a_four_trial_study_tracks_every_trial_in_mlflow(tmp_path, assets):
     for run in trials:
         metrics, params = run.data.metrics, run.data.params
         assert 0.0 <= metrics[f"{dataset}.ndcg_at_10"] <= 1.0
+        assert {"base_model", "num_experts", "top_k", "inference", "moe_lr"} <= set(params)   # same columns
         if params["num_experts"] != "0":
             assert 1 <= int(params["top_k"]) <= int(params["num_experts"])
+            assert f"{dataset}.p_adjusted_ndcg_at_10" in metrics
+            assert metrics[f"{dataset}.p_adjusted_ndcg_at_10"] >= metrics[f"{dataset}.p_value_ndcg_at_10"]
+        else:
+            assert params["inference"] == "n/a"
             assert "train_load.load_cv" in metrics and f"{dataset}.p_value_ndcg_at_10" in metrics
     assert "baseline vs best SB-MoE" in output
     report = tmp_path / "studies" / "tiny-study" / "report"
     assert (report / "report.md").is_file() and (report / f"heatmap_{dataset}.png").is_file()
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["correction"] == "holm" and summary["per_base_model"][0]["chosen"]["trial_id"] in trained
 
 
 def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
