@@ -1,6 +1,6 @@
 """Test metrics of a trained model: from a checkpoint folder, or of the base model itself (zero-shot).
 
-Two ways, chosen once by the driver (:func:`model_evaluation`): a frozen encoder is tested through the
+Two ways, chosen once by the driver (:func:`sbmoe_ray.train.launch.evaluation_for`): a frozen encoder is tested through the
 embedding cache (the head applied to cached pooled embeddings: a matrix product), any other model by
 encoding every corpus with it (:func:`sbmoe_ray.evaluate.evaluate`). Both are small picklable objects, so
 the driver can run them as a Ray task with the resources the trial's workers just released.

@@ -79,7 +79,9 @@ def identical_id_queries(dataset: BeirDataset, rule: str = "auto") -> set[str]:
     ``ignore_identical_ids=True``), or none (``keep``)."""
     if rule not in IDENTICAL_ID_RULES:
         raise DataError(f"identical_ids[{dataset.name!r}]={rule!r}: allowed values are {IDENTICAL_ID_RULES}")
-    return {"auto": dataset.queries_in_corpus, "drop": lambda: set(dataset.queries), "keep": set}[rule]()
+    if rule == "auto":
+        return dataset.queries_in_corpus()
+    return set(dataset.queries) if rule == "drop" else set()
 
 
 def _same_text(query: str, document: Document) -> bool:

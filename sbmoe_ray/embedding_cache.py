@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sbmoe_ray.backbones import BaseModelSpec, load_tokenizer, resolve_model
+from sbmoe_ray.backbones import load_tokenizer, resolve_model
 from sbmoe_ray.evaluate import EncodeSettings, encode
 from sbmoe_ray.model import BiEncoder, ModelConfig, build_bi_encoder
 
@@ -33,24 +33,21 @@ def model_identity(base_model: str) -> str:
     kept per (files, sizes, modification times) for the life of the process."""
     spec = resolve_model(base_model)
     folder = Path(spec.source)
-    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for pattern in _MODEL_FILES
-                  for p in sorted(folder.glob(pattern))) if folder.is_dir() else ()
-    return _identity(spec.source, spec.num_layers, stamp)
+    files = sorted(p for pattern in _MODEL_FILES for p in folder.glob(pattern)) if folder.is_dir() else []
+    return _identity(spec.source, spec.num_layers, tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                                                         for p in files))
 
 
 @lru_cache(maxsize=64)
-def _identity(source: str, num_layers: int | None, stamp: tuple) -> str:
-    spec = BaseModelSpec(source, num_layers)
-    digest = hashlib.sha256(f"{spec.num_layers}".encode())
-    folder = Path(spec.source)
-    if folder.is_dir():
-        for path in sorted(p for pattern in _MODEL_FILES for p in folder.glob(pattern)):
-            digest.update(path.name.encode())
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
-    else:
-        digest.update(spec.source.encode())
+def _identity(source: str, num_layers: int | None, files: tuple) -> str:
+    digest = hashlib.sha256(f"{num_layers}".encode())
+    for path, _, _ in files:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    if not Path(source).is_dir():
+        digest.update(source.encode())
     return digest.hexdigest()
 
 

@@ -76,5 +76,4 @@ def encoder_flops_per_token(backbone, length: int) -> float:
 
 def utilisation(flops: float, seconds: float, precision: str, device: str = "cpu") -> float:
     """The share of the measured matmul ceiling that ``flops`` in ``seconds`` reached."""
-    return flops / max(seconds, 1e-9) / matmul_ceiling(precision, device.split(":")[0] if device.startswith("cpu")
-                                                         else device)
+    return flops / max(seconds, 1e-9) / matmul_ceiling(precision, device)

@@ -150,12 +150,12 @@ def fill_shared_caches(configs: list) -> None:
     from sbmoe_ray.train.inputs import embedding_cache
 
     configs = [resolved(c) for c in configs if c.uses_cache]
-    caches = [embedding_cache(c) for c in configs]
-    if not configs or not prefix_families(caches):
+    families = prefix_families([embedding_cache(c) for c in configs])
+    if not families:
         return
     data = configs[0].data
     names = [(data.train_dataset, data.train_split)] + [(n, data.test_split) for n in data.test_datasets]
-    for family in prefix_families(caches):
+    for family in families:
         for name, split in names:
             ds = load_dataset(name, split, data.data_dir)
             fill_family(family, [d.full_text for d in ds.corpus.values()], family[0].config.max_length,

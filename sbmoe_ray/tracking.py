@@ -132,7 +132,7 @@ class StudyTracker:
             except metadata.PackageNotFoundError:
                 pass
         params["git_commit"], params["python"] = _git_commit(), sys.version.split()[0]
-        device = "cuda" if study.train.scaling.use_gpu else "cpu"
+        device = study.train.scaling.device_type
         params["precision.resolved"] = resolve_precision(study.train.memory.precision, device)
         params["precision.why"] = describe_precision(params["precision.resolved"], device)
         self._log_params(run_id, params)

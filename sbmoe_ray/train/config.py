@@ -97,6 +97,11 @@ class ScalingConfig(ConfigBase):
     max_failures: int = setting(1, non_negative_int)
     dashboard: bool = True                  # a local Ray's dashboard (with ray[default]); false saves ~0.2 GiB
 
+    @property
+    def device_type(self) -> str:
+        """The kind of device the workers train on: what ``precision: auto`` is resolved for."""
+        return "cuda" if self.use_gpu else "cpu"
+
 
 @dataclass
 class RunConfig(ConfigBase):

@@ -46,8 +46,7 @@ class FitResult:
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """What ``auto`` and ``None`` mean here: precision for the device, model defaults from the base model's
     folder, absolute paths (workers and trials run elsewhere)."""
-    device = "cuda" if cfg.scaling.use_gpu else "cpu"
-    memory = replace(cfg.memory, precision=resolve_precision(cfg.memory.precision, device),
+    memory = replace(cfg.memory, precision=resolve_precision(cfg.memory.precision, cfg.scaling.device_type),
                      cache_dir=str(cfg.cache_dir.resolve()))
     return replace(cfg, model=cfg.model.resolved(), memory=memory,
                    data=replace(cfg.data, data_dir=str(data_root(cfg.data.data_dir).resolve())),
@@ -87,8 +86,7 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
         raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
                           f"pairs of {cfg.data.train_dataset!r} ({cfg.data.train_split})")
     if not quiet:
-        print(f"[{cfg.run.name}] {cfg.path} path, {describe(cfg.memory.precision, 'cuda' if cfg.scaling.use_gpu else 'cpu')}",
-              flush=True)
+        print(f"[{cfg.run.name}] {cfg.path} path, {describe(cfg.memory.precision, cfg.scaling.device_type)}", flush=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.uses_cache:
         from sbmoe_ray.embedding_cache import dataset_embeddings
