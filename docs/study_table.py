@@ -1,4 +1,5 @@
-"""The README's tables of a finished study: every trial, and baseline vs the best trial by the objective.
+"""The README's tables of a finished study: every configuration (mean over its seeds), and baseline vs the
+configuration chosen by the mean validation objective.
 
     python docs/study_table.py results/studies/experts-sweep
 """
@@ -10,7 +11,7 @@ import json
 from pathlib import Path
 
 from sbmoe_ray.comparisons import study_summary
-from sbmoe_ray.results import load_trials
+from sbmoe_ray.results import group_trials, load_trials
 
 
 def main() -> None:
@@ -20,23 +21,28 @@ def main() -> None:
     config = json.loads((args.study / "study_config.json").read_text())
     datasets = [Path(d).name for d in config["train"]["data"]["test_datasets"]]
     mode = "max" if config["search"]["objective"] != "val_loss" else "min"
-    records = sorted(load_trials(args.study), key=lambda r: (r.base_model, r.params["num_experts"],
-                                                             r.params.get("top_k", 0), r.params.get("moe_lr", 0)))
-    print("| base | N | train k | inference | moe_lr | objective | " + " | ".join(datasets) + " |")
-    print("|---|---|---|---|---|---|" + "---|" * len(datasets))
-    for r in records:
-        head = ([r.base_model, "0 (baseline)", "-", "-", "", ""] if r.is_baseline else
-                [r.base_model, r.params["num_experts"], r.params["top_k"], r.params["inference"],
-                 f"{r.params['moe_lr']:.1e}", f"{r.objective:.3f}"])
-        print("| " + " | ".join(map(str, head + [f"{r.mean(d):.3f}" for d in datasets])) + " |")
+    groups = sorted(group_trials(load_trials(args.study)), key=lambda g: (
+        g.base_model, g.params["num_experts"], g.params.get("top_k", 0), g.params.get("moe_lr", 0)))
+    print("| base | N | train k | inference | moe_lr | seeds | objective | " + " | ".join(datasets) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(datasets))
+    for g in groups:
+        head = ([g.base_model, "0 (baseline)", "-", "-", "", len(g.records), ""] if g.is_baseline else
+                [g.base_model, g.params["num_experts"], g.params["top_k"], g.params["inference"],
+                 f"{g.params['moe_lr']:.1e}", len(g.records), f"{g.objective:.3f}"])
+        print("| " + " | ".join(map(str, head + [f"{g.mean(d):.3f}" for d in datasets])) + " |")
     print()
-    summary = study_summary(records, datasets, mode, config["search"]["objective"])
+    budget = {"configurations_planned": config["search"]["num_trials"], "seeds": config["search"].get("seeds", 1),
+              "epochs": config["train"]["optim"]["epochs"]}
+    summary = study_summary(groups, datasets, mode, config["search"]["objective"], budget)
     for answer in summary["per_base_model"]:
-        cells = [f"{c['baseline_mean']:.3f} → {c['moe_mean']:.3f} ({c['delta']:+.3f} [{c['ci_low']:+.3f}, "
-                 f"{c['ci_high']:+.3f}], p {c['p_raw']:.1g}, adj. {c['p_adjusted']:.1g})"
-                 for c in (answer["datasets"][d] for d in datasets)]
+        cells = []
+        for c in (answer["datasets"][d] for d in datasets):
+            seed = "" if c["seeds"] < 2 else f"; seeds [{c['seed_ci_low']:+.3f}, {c['seed_ci_high']:+.3f}]"
+            cells.append(f"{c['baseline_mean']:.3f} → {c['moe_mean']:.3f} ({c['delta']:+.3f} [{c['ci_low']:+.3f}, "
+                         f"{c['ci_high']:+.3f}]{seed}; p {c['p_raw']:.1g}, adj. {c['p_adjusted']:.1g})")
         print(f"| {answer['base_model']} | {answer['chosen']['config']} | " + " | ".join(cells) + " |")
     print(f"\n{summary['method']}")
+
 
 if __name__ == "__main__":
     main()

@@ -1,12 +1,15 @@
 """What a study found, for people: the summary table, and a report (markdown + plots).
 
-* the answer per base model (the configuration chosen by the validation objective, its test comparison
-  with the baseline, corrected for all comparisons: :mod:`sbmoe_ray.comparisons`), also as summary.json,
-* experts x top-k heatmap of test nDCG@10 per dataset and base model (each cell shows its trial chosen by
-  the validation objective, never the best test value; "all" = all experts at inference),
-* Optuna parameter importances for the objective (fANOVA, over the SB-MoE trials),
-* expert load of the chosen trial: share of each expert per epoch in training, and on each test corpus,
-  and the same figure for every SB-MoE trial (``<study>/trial_figures``, logged to each trial's run).
+* the answer per base model (the configuration chosen by its mean validation objective over seeds, its
+  test comparison with the baseline with query and seed intervals, corrected for all comparisons:
+  :mod:`sbmoe_ray.comparisons`), the budget, and which conclusions survive; also as summary.json,
+* experts x top-k heatmap of test nDCG@10 per dataset and base model (each cell shows the mean over seeds
+  of its configuration chosen by the validation objective, never the best test value; "all" = all
+  experts at inference),
+* Optuna parameter importances for the objective per base model (fANOVA over configurations, mean over
+  seeds; pooled over base models the losses' scales would make ``base_model`` the only answer),
+* expert load of each chosen configuration: share of each expert per epoch in training, and on each test
+  corpus, and the same figure for every SB-MoE trial (``<study>/trial_figures``, logged to its run).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sbmoe_ray.comparisons import study_summary  # noqa: E402
-from sbmoe_ray.results import TrialRecord, baselines, best_trial  # noqa: E402
-from sbmoe_ray.search_space import PARAMS, describe  # noqa: E402
+from sbmoe_ray.results import ConfigGroup, TrialRecord, baselines, best_group, group_trials  # noqa: E402
+from sbmoe_ray.search_space import BY_NAME, PARAMS, describe  # noqa: E402
 from sbmoe_ray.study_config import StudyConfig  # noqa: E402
 
 
@@ -59,53 +62,69 @@ def expert_load_figure(history: list[dict[str, Any]], test: list[dict[str, Any]]
     return fig
 
 
+def _interval(low: float, high: float) -> str:
+    return "n/a" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
+
+
 def summary_rows(summary: dict, datasets: list[str]) -> list[dict[str, Any]]:
-    """Per base model: baseline and the SB-MoE trial chosen by the objective, Δ nDCG@10 with its 95 %
-    interval, raw and adjusted p (:func:`sbmoe_ray.comparisons.study_summary`)."""
+    """Per base model: baseline and the SB-MoE configuration chosen by the objective (mean over seeds),
+    Δ nDCG@10 with its query and seed intervals, raw and adjusted p (:func:`~sbmoe_ray.comparisons.study_summary`)."""
     rows = []
     for answer in summary["per_base_model"]:
-        row = {"base_model": answer["base_model"], "best": answer["chosen"]["config"], "trials": answer["trials"]}
+        chosen = answer["chosen"]
+        row = {"base_model": answer["base_model"], "best": chosen["config"], "seeds": len(chosen["seeds"])}
         for dataset in datasets:
             c = answer["datasets"].get(dataset)
             if c:
                 row.update({f"{dataset} base": c["baseline_mean"], f"{dataset} moe": c["moe_mean"],
-                            f"{dataset} Δ": c["delta"], f"{dataset} CI": f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+                            f"{dataset} Δ": c["delta"], f"{dataset} CI": _interval(c["ci_low"], c["ci_high"]),
+                            f"{dataset} seed CI": _interval(c["seed_ci_low"], c["seed_ci_high"]),
                             f"{dataset} p": c["p_raw"], f"{dataset} p adj": c["p_adjusted"]})
         rows.append(row)
     return rows
 
 
-SUMMARY_COLUMNS = ("base", "moe", "Δ", "CI", "p", "p adj")
+SUMMARY_COLUMNS = ("base", "moe", "Δ", "CI", "seed CI", "p", "p adj")
+
+
+def budget_line(summary: dict) -> str:
+    b = summary["budget"]
+    return (f"Budget: {b['configurations']} configurations (baselines included) x {b['seeds']} seed(s) = "
+            f"{b['trials']} trials of {b['epochs']} epoch(s) each.")
 
 
 def surviving(summary: dict, alpha: float = 0.05) -> str:
-    """One sentence: which chosen configurations' differences survive the correction at ``alpha``."""
-    kept = [f"{a['base_model']} on {d} ({c['delta']:+.3f})" for a in summary["per_base_model"]
-            for d, c in a["datasets"].items() if c["p_adjusted"] < alpha]
-    return (f"Budget: {summary['trials']} trials, {summary['seeds']} seed per configuration; {summary['method']}. "
-            f"Differences of the chosen configurations that survive the correction at {alpha}: "
-            + (", ".join(kept) if kept else "none") + ".")
+    """One sentence: which chosen configurations' differences survive the correction at ``alpha`` (and
+    whether their seed interval also stays on one side of 0)."""
+    kept = [f"{a['base_model']} on {d} ({c['delta']:+.3f}"
+            + ("" if math.isnan(c["seed_ci_low"]) or c["seed_ci_low"] * c["seed_ci_high"] > 0
+               else ", but its seed interval includes 0") + ")"
+            for a in summary["per_base_model"] for d, c in a["datasets"].items() if c["p_adjusted"] < alpha]
+    return (f"{budget_line(summary)} Method: {summary['method']}. Differences of the chosen configurations that "
+            f"survive the correction at {alpha}: " + (", ".join(kept) if kept else "none") + ".")
 
 
-def heatmap_figure(records: list[TrialRecord], dataset: str, mode: str = "min"):
-    """Experts x top-k grid of test nDCG@10, one panel per base model (per cell, the trial with the best
-    validation objective); column "all" = all experts at inference; titles carry the baseline."""
-    moe = [r for r in records if not r.is_baseline]
-    base_models = sorted({r.params["base_model"] for r in moe})
-    experts = sorted({r.params["num_experts"] for r in moe})
-    columns = sorted({str(r.params.get("top_k", 1)) for r in moe}) + (
-        ["all"] if any(r.params.get("inference") == "all" for r in moe) else [])
+def _cell(group: ConfigGroup) -> str:
+    return "all" if group.params.get("inference") == "all" else str(group.params.get("top_k", 1))
+
+
+def heatmap_figure(groups: list[ConfigGroup], dataset: str, mode: str = "min"):
+    """Experts x top-k grid of test nDCG@10 (mean over seeds), one panel per base model (per cell, the
+    configuration with the best mean validation objective); column "all" = all experts at inference."""
+    moe = [g for g in groups if not g.is_baseline]
+    base_models = sorted({g.base_model for g in moe})
+    experts = sorted({g.params["num_experts"] for g in moe})
+    columns = sorted({_cell(g) for g in moe} - {"all"}) + (["all"] if any(_cell(g) == "all" for g in moe) else [])
     fig, axes = plt.subplots(1, len(base_models), squeeze=False,
                              figsize=(0.4 + (1.4 + 0.9 * len(columns)) * len(base_models), 1.2 + 0.5 * len(experts)))
     for ax, base_model in zip(axes[0], base_models):
         grid = np.full((len(experts), len(columns)), np.nan)
-        cells: dict[tuple[int, int], list[TrialRecord]] = {}
-        for r in moe:
-            if r.params["base_model"] == base_model:
-                column = "all" if r.params.get("inference") == "all" else str(r.params.get("top_k", 1))
-                cells.setdefault((experts.index(r.params["num_experts"]), columns.index(column)), []).append(r)
-        for (i, j), trials in cells.items():     # the cell's trial chosen by validation, never by test
-            chosen = best_trial(trials, mode)
+        cells: dict[tuple[int, int], list[ConfigGroup]] = {}
+        for g in moe:
+            if g.base_model == base_model:
+                cells.setdefault((experts.index(g.params["num_experts"]), columns.index(_cell(g))), []).append(g)
+        for (i, j), members in cells.items():     # the cell's configuration chosen by validation, never by test
+            chosen = best_group(members, mode)
             grid[i, j] = chosen.mean(dataset) if chosen else np.nan
         image = ax.imshow(grid, cmap="magma", aspect="auto")
         ax.set_xticks(range(len(columns)), [c if c == "all" else f"top-{c}" for c in columns])
@@ -114,27 +133,31 @@ def heatmap_figure(records: list[TrialRecord], dataset: str, mode: str = "min"):
             if not np.isnan(value):
                 ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
                         color="k" if image.norm(value) > 0.6 else "w")
-        baseline = baselines(records).get(base_model)
+        baseline = baselines(groups).get(base_model)
         baseline = baseline.mean(dataset) if baseline else None
         ax.set_title(f"{base_model}" + (f" (baseline {baseline:.3f})" if baseline is not None else ""), fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.05)
-    fig.suptitle(f"{dataset}: test nDCG@10 of each cell's trial chosen by the validation objective", fontsize=10)
+    fig.suptitle(f"{dataset}: test nDCG@10 (mean over seeds) of each cell's configuration chosen by the validation "
+                 "objective", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def param_importances(records: list[TrialRecord], mode: str) -> dict[str, float]:
-    """Optuna's fANOVA importances of the search parameters for the objective (empty if too few trials)."""
+def param_importances(groups: list[ConfigGroup], mode: str) -> dict[str, float]:
+    """Optuna's fANOVA importances of the search parameters for the mean objective of the SB-MoE
+    configurations given (one base model's: empty if fewer than 3; a parameter with one value is left out)."""
     import optuna
 
-    moe = [r for r in records if not r.is_baseline and not math.isnan(r.objective)]
+    moe = [g for g in groups if not g.is_baseline and not math.isnan(g.objective)]
     if len(moe) < 3:
         return {}
-    distributions = {p.name: p.distribution([r.params[p.name] for r in moe]) for p in PARAMS
-                     if all(p.name in r.params for r in moe)}
+    distributions = {p.name: p.distribution([g.params[p.name] for g in moe]) for p in PARAMS
+                     if all(p.name in g.params for g in moe) and len({str(g.params[p.name]) for g in moe}) > 1}
+    if not distributions:
+        return {}
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
-    for r in moe:
-        study.add_trial(optuna.trial.create_trial(params={k: r.params[k] for k in distributions}, value=r.objective,
+    for g in moe:
+        study.add_trial(optuna.trial.create_trial(params={k: g.params[k] for k in distributions}, value=g.objective,
                                                   distributions=distributions))
     try:
         return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
@@ -167,45 +190,63 @@ def write_trial_figures(folder: Path, records: list[TrialRecord]) -> dict[str, l
     return files
 
 
+def importance_figure(groups: list[ConfigGroup], mode: str, objective: str):
+    """One bar panel per base model: fANOVA importances of its own configurations; None if none has any."""
+    per_model = {m: param_importances([g for g in groups if g.base_model == m], mode)
+                 for m in sorted({g.base_model for g in groups})}
+    per_model = {m: v for m, v in per_model.items() if v}
+    if not per_model:
+        return None
+    fig, axes = plt.subplots(1, len(per_model), squeeze=False, figsize=(4.2 * len(per_model), 2.4))
+    for ax, (model, importances) in zip(axes[0], per_model.items()):
+        ax.barh(list(importances)[::-1], list(importances.values())[::-1], color="tab:blue")
+        ax.set_xlim(0, 1)
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel(f"importance for {objective} (fANOVA)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
-    """``<study>/report/report.md`` with its PNGs; returns the markdown path."""
+    """``<study>/report/report.md`` with its PNGs and summary.json; returns the markdown path."""
     folder = study.study_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    datasets = study.test_names
+    datasets, groups = study.test_names, group_trials(records)
     lines = [f"# Study `{study.name}`", "",
              f"{len(records)} finished trials; objective `{study.search.objective}` ({study.mode}) on the held-out "
              f"validation split of `{study.train.data.train_dataset}`; test metrics below.", ""]
-    summary = study_summary(records, datasets, study.mode, study.search.objective)
+    summary = study_summary(groups, datasets, study.mode, study.search.objective, study.budget())
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     rows = summary_rows(summary, datasets)
     lines += [identical_ids_line(records), "", surviving(summary), ""] if records else []
     if rows:
-        header = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in SUMMARY_COLUMNS]]
+        header = ["base_model", "best", "seeds", *[f"{d} {c}" for d in datasets for c in SUMMARY_COLUMNS]]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in rows:
             lines.append("| " + " | ".join(f"{row.get(h, float('nan')):.4f}" if isinstance(row.get(h), float)
                                             else str(row.get(h, "")) for h in header) + " |")
         lines.append("")
-    for dataset in datasets:
-        if any(not r.is_baseline for r in records):
-            fig = heatmap_figure(records, dataset, study.mode)
-            fig.savefig(folder / f"heatmap_{dataset}.png", dpi=110, bbox_inches="tight")
-            plt.close(fig)
+    if any(not g.is_baseline for g in groups):
+        for dataset in datasets:
+            _save(heatmap_figure(groups, dataset, study.mode), folder / f"heatmap_{dataset}.png")
             lines += [f"![{dataset} heatmap](heatmap_{dataset}.png)", ""]
-    importances = param_importances(records, study.mode)
-    if importances:
-        fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(importances)))
-        ax.barh(list(importances)[::-1], list(importances.values())[::-1], color="tab:blue")
-        ax.set_xlabel(f"importance for {study.search.objective} (fANOVA)")
-        fig.savefig(folder / "importances.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        lines += ["## Parameter importances", "", "![importances](importances.png)", ""]
-    best = best_trial(records, study.mode)
-    if best is not None:
-        fig = expert_load_figure(best.history, best.test, title=f"best trial {best.trial_id}: {describe(best.params)}")
-        fig.savefig(folder / "expert_load_best.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        lines += ["## Expert load of the best trial", "", "![expert load](expert_load_best.png)", ""]
+    fig = importance_figure(groups, study.mode, study.search.objective)
+    if fig is not None:
+        _save(fig, folder / "importances.png")
+        lines += ["## Parameter importances (per base model)", "", "![importances](importances.png)", ""]
+    for answer in summary["per_base_model"]:
+        first = next(r for r in records if r.trial_id == answer["chosen"]["trial_ids"][0])
+        fig = expert_load_figure(first.history, first.test, title=f"{answer['base_model']} chosen: "
+                                 f"{answer['chosen']['config']} (seed {first.seed})")
+        if fig is not None:
+            name = f"expert_load_{BY_NAME['base_model'].show(answer['base_model'])}.png"
+            _save(fig, folder / name)
+            lines += [f"## Expert load of the chosen {answer['base_model']} configuration", "", f"![expert load]({name})", ""]
     path = folder / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -3,21 +3,39 @@
 One results file per trial: ``<study>/runs/<trial id>/results.json``, written by
 :func:`sbmoe_ray.train.fit` (config, training path, per-epoch history, best checkpoint and its metrics,
 test results with per-query scores) with the trial's id, its sampled parameters and the name of the
-study's objective. :class:`TrialRecord` reads it back; the report, the MLflow tracker, the CLI and the
-study scripts all read trials through it, name metrics with :func:`metric_key` and find a trial's
-paired baseline with :func:`baselines`. Nothing here imports Ray, torch or MLflow.
+study's objective, and its training seed. :class:`TrialRecord` reads it back; the report, the MLflow
+tracker, the CLI and the study scripts all read trials through it and name metrics with :func:`metric_key`.
+
+A study with ``search.seeds = n`` runs each configuration n times with other training seeds (Ray Tune's
+``Repeater``; the validation split stays fixed): each replicate is its own trial, and :class:`ConfigGroup`
+gathers the replicates of one configuration. Answers are about groups: the configuration chosen by its
+mean validation objective (:func:`best_group`), compared with its base model's baseline group
+(:func:`baselines`). Nothing here imports Ray, torch or MLflow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 RUNS_DIR = "runs"
 RESULTS_FILE = "results.json"
+REPLICATE_KEY = "__trial_index__"       # ray.tune.search.repeater.TRIAL_INDEX: the replicate's index
+
+
+def split_replicate(config: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A Tune trial config as (the configuration's parameters, the replicate's index)."""
+    params = {k: v for k, v in config.items() if k != REPLICATE_KEY}
+    return params, int(config.get(REPLICATE_KEY, 0))
+
+
+def group_key(params: dict[str, Any]) -> str:
+    """A short stable id of a configuration: the same for all its replicates."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def mlflow_name(key: str) -> str:
@@ -44,6 +62,7 @@ class TrialRecord:
     test: list[dict[str, Any]]          # EvaluationResult.to_dict() per dataset, with per-query scores
     history: list[dict[str, Any]]
     path: str                           # the training path (zero_shot, cached_head, live, cached_gradient)
+    seed: int = 0                       # the training seed (run.seed) of this replicate
     file: str | None = None             # the results file it was read from
 
     @classmethod
@@ -53,7 +72,7 @@ class TrialRecord:
         if "trial_id" not in data:
             return None
         return cls(data["trial_id"], data["params"], data["objective_metric"], data["best_metrics"], data["test"],
-                   data["history"], data["path"], str(file))
+                   data["history"], data["path"], int(data.get("seed", 0)), str(file))
 
     @property
     def objective(self) -> float:
@@ -68,6 +87,10 @@ class TrialRecord:
     def base_model(self) -> str:
         return self.params["base_model"]
 
+    @property
+    def group(self) -> str:
+        return group_key(self.params)
+
     def mean(self, dataset: str, metric: str = "ndcg@10") -> float:
         return next(r["metrics"][metric] for r in self.test if r["dataset"] == dataset)
 
@@ -81,17 +104,67 @@ def load_trials(study_dir: Path) -> list[TrialRecord]:
     return [r for r in records if r is not None]
 
 
-def baselines(records: list[TrialRecord]) -> dict[str, TrialRecord]:
-    """Each base model's baseline trial (``num_experts = 0``), by base model."""
-    return {r.base_model: r for r in records if r.is_baseline}
+@dataclass
+class ConfigGroup:
+    """The replicates of one configuration: same parameters, other training seeds."""
+
+    params: dict[str, Any]
+    records: list[TrialRecord] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return group_key(self.params)
+
+    @property
+    def base_model(self) -> str:
+        return self.params["base_model"]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.params["num_experts"] == 0
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.records]
+
+    @property
+    def objective(self) -> float:
+        """The mean validation objective over the replicates (NaN when nothing trained)."""
+        values = [r.objective for r in self.records if not math.isnan(r.objective)]
+        return sum(values) / len(values) if values else math.nan
+
+    def mean(self, dataset: str, metric: str = "ndcg@10") -> float:
+        """The test metric's mean over the replicates."""
+        return sum(r.mean(dataset, metric) for r in self.records) / len(self.records)
+
+    def per_query(self, dataset: str, metric: str = "ndcg@10") -> dict[str, float]:
+        """Each query's metric averaged over the replicates (queries every replicate scored)."""
+        runs = [r.per_query(dataset, metric) for r in self.records]
+        common = set(runs[0]).intersection(*runs[1:])
+        return {q: sum(run[q] for run in runs) / len(runs) for q in sorted(common)}
 
 
-def best_trial(records: list[TrialRecord], mode: str) -> TrialRecord | None:
-    """The SB-MoE trial with the best objective (a validation metric, never a test metric)."""
-    moe = [r for r in records if not r.is_baseline and not math.isnan(r.objective)]
+def group_trials(records: list[TrialRecord]) -> list[ConfigGroup]:
+    """The trials gathered by configuration, in the order of their first trial; replicates by seed."""
+    groups: dict[str, ConfigGroup] = {}
+    for record in records:
+        groups.setdefault(record.group, ConfigGroup(record.params)).records.append(record)
+    for group in groups.values():
+        group.records.sort(key=lambda r: r.seed)
+    return list(groups.values())
+
+
+def baselines(groups: list[ConfigGroup]) -> dict[str, ConfigGroup]:
+    """Each base model's baseline (``num_experts = 0``, all its replicates), by base model."""
+    return {g.base_model: g for g in groups if g.is_baseline}
+
+
+def best_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
+    """The SB-MoE configuration with the best mean validation objective (never a test metric)."""
+    moe = [g for g in groups if not g.is_baseline and not math.isnan(g.objective)]
     if not moe:
         return None
-    return min(moe, key=lambda r: r.objective) if mode == "min" else max(moe, key=lambda r: r.objective)
+    return min(moe, key=lambda g: g.objective) if mode == "min" else max(moe, key=lambda g: g.objective)
 
 
 def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:

@@ -62,6 +62,12 @@ def _log_range(values: list):
     return FloatDistribution(min(values), max(values) * (1 + 1e-9), log=True)
 
 
+def _short(value: float) -> str:
+    """``1.4e-3`` (not ``1.4e-03``)."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def _check_models(value, space) -> str | None:
     ok = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
     return None if ok else "name at least one base model (a list of names, hub ids or folders)"
@@ -122,7 +128,7 @@ PARAMS: list[Param] = [
           lambda v: "all" if v == "all" else "top-k"),
     Param("moe_lr", [1e-4, 1e-2], _check_log_range,
           lambda trial, value, chosen: trial.suggest_float("moe_lr", value[0], value[1], log=True),
-          lambda cfg, v: replace(cfg, optim=replace(cfg.optim, moe_lr=v)), _log_range, lambda v: f"lr={v:.1e}"),
+          lambda cfg, v: replace(cfg, optim=replace(cfg.optim, moe_lr=v)), _log_range, lambda v: f"lr={_short(v)}"),
 ]
 BY_NAME = {p.name: p for p in PARAMS}
 
@@ -152,8 +158,10 @@ def apply(cfg: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def describe(params: dict[str, Any]) -> str:
-    """``minilm N=6 k=2 all lr=1.4e-03``; a baseline is ``minilm baseline``."""
+def describe(params: dict[str, Any], seed: int | None = None) -> str:
+    """``minilm N=6 k=2 all lr=1.4e-3`` (with a seed: ``... s1``); a baseline is ``minilm baseline``."""
     if params.get("num_experts") == 0:
-        return f"{BY_NAME['base_model'].show(params['base_model'])} baseline"
-    return " ".join(p.show(params[p.name]) for p in PARAMS if p.name in params)
+        text = f"{BY_NAME['base_model'].show(params['base_model'])} baseline"
+    else:
+        text = " ".join(p.show(params[p.name]) for p in PARAMS if p.name in params)
+    return text if seed is None else f"{text} s{seed}"

@@ -9,7 +9,9 @@ encoder is frozen), so every SB-MoE trial has a paired baseline (:mod:`sbmoe_ray
 Optuna optimises ``objective`` = the best checkpoint's validation metric, never a test metric. Per-epoch
 results carry the epoch's value so that Tune's strict metric check and ASHA work; only the final report
 (``final = True``) is told to Optuna as COMPLETE: a trial stopped early by ASHA is told as PRUNED, so its
-partial value never biases TPE.
+partial value never biases TPE. With ``search.seeds = n`` Tune's ``Repeater`` runs each suggested
+configuration n times (replicate r trains with seed ``train.run.seed + r``) and tells Optuna the mean
+objective of the n replicates; ASHA is then refused (the Repeater is not meant for early stopping).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sbmoe_ray.backbones import hidden_size
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.results import final_metrics
+from sbmoe_ray.results import final_metrics, split_replicate
 from sbmoe_ray.search_space import define_space
 from sbmoe_ray.study_config import StudyConfig
 from sbmoe_ray.train import fit, prepare
@@ -57,18 +59,20 @@ class FinalResultOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna only final results as COMPLETE."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result is not None and not result.get("final"):
+        # With seeds, Tune's Repeater passes only {objective: mean over the replicates}: final by construction.
+        if result is not None and result.get("final") is False:
             result = None          # stopped early (ASHA): PRUNED, not COMPLETE with a partial value
         elif result is not None and math.isnan(result.get("objective", float("nan"))):
             result = None          # zero-shot baseline: nothing trained, nothing to tell TPE
         super().on_trial_complete(trial_id, result, error)
 
 
-def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     """The Tune function trainable: one run of :func:`fit` on the trial's path, then the final report."""
     cfg = StudyConfig.from_dict(study)
     trial_id, objective = tune.get_context().get_trial_id(), cfg.search.objective
-    train_cfg = cfg.trial_config(params, trial_id)
+    params, replicate = split_replicate(config)
+    train_cfg = cfg.trial_config(params, trial_id, replicate)
     # How epochs reach Tune, chosen once: a Ray Train run forwards each epoch as it ends; an in-process
     # run too when ASHA needs them; otherwise a trial of seconds reports once, at its end (each report is
     # a round trip to the driver), and the tracker logs its epochs from the results file.
@@ -78,8 +82,8 @@ def run_trial(params: dict[str, Any], study: dict[str, Any]) -> None:
         forward = dict(on_epoch=lambda m: tune.report(epoch_result(m, objective)))
     else:
         forward = {}
-    fitted = fit(train_cfg, extra={"trial_id": trial_id, "params": params, "objective_metric": objective},
-                 **forward)
+    fitted = fit(train_cfg, extra={"trial_id": trial_id, "params": params, "objective_metric": objective,
+                                   "seed": train_cfg.run.seed, "replicate": replicate}, **forward)
     value = fitted.best_metrics.get(objective, float("nan"))
     results_file = fitted.config.run_dir / "results.json"
     tune.report({"objective": value, "final": True, "epochs_done": len(fitted.history),
@@ -193,7 +197,7 @@ def trainable(study: StudyConfig):
 def build_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:
     """A new Tuner, or the interrupted one restored (finished trials kept, interrupted ones resumed)."""
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import ConcurrencyLimiter, Repeater
 
     path, search = study.study_dir / "tune", study.search
     if tune.Tuner.can_restore(str(path)):
@@ -201,12 +205,15 @@ def build_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:
     scheduler = (ASHAScheduler(metric="objective", mode=study.mode, time_attr="epochs_done",
                                grace_period=search.asha_grace_epochs, max_t=study.train.optim.epochs)
                  if search.asha else None)
+    # Seeds: Tune's Repeater asks the searcher once per configuration, runs it `seeds` times (each
+    # replicate a trial with its index in the config) and tells the searcher the mean objective.
+    algorithm = Repeater(searcher(study), repeat=search.seeds) if search.seeds > 1 else searcher(study)
     return tune.Tuner(
         trainable(study),
         # In-process trials of seconds: one trial actor serves the next (no process start, imports and
         # file reads per trial); the datasets, cache entries and model hashes stay loaded in it.
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher(study), max_concurrent=search.max_concurrent),
-                                    scheduler=scheduler, num_samples=search.num_trials,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(algorithm, max_concurrent=search.max_concurrent),
+                                    scheduler=scheduler, num_samples=search.num_trials * search.seeds,
                                     reuse_actors=trials_in_process(study)),
         run_config=tune.RunConfig(name="tune", storage_path=str(study.study_dir), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=1)))

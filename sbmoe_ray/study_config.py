@@ -37,7 +37,8 @@ def default_train() -> TrainConfig:
 
 @dataclass
 class SearchConfig(ConfigBase):
-    num_trials: int = setting(24, positive_int)       # including the enqueued baselines
+    num_trials: int = setting(24, positive_int)       # configurations, including the enqueued baselines
+    seeds: int = setting(1, positive_int)              # replicates of each configuration (other training seeds)
     max_concurrent: int = setting(1, positive_int)
     asha: bool = False                                 # early stopping on the per-epoch objective
     asha_grace_epochs: int = setting(1, positive_int)
@@ -76,7 +77,13 @@ class StudyConfig(ConfigBase):
 
     def fingerprint(self) -> dict[str, Any]:
         """What defines the search: a study resumed under the same name must keep it."""
-        return {"space": {p.name: self.space[p.name] for p in PARAMS}, "objective": self.search.objective}
+        return {"space": {p.name: self.space[p.name] for p in PARAMS}, "objective": self.search.objective,
+                "seeds": self.search.seeds}
+
+    def budget(self) -> dict[str, int]:
+        """What the study spends, as its report states it."""
+        return {"configurations_planned": self.search.num_trials, "seeds": self.search.seeds,
+                "epochs": self.train.optim.epochs}
 
     def resolved(self) -> StudyConfig:
         """A copy with every path absolute, taken in the driver: trials run in their own trial folder (Tune
@@ -89,10 +96,12 @@ class StudyConfig(ConfigBase):
                         memory=replace(study.train.memory, cache_dir=str(study.cache_dir)))
         return replace(study, train=train, tracking_uri=uri)
 
-    def trial_config(self, params: dict[str, Any], trial_id: str) -> TrainConfig:
-        """The TrainConfig of one trial: the study's template plus the trial's parameters."""
+    def trial_config(self, params: dict[str, Any], trial_id: str, replicate: int = 0) -> TrainConfig:
+        """The TrainConfig of one trial: the study's template plus the trial's parameters; replicate r of a
+        configuration trains with seed ``train.run.seed + r`` (its validation split stays fixed)."""
         cfg = apply(self.train, params)
-        return replace(cfg, run=replace(cfg.run, name=trial_id, storage_path=str(self.study_dir / "runs")),
+        return replace(cfg, run=replace(cfg.run, name=trial_id, storage_path=str(self.study_dir / "runs"),
+                                        seed=self.train.run.seed + replicate),
                        memory=replace(cfg.memory, cache_dir=str(self.cache_dir)))
 
     def rules(self, where: str) -> None:
@@ -105,6 +114,10 @@ class StudyConfig(ConfigBase):
             problem = param.check(self.space[param.name], self.space)
             if problem:
                 raise ConfigError(f"{where}.space.{param.name}={self.space[param.name]!r}: {problem}")
+        if self.search.asha and self.search.seeds > 1:
+            raise ConfigError(f"{where}.search.asha=True: not with search.seeds={self.search.seeds} (Ray Tune's "
+                              "Repeater averages whole replicates; early stopping would cut some short); set "
+                              "search.asha: false, or search.seeds: 1")
         if self.search.objective == "val_ndcg@10" and not self.train.data.validation_retrieval_docs:
             raise ConfigError(f"{where}.search.objective='val_ndcg@10': needs train.data.validation_retrieval_docs > 0")
         # The template must be valid for the largest head the space asks for.

@@ -25,11 +25,11 @@ from ray import tune
 from sbmoe_ray.data import (data_root, dataset_files, fingerprint_files, identical_id_queries, load_dataset,
                             locate_dataset)
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.comparisons import compare_trials
+from sbmoe_ray.comparisons import compare_groups
 from sbmoe_ray.precision import describe as describe_precision
 from sbmoe_ray.precision import resolve_precision
-from sbmoe_ray.results import TrialRecord, metric_key, mlflow_name
-from sbmoe_ray.search_space import PARAMS, describe
+from sbmoe_ray.results import ConfigGroup, group_key, metric_key, mlflow_name, split_replicate
+from sbmoe_ray.search_space import BY_NAME, PARAMS, describe
 from sbmoe_ray.study_config import StudyConfig
 
 RUNS_FILE = "mlflow_runs.json"
@@ -81,6 +81,7 @@ class StudyTracker:
 
     def __init__(self, study: StudyConfig) -> None:
         self.tracking_uri, self.name, self.study_dir = study.tracking_uri, study.name, study.study_dir
+        self.seed = study.train.run.seed          # replicate r trains with seed + r
         self._client = None
         self._trial_runs: dict[str, str] = {}
 
@@ -140,8 +141,9 @@ class StudyTracker:
         self._save_runs(runs)
         return run_id
 
-    def trial_run(self, trial_id: str, params: dict[str, Any], starting: bool = False) -> str:
-        """The nested run of a trial: the one it already has (also after a resume), else a new one."""
+    def trial_run(self, trial_id: str, config: dict[str, Any], starting: bool = False) -> str:
+        """The nested run of a trial: the one it already has (also after a resume), else a new one, named by
+        what it is (``minilm N=6 k=2 all lr=1.4e-3 s1``) and tagged with its seed and configuration group."""
         if trial_id in self._trial_runs and not starting:
             return self._trial_runs[trial_id]
         runs = self._runs()
@@ -150,12 +152,15 @@ class StudyTracker:
             if starting:
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id(), run_name=f"{describe(params)} · {trial_id}",
+        params, replicate = split_replicate(config)
+        seed = self.seed + replicate
+        run = self.client.create_run(self.experiment_id(), run_name=describe(params, seed),
                                      tags={"mlflow.parentRunId": runs["parent"], "sbmoe.kind": "trial",
-                                           "sbmoe.trial_id": trial_id})
+                                           "sbmoe.trial_id": trial_id, "sbmoe.seed": str(seed),
+                                           "sbmoe.group": group_key(params), "sbmoe.config": describe(params)})
         # Every search parameter on every run ("n/a" where a baseline has none), so MLflow's compare view
         # shows the same columns for all trials.
-        self._log_params(run.info.run_id, _flatten({**{q.name: "n/a" for q in PARAMS}, **params}))
+        self._log_params(run.info.run_id, _flatten({**{q.name: "n/a" for q in PARAMS}, **params, "seed": seed}))
         runs["trials"][trial_id] = self._trial_runs[trial_id] = run.info.run_id
         self._save_runs(runs)
         return run.info.run_id
@@ -183,24 +188,38 @@ class StudyTracker:
                 if trial_id in runs and Path(path).is_file():
                     self.client.log_artifact(runs[trial_id], str(path))
 
-    def log_comparisons(self, records: list[TrialRecord], datasets: list[str]) -> None:
-        """Δ nDCG@10, its 95 % interval, raw and adjusted p of every SB-MoE trial against its base model's
-        baseline (:func:`sbmoe_ray.comparisons.compare_trials`), on each trial's run."""
+    def log_comparisons(self, groups: list[ConfigGroup], datasets: list[str]) -> None:
+        """Δ nDCG@10 of each SB-MoE configuration against its base model's baseline (mean over seeds), its
+        query and seed intervals, raw and adjusted p (:func:`sbmoe_ray.comparisons.compare_groups`), on the
+        run of each of its replicates, with that replicate's own Δ."""
         runs, metrics = self._runs()["trials"], {}
-        for c in compare_trials(records, datasets):
-            values = metrics.setdefault(c.trial_id, {})
-            for name, value in (("delta", c.delta), ("ci_low", c.ci_low), ("ci_high", c.ci_high),
-                                ("p_value", c.p_raw), ("p_adjusted", c.p_adjusted)):
-                values[metric_key(c.dataset, f"{name}_ndcg@10")] = value
+        for c in compare_groups(groups, datasets):
+            for trial_id, own in zip(c.trial_ids, c.delta_per_seed):
+                values = metrics.setdefault(trial_id, {})
+                for name, value in (("delta", c.delta), ("ci_low", c.ci_low), ("ci_high", c.ci_high),
+                                    ("seed_ci_low", c.seed_ci_low), ("seed_ci_high", c.seed_ci_high),
+                                    ("p_value", c.p_raw), ("p_adjusted", c.p_adjusted), ("delta_this_seed", own)):
+                    values[metric_key(c.dataset, f"{name}_ndcg@10")] = value
         for trial_id, values in metrics.items():
             if trial_id in runs:
                 self.log_metrics(runs[trial_id], values, step=0)
 
     def log_report(self, report: Path) -> None:
-        """Attach the study report (markdown and PNGs) to the parent run."""
+        """Attach the study report (markdown, PNGs, summary.json) to the parent run, and the study's answer
+        as its metrics: per base model and dataset, the chosen configuration's Δ, intervals and p."""
         parent = self._runs()["parent"]
-        if parent:
-            self.client.log_artifacts(parent, str(report.parent), artifact_path="report")
+        if not parent:
+            return
+        self.client.log_artifacts(parent, str(report.parent), artifact_path="report")
+        summary, metrics = json.loads((report.parent / "summary.json").read_text()), {}
+        for answer in summary["per_base_model"]:
+            model = BY_NAME["base_model"].show(answer["base_model"])
+            self.client.set_tag(parent, f"sbmoe.chosen.{model}", answer["chosen"]["config"])
+            for dataset, c in answer["datasets"].items():
+                for name in ("baseline_mean", "moe_mean", "delta", "ci_low", "ci_high", "seed_ci_low", "seed_ci_high",
+                             "p_raw", "p_adjusted"):
+                    metrics[f"{model}.{metric_key(dataset, name)}"] = c[name]
+        self.log_metrics(parent, metrics, step=0)
 
     def finish(self, status: str = "FINISHED") -> None:
         runs = self._runs()

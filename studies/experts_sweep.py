@@ -38,8 +38,8 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None) ->
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
     from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
     from sbmoe_ray.comparisons import study_summary
-    from sbmoe_ray.report import summary_rows, write_report, write_trial_figures
-    from sbmoe_ray.results import format_table, load_trials
+    from sbmoe_ray.report import budget_line, summary_rows, write_report, write_trial_figures
+    from sbmoe_ray.results import format_table, group_trials, load_trials
     from sbmoe_ray.study import build_tuner, prepare_study, save_study_config
     from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker, check_tracking_uri
 
@@ -61,12 +61,14 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None) ->
 
     # Paired comparisons against each base model's baseline, the summary, the report and its files.
     records = load_trials(study.study_dir)
-    datasets = study.test_names
-    tracker.log_comparisons(records, datasets)
-    rows = summary_rows(study_summary(records, datasets, study.mode, study.search.objective), datasets)
-    columns = ["base_model", "best", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p", "p adj")]]
-    print(f"\n{study.name}: {len(records)} trials; test nDCG@10, baseline vs best SB-MoE (by {study.search.objective}); "
-          "p: paired t-test, p adj: Holm over every SB-MoE trial and test set")
+    datasets, groups = study.test_names, group_trials(records)
+    tracker.log_comparisons(groups, datasets)
+    summary = study_summary(groups, datasets, study.mode, study.search.objective, study.budget())
+    rows = summary_rows(summary, datasets)
+    columns = ["base_model", "best", "seeds", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p adj")]]
+    print(f"\n{study.name}: {len(records)} trials; test nDCG@10 (mean over seeds), baseline vs the SB-MoE "
+          f"configuration chosen by mean {study.search.objective}; p adj: paired t over queries, Holm over every "
+          f"configuration and test set\n{budget_line(summary)}")
     print(format_table(rows, columns))
     report = write_report(study, records)
     tracker.log_trial_files(write_trial_figures(study.study_dir / "trial_figures", records))

@@ -1,5 +1,7 @@
-"""Comparisons with the baseline: Δ, interval and p equal scipy's paired t-test; adjusted p-values are
-statsmodels' own and never below the raw ones; the study's machine-readable summary has its schema."""
+"""Comparisons with the baseline: Δ, interval and p equal scipy's paired t-test on the seed-averaged
+queries; the seed interval is scipy's one-sample t-interval of the per-seed Δ; adjusted p-values are
+statsmodels' own and never below the raw ones; the configuration is chosen by its mean validation objective
+over seeds; the study's machine-readable summary has its schema."""
 
 from __future__ import annotations
 
@@ -9,28 +11,33 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from sbmoe_ray.comparisons import compare_trials, paired, study_summary
-from sbmoe_ray.results import TrialRecord
+from sbmoe_ray.comparisons import compare_groups, paired, study_summary
+from sbmoe_ray.results import TrialRecord, group_trials
+
+BUDGET = {"configurations_planned": 4, "seeds": 3, "epochs": 2}
 
 
-def record(trial_id: str, base_model: str, num_experts: int, scores: dict[str, dict[str, float]],
-           objective: float = float("nan")) -> TrialRecord:
+def record(trial_id: str, num_experts: int, scores: dict[str, dict[str, float]], objective: float = float("nan"),
+           seed: int = 0, lr: float = 1e-3) -> TrialRecord:
     test = [{"dataset": d, "metrics": {"ndcg@10": sum(s.values()) / len(s)}, "per_query": {"ndcg@10": s}}
             for d, s in scores.items()]
-    params = {"base_model": base_model, "num_experts": num_experts}
+    params = {"base_model": "m", "num_experts": num_experts}
     if num_experts:
-        params.update(top_k=1, inference="top_k", moe_lr=1e-3)
-    return TrialRecord(trial_id, params, "val_loss", {"val_loss": objective}, test, [], "cached_head")
+        params.update(top_k=1, inference="top_k", moe_lr=lr)
+    return TrialRecord(trial_id, params, "val_loss", {"val_loss": objective}, test, [], "cached_head", seed)
 
 
-def study(seed: int = 0) -> list[TrialRecord]:
+def study(seeds: int = 3, seed: int = 0) -> list[TrialRecord]:
+    """A baseline and three configurations (shift 0, 0.05, 0.2), each replicated over ``seeds`` seeds."""
     rng = random.Random(seed)
     queries = [f"q{i}" for i in range(40)]
     base = {d: {q: rng.random() for q in queries} for d in ("a", "b")}
-    records = [record("base", "m", 0, base)]
+    records = [record(f"base-s{s}", 0, base, seed=s) for s in range(seeds)]
     for i, shift in enumerate((0.0, 0.05, 0.2)):
-        scores = {d: {q: min(1.0, v + shift + rng.gauss(0, 0.05)) for q, v in s.items()} for d, s in base.items()}
-        records.append(record(f"t{i}", "m", 3, scores, objective=1.0 - shift))
+        for s in range(seeds):
+            scores = {d: {q: min(1.0, v + shift + rng.gauss(0, 0.05)) for q, v in sc.items()} for d, sc in base.items()}
+            records.append(record(f"t{i}-s{s}", 3, scores, objective=1.0 - shift + rng.gauss(0, 0.01), seed=s,
+                                  lr=10.0 ** -(i + 2)))
     return records
 
 
@@ -45,21 +52,50 @@ def test_the_paired_difference_is_scipys_t_test():
     assert paired(a, a)[3] == 1.0
 
 
+def test_replicates_are_grouped_by_configuration_and_averaged_per_query():
+    groups = group_trials(study())
+    assert [len(g.records) for g in groups] == [3, 3, 3, 3] and [g.seeds for g in groups][1] == [0, 1, 2]
+    g = groups[1]
+    q = "q7"
+    assert g.per_query("a")[q] == pytest.approx(sum(r.per_query("a")[q] for r in g.records) / 3)
+
+
+def test_the_comparison_over_seeds_is_scipys_on_seed_means_with_a_seed_interval():
+    groups = group_trials(study())
+    comparison = compare_groups(groups, ["a"])[1]                    # shift 0.05 vs the baseline
+    base, moe = groups[0].per_query("a"), groups[2].per_query("a")
+    reference = stats.ttest_rel([moe[q] for q in base], [base[q] for q in base])
+    assert comparison.p_raw == pytest.approx(reference.pvalue) and comparison.seeds == 3
+    per_seed = [sum(r.per_query("a")[q] - base[q] for q in base) / len(base) for r in groups[2].records]
+    assert comparison.delta_per_seed == pytest.approx(per_seed)
+    low, high = stats.ttest_1samp(per_seed, 0.0).confidence_interval(0.95)
+    assert (comparison.seed_ci_low, comparison.seed_ci_high) == pytest.approx((low, high))
+    assert comparison.trial_ids == ["t1-s0", "t1-s1", "t1-s2"]
+
+
 @pytest.mark.parametrize("correction", ["holm", "fdr_bh"])
 def test_adjusted_p_values_are_the_librarys_and_never_below_the_raw_ones(correction):
-    comparisons = compare_trials(study(), ["a", "b"], correction=correction)
-    assert len(comparisons) == 6                                     # 3 trials x 2 datasets
+    comparisons = compare_groups(group_trials(study()), ["a", "b"], correction=correction)
+    assert len(comparisons) == 6                                     # 3 configurations x 2 datasets
     raw = [c.p_raw for c in comparisons]
     assert [c.p_adjusted for c in comparisons] == pytest.approx(list(multipletests(raw, method=correction)[1]))
     assert all(c.p_adjusted >= c.p_raw for c in comparisons)
 
 
-def test_the_summary_names_the_configuration_chosen_by_validation_and_its_test_comparison():
-    summary = study_summary(study(), ["a", "b"], mode="min", objective="val_loss")
-    assert summary["comparisons"] == 6 and summary["seeds"] == 1 and summary["correction"] == "holm"
+def test_the_summary_names_the_configuration_chosen_by_mean_validation_and_its_test_comparison():
+    summary = study_summary(group_trials(study()), ["a", "b"], mode="min", objective="val_loss", budget=BUDGET)
+    assert summary["comparisons"] == 6 and summary["correction"] == "holm"
+    assert summary["budget"] == {**BUDGET, "configurations": 4, "trials": 12}
     (answer,) = summary["per_base_model"]
-    assert answer["chosen"]["trial_id"] == "t2"                      # the lowest validation loss, not a test pick
+    assert answer["chosen"]["trial_ids"] == ["t2-s0", "t2-s1", "t2-s2"]   # lowest mean validation loss
+    assert answer["chosen"]["seeds"] == [0, 1, 2]
     for dataset, c in answer["datasets"].items():
         assert set(c) >= {"baseline_mean", "moe_mean", "delta", "ci_low", "ci_high", "p_raw", "p_adjusted",
-                          "effect_size", "queries"}
+                          "effect_size", "queries", "seeds", "seed_ci_low", "seed_ci_high", "delta_per_seed"}
         assert c["ci_low"] <= c["delta"] <= c["ci_high"] and c["p_adjusted"] >= c["p_raw"]
+        assert c["seed_ci_low"] <= c["delta"] <= c["seed_ci_high"]
+
+
+def test_one_seed_has_no_seed_interval():
+    (c, *_), = [compare_groups(group_trials(study(seeds=1)), ["a"])]
+    assert c.seeds == 1 and c.seed_ci_low != c.seed_ci_low           # NaN

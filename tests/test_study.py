@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sbmoe_ray.results import load_trials
+from sbmoe_ray.results import group_trials, load_trials
 
 from train_helpers import save_tiny_model, synthetic_dataset
 
@@ -63,10 +64,11 @@ def runs(tmp_path: Path):
     return client.search_runs([experiment.experiment_id], max_results=100)
 
 
-def test_a_four_trial_study_tracks_every_trial_in_mlflow(tmp_path, assets):
+def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, assets):
     # Relative storage and tracking paths, as in studies/experts_sweep.yaml: trials run in their own
     # trial folder, so the driver must make every path absolute before handing the config over.
-    config = write_study(tmp_path, assets, storage_path="studies", tracking_uri="sqlite:///mlflow.db")
+    config = write_study(tmp_path, assets, storage_path="studies", tracking_uri="sqlite:///mlflow.db",
+                         **{"search.num_trials": 3, "search.seeds": 2})
     proc = sweep(config, cwd=tmp_path)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
@@ -76,16 +78,25 @@ def test_a_four_trial_study_tracks_every_trial_in_mlflow(tmp_path, assets):
     records = load_trials(study_dir)
     trained = {r.trial_id for r in records if not r.is_baseline}
     assert trained and trained == {p.parent.name for p in (study_dir / "runs").glob("*/progress.jsonl")}
-    assert {r.path for r in records} == {"zero_shot", "cached_head"} and len(records) == 4
+    assert {r.path for r in records} == {"zero_shot", "cached_head"} and len(records) == 6
+    # Tune's Repeater asked the searcher for 3 configurations and ran each with seeds 0 and 1.
+    groups = group_trials(records)
+    assert len(groups) == 3 and all(g.seeds == [0, 1] for g in groups)
+    moe_groups = [g for g in groups if not g.is_baseline]
+    assert all(g.records[0].best_metrics != g.records[1].best_metrics for g in moe_groups)   # other seeds, other runs
     all_runs = runs(tmp_path)
     parents = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "study"]
     trials = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "trial"]
-    assert len(parents) == 1 and len(trials) == 4
+    assert len(parents) == 1 and len(trials) == 6
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
-    # Run names say what the trial is: "model baseline", or "model N=3 k=1 all lr=2.1e-03", then the trial id.
-    names = {r.info.run_name for r in trials}
-    assert sum(name.startswith("model baseline · ") for name in names) == 1, names
-    assert all(name.startswith("model N=") for name in names if "baseline" not in name), names
+    # Run names say what the trial is: "model baseline s0", or "model N=3 k=1 all lr=2.1e-3 s1".
+    names = sorted(r.info.run_name for r in trials)
+    assert names[-2:] == ["model baseline s0", "model baseline s1"], names
+    assert all(re.fullmatch(r"model N=\d k=\d (all|top-k) lr=\d\.\de-\d s[01]", n) for n in names[:-2]), names
+    by_group = {}
+    for run in trials:
+        by_group.setdefault(run.data.tags["sbmoe.group"], set()).add(run.data.tags["sbmoe.seed"])
+    assert sorted(by_group.values(), key=sorted) == [{"0", "1"}] * 3
     assert all(r.info.status == "FINISHED" for r in all_runs)
     dataset = Path(assets["data"]).name
     for run in trials:
@@ -99,11 +110,16 @@ def test_a_four_trial_study_tracks_every_trial_in_mlflow(tmp_path, assets):
             assert "train_load.load_cv" in metrics and f"{dataset}.p_value_ndcg_at_10" in metrics
         else:
             assert params["inference"] == "n/a"
-    assert "baseline vs best SB-MoE" in output
+    assert "configuration chosen by mean val_loss" in output and "3 configurations" in output
     report = tmp_path / "studies" / "tiny-study" / "report"
     assert (report / "report.md").is_file() and (report / f"heatmap_{dataset}.png").is_file()
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["correction"] == "holm" and summary["per_base_model"][0]["chosen"]["trial_id"] in trained
+    chosen = summary["per_base_model"][0]["chosen"]
+    assert summary["correction"] == "holm" and summary["budget"]["seeds"] == 2 and chosen["seeds"] == [0, 1]
+    best = min(moe_groups, key=lambda g: g.objective)                  # mean validation loss over the seeds
+    assert chosen["trial_ids"] == [r.trial_id for r in best.records]
+    parent = parents[0].data
+    assert parent.tags["sbmoe.chosen.model"] == chosen["config"] and f"model.{dataset}.delta" in parent.metrics
 
 
 def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
@@ -120,6 +136,8 @@ def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
         "split": ({"train.data.train_split": "dev"}, "no split 'dev'"),
         "tracking": ({"tracking_uri": "http://127.0.0.1:9"}, "MLflow server is unreachable"),
         "storage": ({"storage_path": "/proc/forbidden"}, "not writable"),
+        "seeds": ({"search.seeds": 0}, "config.search.seeds=0: must be a positive integer"),
+        "asha": ({"search.seeds": 2, "search.asha": True}, "config.search.asha=True: not with search.seeds=2"),
     }
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for name, (overrides, message) in cases.items():
@@ -140,9 +158,10 @@ def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
     assert proc.returncode == 2 and "exists" in output and "different search space" in output
 
 
-def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, assets):
+def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tmp_path, assets):
+    # Killed inside a configuration's replicates: the restored Repeater completes that group.
     config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": 6,
-                                               "search.num_trials": 3, "space.num_experts": [2, 3],
+                                               "search.num_trials": 2, "search.seeds": 2, "space.num_experts": [2, 3],
                                                "search.max_concurrent": 1})
     study_dir = tmp_path / "studies" / "tiny-study"
     proc = sweep(config)
@@ -166,7 +185,7 @@ def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, ass
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-4000:]
     records = load_trials(study_dir)
-    assert len(records) == 3
+    assert len(records) == 4 and [g.seeds for g in group_trials(records)] == [[0, 1], [0, 1]]
     for trial_id, mtime in finished_before.items():
         assert (study_dir / "runs" / trial_id / "results.json").stat().st_mtime == mtime
     for record in records:                                  # finished trials were not trained again
@@ -174,7 +193,7 @@ def test_a_killed_study_resumes_without_retraining_finished_trials(tmp_path, ass
         if record.trial_id in finished_before:
             assert progress.count("epoch_start") == starts_before[record.trial_id]
     trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
-    assert len(trials) == 3 and len({r.info.run_name for r in trials}) == 3
+    assert len(trials) == 4 and len({r.info.run_name for r in trials}) == 4
     assert all(r.info.status == "FINISHED" for r in runs(tmp_path))
 
 

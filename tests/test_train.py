@@ -204,3 +204,22 @@ def test_the_zero_shot_path_tests_the_base_model_cached_or_live_alike(assets, tm
     assert cached.test[0].metrics.means == pytest.approx(live.test[0].metrics.means, abs=1e-6)
     saved = json.loads((cached.config.run_dir / "results.json").read_text())
     assert saved["path"] == "zero_shot" and saved["test"][0]["metrics"]["ndcg@10"] == cached.test[0].metrics.means["ndcg@10"]
+
+
+def test_the_same_seed_gives_the_same_result_and_another_seed_another_on_the_same_validation_split(assets, tmp_path):
+    from sbmoe_ray.data import load_dataset
+    from sbmoe_ray.train.inputs import split_pairs
+
+    settings = dict(encoder_lr=0.0, num_workers=1, epochs=2)          # noisy gating on: the seed drives it too
+    first = fit(config(assets, tmp_path, name="seed0-a", seed=0, **settings))
+    again = fit(config(assets, tmp_path, name="seed0-b", seed=0, **settings))
+    other = fit(config(assets, tmp_path, name="seed1", seed=1, **settings))
+    losses = lambda run: [(row["train_loss"], row["val_loss"]) for row in run.history]    # noqa: E731
+    assert losses(first) == losses(again) and losses(first) != losses(other)
+    for key, value in weights(first.last_checkpoint).items():
+        torch.testing.assert_close(value, weights(again.last_checkpoint)[key], atol=0, rtol=0, msg=key)
+        assert not torch.equal(value, weights(other.last_checkpoint)[key]) or "bias" in key, key
+    assert first.test[0].metrics.means == again.test[0].metrics.means
+    assert first.best_metrics["val_loss"] != other.best_metrics["val_loss"]
+    dataset = load_dataset(str(assets["data"]), "train")
+    assert split_pairs(first.config, dataset) == split_pairs(other.config, dataset)   # the split stays fixed

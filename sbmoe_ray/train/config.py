@@ -3,7 +3,8 @@
 Sections: ``model`` (what is trained, :class:`~sbmoe_ray.model_config.ModelConfig`), ``data`` (what it
 learns from and is tested on), ``optim`` (AdamW, epochs, batch), ``loss`` (which loss, temperature, load
 balancing), ``memory`` (precision, recomputation, caches), ``scaling`` (Ray Train workers and resources),
-``run`` (name, storage, checkpoint selection, seed). Each field's own limit is declared next to it; the
+``run`` (name, storage, checkpoint selection, the training seed: initialisation, gating noise, batch
+order). Each field's own limit is declared next to it; the
 ``rules`` of a class are its cross-field rules. No torch or Ray is imported here: a bad config answers
 in well under a second, before anything starts.
 
@@ -48,6 +49,8 @@ class DataConfig(ConfigBase):
     data_dir: str | None = None             # default: $SBMOE_DATA_DIR, else ~/.cache/sbmoe/beir
     query_max_length: int = setting(64, positive_int)
     validation_fraction: float = setting(0.05, unit_interval)
+    split_seed: int = setting(0, non_negative_int)  # the validation split (and its retrieval sample): fixed
+    #                                       while run.seed varies over a study's replicates
     validation_retrieval_docs: int = setting(0, non_negative_int)  # > 0: each epoch, nDCG@10 of the held-out
     #                                       queries over their positives plus this many random documents
     # Per test dataset (by name): drop a retrieved document whose id is the query's? "auto" decides from the

@@ -33,8 +33,9 @@ def epoch_batches(num_pairs: int, global_batch: int, rank: int, world: int, seed
 
 
 def split_pairs(cfg: TrainConfig, dataset: BeirDataset) -> tuple[Pairs, Pairs]:
-    """Training and validation (query, positive) pairs; the split is by query and depends on the seed."""
-    return split_by_query(training_pairs(dataset.qrels), cfg.data.validation_fraction, cfg.run.seed)
+    """Training and validation (query, positive) pairs; the split is by query and depends on
+    ``data.split_seed`` only, so the replicates of a study (other ``run.seed``) validate on the same queries."""
+    return split_by_query(training_pairs(dataset.qrels), cfg.data.validation_fraction, cfg.data.split_seed)
 
 
 @dataclass

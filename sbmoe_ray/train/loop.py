@@ -123,7 +123,7 @@ def validation_ndcg(model: BiEncoder, data: PairData, cfg: TrainConfig, device: 
     query_ids = sorted({q for q, _ in data.validation})
     positives = {d for _, d in data.validation}
     others = sorted(set(data.dataset.corpus) - positives)
-    sample = random.Random(cfg.run.seed).sample(others, min(cfg.data.validation_retrieval_docs, len(others)))
+    sample = random.Random(cfg.data.split_seed).sample(others, min(cfg.data.validation_retrieval_docs, len(others)))
     doc_ids, size = sorted(positives) + sample, cfg.memory.eval_batch_size
     model.eval()
 
