@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sbmoe_ray.comparisons import study_summary  # noqa: E402
+from sbmoe_ray.pareto import pareto_figure, pareto_lines, pareto_summary  # noqa: E402
 from sbmoe_ray.results import ConfigGroup, TrialRecord, baselines, best_group, group_trials  # noqa: E402
 from sbmoe_ray.search_space import BY_NAME, PARAMS, describe  # noqa: E402
 from sbmoe_ray.study_config import StudyConfig  # noqa: E402
@@ -148,6 +149,7 @@ def param_importances(groups: list[ConfigGroup], mode: str) -> dict[str, float]:
     configurations given (one base model's: empty if fewer than 3; a parameter with one value is left out)."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     moe = [g for g in groups if not g.is_baseline and not math.isnan(g.objective)]
     if len(moe) < 3:
         return {}
@@ -221,6 +223,9 @@ def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
              f"{len(records)} finished trials; objective `{study.search.objective}` ({study.mode}) on the held-out "
              f"validation split of `{study.train.data.train_dataset}`; test metrics below.", ""]
     summary = study_summary(groups, datasets, study.mode, study.search.objective, study.budget())
+    zero_shot = study.train.data.zero_shot_validation
+    if zero_shot:
+        summary["pareto"] = pareto_summary(groups, study.mode, datasets)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     rows = summary_rows(summary, datasets)
     lines += [identical_ids_line(records), "", surviving(summary), ""] if records else []
@@ -235,6 +240,9 @@ def write_report(study: StudyConfig, records: list[TrialRecord]) -> Path:
         for dataset in datasets:
             _save(heatmap_figure(groups, dataset, study.mode), folder / f"heatmap_{dataset}.png")
             lines += [f"![{dataset} heatmap](heatmap_{dataset}.png)", ""]
+    if zero_shot:
+        _save(pareto_figure(groups, study.mode, study.search.objective, zero_shot), folder / "pareto.png")
+        lines += pareto_lines(summary["pareto"], study.search.objective, zero_shot, datasets)
     fig = importance_figure(groups, study.mode, study.search.objective)
     if fig is not None:
         _save(fig, folder / "importances.png")

@@ -24,6 +24,7 @@ from typing import Any
 
 RUNS_DIR = "runs"
 RESULTS_FILE = "results.json"
+ZERO_SHOT_METRIC = "zs_val_ndcg@10"     # best checkpoint's nDCG@10 on data.zero_shot_validation (if set)
 REPLICATE_KEY = "__trial_index__"       # ray.tune.search.repeater.TRIAL_INDEX: the replicate's index
 
 

@@ -19,18 +19,21 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from sbmoe_ray.backbones import hidden_size
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.results import final_metrics, split_replicate
+from sbmoe_ray.results import ZERO_SHOT_METRIC, final_metrics, split_replicate
 from sbmoe_ray.search_space import define_space
 from sbmoe_ray.study_config import StudyConfig
 from sbmoe_ray.train import fit, prepare
@@ -86,7 +89,8 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
                                    "seed": train_cfg.run.seed, "replicate": replicate}, **forward)
     value = fitted.best_metrics.get(objective, float("nan"))
     results_file = fitted.config.run_dir / "results.json"
-    tune.report({"objective": value, "final": True, "epochs_done": len(fitted.history),
+    tune.report({"objective": value, "zs_objective": fitted.best_metrics.get(ZERO_SHOT_METRIC, float("nan")),
+                 "final": True, "epochs_done": len(fitted.history),
                  **final_metrics([r.to_dict(per_query=False) for r in fitted.test]), "results_file": str(results_file)})
 
 
@@ -97,10 +101,29 @@ def baselines(study: StudyConfig) -> list[dict[str, Any]]:
     return [{"base_model": m, "baseline": 1} for m in study.space["base_model"]]
 
 
+class MeanRepeater(Repeater):
+    """Tune's ``Repeater`` that averages every metric of a multi-objective searcher over the replicates
+    (the stock one reads a single metric name)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs) -> None:
+        metrics = self.searcher.metric if isinstance(self.searcher.metric, list) else [self.searcher.metric]
+        group = self._trial_id_to_group[trial_id]
+        group.report(trial_id, [float((result or {}).get(m, np.nan)) for m in metrics])
+        if group.finished_reporting():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN: a zero-shot baseline
+                means = np.nanmean(np.array(group.scores(), dtype=float), axis=0)
+            self.searcher.on_trial_complete(group.primary_trial_id, result=dict(zip(metrics, means.tolist())),
+                                            **kwargs)
+
+
 def searcher(study: StudyConfig) -> FinalResultOptunaSearch:
-    """Seeded TPE (Optuna) over the study's space, each base model's baseline enqueued first."""
-    return FinalResultOptunaSearch(space=functools.partial(define_space, space=study.space), metric="objective",
-                                   mode=study.mode, points_to_evaluate=baselines(study) or None,
+    """Seeded TPE (Optuna) over the study's space, each base model's baseline enqueued first; two
+    objectives (Optuna multi-objective TPE) with a zero-shot validation set."""
+    names, modes = list(study.objectives), list(study.objectives.values())
+    return FinalResultOptunaSearch(space=functools.partial(define_space, space=study.space),
+                                   metric=names if len(names) > 1 else names[0],
+                                   mode=modes if len(modes) > 1 else modes[0], points_to_evaluate=baselines(study) or None,
                                    sampler=optuna.samplers.TPESampler(seed=study.search.seed))
 
 
@@ -197,7 +220,7 @@ def trainable(study: StudyConfig):
 def build_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:
     """A new Tuner, or the interrupted one restored (finished trials kept, interrupted ones resumed)."""
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter, Repeater
+    from ray.tune.search import ConcurrencyLimiter
 
     path, search = study.study_dir / "tune", study.search
     if tune.Tuner.can_restore(str(path)):
@@ -207,7 +230,7 @@ def build_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:
                  if search.asha else None)
     # Seeds: Tune's Repeater asks the searcher once per configuration, runs it `seeds` times (each
     # replicate a trial with its index in the config) and tells the searcher the mean objective.
-    algorithm = Repeater(searcher(study), repeat=search.seeds) if search.seeds > 1 else searcher(study)
+    algorithm = MeanRepeater(searcher(study), repeat=search.seeds) if search.seeds > 1 else searcher(study)
     return tune.Tuner(
         trainable(study),
         # In-process trials of seconds: one trial actor serves the next (no process start, imports and

@@ -75,10 +75,17 @@ class StudyConfig(ConfigBase):
     def mode(self) -> str:
         return CHECKPOINT_METRICS[self.search.objective]
 
+    @property
+    def objectives(self) -> dict[str, str]:
+        """What Optuna optimises, by the name trials report it under: the validation objective, and the
+        zero-shot validation nDCG@10 (maximised) when ``train.data.zero_shot_validation`` names a set."""
+        return {"objective": self.mode, **({"zs_objective": "max"} if self.train.data.zero_shot_validation else {})}
+
     def fingerprint(self) -> dict[str, Any]:
         """What defines the search: a study resumed under the same name must keep it."""
         return {"space": {p.name: self.space[p.name] for p in PARAMS}, "objective": self.search.objective,
-                "seeds": self.search.seeds}
+                "seeds": self.search.seeds,
+                "zero_shot_validation": self.train.data.zero_shot_validation}
 
     def budget(self) -> dict[str, int]:
         """What the study spends, as its report states it."""

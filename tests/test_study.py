@@ -67,8 +67,12 @@ def runs(tmp_path: Path):
 def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, assets):
     # Relative storage and tracking paths, as in studies/experts_sweep.yaml: trials run in their own
     # trial folder, so the driver must make every path absolute before handing the config over.
+    # A zero-shot validation set makes it a two-objective search (here the synthetic set's test split
+    # stands in for another collection's dev split).
     config = write_study(tmp_path, assets, storage_path="studies", tracking_uri="sqlite:///mlflow.db",
-                         **{"search.num_trials": 3, "search.seeds": 2})
+                         **{"search.num_trials": 3, "search.seeds": 2,
+                            "train.data.zero_shot_validation": str(assets["data"]),
+                            "train.data.zero_shot_validation_split": "test"})
     proc = sweep(config, cwd=tmp_path)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
@@ -118,6 +122,14 @@ def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, asset
     assert summary["correction"] == "holm" and summary["budget"]["seeds"] == 2 and chosen["seeds"] == [0, 1]
     best = min(moe_groups, key=lambda g: g.objective)                  # mean validation loss over the seeds
     assert chosen["trial_ids"] == [r.trial_id for r in best.records]
+    # Every trial reports its best checkpoint's zero-shot validation nDCG@10; the report has the front.
+    assert all(0.0 <= r.best_metrics["zs_val_ndcg@10"] <= 1.0 for r in records)
+    assert all("zs_objective" in run.data.metrics for run in trials)
+    (part,) = summary["pareto"].values()
+    front = [(p["objective"], p["zero_shot_objective"]) for p in part["front"]]
+    points = [(g.objective, sum(r.best_metrics["zs_val_ndcg@10"] for r in g.records) / 2) for g in moe_groups]
+    assert front and all(not any(o[0] <= f[0] and o[1] >= f[1] and o != f for o in points) for f in front)
+    assert (report / "pareto.png").is_file() and "Pareto" in (report / "report.md").read_text()
     parent = parents[0].data
     assert parent.tags["sbmoe.chosen.model"] == chosen["config"] and f"model.{dataset}.delta" in parent.metrics
 
@@ -136,6 +148,7 @@ def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
         "split": ({"train.data.train_split": "dev"}, "no split 'dev'"),
         "tracking": ({"tracking_uri": "http://127.0.0.1:9"}, "MLflow server is unreachable"),
         "storage": ({"storage_path": "/proc/forbidden"}, "not writable"),
+        "zero-shot": ({"train.data.zero_shot_validation": "/nonexistent/other"}, "has no corpus.jsonl"),
         "seeds": ({"search.seeds": 0}, "config.search.seeds=0: must be a positive integer"),
         "asha": ({"search.seeds": 2, "search.asha": True}, "config.search.asha=True: not with search.seeds=2"),
     }

@@ -53,6 +53,10 @@ class DataConfig(ConfigBase):
     #                                       while run.seed varies over a study's replicates
     validation_retrieval_docs: int = setting(0, non_negative_int)  # > 0: each epoch, nDCG@10 of the held-out
     #                                       queries over their positives plus this many random documents
+    # A held-out collection (e.g. nfcorpus, its dev split): the best checkpoint's nDCG@10 on it is reported as
+    # zs_val_ndcg@10, a second, zero-shot validation objective for a study (never a test set).
+    zero_shot_validation: str | None = None
+    zero_shot_validation_split: str = "dev"
     # Per test dataset (by name): drop a retrieved document whose id is the query's? "auto" decides from the
     # data (a query that is a corpus document: same id and same text), "drop" always (BEIR), "keep" never.
     identical_ids: dict[str, str] = setting(factory=dict, check=lambda v: _rules(v))

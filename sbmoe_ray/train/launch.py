@@ -20,6 +20,7 @@ from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
 from sbmoe_ray.data import BeirDataset, data_root, load_dataset
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.precision import describe, resolve_precision
+from sbmoe_ray.results import ZERO_SHOT_METRIC
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
 
 RESULTS_FILE = "results.json"
@@ -81,6 +82,7 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
     hidden_size(cfg.model.base_model)              # the base model exists (clear error otherwise)
     train = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
     tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
+    validation = zero_shot_validation(cfg)
     pairs = len(split_pairs(cfg, train)[0])
     if cfg.path != "zero_shot" and pairs < cfg.optim.batch_size:
         raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
@@ -92,9 +94,16 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
         from sbmoe_ray.embedding_cache import dataset_embeddings
 
         cache = embedding_cache(cfg)
-        for ds in [train, *tests]:
+        for ds in [train, *tests, *zero_shot_validation(cfg)]:
             dataset_embeddings(cache, ds, cfg.data.query_max_length)
     return cfg, tests
+
+
+def zero_shot_validation(cfg: TrainConfig) -> list[BeirDataset]:
+    """The zero-shot validation set (``data.zero_shot_validation``), if the config names one."""
+    data = cfg.data
+    return [load_dataset(data.zero_shot_validation, data.zero_shot_validation_split, data.data_dir)] \
+        if data.zero_shot_validation else []
 
 
 def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = None,
@@ -116,7 +125,10 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
     train = TRAINERS["zero_shot" if cfg.path == "zero_shot" else "in_process" if cfg.in_process else "ray_train"]
     best, best_metrics, last = train(cfg, address=address, callbacks=callbacks, on_epoch=on_epoch)
     clock.append(time.time())
-    test = evaluate_best(best, cfg, tests)
+    validation = zero_shot_validation(cfg)
+    test = evaluate_best(best, cfg, tests + validation)
+    if validation:             # the best checkpoint's zero-shot validation score: an objective, not a test
+        best_metrics = {**best_metrics, ZERO_SHOT_METRIC: test.pop().metrics.means["ndcg@10"]}
     clock.append(time.time())
     from sbmoe_ray.train.session import epoch_history
 
