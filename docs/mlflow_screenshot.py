@@ -1,10 +1,17 @@
-"""Screenshot of the MLflow UI comparing the trials of a study, taken with headless Chromium.
+"""Screenshots of the MLflow UI of a study, taken in headless Chromium driven by Playwright.
 
-Starts ``mlflow server`` on 127.0.0.1 over the study's tracking store, waits for ``/health``, opens the
-compare-runs page of every trial run of the study (params, metrics, parallel coordinates) and saves a PNG.
+Starts ``mlflow server`` on 127.0.0.1 over the study's tracking store, waits for ``/health``, then
+
+* ``--compare``: the compare-runs page of one base model's SB-MoE trial runs (every seed), the parallel
+  coordinates set to ``num_experts``, ``top_k``, ``moe_lr`` -> test nDCG@10 of ``--dataset``;
+* ``--parent``: the study's parent run with its report (``report/report.md`` among its artifacts),
+
+each with MLflow's assistant panel closed. Needs Chromium (Debian: ``apt-get install chromium``) and
+``pip install playwright`` (no browser download: it drives the system Chromium).
 
     python docs/mlflow_screenshot.py --experiment experts-sweep [--backend-store-uri sqlite:///mlflow.db]
-                                     [--output docs/mlflow-compare.png] [--chromium chromium]
+        [--base-model minilm] [--dataset scifact] [--compare docs/mlflow-compare.png]
+        [--parent docs/mlflow-parent.png] [--chromium /usr/bin/chromium]
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+HERE = Path(__file__).parent
 
 
 def free_port() -> int:
@@ -41,23 +50,68 @@ def wait_for_health(url: str, timeout: float = 60) -> None:
     sys.exit(f"mlflow server at {url} did not answer /health in {timeout:.0f} s")
 
 
+def close_assistant(page) -> None:
+    """MLflow 3's assistant panel takes a third of the page: close it when it is open."""
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.last.click()
+        page.wait_for_timeout(500)
+
+
+def choose(page, combobox, values: list[str]) -> None:
+    """Type each value into a multi-select and take the match."""
+    for value in values:
+        combobox.click()
+        page.keyboard.type(value)
+        page.wait_for_timeout(300)
+        page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+
+
+def compare_view(page, url: str, experiment_id: str, runs: list[str], metric: str, output: str) -> None:
+    query = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([experiment_id])})
+    page.goto(f"{url}/#/compare-runs?{query}")
+    page.get_by_role("button", name="Clear All").wait_for(timeout=60_000)
+    close_assistant(page)
+    page.get_by_role("button", name="Clear All").click()
+    boxes = page.get_by_role("combobox")
+    choose(page, boxes.nth(0), ["num_experts", "top_k", "moe_lr"])
+    choose(page, boxes.nth(1), [metric])
+    page.wait_for_timeout(2000)
+    page.screenshot(path=output)
+
+
+def parent_view(page, url: str, experiment_id: str, parent: str, output: str) -> None:
+    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{parent}/artifacts/report/report.md")
+    page.get_by_text("report.md").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(3000)
+    close_assistant(page)
+    page.screenshot(path=output)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="experts-sweep", help="the study's name (its MLflow experiment)")
     parser.add_argument("--backend-store-uri", default="sqlite:///mlflow.db")
-    parser.add_argument("--output", default=str(Path(__file__).with_name("mlflow-compare.png")))
+    parser.add_argument("--base-model", default="minilm", help="whose SB-MoE runs the compare view shows")
+    parser.add_argument("--dataset", default="scifact", help="the test set whose nDCG@10 ends the coordinates")
+    parser.add_argument("--compare", default=str(HERE / "mlflow-compare.png"))
+    parser.add_argument("--parent", default=str(HERE / "mlflow-parent.png"))
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
-    parser.add_argument("--window", default="1600,1100")
     args = parser.parse_args()
 
     from mlflow.tracking import MlflowClient
+    from playwright.sync_api import sync_playwright
 
     client = MlflowClient(args.backend_store_uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         sys.exit(f"no experiment {args.experiment!r} in {args.backend_store_uri}: run the study first")
-    trials = [r.info.run_id for r in client.search_runs([experiment.experiment_id], "tags.`sbmoe.kind` = 'trial'",
-                                                        max_results=200)]
+    eid = experiment.experiment_id
+    runs = [r.info.run_id for r in client.search_runs(
+        [eid], f"tags.`sbmoe.kind` = 'trial' and params.base_model = '{args.base_model}' and params.num_experts != '0'",
+        max_results=500)]
+    parent = client.search_runs([eid], "tags.`sbmoe.kind` = 'study'")[0].info.run_id
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", args.backend_store_uri,
@@ -65,15 +119,16 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_health(url)
-        query = urllib.parse.urlencode({"runs": json.dumps(trials), "experiments": json.dumps([experiment.experiment_id])})
-        page = f"{url}/#/compare-runs?{query}"
-        subprocess.run([args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--window-size={args.window}", "--virtual-time-budget=20000",
-                        f"--screenshot={Path(args.output).resolve()}", page], check=True, capture_output=True, timeout=180)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            compare_view(page, url, eid, runs, f"{args.dataset}.ndcg_at_10", args.compare)
+            parent_view(page, url, eid, parent, args.parent)
+            browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)          # the server and the workers it started
         server.wait(timeout=30)
-    print(f"wrote {args.output}: {len(trials)} trials of {args.experiment!r} compared ({page})")
+    print(f"wrote {args.compare} ({len(runs)} {args.base_model} SB-MoE runs) and {args.parent}")
 
 
 if __name__ == "__main__":
