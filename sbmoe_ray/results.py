@@ -26,12 +26,20 @@ RUNS_DIR = "runs"
 RESULTS_FILE = "results.json"
 ZERO_SHOT_METRIC = "zs_val_ndcg@10"     # best checkpoint's nDCG@10 on data.zero_shot_validation (if set)
 REPLICATE_KEY = "__trial_index__"       # ray.tune.search.repeater.TRIAL_INDEX: the replicate's index
+POINT_KEY = "params"                    # a stage-2 point: {"params": ..., REPLICATE_KEY: r, "role": ...}
+
+
+def trial_point(config: dict[str, Any]) -> dict[str, Any]:
+    """A stage-2 trial's point (its Tune config is ``{"point": ...}``); a stage-1 config as it is."""
+    return config.get("point", config)
 
 
 def split_replicate(config: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """A Tune trial config as (the configuration's parameters, the replicate's index)."""
-    params = {k: v for k, v in config.items() if k != REPLICATE_KEY}
-    return params, int(config.get(REPLICATE_KEY, 0))
+    point = trial_point(config)
+    if POINT_KEY in point:
+        return dict(point[POINT_KEY]), int(point.get(REPLICATE_KEY, 0))
+    return {k: v for k, v in point.items() if k != REPLICATE_KEY}, int(point.get(REPLICATE_KEY, 0))
 
 
 def group_key(params: dict[str, Any]) -> str:

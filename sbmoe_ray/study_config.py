@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sbmoe_ray.config import ConfigBase, non_negative_int, one_of, positive_int, setting
+from sbmoe_ray.config import ConfigBase, non_negative_int, one_of, positive, positive_int, setting
 from sbmoe_ray.data import data_root, dataset_name
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.search_space import PARAMS, apply, default_space
@@ -47,6 +47,21 @@ class SearchConfig(ConfigBase):
 
 
 @dataclass
+class FinetuneConfig(ConfigBase):
+    """Stage 2: the promoted configurations fine-tuned with their encoder on Ray Train workers."""
+    controls: int = setting(1, non_negative_int)      # per base model, drawn at random from the rest of stage 1
+    seeds: int = setting(2, positive_int)             # replicates of each stage-2 configuration
+    encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
+    epochs: int = setting(1, positive_int)
+    objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
+    validation_retrieval_docs: int = setting(500, non_negative_int)   # val_ndcg@10: positives + this many docs
+    num_workers: int = setting(2, positive_int)       # data-parallel Ray Train workers per trial
+    cpus_per_worker: float = setting(1.0, positive)
+    use_gpu: bool = False
+    max_concurrent: int = setting(1, positive_int)
+
+
+@dataclass
 class StudyConfig(ConfigBase):
     MOVED = MOVED
     name: str = "experts-sweep"
@@ -56,6 +71,8 @@ class StudyConfig(ConfigBase):
     space: dict[str, Any] = setting(factory=default_space)
     search: SearchConfig = setting(factory=SearchConfig)
     train: TrainConfig = setting(factory=default_train)
+    promote: int = setting(2, non_negative_int)        # per base model fine-tuned in stage 2; 0 = the proxy only
+    finetune: FinetuneConfig = setting(factory=FinetuneConfig)
 
     @property
     def study_dir(self) -> Path:
@@ -111,6 +128,21 @@ class StudyConfig(ConfigBase):
                                         seed=self.train.run.seed + replicate),
                        memory=replace(cfg.memory, cache_dir=str(self.cache_dir)))
 
+    def finetune_study(self) -> StudyConfig:
+        """Stage 2 as a study of its own, under ``<study>/finetune``: the stage-1 template with the encoder
+        trained (``finetune.encoder_lr``), on ``finetune.num_workers`` Ray Train workers, ranked by
+        ``finetune.objective``; no test sets while training (the chosen ones are tested afterwards)."""
+        ft, train = self.finetune, self.train
+        cfg = replace(train, optim=replace(train.optim, encoder_lr=ft.encoder_lr, freeze_encoder=False, epochs=ft.epochs),
+                      data=replace(train.data, test_datasets=[], zero_shot_validation=None,
+                                   validation_retrieval_docs=ft.validation_retrieval_docs),
+                      scaling=replace(train.scaling, num_workers=ft.num_workers, cpus_per_worker=ft.cpus_per_worker,
+                                      use_gpu=ft.use_gpu),
+                      run=replace(train.run, checkpoint_metric=ft.objective))
+        search = replace(self.search, seeds=ft.seeds, objective=ft.objective, max_concurrent=ft.max_concurrent,
+                         asha=False)
+        return replace(self, name="finetune", storage_path=str(self.study_dir), train=cfg, search=search, promote=0)
+
     def rules(self, where: str) -> None:
         self.space = {**default_space(), **{k: _numbers(v) for k, v in self.space.items()}}
         unknown = sorted(set(self.space) - {p.name for p in PARAMS})
@@ -130,6 +162,14 @@ class StudyConfig(ConfigBase):
         # The template must be valid for the largest head the space asks for.
         example = {"num_experts": max(self.space["num_experts"]), "top_k": 1}
         apply(self.train, example).validate(f"{where}.train")
+        if self.promote:
+            if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
+                raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs finetune.validation_retrieval_docs > 0")
+            try:
+                apply(self.finetune_study().train, example).validate(f"{where}.train")
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.finetune: stage 2 (the train template with the finetune settings) is "
+                                  f"invalid: {exc}; change finetune.* or train.*") from None
 
 
 def _numbers(value: Any) -> Any:

@@ -28,7 +28,7 @@ from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.comparisons import compare_groups
 from sbmoe_ray.precision import describe as describe_precision
 from sbmoe_ray.precision import resolve_precision
-from sbmoe_ray.results import ConfigGroup, group_key, metric_key, mlflow_name, split_replicate
+from sbmoe_ray.results import ConfigGroup, final_metrics, group_key, metric_key, mlflow_name, split_replicate, trial_point
 from sbmoe_ray.search_space import BY_NAME, PARAMS, describe
 from sbmoe_ray.study_config import StudyConfig
 
@@ -84,6 +84,7 @@ class StudyTracker:
         self.seed = study.train.run.seed          # replicate r trains with seed + r
         self._client = None
         self._trial_runs: dict[str, str] = {}
+        self.stage: str | None = None             # trial runs nest under this stage's run (for_stage)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None}
@@ -98,7 +99,8 @@ class StudyTracker:
 
     def _runs(self) -> dict[str, Any]:
         path = self.study_dir / RUNS_FILE
-        return json.loads(path.read_text()) if path.is_file() else {"parent": None, "trials": {}}
+        runs = json.loads(path.read_text()) if path.is_file() else {"parent": None, "trials": {}}
+        return {"stages": {}, **runs}
 
     def _save_runs(self, runs: dict[str, Any]) -> None:
         (self.study_dir / RUNS_FILE).write_text(json.dumps(runs, indent=2))
@@ -141,6 +143,31 @@ class StudyTracker:
         self._save_runs(runs)
         return run_id
 
+    def for_stage(self, stage: str, title: str) -> StudyTracker:
+        """A tracker whose trial runs nest under the stage's run (a child of the study's parent run),
+        created once and set RUNNING again on a resume."""
+        runs = self._runs()
+        if stage in runs["stages"]:
+            self.client.update_run(runs["stages"][stage], status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id(), run_name=title, tags={
+                "mlflow.parentRunId": runs["parent"], "sbmoe.kind": "stage", "sbmoe.stage": stage})
+            runs["stages"][stage] = run.info.run_id
+            self._save_runs(runs)
+        staged = StudyTracker.__new__(StudyTracker)
+        staged.__dict__.update({**self.__dict__, "_client": None, "_trial_runs": {}, "stage": stage})
+        return staged
+
+    def stage_run(self) -> str | None:
+        return self._runs()["stages"].get(self.stage) if self.stage else None
+
+    def finish_stage(self, metrics: dict[str, Any] | None = None, status: str = "FINISHED") -> None:
+        run = self.stage_run()
+        if run:
+            if metrics:
+                self.log_metrics(run, metrics, step=0)
+            self.client.set_terminated(run, status)
+
     def trial_run(self, trial_id: str, config: dict[str, Any], starting: bool = False) -> str:
         """The nested run of a trial: the one it already has (also after a resume), else a new one, named by
         what it is (``minilm N=6 k=2 all lr=1.4e-3 s1``) and tagged with its seed and configuration group."""
@@ -153,11 +180,16 @@ class StudyTracker:
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
         params, replicate = split_replicate(config)
-        seed = self.seed + replicate
-        run = self.client.create_run(self.experiment_id(), run_name=describe(params, seed),
-                                     tags={"mlflow.parentRunId": runs["parent"], "sbmoe.kind": "trial",
-                                           "sbmoe.trial_id": trial_id, "sbmoe.seed": str(seed),
-                                           "sbmoe.group": group_key(params), "sbmoe.config": describe(params)})
+        seed, point = self.seed + replicate, trial_point(config)
+        tags = {"mlflow.parentRunId": runs["stages"].get(self.stage) or runs["parent"], "sbmoe.kind": "trial",
+                "sbmoe.trial_id": trial_id, "sbmoe.seed": str(seed), "sbmoe.group": group_key(params),
+                "sbmoe.config": describe(params), **({"sbmoe.stage": self.stage} if self.stage else {})}
+        if "role" in point:                            # stage 2: promoted, control or baseline, and from where
+            tags["sbmoe.role"] = point["role"]
+            if point.get("stage1_trials"):
+                tags["sbmoe.promoted_from_trial"] = point["stage1_trials"][0]
+                tags["sbmoe.promoted_from"] = runs["trials"].get(point["stage1_trials"][0], "")
+        run = self.client.create_run(self.experiment_id(), run_name=describe(params, seed), tags=tags)
         # Every search parameter on every run ("n/a" where a baseline has none), so MLflow's compare view
         # shows the same columns for all trials.
         self._log_params(run.info.run_id, _flatten({**{q.name: "n/a" for q in PARAMS}, **params, "seed": seed}))
@@ -203,6 +235,18 @@ class StudyTracker:
         for trial_id, values in metrics.items():
             if trial_id in runs:
                 self.log_metrics(runs[trial_id], values, step=0)
+
+    def log_test_results(self, records: list) -> None:
+        """Test metrics measured after a trial ended (stage 2's test phase), into each trial's run."""
+        runs = self._runs()["trials"]
+        for record in records:
+            if record.trial_id in runs and record.test:
+                self.log_metrics(runs[record.trial_id], final_metrics(record.test), step=0)
+
+    def log_parent_metrics(self, metrics: dict[str, Any]) -> None:
+        parent = self._runs()["parent"]
+        if parent:
+            self.log_metrics(parent, metrics, step=0)
 
     def log_report(self, report: Path) -> None:
         """Attach the study report (markdown, PNGs, summary.json) to the parent run, and the study's answer

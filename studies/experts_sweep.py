@@ -24,6 +24,7 @@ one SB-MoE block after the last layer of a bi-encoder, compared with the same bi
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -37,11 +38,8 @@ HERE = Path(__file__).parent
 def run(study: StudyConfig, resume: bool = False, address: str | None = None) -> int:
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
     from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
-    from sbmoe_ray.comparisons import study_summary
-    from sbmoe_ray.report import budget_line, summary_rows, write_report, write_trial_figures
-    from sbmoe_ray.results import format_table, group_trials, load_trials
-    from sbmoe_ray.study import build_tuner, prepare_study, save_study_config
-    from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker, check_tracking_uri
+    from sbmoe_ray.study import prepare_study, save_study_config
+    from sbmoe_ray.tracking import StudyTracker, check_tracking_uri
 
     # Everything that can be wrong is found before any work (before a local Ray starts; on a cluster,
     # right after connecting); then the embedding caches are built.
@@ -52,33 +50,96 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None) ->
         check_shared_storage([study.study_dir, study.cache_dir])
     prepare_study(study, resume)
     save_study_config(study)
-    scaling = study.train.scaling
-    init_ray(address, study.search.max_concurrent * (0.25 + scaling.num_workers * scaling.cpus_per_worker) + 1)
-
+    s, ft = study.train.scaling, study.finetune
+    cpus = max(study.search.max_concurrent * (0.25 + s.num_workers * s.cpus_per_worker),
+               ft.max_concurrent * (0.25 + ft.num_workers * ft.cpus_per_worker) if study.promote else 0)
+    init_ray(address, cpus + 1)
     tracker = StudyTracker(study)
     tracker.parent_run(study)
-    failed = len(build_tuner(study, callbacks=[MlflowStudyCallback(tracker)]).fit().errors)
+    failed = proxy_stage(study, tracker)
+    if study.promote and not failed:
+        failed = finetune_stage(study, tracker)
+    tracker.finish("FAILED" if failed else "FINISHED")
+    return 1 if failed else 0
 
-    # Paired comparisons against each base model's baseline, the summary, the report and its files.
+
+def proxy_stage(study: StudyConfig, tracker) -> int:
+    """Stage 1: the frozen-encoder search, its comparisons, summary and report."""
+    import time
+
+    from sbmoe_ray.comparisons import study_summary
+    from sbmoe_ray.report import budget_line, summary_rows, write_report, write_trial_figures
+    from sbmoe_ray.results import format_table, group_trials, load_trials
+    from sbmoe_ray.study import build_tuner
+    from sbmoe_ray.tracking import MlflowStudyCallback
+    from sbmoe_ray.two_stage import ProgressCallback
+
+    stage = tracker.for_stage("proxy", "stage 1: proxy (frozen encoder, SB-MoE head)")
+    total = study.search.num_trials * study.search.seeds
+    started = time.monotonic()
+    failed = len(build_tuner(study, callbacks=[MlflowStudyCallback(stage), ProgressCallback("stage 1", total)]).fit().errors)
     records = load_trials(study.study_dir)
     datasets, groups = study.test_names, group_trials(records)
-    tracker.log_comparisons(groups, datasets)
+    stage.log_comparisons(groups, datasets)
     summary = study_summary(groups, datasets, study.mode, study.search.objective, study.budget())
     rows = summary_rows(summary, datasets)
     columns = ["base_model", "best", "seeds", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p adj")]]
-    print(f"\n{study.name}: {len(records)} trials; test nDCG@10 (mean over seeds), baseline vs the SB-MoE "
-          f"configuration chosen by mean {study.search.objective}; p adj: paired t over queries, Holm over every "
-          f"configuration and test set\n{budget_line(summary)}")
+    print(f"\n{study.name}, stage 1 (proxy): {len(records)} trials; test nDCG@10 (mean over seeds), baseline vs the "
+          f"SB-MoE configuration chosen by mean {study.search.objective}; p adj: paired t over queries, Holm over "
+          f"every configuration and test set\n{budget_line(summary)}")
     print(format_table(rows, columns))
     report = write_report(study, records)
-    tracker.log_trial_files(write_trial_figures(study.study_dir / "trial_figures", records))
+    stage.log_trial_files(write_trial_figures(study.study_dir / "trial_figures", records))
+    stage.finish_stage({"seconds": time.monotonic() - started}, "FAILED" if failed else "FINISHED")
     tracker.log_report(report)
     print(f"report: {report}\nMLflow: {study.tracking_uri} (experiment {study.name!r})")
     if failed:
         print(f"{failed} trial(s) failed: see {study.study_dir / 'tune'}/*/error.txt; run the study again to "
               "retry them", file=sys.stderr)
-    tracker.finish("FAILED" if failed else "FINISHED")
-    return 1 if failed else 0
+    return failed
+
+
+def finetune_stage(study: StudyConfig, tracker) -> int:
+    """Stage 2: promote, fine-tune on Ray Train workers, test the chosen, check the proxy, report."""
+    import time
+
+    from sbmoe_ray.results import group_trials, load_trials
+    from sbmoe_ray.search_space import BY_NAME
+    from sbmoe_ray.stage2_report import write_finetune_section
+    from sbmoe_ray.tracking import MlflowStudyCallback
+    from sbmoe_ray.two_stage import ProgressCallback, finetune_tuner, promote, stage2_points, stage_seconds, test_phase
+
+    stage2 = study.finetune_study()
+    entries = promote(study)
+    points = stage2_points(entries, study.finetune.seeds)
+    print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {study.finetune.seeds} seeds = {len(points)} "
+          f"trials on {study.finetune.num_workers} Ray Train workers each", flush=True)
+    stage = tracker.for_stage("finetune", "stage 2: fine-tuning (encoder + SB-MoE head)")
+    started = time.monotonic()
+    callbacks = [MlflowStudyCallback(stage), ProgressCallback("stage 2", len(points))]
+    failed = len(finetune_tuner(stage2, points, callbacks).fit().errors)
+    if failed:
+        print(f"{failed} stage-2 trial(s) failed: see {stage2.study_dir / 'tune'}/*/error.txt; run the study "
+              "again to retry them", file=sys.stderr)
+        stage.finish_stage(status="FAILED")
+        return failed
+    tested = time.monotonic()
+    test_phase(study, stage2)
+    seconds = {"stage 1": stage_seconds(study.study_dir), "stage 2 training": stage_seconds(stage2.study_dir),
+               "test phase (this run)": time.monotonic() - tested}
+    records = load_trials(stage2.study_dir)
+    stage.log_test_results(records)
+    summary = write_finetune_section(study, entries, seconds)
+    stage.log_comparisons([g for g in group_trials(records) if all(r.test for r in g.records)], study.test_names)
+    stage.finish_stage({"seconds": time.monotonic() - started})
+    short = BY_NAME["base_model"].show
+    tracker.log_parent_metrics({f"{short(m)}.{k}": a[k] for m, a in summary["agreement"].items()
+                                for k in ("kendall_tau", "spearman_rho") if not math.isnan(a[k])})
+    tracker.log_report(study.study_dir / "report" / "report.md")
+    for model, a in summary["agreement"].items():
+        print(a["verdict"])
+    print(f"report (both stages): {study.study_dir / 'report' / 'report.md'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ def write_study(tmp_path: Path, assets, **overrides) -> Path:
         "space": {"base_model": [str(assets["model"])], "num_experts": [0, 2, 3], "top_k": [1, 2],
                   "moe_lr": [1e-3, 1e-2]},
         "search": {"num_trials": 4, "max_concurrent": 2, "seed": 0},
+        "promote": 0,                               # stage 1 only (tests/test_two_stage.py has both)
         "train": {"model": {"max_length": 32},
                   "data": {"train_dataset": str(assets["data"]), "test_datasets": [str(assets["data"])],
                            "query_max_length": 16, "validation_fraction": 0.2},

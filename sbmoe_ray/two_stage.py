@@ -1,0 +1,128 @@
+"""The main job as a two-fidelity study: the proxy searches, fine-tuning checks the best and some others.
+
+Stage 1 (the proxy) is the frozen-encoder study of :mod:`sbmoe_ray.study`: TPE over the space, the
+baselines first, seconds a trial. Stage 2 fine-tunes, per base model, the configurations
+:mod:`sbmoe_ray.promotion` picks (the top ``promote`` by the stage-1 objective, ``finetune.controls``
+random others, the plain fine-tuning baseline), each with its encoder on ``finetune.num_workers`` Ray Train
+workers and replicated over ``finetune.seeds``. A stage-2 trial trains and validates only: re-encoding a
+test corpus after fine-tuning is the dominant cost on a CPU (SciFact ~90 s with native bf16), so only the
+configuration stage 2 chooses (by ``finetune.objective``, mean over seeds) and the baseline of each base
+model are tested, on every test set, from their best checkpoints (the test phase). Then the proxy is
+checked: Kendall's τ and Spearman's ρ of the two stages' objectives over the promoted and control
+configurations.
+
+Head learning rate in stage 2: the promoted configuration's own ``moe_lr`` (the encoder's is
+``finetune.encoder_lr``, 50-500x lower): the head's optimum on frozen features is the best estimate we
+have, and searching a multiplier would multiply stage 2's cost by the grid's size.
+
+Every step resumes: the Tuners restore, the promotions are read back from ``promoted.json``, a tested
+trial keeps its test results in its results file. ``promote = 0`` is the proxy-only study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from sbmoe_ray.promotion import load_or_promote, promotions
+from sbmoe_ray.results import POINT_KEY, REPLICATE_KEY, RESULTS_FILE, ConfigGroup, best_group, group_trials, load_trials
+from sbmoe_ray.search_space import describe
+from sbmoe_ray.study import trainable
+from sbmoe_ray.study_config import StudyConfig
+
+
+class ProgressCallback(tune.Callback):
+    """One line per finished trial: how many are done, and an estimate of the time the stage has left."""
+
+    def __init__(self, stage: str, total: int) -> None:
+        self.stage, self.total, self.done, self.started = stage, total, 0, time.monotonic()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.done = sum(t.status == "TERMINATED" for t in trials)
+        elapsed = time.monotonic() - self.started
+        left = elapsed / max(self.done, 1) * (self.total - self.done)
+        print(f"[{self.stage}] {self.done}/{self.total} trials done in {elapsed / 60:.1f} min; "
+              f"~{left / 60:.1f} min left", flush=True)
+
+
+def stage2_points(entries: list[dict[str, Any]], seeds: int) -> list[dict[str, Any]]:
+    """One Tune config per (configuration, replicate): the parameters, the replicate, and where the
+    configuration came from (for the MLflow tags)."""
+    return [{POINT_KEY: entry["params"], REPLICATE_KEY: r, "role": entry["role"],
+             "stage1_trials": entry["stage1_trials"]} for entry in entries for r in range(seeds)]
+
+
+def finetune_tuner(stage2: StudyConfig, points: list[dict[str, Any]], callbacks: list) -> tune.Tuner:
+    """Stage 2's Tuner: a grid over the promoted points (restored when interrupted)."""
+    path, space = stage2.study_dir / "tune", {"point": tune.grid_search(points)}
+    if tune.Tuner.can_restore(str(path)):
+        # The space again: a Tuner killed before its first trial restores without one (one empty trial).
+        return tune.Tuner.restore(str(path), trainable=trainable(stage2), param_space=space, resume_errored=True)
+    stage2.study_dir.mkdir(parents=True, exist_ok=True)
+    return tune.Tuner(
+        trainable(stage2), param_space=space,
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=stage2.search.max_concurrent),
+        run_config=tune.RunConfig(name="tune", storage_path=str(stage2.study_dir), callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=1)))
+
+
+def promote(study: StudyConfig) -> list[dict[str, Any]]:
+    """The stage-2 configurations, computed once from stage 1's finished trials."""
+    stage2 = study.finetune_study()
+    settings = {"promote": study.promote, "controls": study.finetune.controls, "seed": study.search.seed}
+    return load_or_promote(stage2.study_dir, settings, lambda: promotions(
+        group_trials(load_trials(study.study_dir)), study.mode, study.promote, study.finetune.controls,
+        study.search.seed))
+
+
+def chosen_groups(stage2: StudyConfig) -> dict[str, tuple[ConfigGroup | None, ConfigGroup | None]]:
+    """Per base model: the stage-2 configuration chosen by the stage-2 objective, and the baseline."""
+    groups = group_trials(load_trials(stage2.study_dir))
+    out = {}
+    for base_model in sorted({g.base_model for g in groups}):
+        mine = [g for g in groups if g.base_model == base_model]
+        out[base_model] = (best_group(mine, stage2.mode), next((g for g in mine if g.is_baseline), None))
+    return out
+
+
+def test_phase(study: StudyConfig, stage2: StudyConfig) -> None:
+    """Test each chosen configuration's and each baseline's replicates on every test set, from their best
+    checkpoints; the results go into the trial's results file (a tested trial is skipped on resume)."""
+    from sbmoe_ray.data import load_dataset
+    from sbmoe_ray.train.config import TrainConfig
+    from sbmoe_ray.train.launch import evaluate_best
+
+    todo = [r for pair in chosen_groups(stage2).values() for g in pair if g is not None for r in g.records]
+    todo = [r for r in todo if not r.test]
+    started = time.monotonic()
+    for i, record in enumerate(todo):
+        data = json.loads(Path(record.file).read_text())
+        cfg = TrainConfig.from_dict({**data["config"], "data": {**data["config"]["data"],
+                                                                 "test_datasets": study.train.data.test_datasets}})
+        tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
+        folder = Path(data["best_checkpoint"]) if data.get("best_checkpoint") else None
+        results = evaluate_best(folder, cfg, tests)
+        data["test"] = [r.to_dict() for r in results]
+        tmp = Path(record.file).with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.replace(record.file)
+        elapsed = time.monotonic() - started
+        print(f"[test] {i + 1}/{len(todo)} {describe(record.params, record.seed)} tested in {elapsed / 60:.1f} min; "
+              f"~{elapsed / (i + 1) * (len(todo) - i - 1) / 60:.1f} min left", flush=True)
+
+
+def tested_groups(stage2: StudyConfig) -> list[ConfigGroup]:
+    """The stage-2 groups with test results on every replicate (the chosen ones and the baselines)."""
+    return [g for g in group_trials(load_trials(stage2.study_dir)) if all(r.test for r in g.records)]
+
+
+def stage_seconds(folder: Path) -> float:
+    """Wall time of a stage: first trial's start to last trial's end, from its results files."""
+    spans = [json.loads(p.read_text()).get("seconds", {}) for p in Path(folder).glob(f"runs/*/{RESULTS_FILE}")]
+    spans = [s for s in spans if "start" in s and "end" in s]
+    return max(s["end"] for s in spans) - min(s["start"] for s in spans) if spans else math.nan

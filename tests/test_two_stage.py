@@ -1,0 +1,138 @@
+"""The two-fidelity study: what stage 2 promotes, the rank check against scipy, and a tiny two-stage study
+end to end (2 Ray Train workers in stage 2, MLflow nesting, SIGKILL between the stages and inside a
+stage-2 fine-tuning, then resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from sbmoe_ray.promotion import promotions, rank_agreement
+from sbmoe_ray.results import TrialRecord, group_key, group_trials, load_trials
+
+from test_study import assets, sweep, write_study  # noqa: F401 (the module fixture)
+
+
+def proxy_trials(n: int = 8, seeds: int = 2) -> list[TrialRecord]:
+    rng = random.Random(3)
+    records = [TrialRecord(f"b{s}", {"base_model": "m", "num_experts": 0}, "val_loss", {}, [], [], "zero_shot", s)
+               for s in range(seeds)]
+    for i in range(n):
+        params = {"base_model": "m", "num_experts": 3, "top_k": 1, "inference": "all", "moe_lr": 10 ** -(2 + i / n)}
+        value = rng.random()
+        records += [TrialRecord(f"t{i}s{s}", params, "val_loss", {"val_loss": value + 0.01 * s}, [], [], "cached_head", s)
+                    for s in range(seeds)]
+    return records
+
+
+def test_stage_two_promotes_the_top_of_stage_one_plus_seeded_controls_and_the_baseline():
+    groups = group_trials(proxy_trials())
+    entries = promotions(groups, "min", promote=2, controls=2, seed=0)
+    ranked = sorted((g for g in groups if not g.is_baseline), key=lambda g: g.objective)
+    assert [e["stage1_group"] for e in entries if e["role"] == "promoted"] == [g.key for g in ranked[:2]]
+    controls = {e["stage1_group"] for e in entries if e["role"] == "control"}
+    assert len(controls) == 2 and controls <= {g.key for g in ranked[2:]}
+    assert [e["role"] for e in entries].count("baseline") == 1
+    assert entries == promotions(groups, "min", promote=2, controls=2, seed=0)           # deterministic
+    assert entries != promotions(groups, "min", promote=2, controls=2, seed=1)           # the seed draws the controls
+
+
+def test_the_rank_check_is_scipys_kendall_and_spearman_with_a_bootstrap_interval():
+    x, y = [0.1, 0.4, 0.2, 0.9, 0.5], [1.0, 1.3, 1.4, 2.0, 1.2]
+    agreement = rank_agreement(x, y)
+    assert agreement["kendall_tau"] == pytest.approx(stats.kendalltau(x, y).statistic)
+    assert agreement["spearman_rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    low, high = agreement["kendall_tau_ci"]
+    assert -1 <= low <= agreement["kendall_tau"] <= high <= 1
+    assert all(math.isnan(v) for v in rank_agreement(x[:3], y[:3])["kendall_tau_ci"])   # too few for an interval
+
+
+def _wait(proc, condition, timeout: float = 500) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_same_answer(tmp_path, assets):
+    config = write_study(tmp_path, assets, **{
+        "promote": 2, "search.num_trials": 5, "search.max_concurrent": 1, "space.num_experts": [0, 2, 3],
+        "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 4, "num_workers": 2,
+                     "cpus_per_worker": 0.5, "validation_retrieval_docs": 20}})
+    study_dir = tmp_path / "studies" / "tiny-study"
+    stage2_dir = study_dir / "finetune"
+    promoted_file = stage2_dir / "promoted.json"
+
+    # 1. killed between the stages: as soon as stage 2's promotions are written
+    proc = sweep(config)
+    assert _wait(proc, promoted_file.is_file), proc.communicate(timeout=60)[0][-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    promoted = json.loads(promoted_file.read_text())
+    stage1_mtimes = {p: p.stat().st_mtime for p in (study_dir / "runs").glob("*/results.json")}
+
+    # 2. killed inside a stage-2 fine-tuning (a run with epochs started and no results yet)
+    def inside_finetuning() -> bool:
+        return any(p.read_text().count("epoch_start") >= 1 and not (p.parent / "results.json").exists()
+                   for p in (stage2_dir / "runs").glob("*/progress.jsonl"))
+
+    proc = sweep(config)
+    assert _wait(proc, inside_finetuning), proc.communicate(timeout=60)[0][-3000:]
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+
+    # 3. resumed to the end
+    proc = sweep(config)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output[-4000:]
+    assert json.loads(promoted_file.read_text()) == promoted                     # promoted once, kept
+    assert {p: p.stat().st_mtime for p in (study_dir / "runs").glob("*/results.json")} == stage1_mtimes
+
+    # The promoted set is the top of stage 1 (mean validation loss over its seeds).
+    stage1 = [g for g in group_trials(load_trials(study_dir)) if not g.is_baseline]
+    top = [g.key for g in sorted(stage1, key=lambda g: g.objective)[:2]]
+    assert [e["stage1_group"] for e in promoted["entries"] if e["role"] == "promoted"] == top
+    # Stage 2: every (configuration, seed) trained exactly once, on 2 Ray Train workers.
+    stage2 = load_trials(stage2_dir)
+    assert len(stage2) == len(promoted["entries"]) * 2 == 8
+    assert sorted(group_key(e["params"]) for e in promoted["entries"]) == sorted({r.group for r in stage2})
+    assert all(r.path == "live" for r in stage2)
+    assert all(json.loads(open(r.file).read())["config"]["scaling"]["num_workers"] == 2 for r in stage2)
+    tested = {r.group for r in stage2 if r.test}
+    assert len(tested) == 2 and group_key({"base_model": promoted["entries"][0]["base_model"], "num_experts": 0}) in tested
+
+    summary = json.loads((study_dir / "report" / "summary.json").read_text())["finetune"]
+    (agreement,) = summary["agreement"].values()
+    assert agreement["configurations"] == 3 and -1 <= agreement["kendall_tau"] <= 1
+    assert "Stage 2" in (study_dir / "report" / "report.md").read_text()
+
+    # MLflow: parent -> one run per stage -> trial runs; stage-2 runs name the stage-1 run they came from.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny-study")
+    runs = client.search_runs([experiment.experiment_id], max_results=200)
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    (parent,) = [r for r in runs if r.data.tags.get("sbmoe.kind") == "study"]
+    stages = {r.data.tags["sbmoe.stage"]: r for r in runs if r.data.tags.get("sbmoe.kind") == "stage"}
+    assert set(stages) == {"proxy", "finetune"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in stages.values())
+    trials = [r for r in runs if r.data.tags.get("sbmoe.kind") == "trial"]
+    assert len(trials) == len(stage1_mtimes) + 8                                  # no duplicate after resumes
+    by_trial_id = {r.data.tags["sbmoe.trial_id"]: r for r in trials}
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == stages[run.data.tags["sbmoe.stage"]].info.run_id
+        if run.data.tags.get("sbmoe.role") in ("promoted", "control"):
+            source = by_trial_id[run.data.tags["sbmoe.promoted_from_trial"]]
+            assert run.data.tags["sbmoe.promoted_from"] == source.info.run_id
+            assert source.data.tags["sbmoe.group"] == run.data.tags["sbmoe.group"]
+    assert any(k.endswith("kendall_tau") for k in parent.data.metrics)
