@@ -197,8 +197,10 @@ def evaluate_best(folder: Path | None, cfg: TrainConfig, datasets: list[BeirData
     Through the embedding cache it is a matrix product and runs here; otherwise a Ray task holds the
     workers' CPUs (and one GPU with ``use_gpu``), wherever the cluster has them.
     """
+    if not datasets:
+        return []                     # stage 2 of a study tests later, and only the chosen checkpoints
     evaluation = evaluation_for(cfg)
-    if evaluation.runs_here or not datasets:
+    if evaluation.runs_here:
         return evaluation(folder, datasets)
     import ray
 
