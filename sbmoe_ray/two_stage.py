@@ -43,7 +43,8 @@ class ProgressCallback(tune.Callback):
         self.stage, self.total, self.done, self.started = stage, total, 0, time.monotonic()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.done = sum(t.status == "TERMINATED" for t in trials)
+        # This trial is not yet TERMINATED when Tune calls back; trials finished before a resume are.
+        self.done = max(self.done + 1, sum(t.status == "TERMINATED" for t in trials) + 1)
         elapsed = time.monotonic() - self.started
         left = elapsed / max(self.done, 1) * (self.total - self.done)
         print(f"[{self.stage}] {self.done}/{self.total} trials done in {elapsed / 60:.1f} min; "
