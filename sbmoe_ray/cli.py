@@ -70,13 +70,18 @@ def cmd_report(args: argparse.Namespace) -> None:
     from sbmoe_ray.results import load_trials
     from sbmoe_ray.study import load_study
     from sbmoe_ray.study_config import StudyConfig
+    from sbmoe_ray.stage2_report import write_finetune_section
     from sbmoe_ray.tracking import StudyTracker
+    from sbmoe_ray.two_stage import read_promotions, stage_times
 
     folder = Path(args.study)
     if not folder.is_dir():
         folder = Path(StudyConfig().storage_path).resolve() / args.study
     study = load_study(folder)
     report = write_report(study, load_trials(study.study_dir))
+    entries = read_promotions(study)
+    if entries:                                   # a two-stage study: its stage-2 section too
+        write_finetune_section(study, entries, stage_times(study))
     StudyTracker(study).log_report(report)
     print(f"wrote {report}")
 

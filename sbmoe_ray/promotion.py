@@ -89,7 +89,9 @@ def rank_agreement(stage1: list[float], stage2: list[float]) -> dict[str, Any]:
     x, y = np.asarray(stage1, dtype=float), np.asarray(stage2, dtype=float)
     out: dict[str, Any] = {"configurations": len(x)}
     for name, fn in (("kendall_tau", stats.kendalltau), ("spearman_rho", stats.spearmanr)):
-        value = float(fn(x, y).statistic) if len(x) >= 2 else math.nan
+        test = fn(x, y) if len(x) >= 2 else None
+        value = float(test.statistic) if test is not None else math.nan
+        out[f"{name}_p"] = float(test.pvalue) if test is not None else math.nan   # exact for small n (Kendall)
         low = high = math.nan
         if len(x) >= 4 and np.ptp(x) > 0 and np.ptp(y) > 0:
             def statistic(a, b, fn=fn):      # a resample with one repeated configuration orders nothing: 0
@@ -106,15 +108,15 @@ def rank_agreement(stage1: list[float], stage2: list[float]) -> dict[str, Any]:
 
 
 def verdict(agreement: dict[str, Any], base_model: str) -> str:
-    """One sentence: can the proxy be trusted for this base model and data?"""
-    tau, (low, _high) = agreement["kendall_tau"], agreement["kendall_tau_ci"]
-    n = agreement["configurations"]
+    """One sentence: can the proxy be trusted for this base model and data? Trusted only when τ > 0 with
+    Kendall's test significant at 0.05 (an exact test: with 4 configurations even τ = 1 has p = 0.08)."""
+    tau, p, n = agreement["kendall_tau"], agreement["kendall_tau_p"], agreement["configurations"]
     if math.isnan(tau):
         return f"{base_model}: too few configurations ({n}) to check the proxy."
-    if math.isnan(low):
-        return (f"{base_model}: τ = {tau:+.2f} over only {n} configurations: too few for an interval; the proxy's "
-                "ranking is " + ("not contradicted" if tau > 0 else "contradicted") + " by fine-tuning, not confirmed.")
-    if low > 0:
-        return f"{base_model}: the proxy ranks like fine-tuning (τ = {tau:+.2f}, 95 % interval above 0): it can be trusted here."
-    return (f"{base_model}: the proxy's ranking is not confirmed by fine-tuning (τ = {tau:+.2f}, interval includes 0 "
-            "or lies below it): do not trust it for this base model without a larger stage 2.")
+    if tau <= 0:
+        return (f"{base_model}: the proxy does not rank like fine-tuning (τ = {tau:+.2f} over {n} configurations): "
+                "do not trust it for this base model; choose by stage 2.")
+    if p < 0.05:
+        return f"{base_model}: the proxy ranks like fine-tuning (τ = {tau:+.2f}, p = {p:.2g}): it can be trusted here."
+    return (f"{base_model}: the proxy agrees with fine-tuning on these {n} configurations (τ = {tau:+.2f}, p = {p:.2g}): "
+            "supportive, not conclusive; more controls (finetune.controls) would settle it.")

@@ -78,6 +78,9 @@ def agreement_figure(rows: list[dict[str, Any]], objective: str, objective2: str
             mine = [r for r in rows if r["base_model"] == model and r["role"] == role]
             ax.scatter([r["stage1_objective"] for r in mine], [r["stage2_objective"] for r in mine], color=color,
                        label=role)
+        base = [r["stage2_objective"] for r in rows if r["base_model"] == model and r["role"] == "baseline"]
+        if base and not math.isnan(base[0]):
+            ax.axhline(base[0], color="tab:blue", linestyle="--", label="plain fine-tuning")
         ax.set_xlabel(f"stage 1 (proxy) {objective}", fontsize=8)
         ax.set_ylabel(f"stage 2 (fine-tuned) {objective2}", fontsize=8)
         ax.set_title(model, fontsize=9)
@@ -104,11 +107,12 @@ def write_finetune_section(study: StudyConfig, entries: list[dict[str, Any]], se
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['base_model']} | {r['role']} | {r['config']} | {r['stage1_objective']:.4f} | {r['stage2_objective']:.4f} "
               f"| {r['stage2_val_ndcg@10']:.4f} | {r['seeds']} |" for r in summary["configurations"]]
-    lines += ["", "Does the proxy rank like fine-tuning? (Kendall's τ and Spearman's ρ over the promoted and control "
-              "configurations, 95 % bootstrap intervals)", ""]
+    lines += ["", "Does the proxy rank like fine-tuning? (Kendall's τ with its exact p and Spearman's ρ over the "
+              "promoted and control configurations, 95 % percentile bootstrap intervals over configurations)", ""]
     for model, a in summary["agreement"].items():
-        lines.append(f"- τ = {a['kendall_tau']:+.2f} {_ci(a['kendall_tau_ci'])}, ρ = {a['spearman_rho']:+.2f} "
-                     f"{_ci(a['spearman_rho_ci'])} over {a['configurations']} configurations. {a['verdict']}")
+        lines.append(f"- τ = {a['kendall_tau']:+.2f} {_ci(a['kendall_tau_ci'])} (p = {a['kendall_tau_p']:.2g}), "
+                     f"ρ = {a['spearman_rho']:+.2f} {_ci(a['spearman_rho_ci'])} over {a['configurations']} "
+                     f"configurations. {a['verdict']}")
     lines += ["", "![stage agreement](stage_agreement.png)", "", "Test nDCG@10 of the configuration chosen by stage 2 "
               "against plain fine-tuning (mean over seeds; p adjusted over this stage's comparisons):", ""]
     header = ["base_model", "best", "seeds", *[f"{d} {c}" for d in datasets for c in SUMMARY_COLUMNS]]

@@ -127,3 +127,18 @@ def stage_seconds(folder: Path) -> float:
     spans = [json.loads(p.read_text()).get("seconds", {}) for p in Path(folder).glob(f"runs/*/{RESULTS_FILE}")]
     spans = [s for s in spans if "start" in s and "end" in s]
     return max(s["end"] for s in spans) - min(s["start"] for s in spans) if spans else math.nan
+
+
+def stage_times(study: StudyConfig) -> dict[str, float]:
+    """Where a two-stage study's time went: each stage's trials (first start to last end) and the test
+    phase (the sum of its evaluations' own time: encoding, search, scoring)."""
+    stage2 = study.finetune_study()
+    tested = [r for r in load_trials(stage2.study_dir) if r.test]
+    return {"stage 1": stage_seconds(study.study_dir), "stage 2 training": stage_seconds(stage2.study_dir),
+            "test phase": sum(t["seconds"].get("total", 0.0) for r in tested for t in r.test)}
+
+
+def read_promotions(study: StudyConfig) -> list[dict[str, Any]] | None:
+    """The promotions of a study whose stage 2 has started, else None."""
+    path = study.finetune_study().study_dir / "promoted.json"
+    return json.loads(path.read_text())["entries"] if path.is_file() else None

@@ -107,7 +107,7 @@ def finetune_stage(study: StudyConfig, tracker) -> int:
     from sbmoe_ray.search_space import BY_NAME
     from sbmoe_ray.stage2_report import write_finetune_section
     from sbmoe_ray.tracking import MlflowStudyCallback
-    from sbmoe_ray.two_stage import ProgressCallback, finetune_tuner, promote, stage2_points, stage_seconds, test_phase
+    from sbmoe_ray.two_stage import ProgressCallback, finetune_tuner, promote, stage2_points, stage_times, test_phase
 
     stage2 = study.finetune_study()
     entries = promote(study)
@@ -123,13 +123,10 @@ def finetune_stage(study: StudyConfig, tracker) -> int:
               "again to retry them", file=sys.stderr)
         stage.finish_stage(status="FAILED")
         return failed
-    tested = time.monotonic()
     test_phase(study, stage2)
-    seconds = {"stage 1": stage_seconds(study.study_dir), "stage 2 training": stage_seconds(stage2.study_dir),
-               "test phase (this run)": time.monotonic() - tested}
     records = load_trials(stage2.study_dir)
     stage.log_test_results(records)
-    summary = write_finetune_section(study, entries, seconds)
+    summary = write_finetune_section(study, entries, stage_times(study))
     stage.log_comparisons([g for g in group_trials(records) if all(r.test for r in g.records)], study.test_names)
     stage.finish_stage({"seconds": time.monotonic() - started})
     short = BY_NAME["base_model"].show

@@ -49,6 +49,7 @@ def test_the_rank_check_is_scipys_kendall_and_spearman_with_a_bootstrap_interval
     x, y = [0.1, 0.4, 0.2, 0.9, 0.5], [1.0, 1.3, 1.4, 2.0, 1.2]
     agreement = rank_agreement(x, y)
     assert agreement["kendall_tau"] == pytest.approx(stats.kendalltau(x, y).statistic)
+    assert agreement["kendall_tau_p"] == pytest.approx(stats.kendalltau(x, y).pvalue)
     assert agreement["spearman_rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
     low, high = agreement["kendall_tau_ci"]
     assert -1 <= low <= agreement["kendall_tau"] <= high <= 1
@@ -136,3 +137,13 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
             assert run.data.tags["sbmoe.promoted_from"] == source.info.run_id
             assert source.data.tags["sbmoe.group"] == run.data.tags["sbmoe.group"]
     assert any(k.endswith("kendall_tau") for k in parent.data.metrics)
+
+
+def test_the_verdict_trusts_the_proxy_only_on_a_significant_positive_tau():
+    from sbmoe_ray.promotion import verdict
+
+    four = rank_agreement([1, 2, 3, 4], [1, 2, 3, 4])                       # tau = 1, exact p = 0.083
+    assert "not conclusive" in verdict(four, "m")
+    eight = rank_agreement(list(range(8)), list(range(8)))
+    assert "can be trusted" in verdict(eight, "m")
+    assert "do not trust" in verdict(rank_agreement([1, 2, 3, 4], [2, 1, 4, 3][::-1]), "m")
