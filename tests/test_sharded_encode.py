@@ -1,0 +1,103 @@
+"""Sharded encoding over Ray workers: W = 2 on a real collection (Cranfield) gives the single-process
+path's metrics; a driver killed mid-encode leaves whole shards, and a rerun encodes only the missing ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from sbmoe_ray.backbones import load_tokenizer
+from sbmoe_ray.checkpoint_eval import LiveEvaluation
+from sbmoe_ray.data import data_root, identical_id_queries, load_dataset
+from sbmoe_ray.evaluate import EncodeSettings, encode, evaluate
+from sbmoe_ray.metrics import evaluate_run
+from sbmoe_ray.model_config import ModelConfig
+from sbmoe_ray.sharded_encode import encode_sharded, plan_shards, read_shard
+from sbmoe_ray.sharded_search import exact_topk, to_run
+
+from conftest import write_beir
+from train_helpers import save_tiny_model
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir"
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory, tokenizer):
+    return save_tiny_model(tmp_path_factory.mktemp("shard-model") / "model", tokenizer)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    yield
+    ray.shutdown()
+
+
+def evaluation_for(model_folder) -> LiveEvaluation:
+    return LiveEvaluation(ModelConfig(base_model=str(model_folder), num_experts=0, max_length=64),
+                          EncodeSettings(batch_size=32, max_length=64, precision="fp32", progress=False))
+
+
+def test_the_plan_reads_every_document_once_from_byte_offsets(tmp_path):
+    corpus = [{"_id": f"d{i}", "title": "t" if i % 2 else "", "text": f"text {i}"} for i in range(10)]
+    folder = write_beir(tmp_path / "c", corpus, [{"_id": "q", "text": "x"}], {"test": [("q", "d0", 1)]})
+    shards = plan_shards(folder / "corpus.jsonl", 4)
+    assert [s["rows"] for s in shards] == [4, 4, 2]
+    ids = [i for s in shards for i in read_shard(folder / "corpus.jsonl", s["offset"], s["rows"])[0]]
+    assert ids == [f"d{i}" for i in range(10)]
+    assert read_shard(folder / "corpus.jsonl", shards[0]["offset"], 2)[1] == ["text 0", "t text 1"]
+
+
+@pytest.mark.skipif(not (DATA / "cran").is_dir(), reason="needs ../shared/data/beir/cran")
+def test_two_workers_encoding_cranfield_in_shards_give_the_single_process_metrics(tmp_path, model_folder):
+    evaluation = evaluation_for(model_folder)
+    dataset = load_dataset("cran", "test", data_root(str(DATA)))
+    model, tokenizer = evaluation.load(None), load_tokenizer(str(model_folder))
+    single = evaluate(model, tokenizer, dataset, evaluation.settings)
+    corpus = encode_sharded(evaluation, None, DATA / "cran" / "corpus.jsonl", tmp_path / "shards", workers=2,
+                            shard_rows=300, cpus_per_worker=1.0)
+    assert len(corpus.manifest["shards"]) == 5 and corpus.manifest["rows"] == 1400
+    queries = encode(model, tokenizer, list(dataset.queries.values()), evaluation.settings)
+    scores, rows = exact_topk(corpus, queries, k=101, memory_bytes=8 * 2**20)
+    run = to_run(scores, rows, corpus.ids(), list(dataset.queries))
+    sharded = evaluate_run(dataset.qrels, run, ignore_identical_ids=identical_id_queries(dataset, "auto"))
+    assert sharded.means == pytest.approx(single.metrics.means, abs=1e-4)
+
+
+def test_a_killed_encode_redoes_only_its_missing_shards(tmp_path, model_folder):
+    corpus = [{"_id": f"d{i}", "title": "", "text": " ".join(["word"] * 40) + f" {i}"} for i in range(6000)]
+    folder = write_beir(tmp_path / "big", corpus, [{"_id": "q", "text": "word"}], {"test": [("q", "d0", 1)]})
+    script = tmp_path / "encode.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_sharded_encode import evaluation_for
+from sbmoe_ray.sharded_encode import encode_sharded
+encode_sharded(evaluation_for({str(model_folder)!r}), None, {str(folder / 'corpus.jsonl')!r}, {str(tmp_path / 'shards')!r},
+               workers=1, shard_rows=500, cpus_per_worker=1.0)
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(tmp_path.glob("shards/*/shard_*.npy"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=60)
+    time.sleep(3.0)                  # Ray stops the dead driver's workers; a shard in flight may still land
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shards/*/shard_*.npy")}
+    assert 2 <= len(before) < 12, output[-2000:]
+    assert not list(tmp_path.glob("shards/*/manifest.json"))              # unfinished: no manifest yet
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shards/*/shard_*.npy")}
+    assert len(after) == 12 and all(after[name] == mtime for name, mtime in before.items())
+    assert result.stdout.count("[encode]") == 12 - len(before)            # only the missing shards ran
+    manifest = json.loads(next(tmp_path.glob("shards/*/manifest.json")).read_text())
+    assert manifest["rows"] == 6000
