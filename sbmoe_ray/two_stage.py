@@ -93,28 +93,34 @@ def chosen_groups(stage2: StudyConfig) -> dict[str, tuple[ConfigGroup | None, Co
 
 def test_phase(study: StudyConfig, stage2: StudyConfig) -> None:
     """Test each chosen configuration's and each baseline's replicates on every test set, from their best
-    checkpoints; the results go into the trial's results file (a tested trial is skipped on resume)."""
+    checkpoints, all submitted at once as Ray tasks (as many run together as the cluster fits); each result
+    goes into its trial's results file as it arrives (a tested trial is skipped on resume)."""
+    import ray
+
     from sbmoe_ray.data import load_dataset
     from sbmoe_ray.train.config import TrainConfig
-    from sbmoe_ray.train.launch import evaluate_best
+    from sbmoe_ray.train.launch import evaluate_remote
 
     todo = [r for pair in chosen_groups(stage2).values() for g in pair if g is not None for r in g.records]
-    todo = [r for r in todo if not r.test]
-    started = time.monotonic()
-    for i, record in enumerate(todo):
+    pending, started = {}, time.monotonic()
+    for record in (r for r in todo if not r.test):
         data = json.loads(Path(record.file).read_text())
         cfg = TrainConfig.from_dict({**data["config"], "data": {**data["config"]["data"],
                                                                  "test_datasets": study.train.data.test_datasets}})
         tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
         folder = Path(data["best_checkpoint"]) if data.get("best_checkpoint") else None
-        results = evaluate_best(folder, cfg, tests)
-        data["test"] = [r.to_dict() for r in results]
+        pending[evaluate_remote(folder, cfg, tests)] = (record, data)
+    total = len(pending)
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        record, data = pending.pop(ref)
+        data["test"] = [r.to_dict() for r in ray.get(ref)]
         tmp = Path(record.file).with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2, default=str))
         tmp.replace(record.file)
-        elapsed = time.monotonic() - started
-        print(f"[test] {i + 1}/{len(todo)} {describe(record.params, record.seed)} tested in {elapsed / 60:.1f} min; "
-              f"~{elapsed / (i + 1) * (len(todo) - i - 1) / 60:.1f} min left", flush=True)
+        done, elapsed = total - len(pending), time.monotonic() - started
+        print(f"[test] {done}/{total} {describe(record.params, record.seed)} tested in {elapsed / 60:.1f} min; "
+              f"~{elapsed / done * (total - done) / 60:.1f} min left", flush=True)
 
 
 def tested_groups(stage2: StudyConfig) -> list[ConfigGroup]:

@@ -93,7 +93,9 @@ def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, asset
     parents = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "study"]
     trials = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "trial"]
     assert len(parents) == 1 and len(trials) == 6
-    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
+    (stage,) = [r for r in all_runs if r.data.tags.get("sbmoe.kind") == "stage"]     # promote: 0, stage 1 only
+    assert stage.data.tags["sbmoe.stage"] == "proxy" and stage.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert all(r.data.tags["mlflow.parentRunId"] == stage.info.run_id for r in trials)
     # Run names say what the trial is: "model baseline s0", or "model N=3 k=1 all lr=2.1e-3 s1".
     names = sorted(r.info.run_name for r in trials)
     assert names[-2:] == ["model baseline s0", "model baseline s1"], names

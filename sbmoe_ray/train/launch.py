@@ -204,6 +204,15 @@ def evaluate_best(folder: Path | None, cfg: TrainConfig, datasets: list[BeirData
         return evaluation(folder, datasets)
     import ray
 
+    return ray.get(evaluate_remote(folder, cfg, datasets))
+
+
+def evaluate_remote(folder: Path | None, cfg: TrainConfig, datasets: list[BeirDataset]):
+    """The live evaluation as a Ray task (an ObjectRef of the results) with the trial's workers' resources:
+    a caller with several checkpoints to test submits them all and Ray runs as many as the cluster fits."""
+    import ray
+
+    evaluation = evaluation_for(cfg)
     s = cfg.scaling
     cpus = s.num_workers * s.cpus_per_worker
     init_ray(None, cpus + 1, s.dashboard)
@@ -211,7 +220,7 @@ def evaluate_best(folder: Path | None, cfg: TrainConfig, datasets: list[BeirData
     # Train schedules its own actors.
     task = ray.remote(num_cpus=cpus, num_gpus=1 if s.use_gpu else 0, max_retries=1,
                       scheduling_strategy="DEFAULT")(_evaluate)
-    return ray.get(task.remote(evaluation, folder, datasets, max(1, int(cpus))))
+    return task.remote(evaluation, folder, datasets, max(1, int(cpus)))
 
 
 def _evaluate(evaluation, folder: Path | None, datasets: list[BeirDataset], threads: int) -> list:
