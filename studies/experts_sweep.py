@@ -11,11 +11,17 @@ one SB-MoE block after the last layer of a bi-encoder, compared with the same bi
              study freezes the encoder and trains the block on cached embeddings (seconds a trial);
              ``--paper`` fine-tunes the encoder as the paper does.
   Search.    Optuna TPE inside Ray Tune; each base model's baseline first, so that every SB-MoE trial
-             has a paired baseline; the objective is a validation metric, never a test metric.
+             has a paired baseline; the objective is a validation metric, never a test metric; each
+             configuration replicated over ``search.seeds`` training seeds.
+  Stages.    Stage 1 (the proxy) searches with a frozen encoder; stage 2 fine-tunes, per base model,
+             the top ``promote`` configurations, ``finetune.controls`` random others and plain
+             fine-tuning on Ray Train workers, tests the one it chooses, and checks the proxy's ranking
+             (Kendall's tau). ``--set promote=0``: stage 1 only.
   Testing.   nDCG@10 and R@100 (also MRR@10, MAP@100, P@1) on the in-domain test split and zero-shot
              collections; Δ against the baseline with a paired t-test.
-  Tracking.  One MLflow parent run for the study, one nested run per trial. An interrupted study
-             resumes where it stopped: run it again with the same name (or ``--resume``).
+  Tracking.  One MLflow parent run for the study, one child run per stage, the trials under their
+             stage. An interrupted study resumes where it stopped, across the stages: run it again with
+             the same name (or ``--resume``).
 
     python studies/experts_sweep.py [--config studies/experts_sweep.yaml] [--set key=value ...]
                                     [--paper] [--resume] [--tracking-uri URI] [--address ADDR]
