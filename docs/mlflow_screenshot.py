@@ -5,13 +5,14 @@ Starts ``mlflow server`` on 127.0.0.1 over the study's tracking store, waits for
 * ``--compare``: the compare-runs page of one base model's SB-MoE trial runs (every seed), the parallel
   coordinates set to ``num_experts``, ``top_k``, ``moe_lr`` -> test nDCG@10 of ``--dataset``;
 * ``--parent``: the study's parent run with its report (``report/report.md`` among its artifacts),
+* ``--stages``: the experiment's run list with the parent, its stage runs and stage 2's trials expanded,
 
 each with MLflow's assistant panel closed. Needs Chromium (Debian: ``apt-get install chromium``) and
 ``pip install playwright`` (no browser download: it drives the system Chromium).
 
     python docs/mlflow_screenshot.py --experiment experts-sweep [--backend-store-uri sqlite:///mlflow.db]
         [--base-model minilm] [--dataset scifact] [--compare docs/mlflow-compare.png]
-        [--parent docs/mlflow-parent.png] [--chromium /usr/bin/chromium]
+        [--parent docs/mlflow-parent.png] [--stages docs/mlflow-stages.png] [--chromium /usr/bin/chromium]
 """
 
 from __future__ import annotations
@@ -89,6 +90,29 @@ def parent_view(page, url: str, experiment_id: str, parent: str, output: str) ->
     page.screenshot(path=output)
 
 
+def expand(page, run_name: str) -> None:
+    """Click the expander left of a parent run's name in the runs table."""
+    box = page.get_by_text(run_name, exact=True).last.bounding_box()      # the table row (after the breadcrumb)
+    page.mouse.click(box["x"] - 33, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(1500)
+
+
+def stages_view(page, url: str, experiment_id: str, study: str, stage: str, output: str) -> None:
+    page.goto(f"{url}/#/experiments/{experiment_id}/runs")
+    page.get_by_text(study, exact=True).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(2000)
+    close_assistant(page)
+    created = page.get_by_role("columnheader", name="Created").first.bounding_box()   # widen the name column
+    page.mouse.move(created["x"] - 1, created["y"] + created["height"] / 2)       # the border before it
+    page.mouse.down()
+    page.mouse.move(created["x"] + 280, created["y"] + created["height"] / 2, steps=20)
+    page.mouse.up()
+    expand(page, study)
+    if page.get_by_text(stage, exact=True).count():
+        expand(page, stage)
+    page.screenshot(path=output)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="experts-sweep", help="the study's name (its MLflow experiment)")
@@ -97,6 +121,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="scifact", help="the test set whose nDCG@10 ends the coordinates")
     parser.add_argument("--compare", default=str(HERE / "mlflow-compare.png"))
     parser.add_argument("--parent", default=str(HERE / "mlflow-parent.png"))
+    parser.add_argument("--stages", default=str(HERE / "mlflow-stages.png"))
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     args = parser.parse_args()
 
@@ -124,11 +149,12 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             compare_view(page, url, eid, runs, f"{args.dataset}.ndcg_at_10", args.compare)
             parent_view(page, url, eid, parent, args.parent)
+            stages_view(page, url, eid, args.experiment, "stage 2: fine-tuning (encoder + SB-MoE head)", args.stages)
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)          # the server and the workers it started
         server.wait(timeout=30)
-    print(f"wrote {args.compare} ({len(runs)} {args.base_model} SB-MoE runs) and {args.parent}")
+    print(f"wrote {args.compare} ({len(runs)} {args.base_model} SB-MoE runs), {args.parent} and {args.stages}")
 
 
 if __name__ == "__main__":
