@@ -42,7 +42,7 @@ def main() -> None:
                                 EncodeSettings(batch_size=32, max_length=256, precision=precision, device=device,
                                                progress=False))
     corpus = locate_dataset(args.dataset, data_root(None)) / "corpus.jsonl"
-    print(f"| workers x CPUs | docs | seconds | docs/s |\n|---|---|---|---|")
+    print("| workers x CPUs | docs | seconds | docs/s |\n|---|---|---|---|")
     for workers in (int(w) for w in args.workers.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()

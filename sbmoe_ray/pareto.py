@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import math
 
-from sbmoe_ray.results import ZERO_SHOT_METRIC, ConfigGroup, baselines
+from sbmoe_ray.results import ZERO_SHOT_METRIC, ConfigGroup, baselines, nan_mean
 from sbmoe_ray.search_space import describe
 
 
 def zero_shot_objective(group: ConfigGroup) -> float:
     """The mean over the replicates of the zero-shot validation nDCG@10 (NaN without one)."""
-    values = [float(r.best_metrics.get(ZERO_SHOT_METRIC, math.nan)) for r in group.records]
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
+    return nan_mean(r.best_metrics.get(ZERO_SHOT_METRIC, math.nan) for r in group.records)
 
 
 def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:

@@ -47,6 +47,13 @@ def group_key(params: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def nan_mean(values) -> float:
+    """The mean of the finite values (NaN when there are none): a mean over replicates, some of which
+    may have nothing to report."""
+    values = [float(v) for v in values if not math.isnan(float(v))]
+    return sum(values) / len(values) if values else math.nan
+
+
 def mlflow_name(key: str) -> str:
     """MLflow-friendly metric names (no ``@``): ``ndcg@10`` -> ``ndcg_at_10``."""
     return key.replace("@", "_at_")
@@ -139,8 +146,12 @@ class ConfigGroup:
     @property
     def objective(self) -> float:
         """The mean validation objective over the replicates (NaN when nothing trained)."""
-        values = [r.objective for r in self.records if not math.isnan(r.objective)]
-        return sum(values) / len(values) if values else math.nan
+        return nan_mean(r.objective for r in self.records)
+
+    @property
+    def tested(self) -> bool:
+        """Whether every replicate has test results (stage 2 tests only what it chose, and the baselines)."""
+        return all(r.test for r in self.records)
 
     def mean(self, dataset: str, metric: str = "ndcg@10") -> float:
         """The test metric's mean over the replicates."""

@@ -22,14 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sbmoe_ray.comparisons import study_summary  # noqa: E402
 from sbmoe_ray.promotion import rank_agreement, verdict  # noqa: E402
 from sbmoe_ray.report import SUMMARY_COLUMNS, summary_rows  # noqa: E402
-from sbmoe_ray.results import ConfigGroup, group_key, group_trials, load_trials  # noqa: E402
+from sbmoe_ray.results import ConfigGroup, group_key, group_trials, load_trials, nan_mean  # noqa: E402
 from sbmoe_ray.search_space import describe  # noqa: E402
 from sbmoe_ray.study_config import StudyConfig  # noqa: E402
-
-
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
 
 
 def configuration_rows(entries: list[dict[str, Any]], groups: dict[str, ConfigGroup]) -> list[dict[str, Any]]:
@@ -41,7 +36,7 @@ def configuration_rows(entries: list[dict[str, Any]], groups: dict[str, ConfigGr
         rows.append({"base_model": entry["base_model"], "role": entry["role"], "config": describe(entry["params"]),
                      "stage1_objective": entry["stage1_objective"],
                      "stage2_objective": group.objective if group else math.nan,
-                     "stage2_val_ndcg@10": _mean([float(r.best_metrics.get("val_ndcg@10", math.nan)) for r in records]),
+                     "stage2_val_ndcg@10": nan_mean(r.best_metrics.get("val_ndcg@10", math.nan) for r in records),
                      "seeds": len(records)})
     return rows
 
@@ -62,7 +57,7 @@ def finetune_summary(study: StudyConfig, entries: list[dict[str, Any]], seconds:
     stage2 = study.finetune_study()
     groups = group_trials(load_trials(stage2.study_dir))
     rows = configuration_rows(entries, {g.key: g for g in groups})
-    tested = [g for g in groups if all(r.test for r in g.records)]
+    tested = [g for g in groups if g.tested]
     ft = study.finetune
     budget = {"configurations_planned": len(entries), "seeds": ft.seeds, "epochs": ft.epochs,
               "workers": ft.num_workers, "encoder_lr": ft.encoder_lr}

@@ -49,7 +49,8 @@ class SearchConfig(ConfigBase):
 @dataclass
 class FinetuneConfig(ConfigBase):
     """Stage 2: the promoted configurations fine-tuned with their encoder on Ray Train workers."""
-    controls: int = setting(1, non_negative_int)      # per base model, drawn at random from the rest of stage 1
+    controls: int = setting(2, non_negative_int)      # per base model, random others from stage 1 (4 configs with
+    #                                                   the 2 promoted: the fewest with a rank-check interval)
     seeds: int = setting(2, positive_int)             # replicates of each stage-2 configuration
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
     epochs: int = setting(1, positive_int)

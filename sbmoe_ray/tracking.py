@@ -9,6 +9,7 @@ stock ``MLflowLoggerCallback`` opens a new run and leaves the first RUNNING).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -154,8 +155,8 @@ class StudyTracker:
                 "mlflow.parentRunId": runs["parent"], "sbmoe.kind": "stage", "sbmoe.stage": stage})
             runs["stages"][stage] = run.info.run_id
             self._save_runs(runs)
-        staged = StudyTracker.__new__(StudyTracker)
-        staged.__dict__.update({**self.__dict__, "_client": None, "_trial_runs": {}, "stage": stage})
+        staged = copy.copy(self)
+        staged._trial_runs, staged.stage = {}, stage
         return staged
 
     def stage_run(self) -> str | None:

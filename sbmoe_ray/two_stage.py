@@ -30,7 +30,8 @@ from typing import Any
 from ray import tune
 
 from sbmoe_ray.promotion import load_or_promote, promotions
-from sbmoe_ray.results import POINT_KEY, REPLICATE_KEY, RESULTS_FILE, ConfigGroup, best_group, group_trials, load_trials
+from sbmoe_ray.results import (POINT_KEY, REPLICATE_KEY, RESULTS_FILE, ConfigGroup, baselines, best_group, group_trials,
+                               load_trials)
 from sbmoe_ray.search_space import describe
 from sbmoe_ray.study import trainable
 from sbmoe_ray.study_config import StudyConfig
@@ -84,11 +85,9 @@ def promote(study: StudyConfig) -> list[dict[str, Any]]:
 def chosen_groups(stage2: StudyConfig) -> dict[str, tuple[ConfigGroup | None, ConfigGroup | None]]:
     """Per base model: the stage-2 configuration chosen by the stage-2 objective, and the baseline."""
     groups = group_trials(load_trials(stage2.study_dir))
-    out = {}
-    for base_model in sorted({g.base_model for g in groups}):
-        mine = [g for g in groups if g.base_model == base_model]
-        out[base_model] = (best_group(mine, stage2.mode), next((g for g in mine if g.is_baseline), None))
-    return out
+    paired = baselines(groups)
+    return {m: (best_group([g for g in groups if g.base_model == m], stage2.mode), paired.get(m))
+            for m in sorted({g.base_model for g in groups})}
 
 
 def test_phase(study: StudyConfig, stage2: StudyConfig) -> None:
@@ -121,11 +120,6 @@ def test_phase(study: StudyConfig, stage2: StudyConfig) -> None:
         done, elapsed = total - len(pending), time.monotonic() - started
         print(f"[test] {done}/{total} {describe(record.params, record.seed)} tested in {elapsed / 60:.1f} min; "
               f"~{elapsed / done * (total - done) / 60:.1f} min left", flush=True)
-
-
-def tested_groups(stage2: StudyConfig) -> list[ConfigGroup]:
-    """The stage-2 groups with test results on every replicate (the chosen ones and the baselines)."""
-    return [g for g in group_trials(load_trials(stage2.study_dir)) if all(r.test for r in g.records)]
 
 
 def stage_seconds(folder: Path) -> float:

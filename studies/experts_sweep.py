@@ -30,6 +30,7 @@ one SB-MoE block after the last layer of a bi-encoder, compared with the same bi
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -73,7 +74,6 @@ def proxy_stage(study: StudyConfig, tracker) -> int:
     """Stage 1: the frozen-encoder search, its comparisons, summary and report."""
     import time
 
-    from sbmoe_ray.comparisons import study_summary
     from sbmoe_ray.report import budget_line, summary_rows, write_report, write_trial_figures
     from sbmoe_ray.results import format_table, group_trials, load_trials
     from sbmoe_ray.study import build_tuner
@@ -87,14 +87,14 @@ def proxy_stage(study: StudyConfig, tracker) -> int:
     records = load_trials(study.study_dir)
     datasets, groups = study.test_names, group_trials(records)
     stage.log_comparisons(groups, datasets)
-    summary = study_summary(groups, datasets, study.mode, study.search.objective, study.budget())
+    report = write_report(study, records)                  # also writes the summary printed here
+    summary = json.loads((report.parent / "summary.json").read_text())
     rows = summary_rows(summary, datasets)
     columns = ["base_model", "best", "seeds", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p adj")]]
     print(f"\n{study.name}, stage 1 (proxy): {len(records)} trials; test nDCG@10 (mean over seeds), baseline vs the "
           f"SB-MoE configuration chosen by mean {study.search.objective}; p adj: paired t over queries, Holm over "
           f"every configuration and test set\n{budget_line(summary)}")
     print(format_table(rows, columns))
-    report = write_report(study, records)
     stage.log_trial_files(write_trial_figures(study.study_dir / "trial_figures", records))
     stage.finish_stage({"seconds": time.monotonic() - started}, "FAILED" if failed else "FINISHED")
     tracker.log_report(report)
@@ -133,7 +133,7 @@ def finetune_stage(study: StudyConfig, tracker) -> int:
     records = load_trials(stage2.study_dir)
     stage.log_test_results(records)
     summary = write_finetune_section(study, entries, stage_times(study))
-    stage.log_comparisons([g for g in group_trials(records) if all(r.test for r in g.records)], study.test_names)
+    stage.log_comparisons([g for g in group_trials(records) if g.tested], study.test_names)
     stage.finish_stage({"seconds": time.monotonic() - started})
     short = BY_NAME["base_model"].show
     tracker.log_parent_metrics({f"{short(m)}.{k}": a[k] for m, a in summary["agreement"].items()

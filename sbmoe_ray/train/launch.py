@@ -82,7 +82,7 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
     hidden_size(cfg.model.base_model)              # the base model exists (clear error otherwise)
     train = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
     tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
-    validation = zero_shot_validation(cfg)
+    validation = zero_shot_validation(cfg)        # loaded here: a missing set fails before any work
     pairs = len(split_pairs(cfg, train)[0])
     if cfg.path != "zero_shot" and pairs < cfg.optim.batch_size:
         raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
@@ -94,7 +94,7 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
         from sbmoe_ray.embedding_cache import dataset_embeddings
 
         cache = embedding_cache(cfg)
-        for ds in [train, *tests, *zero_shot_validation(cfg)]:
+        for ds in [train, *tests, *validation]:
             dataset_embeddings(cache, ds, cfg.data.query_max_length)
     return cfg, tests
 
@@ -125,7 +125,7 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
     train = TRAINERS["zero_shot" if cfg.path == "zero_shot" else "in_process" if cfg.in_process else "ray_train"]
     best, best_metrics, last = train(cfg, address=address, callbacks=callbacks, on_epoch=on_epoch)
     clock.append(time.time())
-    validation = zero_shot_validation(cfg)
+    validation = zero_shot_validation(cfg)        # loaded here: a missing set fails before any work
     test = evaluate_best(best, cfg, tests + validation)
     if validation:             # the best checkpoint's zero-shot validation score: an objective, not a test
         best_metrics = {**best_metrics, ZERO_SHOT_METRIC: test.pop().metrics.means["ndcg@10"]}
