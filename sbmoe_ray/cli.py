@@ -32,20 +32,42 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     settings = EncodeSettings(batch_size=args.batch_size, max_length=config.max_length, precision=precision,
                               device=args.device)
     settings.validate(where="--")
-    datasets = [load_dataset(name, args.split, args.data_dir) for name in args.dataset]  # validate all first
-    model = build_bi_encoder(config).to(args.device)
-    tokenizer = load_tokenizer(config.base_model)
-    results = [evaluate(model, tokenizer, ds, settings) for ds in datasets]
+    if args.sharded:
+        results = _evaluate_sharded(args, config, settings)
+    else:
+        datasets = [load_dataset(name, args.split or "test", args.data_dir) for name in args.dataset]  # all first
+        model = build_bi_encoder(config).to(args.device)
+        tokenizer = load_tokenizer(config.base_model)
+        results = [evaluate(model, tokenizer, ds, settings) for ds in datasets]
     rows = [{"dataset": r.dataset, "split": r.split, "queries": r.metrics.num_queries, **r.metrics.means,
-             "seconds": r.seconds["total"]} for r in results]
+             "seconds": r.seconds["total"], **{k: r.search[k] for k in ("index", "recall@100") if k in r.search}}
+            for r in results]
     print(f"\nmodel {args.model} ({config.pooling} pooling, normalize={config.normalize}, "
           f"max_length={config.max_length}, {precision})")
-    print(format_table(rows, ["dataset", "split", "queries", *METRICS, "seconds"]))
+    extra = [c for c in ("index", "recall@100") if any(c in row for row in rows)]
+    print(format_table(rows, ["dataset", "split", "queries", *METRICS, "seconds", *extra]))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"model": args.model, "model_config": vars(config), "precision": precision,
                                   "results": [r.to_dict() for r in results]}, indent=2))
     print(f"wrote {output}")
+
+
+def _evaluate_sharded(args: argparse.Namespace, config, settings) -> list:
+    """Large collections: queries and qrels read, the corpus encoded in shards by ``--workers`` Ray tasks
+    (resumable: run the same command again) and searched shard by shard (:mod:`sbmoe_ray.sharded_eval`)."""
+    from sbmoe_ray.beir_collections import expand_names, load_topics
+    from sbmoe_ray.checkpoint_eval import LiveEvaluation
+    from sbmoe_ray.sharded_eval import ShardedEvaluation
+    from sbmoe_ray.train.config import EvaluationConfig
+
+    options = EvaluationConfig(sharded=True, encode_workers=args.workers, shard_rows=args.shard_rows,
+                               index=args.index, search_memory_mb=args.search_memory_mb)
+    options.validate("--")
+    datasets = [load_topics(name, args.split, args.data_dir) for name in expand_names(args.dataset)]
+    evaluation = ShardedEvaluation(LiveEvaluation(config, settings), options, str(Path(args.shards).resolve()),
+                                   args.workers, use_gpu=args.device.startswith("cuda"))
+    return evaluation(None, datasets)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -92,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="zero-shot evaluation of a base model on BEIR datasets")
     ev.add_argument("--model", default="minilm", help="short name (minilm, tinybert, ...), hub id or folder")
     ev.add_argument("--dataset", action="append", required=True, help="BEIR name or folder; repeatable")
-    ev.add_argument("--split", default="test")
+    ev.add_argument("--split", default=None, help="default: test (msmarco: dev)")
     ev.add_argument("--data-dir", default=None, help="data root (default: $SBMOE_DATA_DIR or ~/.cache/sbmoe/beir)")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--max-length", type=int, default=None, help="default: the model folder's max_seq_length")
@@ -100,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: bf16 where native (a GPU, a CPU with AVX-512 BF16/AMX), else fp32")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", default="results/evaluate.json")
+    ev.add_argument("--sharded", action="store_true", help="encode each corpus in shards over Ray workers and "
+                    "search shard by shard (large collections; --dataset beir-13 names the paper's 13)")
+    ev.add_argument("--workers", type=int, default=2, help="--sharded: encoding tasks in flight")
+    ev.add_argument("--shard-rows", type=int, default=50_000, help="--sharded: documents per shard file")
+    ev.add_argument("--index", default="flat", help="--sharded: flat (exact), hnsw, ivf or auto (by size)")
+    ev.add_argument("--search-memory-mb", type=int, default=1024, help="--sharded: memory bound of the search")
+    ev.add_argument("--shards", default="results/encoded_shards", help="--sharded: shard files (resume from)")
     ev.set_defaults(func=cmd_evaluate)
     tr = sub.add_parser("train", help="one distributed SB-MoE training run, then test evaluation")
     tr.add_argument("--config", required=True, help="YAML file with TrainConfig keys (see configs/)")

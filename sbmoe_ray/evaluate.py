@@ -113,11 +113,14 @@ class EvaluationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"                    # where the encoder ran
     identical_ids: dict = field(default_factory=dict)   # the rule and how many queries it dropped a doc for
+    search: dict = field(default_factory=dict)          # sharded path: index, recall@100 of an approximate one
 
     def to_dict(self, per_query: bool = True) -> dict:
         result = {"dataset": self.dataset, "split": self.split, "num_queries": self.metrics.num_queries,
                   "metrics": self.metrics.means, "seconds": self.seconds, "device": self.device,
                   "identical_ids": self.identical_ids}
+        if self.search:
+            result["search"] = self.search
         if self.expert_load is not None:
             result["corpus_expert_load"] = self.expert_load.summary()
         if per_query:

@@ -129,7 +129,9 @@ def encode_sharded(evaluation, folder: Path | None, corpus_file: Path, root: Pat
         init_ray(None, workers * cpus_per_worker + 1)
         payload = json.dumps({"model": asdict(evaluation.model),
                               "settings": {**asdict(evaluation.settings), "progress": False}}, default=str)
-        task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0, max_retries=2)(encode_shard)
+        # "DEFAULT": outside the placement group of a Tune trial that calls this (as Ray Train's actors are).
+        task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0, max_retries=2,
+                          scheduling_strategy="DEFAULT")(encode_shard)
         _run_tasks(task, payload, str(folder) if folder else None, corpus_file, missing, out, workers,
                    max(1, int(cpus_per_worker)), total=len(shards))
     dim = int(np.load(out / f"{shards[0]['name']}.npy", mmap_mode="r").shape[1])

@@ -59,10 +59,10 @@ def finetune_summary(study: StudyConfig, entries: list[dict[str, Any]], seconds:
     rows = configuration_rows(entries, {g.key: g for g in groups})
     tested = [g for g in groups if g.tested]
     ft = study.finetune
-    budget = {"configurations_planned": len(entries), "seeds": ft.seeds, "epochs": ft.epochs,
+    budget = {"configurations_planned": len(entries), "seeds": ft.replicates()[0], "epochs": ft.epochs,
               "workers": ft.num_workers, "encoder_lr": ft.encoder_lr}
     return {"configurations": rows, "agreement": agreements(rows), "seconds": seconds,
-            "test": study_summary(tested, study.test_names, stage2.mode, stage2.search.objective, budget)}
+            "test": study_summary(tested, study.final_test_names, stage2.mode, stage2.search.objective, budget)}
 
 
 def agreement_figure(rows: list[dict[str, Any]], objective: str, objective2: str):
@@ -92,11 +92,11 @@ def write_finetune_section(study: StudyConfig, entries: list[dict[str, Any]], se
     fig = agreement_figure(summary["configurations"], study.search.objective, objective2)
     fig.savefig(folder / "stage_agreement.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    ft, datasets = study.finetune, study.test_names
+    ft, datasets = study.finetune, study.final_test_names
     lines = ["", "## Stage 2: fine-tuning the promoted configurations", "",
              f"Per base model the top {study.promote} stage-1 configurations, {ft.controls} random control(s) and "
              f"plain fine-tuning, each fine-tuned with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) "
-             f"for {ft.epochs} epoch(s) on {ft.num_workers} Ray Train workers, {ft.seeds} seeds; ranked by "
+             f"for {ft.epochs} epoch(s) on {ft.num_workers} Ray Train workers, {ft.replicates()[0]} seed(s) ({ft.replicates()[1]}); ranked by "
              f"`{objective2}` (mean over seeds). Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + ".", "",
              "| base_model | role | config | stage 1 " + study.search.objective + f" | stage 2 {objective2} | stage 2 val nDCG@10 | seeds |",
              "|---|---|---|---|---|---|---|"]

@@ -51,7 +51,10 @@ class FinetuneConfig(ConfigBase):
     """Stage 2: the promoted configurations fine-tuned with their encoder on Ray Train workers."""
     controls: int = setting(2, non_negative_int)      # per base model, random others from stage 1 (4 configs with
     #                                                   the 2 promoted: the fewest with a rank-check interval)
-    seeds: int = setting(2, positive_int)             # replicates of each stage-2 configuration
+    # Replicates of each stage-2 configuration; auto: 2 where bf16 is native (GPU, AVX-512 BF16/AMX), else 1,
+    # so that the quick start fits 90 min on an AVX2-only CPU (the seed interval then needs --set finetune.seeds=2)
+    seeds: int | str = setting("auto", check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
+                               else "a positive integer or 'auto'")
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
     epochs: int = setting(1, positive_int)
     objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
@@ -60,6 +63,16 @@ class FinetuneConfig(ConfigBase):
     cpus_per_worker: float = setting(1.0, positive)
     use_gpu: bool = False
     max_concurrent: int = setting(1, positive_int)
+
+    def replicates(self) -> tuple[int, str]:
+        """The resolved seeds and why (``auto``: by whether bf16 is native where stage 2 trains)."""
+        if self.seeds != "auto":
+            return int(self.seeds), "set"
+        from sbmoe_ray.precision import native_bf16
+
+        device = "cuda" if self.use_gpu else "cpu"
+        return (2, f"auto: native bf16 on {device}") if native_bf16(device) else \
+            (1, f"auto: no native bf16 on {device}, 1 seed to keep the quick start within 90 min")
 
 
 @dataclass
@@ -88,6 +101,14 @@ class StudyConfig(ConfigBase):
     def test_names(self) -> list[str]:
         """The test datasets as results name them."""
         return [dataset_name(d) for d in self.train.data.test_datasets]
+
+    @property
+    def final_test_names(self) -> list[str]:
+        """What the end of a study (stage 2's chosen configurations and baselines) is tested on: the test
+        datasets, then the large collections, smallest first."""
+        from sbmoe_ray.beir_collections import expand_names
+
+        return self.test_names + [dataset_name(d) for d in expand_names(self.train.data.large_test_datasets)]
 
     @property
     def mode(self) -> str:
@@ -135,12 +156,12 @@ class StudyConfig(ConfigBase):
         ``finetune.objective``; no test sets while training (the chosen ones are tested afterwards)."""
         ft, train = self.finetune, self.train
         cfg = replace(train, optim=replace(train.optim, encoder_lr=ft.encoder_lr, freeze_encoder=False, epochs=ft.epochs),
-                      data=replace(train.data, test_datasets=[], zero_shot_validation=None,
+                      data=replace(train.data, test_datasets=[], large_test_datasets=[], zero_shot_validation=None,
                                    validation_retrieval_docs=ft.validation_retrieval_docs),
                       scaling=replace(train.scaling, num_workers=ft.num_workers, cpus_per_worker=ft.cpus_per_worker,
                                       use_gpu=ft.use_gpu),
                       run=replace(train.run, checkpoint_metric=ft.objective))
-        search = replace(self.search, seeds=ft.seeds, objective=ft.objective, max_concurrent=ft.max_concurrent,
+        search = replace(self.search, seeds=ft.replicates()[0], objective=ft.objective, max_concurrent=ft.max_concurrent,
                          asha=False)
         return replace(self, name="finetune", storage_path=str(self.study_dir), train=cfg, search=search, promote=0)
 
@@ -163,6 +184,11 @@ class StudyConfig(ConfigBase):
         # The template must be valid for the largest head the space asks for.
         example = {"num_experts": max(self.space["num_experts"]), "top_k": 1}
         apply(self.train, example).validate(f"{where}.train")
+        large = self.train.data.large_test_datasets
+        if large and not self.promote:
+            raise ConfigError(f"{where}.train.data.large_test_datasets={large}: tested at the end of stage 2 only "
+                              "(its chosen configurations and baselines); set promote >= 1, or test a checkpoint "
+                              "with `sbmoe evaluate --sharded`")
         if self.promote:
             if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
                 raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs finetune.validation_retrieval_docs > 0")

@@ -29,12 +29,15 @@ from typing import Any
 
 from ray import tune
 
+from sbmoe_ray.beir_collections import expand_names, load_topics
+from sbmoe_ray.data import load_dataset
 from sbmoe_ray.promotion import load_or_promote, promotions
 from sbmoe_ray.results import (POINT_KEY, REPLICATE_KEY, RESULTS_FILE, ConfigGroup, baselines, best_group, group_trials,
                                load_trials)
 from sbmoe_ray.search_space import describe
 from sbmoe_ray.study import trainable
 from sbmoe_ray.study_config import StudyConfig
+from sbmoe_ray.train.launch import evaluate_remote, sharded_evaluation
 
 
 class ProgressCallback(tune.Callback):
@@ -76,7 +79,8 @@ def finetune_tuner(stage2: StudyConfig, points: list[dict[str, Any]], callbacks:
 def promote(study: StudyConfig) -> list[dict[str, Any]]:
     """The stage-2 configurations, computed once from stage 1's finished trials."""
     stage2 = study.finetune_study()
-    settings = {"promote": study.promote, "controls": study.finetune.controls, "seed": study.search.seed}
+    settings = {"promote": study.promote, "controls": study.finetune.controls, "seed": study.search.seed,
+                "seeds": study.finetune.replicates()[0]}
     return load_or_promote(stage2.study_dir, settings, lambda: promotions(
         group_trials(load_trials(study.study_dir)), study.mode, study.promote, study.finetune.controls,
         study.search.seed))
@@ -93,33 +97,64 @@ def chosen_groups(stage2: StudyConfig) -> dict[str, tuple[ConfigGroup | None, Co
 def test_phase(study: StudyConfig, stage2: StudyConfig) -> None:
     """Test each chosen configuration's and each baseline's replicates on every test set, from their best
     checkpoints, all submitted at once as Ray tasks (as many run together as the cluster fits); each result
-    goes into its trial's results file as it arrives (a tested trial is skipped on resume)."""
+    goes into its trial's results file as it arrives (a tested trial is skipped on resume). Then the large
+    collections (``data.large_test_datasets``, smallest first), encoded in shards by W tasks at a time."""
     import ray
-
-    from sbmoe_ray.data import load_dataset
-    from sbmoe_ray.train.config import TrainConfig
-    from sbmoe_ray.train.launch import evaluate_remote
 
     todo = [r for pair in chosen_groups(stage2).values() for g in pair if g is not None for r in g.records]
     pending, started = {}, time.monotonic()
     for record in (r for r in todo if not r.test):
-        data = json.loads(Path(record.file).read_text())
-        cfg = TrainConfig.from_dict({**data["config"], "data": {**data["config"]["data"],
-                                                                 "test_datasets": study.train.data.test_datasets}})
+        cfg, folder = _tested_config(study, record)
         tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
-        folder = Path(data["best_checkpoint"]) if data.get("best_checkpoint") else None
-        pending[evaluate_remote(folder, cfg, tests)] = (record, data)
+        pending[evaluate_remote(folder, cfg, tests)] = record
     total = len(pending)
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
-        record, data = pending.pop(ref)
-        data["test"] = [r.to_dict() for r in ray.get(ref)]
-        tmp = Path(record.file).with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        tmp.replace(record.file)
-        done, elapsed = total - len(pending), time.monotonic() - started
-        print(f"[test] {done}/{total} {describe(record.params, record.seed)} tested in {elapsed / 60:.1f} min; "
-              f"~{elapsed / done * (total - done) / 60:.1f} min left", flush=True)
+        record = pending.pop(ref)
+        _add_results(record, ray.get(ref))
+        _progress("test", total - len(pending), total, record, started)
+    large_test_phase(study, todo)
+
+
+def large_test_phase(study: StudyConfig, todo: list) -> None:
+    """The large collections, per collection (smallest first) and tested trial; done ones are skipped."""
+    names = expand_names(study.train.data.large_test_datasets)
+    jobs = [(n, r) for n in names for r in todo if n not in {t["dataset"] for t in _results(r)}]
+    started = time.monotonic()
+    for done, (name, record) in enumerate(jobs, 1):
+        cfg, folder = _tested_config(study, record)
+        _add_results(record, sharded_evaluation(cfg)(folder, [load_topics(name, None, cfg.data.data_dir)]))
+        _progress(f"test {name}", done, len(jobs), record, started)
+
+
+def _tested_config(study: StudyConfig, record) -> tuple[Any, Path | None]:
+    """A tested trial's config (the study's test sets and evaluation settings) and its best checkpoint."""
+    from sbmoe_ray.train.config import TrainConfig
+
+    data = json.loads(Path(record.file).read_text())
+    cfg = TrainConfig.from_dict({**data["config"], "data": {**data["config"]["data"],
+                                                             "test_datasets": study.train.data.test_datasets},
+                                 "evaluation": study.train.to_dict()["evaluation"]})
+    return cfg, Path(data["best_checkpoint"]) if data.get("best_checkpoint") else None
+
+
+def _results(record) -> list[dict]:
+    return json.loads(Path(record.file).read_text()).get("test") or []
+
+
+def _add_results(record, results: list) -> None:
+    """Append test results to a trial's results file (atomically)."""
+    data = json.loads(Path(record.file).read_text())
+    data["test"] = (data.get("test") or []) + [r.to_dict() for r in results]
+    tmp = Path(record.file).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(record.file)
+
+
+def _progress(what: str, done: int, total: int, record, started: float) -> None:
+    elapsed = time.monotonic() - started
+    print(f"[{what}] {done}/{total} {describe(record.params, record.seed)} tested in {elapsed / 60:.1f} min; "
+          f"~{elapsed / done * (total - done) / 60:.1f} min left", flush=True)
 
 
 def stage_seconds(folder: Path) -> float:

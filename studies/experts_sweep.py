@@ -117,8 +117,9 @@ def finetune_stage(study: StudyConfig, tracker) -> int:
 
     stage2 = study.finetune_study()
     entries = promote(study)
-    points = stage2_points(entries, study.finetune.seeds)
-    print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {study.finetune.seeds} seeds = {len(points)} "
+    seeds, why = study.finetune.replicates()
+    points = stage2_points(entries, seeds)
+    print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {seeds} seed(s) ({why}) = {len(points)} "
           f"trials on {study.finetune.num_workers} Ray Train workers each", flush=True)
     stage = tracker.for_stage("finetune", "stage 2: fine-tuning (encoder + SB-MoE head)")
     started = time.monotonic()
@@ -133,7 +134,7 @@ def finetune_stage(study: StudyConfig, tracker) -> int:
     records = load_trials(stage2.study_dir)
     stage.log_test_results(records)
     summary = write_finetune_section(study, entries, stage_times(study))
-    stage.log_comparisons([g for g in group_trials(records) if g.tested], study.test_names)
+    stage.log_comparisons([g for g in group_trials(records) if g.tested], study.final_test_names)
     stage.finish_stage({"seconds": time.monotonic() - started})
     short = BY_NAME["base_model"].show
     tracker.log_parent_metrics({f"{short(m)}.{k}": a[k] for m, a in summary["agreement"].items()

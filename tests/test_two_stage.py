@@ -19,6 +19,7 @@ from sbmoe_ray.promotion import promotions, rank_agreement
 from sbmoe_ray.results import TrialRecord, group_key, group_trials, load_trials
 
 from test_study import assets, sweep, write_study  # noqa: F401 (the module fixture)
+from train_helpers import synthetic_dataset
 
 
 def proxy_trials(n: int = 8, seeds: int = 2) -> list[TrialRecord]:
@@ -66,8 +67,11 @@ def _wait(proc, condition, timeout: float = 500) -> bool:
 
 
 def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_same_answer(tmp_path, assets):
+    large = synthetic_dataset(tmp_path / "large", 30)      # a "large" collection: tested in shards, at the end
     config = write_study(tmp_path, assets, **{
         "promote": 2, "search.num_trials": 5, "search.max_concurrent": 1, "space.num_experts": [0, 2, 3],
+        "train.data.large_test_datasets": [str(large)],
+        "train.evaluation": {"shard_rows": 25, "encode_workers": 2},
         "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 4, "num_workers": 2,
                      "cpus_per_worker": 0.5, "validation_retrieval_docs": 20}})
     study_dir = tmp_path / "studies" / "tiny-study"
@@ -112,11 +116,19 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert all(json.loads(open(r.file).read())["config"]["scaling"]["num_workers"] == 2 for r in stage2)
     tested = {r.group for r in stage2 if r.test}
     assert len(tested) == 2 and group_key({"base_model": promoted["entries"][0]["base_model"], "num_experts": 0}) in tested
+    # Only the tested trials reach the large collection, each once, encoded in shards and searched exactly.
+    for record in (r for r in stage2 if r.test):
+        (result,) = [t for t in record.test if t["dataset"] == "large"]
+        assert result["search"]["index"] == "exact (sharded)" and result["search"]["shards"] > 1
+        assert [t["dataset"] for t in record.test] == ["data", "large"]
+    assert all(not r.test for r in stage2 if r.group not in tested)
 
     summary = json.loads((study_dir / "report" / "summary.json").read_text())["finetune"]
     (agreement,) = summary["agreement"].values()
     assert agreement["configurations"] == 3 and -1 <= agreement["kendall_tau"] <= 1
     assert "Stage 2" in (study_dir / "report" / "report.md").read_text()
+    (answer,) = summary["test"]["per_base_model"]
+    assert set(answer["datasets"]) == {"data", "large"}
 
     # MLflow: parent -> one run per stage -> trial runs; stage-2 runs name the stage-1 run they came from.
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -60,6 +60,10 @@ class DataConfig(ConfigBase):
     # Per test dataset (by name): drop a retrieved document whose id is the query's? "auto" decides from the
     # data (a query that is a corpus document: same id and same text), "drop" always (BEIR), "keep" never.
     identical_ids: dict[str, str] = setting(factory=dict, check=lambda v: _rules(v))
+    # Large zero-shot collections (BEIR names, or "beir-13" for the paper's 13), tested only for what reaches
+    # the end of a study (stage 2's chosen configuration and baseline), smallest first, encoded in shards
+    # over Ray workers and searched shard by shard (the `evaluation` section); downloaded when absent.
+    large_test_datasets: list[str] = setting(factory=list)
 
 
 @dataclass
@@ -111,6 +115,20 @@ class ScalingConfig(ConfigBase):
 
 
 @dataclass
+class EvaluationConfig(ConfigBase):
+    """How large corpora are tested (:mod:`sbmoe_ray.sharded_eval`): encoded in shard files by Ray tasks, W
+    at a time (resumable shard by shard), and searched exactly shard by shard in bounded memory, or with
+    an approximate index whose recall@100 against exact search is measured and reported."""
+
+    sharded: bool = False                   # every encoded test corpus in shards (large_test_datasets always)
+    encode_workers: int = setting(0, non_negative_int)   # shard tasks in flight; 0 = scaling.num_workers
+    shard_rows: int = setting(50_000, positive_int)      # documents per shard file (BEIR's chunk size)
+    index: str = setting("flat", one_of("auto", "flat", "hnsw", "ivf"))  # flat: exact; auto: by corpus size
+    recall_queries: int = setting(100, positive_int)     # approximate index: recall@100 measured on these
+    search_memory_mb: int = setting(1024, positive_int)  # bound of one search process's blocks and lists
+
+
+@dataclass
 class RunConfig(ConfigBase):
     name: str = "sbmoe-train"
     storage_path: str = "results/ray"
@@ -126,6 +144,7 @@ class TrainConfig(ConfigBase):
     loss: LossConfig = setting(factory=LossConfig)
     memory: MemoryConfig = setting(factory=MemoryConfig)
     scaling: ScalingConfig = setting(factory=ScalingConfig)
+    evaluation: EvaluationConfig = setting(factory=EvaluationConfig)
     run: RunConfig = setting(factory=RunConfig)
 
     @property
@@ -174,6 +193,10 @@ class TrainConfig(ConfigBase):
                               f"scaling.num_workers={self.scaling.num_workers} (each worker takes an equal shard)")
         if self.run.checkpoint_metric == "val_ndcg@10" and not self.data.validation_retrieval_docs:
             raise ConfigError(f"{where}.run.checkpoint_metric='val_ndcg@10': needs data.validation_retrieval_docs > 0")
+        overlap = sorted(set(self.data.large_test_datasets) & set(self.data.test_datasets))
+        if overlap:
+            raise ConfigError(f"{where}.data.large_test_datasets={self.data.large_test_datasets}: {overlap} also in "
+                              "data.test_datasets; name each collection in one of the two lists")
         if self.memory.grad_cache_chunk and self.frozen:
             raise ConfigError(f"{where}.memory.grad_cache_chunk={self.memory.grad_cache_chunk}: needs a trained "
                               "encoder (optim.encoder_lr > 0); a frozen encoder keeps no activations to save")

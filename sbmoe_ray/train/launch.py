@@ -66,7 +66,20 @@ def evaluation_for(cfg: TrainConfig):
     if cfg.uses_cache:
         return CachedEvaluation(cfg.model, replace(settings, device="cpu"), cfg.data.query_max_length,
                                 str(cfg.cache_dir), rules)
-    return LiveEvaluation(cfg.model, settings, rules)
+    live = LiveEvaluation(cfg.model, settings, rules)
+    return sharded_evaluation(cfg, live) if cfg.evaluation.sharded else live
+
+
+def sharded_evaluation(cfg: TrainConfig, live=None):
+    """The sharded evaluation of this run's models (large corpora; ``evaluation.sharded``): W encoding
+    tasks with the workers' resources each, shard files under ``<run.storage_path>/encoded_shards``."""
+    from sbmoe_ray.sharded_eval import ShardedEvaluation
+
+    if live is None:
+        live = evaluation_for(replace(cfg, evaluation=replace(cfg.evaluation, sharded=False)))
+    s = cfg.scaling
+    return ShardedEvaluation(live, cfg.evaluation, str(Path(cfg.run.storage_path).resolve() / "encoded_shards"),
+                             cfg.evaluation.encode_workers or s.num_workers, s.cpus_per_worker, s.use_gpu)
 
 
 def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[BeirDataset]]:
@@ -216,6 +229,8 @@ def evaluate_remote(folder: Path | None, cfg: TrainConfig, datasets: list[BeirDa
     s = cfg.scaling
     cpus = s.num_workers * s.cpus_per_worker
     init_ray(None, cpus + 1, s.dashboard)
+    if evaluation.runs_here:          # sharded: it submits its own tasks (a task around them would hold CPUs)
+        return ray.put(evaluation(folder, datasets))
     # "DEFAULT": outside a Tune trial's placement group (its one bundle is the driver's 0.25 CPU), as Ray
     # Train schedules its own actors.
     task = ray.remote(num_cpus=cpus, num_gpus=1 if s.use_gpu else 0, max_retries=1,
