@@ -10,6 +10,7 @@ The resolved value is what the run reports, logs and keys its embedding cache wi
 
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import nullcontext
 from functools import lru_cache
@@ -17,6 +18,10 @@ from pathlib import Path
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA): at these levels and above its kernels use native bf16; a lower cap
+# (e.g. AVX2, with ATEN_CPU_CAPABILITY=avx2: how bench/ and the README emulate an AVX2-only CPU) does not.
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+             "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT")
 
 
 @lru_cache(maxsize=1)
@@ -37,7 +42,8 @@ def native_bf16(device: str, flags: frozenset[str] | None = None) -> bool:
         import torch
 
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return any(flag in (cpu_flags() if flags is None else flags) for flag in NATIVE_BF16_CPU_FLAGS)
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in BF16_ISAS
+    return not capped and any(flag in (cpu_flags() if flags is None else flags) for flag in NATIVE_BF16_CPU_FLAGS)
 
 
 def resolve_precision(precision: str, device: str, flags: frozenset[str] | None = None) -> str:
@@ -55,8 +61,10 @@ def resolve_precision(precision: str, device: str, flags: frozenset[str] | None 
 def describe(precision: str, device: str) -> str:
     """One line for the start of a run: what was chosen and why."""
     native = native_bf16(device)
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in BF16_ISAS
     why = ("bf16 is native here" if native else "no native bf16 here") if device.startswith("cuda") else \
-        ("CPU has AVX-512 BF16/AMX" if native else "CPU has no AVX-512 BF16/AMX")
+        ("CPU has AVX-512 BF16/AMX" if native else f"ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if capped
+         else "CPU has no AVX-512 BF16/AMX")
     return f"precision {precision} on {device} ({why})"
 
 
