@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sbmoe_ray.data import Document, Qrels, _same_text, locate_dataset, read_qrels, read_queries
+from sbmoe_ray.data import Document, Qrels, same_text, locate_dataset, read_qrels, read_queries
 from sbmoe_ray.errors import DataError
 
 # BEIR name -> corpus size (documents), from the BEIR paper's Table 1; the order of the 13 is by size.
@@ -28,6 +28,13 @@ BEIR_13 = {
     "trec-covid": 171_332, "webis-touche2020": 382_545, "quora": 522_931, "nq": 2_681_468,
     "dbpedia-entity": 4_635_922, "hotpotqa": 5_233_329, "fever": 5_416_568, "climate-fever": 5_416_593,
 }
+# Test queries of each (BEIR paper, Table 1), and MS MARCO (the paper's training set: 8.8M passages, dev).
+BEIR_13_QUERIES = {
+    "scifact": 300, "nfcorpus": 323, "arguana": 1_406, "scidocs": 1_000, "fiqa": 648, "trec-covid": 50,
+    "webis-touche2020": 49, "quora": 10_000, "nq": 3_452, "dbpedia-entity": 400, "hotpotqa": 7_405,
+    "fever": 6_666, "climate-fever": 1_535,
+}
+MSMARCO = {"documents": 8_841_823, "queries": 6_980}
 BEIR_13_ALIAS = "beir-13"
 # The split each is tested on (BEIR's own choice: dev for MS MARCO, test elsewhere).
 TEST_SPLIT = {"msmarco": "dev"}
@@ -61,7 +68,7 @@ class BeirTopics:
     def queries_in_corpus(self) -> set[str]:
         """As :meth:`sbmoe_ray.data.BeirDataset.queries_in_corpus`: same id *and* same text."""
         docs = self.same_id_documents
-        return {q for q, text in self.queries.items() if q in docs and _same_text(text, docs[q])}
+        return {q for q, text in self.queries.items() if q in docs and same_text(text, docs[q])}
 
 
 def load_topics(name_or_path: str, split: str | None = None, data_dir: str | os.PathLike | None = None

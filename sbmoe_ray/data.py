@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
+
+from tqdm.auto import tqdm
 
 from sbmoe_ray.errors import DataError
 
@@ -67,7 +68,7 @@ class BeirDataset:
         collections (Cranfield, CISI, Medline, ADI, NPL) query and document ids are two numberings that
         collide, and a query may judge its same-numbered document relevant: nothing is dropped there.
         """
-        return {q for q, text in self.queries.items() if q in self.corpus and _same_text(text, self.corpus[q])}
+        return {q for q, text in self.queries.items() if q in self.corpus and same_text(text, self.corpus[q])}
 
 
 IDENTICAL_ID_RULES = ("auto", "drop", "keep")
@@ -84,7 +85,7 @@ def identical_id_queries(dataset: BeirDataset, rule: str = "auto") -> set[str]:
     return set(dataset.queries) if rule == "drop" else set()
 
 
-def _same_text(query: str, document: Document) -> bool:
+def same_text(query: str, document: Document) -> bool:
     def norm(text: str) -> str:
         return " ".join(text.lower().split())
     return norm(query) in {norm(document.text), norm(document.full_text), norm(document.title)} - {""}
@@ -153,8 +154,12 @@ def _download(name: str, root: Path) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             archive = Path(tmp) / f"{name}.zip"
-            with urllib.request.urlopen(url, timeout=30) as response, open(archive, "wb") as out:
-                shutil.copyfileobj(response, out)
+            with urllib.request.urlopen(url, timeout=30) as response, open(archive, "wb") as out, \
+                    tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                         desc=f"download {name}") as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(tmp)
             extracted = Path(tmp) / name

@@ -65,8 +65,11 @@ def metric_key(dataset: str, metric: str) -> str:
 
 
 def final_metrics(test: list[dict[str, Any]]) -> dict[str, float]:
-    """Every test metric of a trial by its per-dataset name."""
-    return {metric_key(r["dataset"], m): v for r in test for m, v in r["metrics"].items()}
+    """Every test metric of a trial by its per-dataset name, and an approximate index's recall@100 against
+    exact search where one answered (``<dataset>.search_recall@100``)."""
+    metrics = {metric_key(r["dataset"], m): v for r in test for m, v in r["metrics"].items()}
+    return {**metrics, **{metric_key(r["dataset"], "search_recall@100"): r["search"]["recall@100"]
+                          for r in test if "recall@100" in r.get("search", {})}}
 
 
 @dataclass

@@ -157,6 +157,7 @@ def prepare_study(study: StudyConfig, resume: bool = False) -> None:
                               "restore its settings to resume it")
     elif resume:
         raise ConfigError(f"--resume: no study named {study.name!r} in {study.study_dir.parent}")
+    locate_large_collections(study)
     examples = []
     for base_model in study.space["base_model"]:
         hidden_size(base_model)                       # clear error for an unknown or unreachable model
@@ -166,6 +167,16 @@ def prepare_study(study: StudyConfig, resume: bool = False) -> None:
     for example in examples:
         prepare(example)                              # datasets, splits, and the embedding cache
     fingerprint_file.write_text(json.dumps(current, indent=2))
+
+
+def locate_large_collections(study: StudyConfig) -> None:
+    """The large test collections are found (downloaded when absent) before any work: an offline machine
+    without them fails now, not after stage 2."""
+    from sbmoe_ray.beir_collections import expand_names
+    from sbmoe_ray.data import locate_dataset
+
+    for name in expand_names(study.train.data.large_test_datasets):
+        print(f"[prepare] large test collection {name}: {locate_dataset(name, study.train.data.data_dir)}", flush=True)
 
 
 def fill_shared_caches(configs: list) -> None:

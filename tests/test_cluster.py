@@ -41,7 +41,18 @@ def test_secure_defaults(name):
     head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
     assert "--dashboard-host=127.0.0.1" in head_start
     mlflow = next(c for c in config["head_start_ray_commands"] if "mlflow server" in c)
-    assert "hostname -I" in mlflow                              # bound to the private address
+    # bound to the private address: the one the launcher reached the node at, or the node's first
+    assert re.search(r'--host "\$\((echo \$SSH_CONNECTION \| cut -d. . -f3|hostname -I \| awk .\{print \$1\}.)\)"', mlflow)
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-local.yaml"])
+def test_a_start_unless_running_guard_does_not_match_its_own_shell(name):
+    # Ray runs each command as `bash --login -c -i '...(command)'`: a `pgrep -f PATTERN` guard whose pattern
+    # matches the command's own text finds that shell and never starts the server (found by ray up, for real).
+    config = load(name)
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        for pattern in re.findall(r'pgrep[^|]*?-f "([^"]+)"', command):
+            assert not re.search(pattern, command), (pattern, command)
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 

@@ -17,6 +17,7 @@ from sbmoe_ray.config import load_config
 from sbmoe_ray.data import data_root, load_dataset
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluate import evaluate
+from sbmoe_ray.results import final_metrics, metric_key
 from sbmoe_ray.sharded_eval import ShardedEvaluation
 from sbmoe_ray.sharded_search import ShardedCorpus, write_shards
 from sbmoe_ray.study_config import StudyConfig
@@ -58,6 +59,8 @@ def test_an_approximate_index_reports_its_recall_at_100_against_exact_search(mod
                    (None, [load_topics(str(DATA / "cran"))])[0] for kind in ("flat", "hnsw"))
     assert hnsw.search["index"] == "hnsw" and hnsw.search["recall_queries"] == 50
     assert 0 < hnsw.search["recall@100"] <= 1.0
+    assert final_metrics([hnsw.to_dict()])[metric_key("cran", "search_recall@100")] == hnsw.search["recall@100"]
+    assert metric_key("cran", "search_recall@100") not in final_metrics([exact.to_dict()])
     assert hnsw.metrics.means["ndcg@10"] == pytest.approx(exact.metrics.means["ndcg@10"], abs=0.05)
 
 
@@ -105,3 +108,28 @@ def test_large_test_sets_need_stage_two_and_must_not_repeat_a_test_set():
         load_config(StudyConfig, STUDY, ["promote=0", "train.data.large_test_datasets=[nq]"])
     with pytest.raises(ConfigError, match=r"large_test_datasets=\['scifact'\]: \['scifact'\] also in data\.test_datasets"):
         load_config(StudyConfig, STUDY, ["train.data.large_test_datasets=[scifact]"])
+
+
+def test_a_collection_named_but_absent_is_downloaded_once_into_the_data_root(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    import sbmoe_ray.data
+
+    source = write_beir(tmp_path / "site" / "tiny", [{"_id": "d", "title": "", "text": "t"}],
+                        [{"_id": "q", "text": "t"}], {"test": [("q", "d", 1)]})
+    shutil.make_archive(str(tmp_path / "site" / "tiny"), "zip", tmp_path / "site", "tiny")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(sbmoe_ray.data, "BEIR_URL", f"http://127.0.0.1:{server.server_address[1]}/{{name}}.zip")
+    try:
+        topics = load_topics("tiny", None, tmp_path / "root")
+        assert topics.path == tmp_path / "root" / "tiny" and topics.qrels == {"q": {"d": 1}}
+        assert (topics.path / "corpus.jsonl").read_text() == (source / "corpus.jsonl").read_text()
+        server.shutdown()                                   # found on disk from now on
+        assert load_topics("tiny", None, tmp_path / "root").queries == {"q": "t"}
+    finally:
+        server.server_close()
