@@ -206,6 +206,18 @@ def test_the_zero_shot_path_tests_the_base_model_cached_or_live_alike(assets, tm
     assert saved["path"] == "zero_shot" and saved["test"][0]["metrics"]["ndcg@10"] == cached.test[0].metrics.means["ndcg@10"]
 
 
+def test_evaluation_sharded_tests_a_run_in_shards_with_the_single_process_metrics(assets, tmp_path):
+    settings = dict(encoder_lr=0.0, num_workers=2, cpus_per_worker=1.0, embedding_cache=False)
+    cfg = config(assets, tmp_path, name="single", **settings)
+    cfg = replace(cfg, model=replace(cfg.model, num_experts=0))
+    single = fit(cfg)
+    sharded = fit(with_settings(cfg, name="sharded", sharded=True, shard_rows=40, search_memory_mb=1))
+    assert sharded.test[0].search["index"] == "exact (sharded)" and sharded.test[0].search["shards"] > 1
+    assert not single.test[0].search
+    assert sharded.test[0].metrics.means == pytest.approx(single.test[0].metrics.means, abs=1e-5)
+    assert list((tmp_path / "store" / "encoded_shards").iterdir())       # under the run's storage path
+
+
 def test_the_same_seed_gives_the_same_result_and_another_seed_another_on_the_same_validation_split(assets, tmp_path):
     from sbmoe_ray.data import load_dataset
     from sbmoe_ray.train.inputs import split_pairs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import make_tiny_bert, write_beir
 
-SEARCH_ORDER = ("run", "data", "optim", "memory", "scaling", "model", "loss")
+SEARCH_ORDER = ("run", "data", "optim", "memory", "scaling", "model", "loss", "evaluation")
 
 
 def save_tiny_model(folder: Path, tokenizer, seed: int = 0) -> Path:
