@@ -40,11 +40,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         tokenizer = load_tokenizer(config.base_model)
         results = [evaluate(model, tokenizer, ds, settings) for ds in datasets]
     rows = [{"dataset": r.dataset, "split": r.split, "queries": r.metrics.num_queries, **r.metrics.means,
-             "seconds": r.seconds["total"], **{k: r.search[k] for k in ("index", "recall@100") if k in r.search}}
+             "seconds": r.seconds["total"], **({"index": r.search["index"]} if r.search else {}),
+             **({"index recall@100 vs exact": r.search["recall@100"]} if "recall@100" in r.search else {})}
             for r in results]
     print(f"\nmodel {args.model} ({config.pooling} pooling, normalize={config.normalize}, "
           f"max_length={config.max_length}, {precision})")
-    extra = [c for c in ("index", "recall@100") if any(c in row for row in rows)]
+    extra = [c for c in ("index", "index recall@100 vs exact") if any(c in row for row in rows)]
     print(format_table(rows, ["dataset", "split", "queries", *METRICS, "seconds", *extra]))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
