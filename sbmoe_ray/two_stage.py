@@ -166,11 +166,13 @@ def stage_seconds(folder: Path) -> float:
 
 def stage_times(study: StudyConfig) -> dict[str, float]:
     """Where a two-stage study's time went: each stage's trials (first start to last end) and the test
-    phase (the sum of its evaluations' own time: encoding, search, scoring)."""
+    phase (the sum of its evaluations' own time: encoding, search, scoring; not its wall time when
+    evaluations run side by side)."""
     stage2 = study.finetune_study()
     tested = [r for r in load_trials(stage2.study_dir) if r.test]
     return {"stage 1": stage_seconds(study.study_dir), "stage 2 training": stage_seconds(stage2.study_dir),
-            "test phase": sum(t["seconds"].get("total", 0.0) for r in tested for t in r.test)}
+            "test evaluations (summed; several run at once where resources allow)":
+                sum(t["seconds"].get("total", 0.0) for r in tested for t in r.test)}
 
 
 def read_promotions(study: StudyConfig) -> list[dict[str, Any]] | None:
