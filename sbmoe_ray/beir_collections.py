@@ -42,17 +42,13 @@ TEST_SPLIT = {"msmarco": "dev"}
 
 def expand_names(names: list[str]) -> list[str]:
     """``beir-13`` expanded to the 13 names; the rest kept; duplicates dropped; smallest known first."""
-    out: list[str] = []
-    for name in names:
-        for n in (sorted(BEIR_13, key=BEIR_13.get) if name == BEIR_13_ALIAS else [name]):
-            if n not in out:
-                out.append(n)
-    return sorted(out, key=lambda n: BEIR_13.get(n, 0))
+    out = {n for name in names for n in (BEIR_13 if name == BEIR_13_ALIAS else [name])}
+    return sorted(out, key=lambda n: (BEIR_13.get(n, 0), n))
 
 
 @dataclass
 class BeirTopics:
-    """One split's judged queries and qrels, and the path of its corpus file (not read)."""
+    """One split's judged queries and qrels; its corpus file (``path / "corpus.jsonl"``) is not read."""
 
     name: str
     path: Path
@@ -60,10 +56,6 @@ class BeirTopics:
     queries: dict[str, str]
     qrels: Qrels
     same_id_documents: dict[str, Document]    # corpus documents whose id is a query id
-
-    @property
-    def corpus_file(self) -> Path:
-        return self.path / "corpus.jsonl"
 
     def queries_in_corpus(self) -> set[str]:
         """As :meth:`sbmoe_ray.data.BeirDataset.queries_in_corpus`: same id *and* same text."""

@@ -42,8 +42,12 @@ def native_bf16(device: str, flags: frozenset[str] | None = None) -> bool:
         import torch
 
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in BF16_ISAS
-    return not capped and any(flag in (cpu_flags() if flags is None else flags) for flag in NATIVE_BF16_CPU_FLAGS)
+    return not isa_capped() and any(flag in (cpu_flags() if flags is None else flags) for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+def isa_capped() -> bool:
+    """Whether ONEDNN_MAX_CPU_ISA caps oneDNN below its native-bf16 instruction sets."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in BF16_ISAS
 
 
 def resolve_precision(precision: str, device: str, flags: frozenset[str] | None = None) -> str:
@@ -61,9 +65,8 @@ def resolve_precision(precision: str, device: str, flags: frozenset[str] | None 
 def describe(precision: str, device: str) -> str:
     """One line for the start of a run: what was chosen and why."""
     native = native_bf16(device)
-    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in BF16_ISAS
     why = ("bf16 is native here" if native else "no native bf16 here") if device.startswith("cuda") else \
-        ("CPU has AVX-512 BF16/AMX" if native else f"ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if capped
+        ("CPU has AVX-512 BF16/AMX" if native else f"ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if isa_capped()
          else "CPU has no AVX-512 BF16/AMX")
     return f"precision {precision} on {device} ({why})"
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from sbmoe_ray.data import Document
 from sbmoe_ray.sharded_search import MANIFEST, ShardedCorpus
 
 PLAN = "plan.json"
@@ -64,7 +65,7 @@ def read_shard(corpus_file: Path, offset: int, rows: int) -> tuple[list[str], li
             if line.strip():
                 record = json.loads(line)
                 ids.append(str(record["_id"]))
-                texts.append(((record.get("title") or "") + " " + (record.get("text") or "")).strip())
+                texts.append(Document(record.get("title") or "", record.get("text") or "").full_text)
     return ids, texts
 
 
@@ -101,11 +102,15 @@ def encode_shard(evaluation_json: str, folder: str | None, corpus_file: str, sha
     return shard["name"]
 
 
+def _encoder(evaluation) -> dict[str, Any]:
+    """The model and encode settings a shard task rebuilds the encoder from (progress bars off)."""
+    return {"model": asdict(evaluation.model), "settings": {**asdict(evaluation.settings), "progress": False}}
+
+
 def shard_folder(root: Path, evaluation, folder: Path | None, corpus_file: Path) -> Path:
     """``<root>/<identity hash>``: one folder per (model, weights, settings, corpus file)."""
     stat = corpus_file.stat()
-    identity = {"model": asdict(evaluation.model), "settings": {**asdict(evaluation.settings), "progress": False},
-                "weights": str(folder) if folder else None, "corpus": [str(corpus_file.resolve()), stat.st_size]}
+    identity = {**_encoder(evaluation), "weights": str(folder) if folder else None, "corpus": [str(corpus_file.resolve()), stat.st_size]}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(root) / digest
 
@@ -127,8 +132,7 @@ def encode_sharded(evaluation, folder: Path | None, corpus_file: Path, root: Pat
     missing = [s for s in shards if not (out / f"{s['name']}.npy").is_file()]
     if missing:
         init_ray(None, workers * cpus_per_worker + 1)
-        payload = json.dumps({"model": asdict(evaluation.model),
-                              "settings": {**asdict(evaluation.settings), "progress": False}}, default=str)
+        payload = json.dumps(_encoder(evaluation), default=str)
         # "DEFAULT": outside the placement group of a Tune trial that calls this (as Ray Train's actors are).
         task = ray.remote(num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0, max_retries=2,
                           scheduling_strategy="DEFAULT")(encode_shard)

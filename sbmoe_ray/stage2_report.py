@@ -93,10 +93,11 @@ def write_finetune_section(study: StudyConfig, entries: list[dict[str, Any]], se
     fig.savefig(folder / "stage_agreement.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     ft, datasets = study.finetune, study.final_test_names
+    seeds, why = ft.replicates()
     lines = ["", "## Stage 2: fine-tuning the promoted configurations", "",
              f"Per base model the top {study.promote} stage-1 configurations, {ft.controls} random control(s) and "
              f"plain fine-tuning, each fine-tuned with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) "
-             f"for {ft.epochs} epoch(s) on {ft.num_workers} Ray Train workers, {ft.replicates()[0]} seed(s) ({ft.replicates()[1]}); ranked by "
+             f"for {ft.epochs} epoch(s) on {ft.num_workers} Ray Train workers, {seeds} seed(s) ({why}); ranked by "
              f"`{objective2}` (mean over seeds). Time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + ".", "",
              "| base_model | role | config | stage 1 " + study.search.objective + f" | stage 2 {objective2} | stage 2 val nDCG@10 | seeds |",
              "|---|---|---|---|---|---|---|"]

@@ -27,6 +27,7 @@ from sbmoe_ray.config import (ConfigBase, load_config, non_negative, non_negativ
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.model_config import ModelConfig
 from sbmoe_ray.precision import PRECISIONS
+from sbmoe_ray.sharded_search import INDEX_KINDS
 
 def _rules(value) -> str | None:
     from sbmoe_ray.data import IDENTICAL_ID_RULES
@@ -123,7 +124,7 @@ class EvaluationConfig(ConfigBase):
     sharded: bool = False                   # every encoded test corpus in shards (large_test_datasets always)
     encode_workers: int = setting(0, non_negative_int)   # shard tasks in flight; 0 = scaling.num_workers
     shard_rows: int = setting(50_000, positive_int)      # documents per shard file (BEIR's chunk size)
-    index: str = setting("flat", one_of("auto", "flat", "hnsw", "ivf"))  # flat: exact; auto: by corpus size
+    index: str = setting("flat", one_of(*INDEX_KINDS))   # flat: exact; auto: by corpus size
     recall_queries: int = setting(100, positive_int)     # approximate index: recall@100 measured on these
     search_memory_mb: int = setting(1024, positive_int)  # bound of one search process's blocks and lists
 

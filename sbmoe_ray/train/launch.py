@@ -55,30 +55,35 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
 
 
 def evaluation_for(cfg: TrainConfig):
-    """How this run's models are tested (chosen once): through the embedding cache, or by encoding."""
-    from sbmoe_ray.checkpoint_eval import CachedEvaluation, LiveEvaluation
+    """How this run's models are tested (chosen once): through the embedding cache, by encoding, or by
+    encoding in shards (``evaluation.sharded``)."""
+    from sbmoe_ray.checkpoint_eval import CachedEvaluation
+
+    if cfg.uses_cache:
+        return CachedEvaluation(cfg.model, replace(live_evaluation(cfg).settings, device="cpu"),
+                                cfg.data.query_max_length, str(cfg.cache_dir), cfg.data.identical_ids)
+    return sharded_evaluation(cfg) if cfg.evaluation.sharded else live_evaluation(cfg)
+
+
+def live_evaluation(cfg: TrainConfig):
+    """Encoding every corpus with the run's model, with its encode settings and identical-id rules."""
+    from sbmoe_ray.checkpoint_eval import LiveEvaluation
     from sbmoe_ray.evaluate import EncodeSettings
     from sbmoe_ray.precision import device_for
 
     settings = EncodeSettings(batch_size=cfg.memory.eval_batch_size, max_length=cfg.model.max_length,
                               precision=cfg.memory.precision, device=device_for(cfg.scaling.use_gpu))
-    rules = cfg.data.identical_ids
-    if cfg.uses_cache:
-        return CachedEvaluation(cfg.model, replace(settings, device="cpu"), cfg.data.query_max_length,
-                                str(cfg.cache_dir), rules)
-    live = LiveEvaluation(cfg.model, settings, rules)
-    return sharded_evaluation(cfg, live) if cfg.evaluation.sharded else live
+    return LiveEvaluation(cfg.model, settings, cfg.data.identical_ids)
 
 
-def sharded_evaluation(cfg: TrainConfig, live=None):
-    """The sharded evaluation of this run's models (large corpora; ``evaluation.sharded``): W encoding
-    tasks with the workers' resources each, shard files under ``<run.storage_path>/encoded_shards``."""
+def sharded_evaluation(cfg: TrainConfig):
+    """The sharded evaluation of this run's models (large corpora): W encoding tasks with the workers'
+    resources each, shard files under ``<run.storage_path>/encoded_shards``."""
     from sbmoe_ray.sharded_eval import ShardedEvaluation
 
-    if live is None:
-        live = evaluation_for(replace(cfg, evaluation=replace(cfg.evaluation, sharded=False)))
     s = cfg.scaling
-    return ShardedEvaluation(live, cfg.evaluation, str(Path(cfg.run.storage_path).resolve() / "encoded_shards"),
+    return ShardedEvaluation(live_evaluation(cfg), cfg.evaluation,
+                             str(Path(cfg.run.storage_path).resolve() / "encoded_shards"),
                              cfg.evaluation.encode_workers or s.num_workers, s.cpus_per_worker, s.use_gpu)
 
 
