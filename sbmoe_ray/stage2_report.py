@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from typing import Any
 
 import matplotlib
@@ -52,16 +53,18 @@ def agreements(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def finetune_summary(study: StudyConfig, entries: list[dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
+def finetune_summary(study: StudyConfig, entries: list[dict[str, Any]], seconds: dict[str, float], seeds: int,
+                     plan=None) -> dict[str, Any]:
     """Stage 2's machine-readable summary."""
     stage2 = study.finetune_study()
     groups = group_trials(load_trials(stage2.study_dir))
     rows = configuration_rows(entries, {g.key: g for g in groups})
     tested = [g for g in groups if g.tested]
     ft = study.finetune
-    budget = {"configurations_planned": len(entries), "seeds": ft.replicates()[0], "epochs": ft.epochs,
+    budget = {"configurations_planned": len(entries), "seeds": seeds, "epochs": ft.epochs,
               "workers": ft.num_workers, "encoder_lr": ft.encoder_lr}
     return {"configurations": rows, "agreement": agreements(rows), "seconds": seconds,
+            "plan": asdict(plan) if plan is not None else None,
             "test": study_summary(tested, study.final_test_names, stage2.mode, stage2.search.objective, budget)}
 
 
@@ -84,21 +87,23 @@ def agreement_figure(rows: list[dict[str, Any]], objective: str, objective2: str
     return fig
 
 
-def write_finetune_section(study: StudyConfig, entries: list[dict[str, Any]], seconds: dict[str, float]) -> dict:
+def write_finetune_section(study: StudyConfig, entries: list[dict[str, Any]], seconds: dict[str, float], seeds: int,
+                           plan=None) -> dict:
     """Append stage 2 to the report (markdown, figure, summary.json); returns its summary."""
     folder = study.study_dir / "report"
-    summary = finetune_summary(study, entries, seconds)
+    summary = finetune_summary(study, entries, seconds, seeds, plan)
     objective2 = study.finetune.objective
     fig = agreement_figure(summary["configurations"], study.search.objective, objective2)
     fig.savefig(folder / "stage_agreement.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     ft, datasets = study.finetune, study.final_test_names
-    seeds, why = ft.replicates()
+    why = ft.replicates()[1] if seeds == ft.replicates()[0] else "fewer to fit budget_minutes"
     lines = ["", "## Stage 2: fine-tuning the promoted configurations", "",
              f"Per base model the top {study.promote} stage-1 configurations, {ft.controls} random control(s) and "
              f"plain fine-tuning, each fine-tuned with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) "
              f"for {ft.epochs} epoch(s) on {ft.num_workers} Ray Train workers, {seeds} seed(s) ({why}); ranked by "
              f"`{objective2}` (mean over seeds). Time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + ".", "",
+             *([plan_line(plan, seconds), ""] if plan is not None else []),
              "| base_model | role | config | stage 1 " + study.search.objective + f" | stage 2 {objective2} | stage 2 val nDCG@10 | seeds |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['base_model']} | {r['role']} | {r['config']} | {r['stage1_objective']:.4f} | {r['stage2_objective']:.4f} "
@@ -122,6 +127,14 @@ def write_finetune_section(study: StudyConfig, entries: list[dict[str, Any]], se
     whole = json.loads(path.read_text()) if path.is_file() else {}
     path.write_text(json.dumps({**whole, "finetune": summary}, indent=2, default=str))
     return summary
+
+
+def plan_line(plan, seconds: dict[str, float]) -> str:
+    """What the budget planned (:mod:`sbmoe_ray.stage2_budget`), against what stage 2 then took."""
+    text = plan.describe().removeprefix("[plan] ")
+    took = seconds.get("stage 2 training", math.nan)
+    return (f"{text[0].upper()}{text[1:]} (costs measured here before stage 2, spread over {plan.cores} cores; "
+            f"stage 2 training then took {took / 60:.1f} min).")
 
 
 def _ci(interval: list[float]) -> str:

@@ -87,6 +87,18 @@ class StudyConfig(ConfigBase):
     train: TrainConfig = setting(factory=default_train)
     promote: int = setting(2, non_negative_int)        # per base model fine-tuned in stage 2; 0 = the proxy only
     finetune: FinetuneConfig = setting(factory=FinetuneConfig)
+    # Minutes for the whole command; stage 2 is planned to fit (sbmoe_ray/stage2_budget.py). auto: 45 where bf16
+    # is native where stage 2 trains, else 90 (the quick start's targets); null: no budget, stage 2 as configured
+    budget_minutes: float | str | None = setting(None, check=lambda v: None if v is None or v == "auto" or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0) else "a positive number, 'auto' or null")
+
+    def budget_seconds(self) -> float | None:
+        """The budget in seconds (``auto`` resolved by whether bf16 is native where stage 2 trains)."""
+        if self.budget_minutes != "auto":
+            return None if self.budget_minutes is None else 60.0 * float(self.budget_minutes)
+        from sbmoe_ray.precision import native_bf16
+
+        return 60.0 * (45 if native_bf16("cuda" if self.finetune.use_gpu else "cpu") else 90)
 
     @property
     def study_dir(self) -> Path:

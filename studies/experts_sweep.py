@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from sbmoe_ray.config import load_config
@@ -40,9 +41,11 @@ from sbmoe_ray.errors import SbmoeError
 from sbmoe_ray.study_config import StudyConfig
 
 HERE = Path(__file__).parent
+STARTED = time.monotonic()     # budget_minutes counts from the command's start (imports included)
 
 
-def run(study: StudyConfig, resume: bool = False, address: str | None = None) -> int:
+def run(study: StudyConfig, resume: bool = False, address: str | None = None, started: float | None = None) -> int:
+    started = time.monotonic() if started is None else started      # the budget counts from here
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
     from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
     from sbmoe_ray.study import prepare_study, save_study_config
@@ -65,9 +68,22 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None) ->
     tracker.parent_run(study)
     failed = proxy_stage(study, tracker)
     if study.promote and not failed:
-        failed = finetune_stage(study, tracker)
+        failed = finetune_stage(study, tracker, started, cores_of(address))
     tracker.finish("FAILED" if failed else "FINISHED")
     return 1 if failed else 0
+
+
+def cores_of(address: str | None) -> int:
+    """The cores the stage-2 plan spreads work over: this machine's, or the cluster's CPUs."""
+    import os
+
+    import ray
+
+    from sbmoe_ray.cluster import cluster_address
+
+    if cluster_address(address):
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return len(os.sched_getaffinity(0))
 
 
 def proxy_stage(study: StudyConfig, tracker) -> int:
@@ -105,9 +121,12 @@ def proxy_stage(study: StudyConfig, tracker) -> int:
     return failed
 
 
-def finetune_stage(study: StudyConfig, tracker) -> int:
-    """Stage 2: promote, fine-tune on Ray Train workers, test the chosen, check the proxy, report."""
+def finetune_stage(study: StudyConfig, tracker, started: float, cores: int) -> int:
+    """Stage 2: promote, plan to the budget (if any), fine-tune on Ray Train workers, test the chosen, check
+    the proxy, report."""
     import time
+
+    from sbmoe_ray.stage2_budget import load_or_plan, plan_stage2
 
     from sbmoe_ray.results import group_trials, load_trials
     from sbmoe_ray.search_space import BY_NAME
@@ -118,6 +137,12 @@ def finetune_stage(study: StudyConfig, tracker) -> int:
     stage2 = study.finetune_study()
     entries = promote(study)
     seeds, why = study.finetune.replicates()
+    plan = None
+    if study.budget_seconds() is not None:
+        plan = load_or_plan(stage2.study_dir, lambda: plan_stage2(study, entries, seeds, time.monotonic() - started, cores))
+        print(plan.describe(), flush=True)
+        entries, why = plan.kept, why if plan.seeds == seeds else f"{why}; {plan.seeds} to fit budget_minutes"
+        seeds = plan.seeds
     points = stage2_points(entries, seeds)
     print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {seeds} seed(s) ({why}) = {len(points)} "
           f"trials on {study.finetune.num_workers} Ray Train workers each", flush=True)
@@ -133,7 +158,7 @@ def finetune_stage(study: StudyConfig, tracker) -> int:
     test_phase(study, stage2)
     records = load_trials(stage2.study_dir)
     stage.log_test_results(records)
-    summary = write_finetune_section(study, entries, stage_times(study))
+    summary = write_finetune_section(study, entries, stage_times(study), seeds, plan)
     stage.log_comparisons([g for g in group_trials(records) if g.tested], study.final_test_names)
     stage.finish_stage({"seconds": time.monotonic() - started})
     short = BY_NAME["base_model"].show
@@ -158,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = args.set + ([f"tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])
     try:
         study = load_config(StudyConfig, Path(HERE / "paper.yaml" if args.paper else args.config), overrides)
-        return run(study, args.resume, args.address)
+        return run(study, args.resume, args.address, STARTED)
     except SbmoeError as exc:
         print(f"experts_sweep: error: {exc}", file=sys.stderr)
         return 2
