@@ -94,26 +94,32 @@ def chosen_groups(stage2: StudyConfig) -> dict[str, tuple[ConfigGroup | None, Co
             for m in sorted({g.base_model for g in groups})}
 
 
-def test_phase(study: StudyConfig, stage2: StudyConfig) -> None:
+def test_phase(study: StudyConfig, stage2: StudyConfig, cores: int | None = None) -> None:
     """Test each chosen configuration's and each baseline's replicates on every test set, from their best
-    checkpoints, all submitted at once as Ray tasks (as many run together as the cluster fits); each result
-    goes into its trial's results file as it arrives (a tested trial is skipped on resume). Then the large
-    collections (``data.large_test_datasets``, smallest first), encoded in shards by W tasks at a time."""
+    checkpoints, as Ray tasks, as many at once as ``cores`` hold their threads (all at once when None): two
+    2-thread encodings on 2 cores run 9 % slower than one after the other (``bench/oversubscription.py``).
+    Each result goes into its trial's results file as it arrives (a tested trial is skipped on resume).
+    Then the large collections (``data.large_test_datasets``, smallest first), encoded in shards by W tasks
+    at a time."""
     import ray
 
     todo = [r for pair in chosen_groups(stage2).values() for g in pair if g is not None for r in g.records]
-    pending, started = {}, time.monotonic()
-    for record in (r for r in todo if not r.test):
-        cfg, folder = _tested_config(study, record)
-        tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
-        pending[evaluate_remote(folder, cfg, tests)] = record
-    total = len(pending)
-    while pending:
+    jobs = [(r, *_tested_config(study, r)) for r in todo if not r.test]
+    pending, started, total = {}, time.monotonic(), len(jobs)
+    while jobs or pending:
+        while jobs and (not pending or cores is None or _threads(jobs[0][1]) * (len(pending) + 1) <= cores):
+            record, cfg, folder = jobs.pop(0)
+            tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
+            pending[evaluate_remote(folder, cfg, tests)] = record
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         record = pending.pop(ref)
         _add_results(record, ray.get(ref))
-        _progress("test", total - len(pending), total, record, started)
+        _progress("test", total - len(jobs) - len(pending), total, record, started)
     large_test_phase(study, todo)
+
+
+def _threads(cfg) -> float:
+    return cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
 
 
 def large_test_phase(study: StudyConfig, todo: list) -> None:

@@ -155,7 +155,7 @@ def finetune_stage(study: StudyConfig, tracker, started: float, cores: int) -> i
               "again to retry them", file=sys.stderr)
         stage.finish_stage(status="FAILED")
         return failed
-    test_phase(study, stage2)
+    test_phase(study, stage2, None if study.finetune.use_gpu else cores)
     records = load_trials(stage2.study_dir)
     stage.log_test_results(records)
     summary = write_finetune_section(study, entries, stage_times(study), seeds, plan)
