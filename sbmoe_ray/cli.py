@@ -93,6 +93,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from sbmoe_ray.results import load_trials
     from sbmoe_ray.study import load_study
     from sbmoe_ray.study_config import StudyConfig
+    from sbmoe_ray.stage2_budget import read_plan
     from sbmoe_ray.stage2_report import write_finetune_section
     from sbmoe_ray.tracking import StudyTracker
     from sbmoe_ray.two_stage import read_promotions, stage_times
@@ -103,8 +104,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     study = load_study(folder)
     report = write_report(study, load_trials(study.study_dir))
     entries = read_promotions(study)
-    if entries:                                   # a two-stage study: its stage-2 section too
-        write_finetune_section(study, entries, stage_times(study))
+    if entries:                                   # a two-stage study: its stage-2 section too (as planned)
+        plan = read_plan(study.finetune_study().study_dir)
+        write_finetune_section(study, plan.kept if plan else entries, stage_times(study),
+                               plan.seeds if plan else study.finetune.replicates()[0], plan)
     StudyTracker(study).log_report(report)
     print(f"wrote {report}")
 

@@ -111,7 +111,7 @@ def verdict(agreement: dict[str, Any], base_model: str) -> str:
     """One sentence: can the proxy be trusted for this base model and data? Trusted only when τ > 0 with
     Kendall's test significant at 0.05 (an exact test: with 4 configurations even τ = 1 has p = 0.08)."""
     tau, p, n = agreement["kendall_tau"], agreement["kendall_tau_p"], agreement["configurations"]
-    if math.isnan(tau):
+    if math.isnan(tau) or n < 3:          # two configurations are always ranked "perfectly", with p = 1
         return f"{base_model}: too few configurations ({n}) to check the proxy."
     if tau <= 0:
         return (f"{base_model}: the proxy does not rank like fine-tuning (τ = {tau:+.2f} over {n} configurations): "

@@ -8,10 +8,11 @@ threads, its precision, real SciFact batches), one training step and the encodin
 each base model, and estimates
 
 * a stage-2 trial: ``epochs x steps x step`` + validation (every worker encodes the held-out queries'
-  positives and ``validation_retrieval_docs`` documents) + a fixed start-up (``TRIAL_OVERHEAD_S``);
+  positives and ``validation_retrieval_docs`` documents), times ``TRAIN_OVERHEAD`` (workers sharing the
+  cores, all-reduce; measured), + a fixed start-up (``TRIAL_OVERHEAD_S``);
 * the test phase: every test corpus's tokens (all of them, counted) at the measured tokens per second, for
   the baseline and the chosen configuration of each base model and each seed, spread over the cores,
-  times ``TEST_OVERHEAD`` (queries, search, scoring, evaluations sharing cores; measured).
+  times ``TEST_OVERHEAD`` (queries, search, scoring; measured).
 
 Then, while the estimate exceeds the time left of the budget, it drops stage-2 work, least needed first:
 replicates beyond the first, then per base model (in turn) its entries from the end of the order
@@ -32,10 +33,12 @@ from typing import Any
 
 PLAN_FILE = "plan.json"
 TRIAL_OVERHEAD_S = 30.0      # a stage-2 trial's start-up, checkpoint and report (measured: 25-35 s on 2 cores)
-# A test evaluation over the encoding estimate: queries, search, scoring, two evaluations sharing the cores.
-# Measured in the quick start: test phase 11.7 min against 8.4 estimated (Xeon, bf16), 25.7 against 18.1 (the
-# same Xeon capped at AVX2, fp32).
-TEST_OVERHEAD = 1.4
+# Measured over the estimate from one worker timed alone (AVX2 emulation, fresh-clone quick start): two
+# workers sharing 2 cores and all-reducing trained 5.6-5.9 pairs/s against 7.2 estimated; a test evaluation
+# (2 threads, one at a time; queries, search and scoring besides the documents) took 7.7 min (MiniLM) and
+# 3.9 min (minilm-l3) against 6.5 and 3.3 min of document encoding estimated.
+TRAIN_OVERHEAD = 1.2
+TEST_OVERHEAD = 1.2
 
 
 @dataclass
@@ -104,7 +107,8 @@ def estimate_model(cfg, costs: ModelCosts, test_tokens: int, cores: int) -> Mode
     val_loss = math.ceil(len(validation) / cfg.optim.batch_size) * costs.step_s / 3        # forward only
     val_docs = (len({d for _, d in validation}) + cfg.data.validation_retrieval_docs) * cfg.model.max_length
     train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss + val_docs / costs.tokens_per_s)
-    return replace(costs, trial_s=TRIAL_OVERHEAD_S + crowding * train_s, test_s=TEST_OVERHEAD * test_tokens / costs.tokens_per_s)
+    return replace(costs, trial_s=TRIAL_OVERHEAD_S + TRAIN_OVERHEAD * crowding * train_s,
+                   test_s=TEST_OVERHEAD * test_tokens / costs.tokens_per_s)
 
 
 @dataclass
@@ -174,11 +178,17 @@ def make_plan(entries: list[dict[str, Any]], seeds: int, costs: dict[str, ModelC
                 {m: asdict(c) for m, c in costs.items()}, cores)
 
 
+def read_plan(folder: Path) -> Plan | None:
+    """The plan of a stage 2 planned to a budget (``<study>/finetune``), else None."""
+    path = Path(folder) / PLAN_FILE
+    return Plan(**json.loads(path.read_text())) if path.is_file() else None
+
+
 def load_or_plan(folder: Path, compute) -> Plan:
     """The plan written before (a resumed study runs it), else ``compute()`` written now."""
-    path = Path(folder) / PLAN_FILE
-    if path.is_file():
-        return Plan(**json.loads(path.read_text()))
+    plan, path = read_plan(folder), Path(folder) / PLAN_FILE
+    if plan is not None:
+        return plan
     plan = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -187,12 +197,18 @@ def load_or_plan(folder: Path, compute) -> Plan:
     return plan
 
 
-def plan_stage2(study, entries: list[dict[str, Any]], seeds: int, spent_s: float, cores: int) -> Plan:
-    """Measure each base model's costs here and plan stage 2 within ``study.budget_seconds()``."""
+_MEASURED: dict[tuple, dict[str, ModelCosts]] = {}
+
+
+def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
+    """Each base model's costs for this study, measured once per process (the forecast and the plan share them)."""
     from sbmoe_ray.train.launch import resolved
 
+    key = (str(study.study_dir), tuple(sorted(models)), cores)
+    if key in _MEASURED:
+        return _MEASURED[key]
     stage2, costs = study.finetune_study(), {}
-    for model in sorted({e["base_model"] for e in entries}):
+    for model in sorted(models):
         cfg = resolved(stage2.trial_config({"base_model": model, "num_experts": 0}, "plan"))
         tokens = corpus_tokens(study.train.data.test_datasets, cfg.data.test_split,
                                cfg.data.data_dir, cfg.model.base_model, cfg.model.max_length, cfg.data.query_max_length)
@@ -201,4 +217,31 @@ def plan_stage2(study, entries: list[dict[str, Any]], seeds: int, spent_s: float
         print(f"[plan] {model}: a training step {costs[model].step_s:.1f} s, encoding {costs[model].tokens_per_s:.0f} "
               f"tokens/s on {threads} thread(s) -> a trial ~{costs[model].trial_s / 60:.1f} min, a test evaluation "
               f"~{costs[model].test_s / 60:.1f} min on one thread", flush=True)
+    _MEASURED[key] = costs
+    return costs
+
+
+def plan_stage2(study, entries: list[dict[str, Any]], seeds: int, spent_s: float, cores: int) -> Plan:
+    """Plan stage 2 within ``study.budget_seconds()`` from each base model's costs measured here."""
+    costs = measured_costs(study, {e["base_model"] for e in entries}, cores)
     return make_plan(entries, seeds, costs, study.budget_seconds(), spent_s, cores)
+
+
+def forecast(study, cores: int) -> tuple[str, bool]:
+    """Before stage 1: stage 2 and the test phase as configured and at the least, against the budget, from
+    costs measured now (so that a budget this machine cannot meet is said up front); and whether it fits."""
+    from sbmoe_ray.backbones import hidden_size
+
+    models = [str(m) for m in study.space["base_model"]]
+    for model in models:
+        hidden_size(model)                     # a clear error for an unknown or unreachable model, first
+    entries = [{"base_model": m, "role": role, "stage1_group": f"{role} #{i + 1}"} for m in models
+               for role, n in (("promoted", study.promote), ("control", study.finetune.controls)) for i in range(n)]
+    entries += [{"base_model": m, "role": "baseline", "stage1_group": None} for m in models]
+    seeds, costs = study.finetune.replicates()[0], measured_costs(study, models, cores)
+    full = make_plan(entries, seeds, costs, math.inf, 0.0, cores).estimate_s["total"]
+    least = make_plan(entries, seeds, costs, 0.0, 0.0, cores).estimate_s["total"]
+    budget = study.budget_seconds()
+    return (f"[plan] before stage 1: stage 2 and its test phase estimated {full / 60:.0f} min as configured, "
+            f"{least / 60:.0f} min at the least (the baseline and the top configuration of each base model, 1 seed); "
+            f"budget {budget / 60:.0f} min for the whole command, the caches and stage 1 first", least < budget)

@@ -100,7 +100,8 @@ def write_finetune_section(study: StudyConfig, entries: list[dict[str, Any]], se
     why = ft.replicates()[1] if seeds == ft.replicates()[0] else "fewer to fit budget_minutes"
     lines = ["", "## Stage 2: fine-tuning the promoted configurations", "",
              f"Per base model the top {study.promote} stage-1 configurations, {ft.controls} random control(s) and "
-             f"plain fine-tuning, each fine-tuned with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) "
+             f"plain fine-tuning{' (fewer where the budget said so, below)' if plan is not None and plan.dropped else ''}, "
+             f"each fine-tuned with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) "
              f"for {ft.epochs} epoch(s) on {ft.num_workers} Ray Train workers, {seeds} seed(s) ({why}); ranked by "
              f"`{objective2}` (mean over seeds). Time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + ".", "",
              *([plan_line(plan, seconds), ""] if plan is not None else []),

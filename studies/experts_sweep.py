@@ -58,6 +58,8 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     if cluster_address(address):      # a cluster: every node must see the study and its embedding cache
         init_ray(address, 0)
         check_shared_storage([study.study_dir, study.cache_dir])
+    if study.promote and study.budget_seconds() is not None:
+        say_forecast(study, cores_of(address))
     prepare_study(study, resume)
     save_study_config(study)
     s, ft = study.train.scaling, study.finetune
@@ -86,9 +88,23 @@ def cores_of(address: str | None) -> int:
     return len(os.sched_getaffinity(0))
 
 
+def say_forecast(study: StudyConfig, cores: int) -> None:
+    """The budget's forecast before any long work, unless stage 2 is already planned (a resume)."""
+    from sbmoe_ray.stage2_budget import PLAN_FILE, forecast
+
+    if (study.finetune_study().study_dir / PLAN_FILE).is_file():
+        return
+    line, fits = forecast(study, cores)
+    print(line, flush=True)
+    if not fits:
+        print(f"experts_sweep: warning: budget_minutes={study.budget_minutes} cannot be met on this machine: even "
+              "the least stage 2 and its test phase exceed it; stage 2 will run that least and report the overrun. "
+              "--set promote=0 runs the proxy only; fewer train.data.test_datasets or a larger budget also fit",
+              file=sys.stderr, flush=True)
+
+
 def proxy_stage(study: StudyConfig, tracker) -> int:
     """Stage 1: the frozen-encoder search, its comparisons, summary and report."""
-    import time
 
     from sbmoe_ray.report import budget_line, summary_rows, write_report, write_trial_figures
     from sbmoe_ray.results import format_table, group_trials, load_trials
@@ -124,10 +140,6 @@ def proxy_stage(study: StudyConfig, tracker) -> int:
 def finetune_stage(study: StudyConfig, tracker, started: float, cores: int) -> int:
     """Stage 2: promote, plan to the budget (if any), fine-tune on Ray Train workers, test the chosen, check
     the proxy, report."""
-    import time
-
-    from sbmoe_ray.stage2_budget import load_or_plan, plan_stage2
-
     from sbmoe_ray.results import group_trials, load_trials
     from sbmoe_ray.search_space import BY_NAME
     from sbmoe_ray.stage2_report import write_finetune_section
@@ -135,19 +147,12 @@ def finetune_stage(study: StudyConfig, tracker, started: float, cores: int) -> i
     from sbmoe_ray.two_stage import ProgressCallback, finetune_tuner, promote, stage2_points, stage_times, test_phase
 
     stage2 = study.finetune_study()
-    entries = promote(study)
-    seeds, why = study.finetune.replicates()
-    plan = None
-    if study.budget_seconds() is not None:
-        plan = load_or_plan(stage2.study_dir, lambda: plan_stage2(study, entries, seeds, time.monotonic() - started, cores))
-        print(plan.describe(), flush=True)
-        entries, why = plan.kept, why if plan.seeds == seeds else f"{why}; {plan.seeds} to fit budget_minutes"
-        seeds = plan.seeds
+    entries, seeds, why, plan = planned(study, promote(study), started, cores)
     points = stage2_points(entries, seeds)
     print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {seeds} seed(s) ({why}) = {len(points)} "
           f"trials on {study.finetune.num_workers} Ray Train workers each", flush=True)
     stage = tracker.for_stage("finetune", "stage 2: fine-tuning (encoder + SB-MoE head)")
-    started = time.monotonic()
+    stage_started = time.monotonic()
     callbacks = [MlflowStudyCallback(stage), ProgressCallback("stage 2", len(points))]
     failed = len(finetune_tuner(stage2, points, callbacks).fit().errors)
     if failed:
@@ -160,7 +165,8 @@ def finetune_stage(study: StudyConfig, tracker, started: float, cores: int) -> i
     stage.log_test_results(records)
     summary = write_finetune_section(study, entries, stage_times(study), seeds, plan)
     stage.log_comparisons([g for g in group_trials(records) if g.tested], study.final_test_names)
-    stage.finish_stage({"seconds": time.monotonic() - started})
+    estimate = {f"plan_{k}_seconds": v for k, v in plan.estimate_s.items()} if plan else {}
+    stage.finish_stage({"seconds": time.monotonic() - stage_started, **estimate})
     short = BY_NAME["base_model"].show
     tracker.log_parent_metrics({f"{short(m)}.{k}": a[k] for m, a in summary["agreement"].items()
                                 for k in ("kendall_tau", "spearman_rho") if not math.isnan(a[k])})
@@ -169,6 +175,20 @@ def finetune_stage(study: StudyConfig, tracker, started: float, cores: int) -> i
         print(a["verdict"])
     print(f"report (both stages): {study.study_dir / 'report' / 'report.md'}")
     return 0
+
+
+def planned(study: StudyConfig, entries: list, started: float, cores: int) -> tuple[list, int, str, object]:
+    """Stage 2's entries and seeds: as promoted, or as planned within ``budget_minutes`` (the plan made once,
+    from costs measured here, and read back on resume)."""
+    from sbmoe_ray.stage2_budget import load_or_plan, plan_stage2
+
+    seeds, why = study.finetune.replicates()
+    if study.budget_seconds() is None:
+        return entries, seeds, why, None
+    folder = study.finetune_study().study_dir
+    plan = load_or_plan(folder, lambda: plan_stage2(study, entries, seeds, time.monotonic() - started, cores))
+    print(plan.describe(), flush=True)
+    return plan.kept, plan.seeds, why if plan.seeds == seeds else f"{why}; {plan.seeds} to fit budget_minutes", plan
 
 
 def main(argv: list[str] | None = None) -> int:

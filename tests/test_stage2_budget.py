@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 from sbmoe_ray.results import group_key, load_trials
 from sbmoe_ray.stage2_budget import ModelCosts, make_plan, priority
@@ -74,6 +76,8 @@ def test_a_study_over_its_budget_fine_tunes_the_planned_configurations_only_and_
     assert plan["costs"][model]["step_s"] > 0 and plan["costs"][model]["tokens_per_s"] > 0
     assert plan["estimate_s"]["total"] > plan["budget_s"]                       # and it says so
     assert "[plan] budget 0 min" in output and "over the budget even so" in output
+    assert output.index("[plan] before stage 1") < output.index("[stage 1]")          # said up front
+    assert "budget_minutes=0.01 cannot be met on this machine" in output
     stage2 = load_trials(stage2_dir)
     assert sorted(r.group for r in stage2) == sorted(group_key(e["params"]) for e in plan["kept"])
     report = (tmp_path / "studies" / "tiny-study" / "report" / "report.md").read_text()
@@ -84,5 +88,11 @@ def test_a_study_over_its_budget_fine_tunes_the_planned_configurations_only_and_
     proc = sweep(config)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-4000:]
+    assert "[plan] before stage 1" not in output                                       # planned already
     assert (stage2_dir / "plan.json").stat().st_mtime == mtime
     assert len(load_trials(stage2_dir)) == len(stage2)
+    # `sbmoe report` rewrites the report from the files: the plan's section again.
+    done = subprocess.run([sys.executable, "-m", "sbmoe_ray.cli", "report", str(stage2_dir.parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dropped to fit" in (stage2_dir.parent / "report" / "report.md").read_text()
