@@ -11,8 +11,9 @@ each base model, and estimates
   positives and ``validation_retrieval_docs`` documents), times ``TRAIN_OVERHEAD`` (workers sharing the
   cores, all-reduce; measured), + a fixed start-up (``TRIAL_OVERHEAD_S``);
 * the test phase: every test corpus's tokens (all of them, counted) at the measured tokens per second, for
-  the baseline and the chosen configuration of each base model and each seed, spread over the cores,
-  times ``TEST_OVERHEAD`` (queries, search, scoring; measured).
+  the baseline and the chosen configuration of each base model and each seed, encoded at a test
+  evaluation's threads, times ``TEST_OVERHEAD`` plus ``TEST_FIXED_S`` (loading, queries, search, scoring;
+  fitted to measured runs), as many at once as the cores hold.
 
 Then, while the estimate exceeds the time left of the budget, it drops stage-2 work, least needed first:
 replicates beyond the first, then per base model (in turn) its entries from the end of the order
@@ -34,23 +35,26 @@ from typing import Any
 PLAN_FILE = "plan.json"
 TRIAL_OVERHEAD_S = 30.0      # a stage-2 trial's start-up, checkpoint and report (measured: 25-35 s on 2 cores)
 # Measured over the estimate from one worker timed alone (AVX2 emulation, fresh-clone quick start): two
-# workers sharing 2 cores and all-reducing trained 5.6-5.9 pairs/s against 7.2 estimated; a test evaluation
-# (2 threads, one at a time; queries, search and scoring besides the documents) took 7.7 min (MiniLM) and
-# 3.9 min (minilm-l3) against 6.5 and 3.3 min of document encoding estimated.
+# workers sharing 2 cores and all-reducing trained 5.6-5.9 pairs/s against 7.2 estimated.
 TRAIN_OVERHEAD = 1.2
-TEST_OVERHEAD = 1.2
+# A test evaluation (at its threads, one at a time on 2 cores) over its documents' encoding, plus a fixed
+# part (loading, tokenising, search, scoring). Fitted to the quick starts: MiniLM / minilm-l3 took 138 / 72 s
+# with bf16 (estimated 133 / 83) and 462 / 234 s on the AVX2 emulation (481 / 240).
+TEST_OVERHEAD = 1.1
+TEST_FIXED_S = 20.0
 
 
 @dataclass
 class ModelCosts:
     """What one base model costs here, measured: a training step of one worker, encoding throughput."""
     step_s: float               # one step of one worker (batch / workers pairs, forward + backward)
-    tokens_per_s: float         # encoding, at the worker's threads
+    tokens_per_s: float         # encoding, at the worker's threads (validation)
+    eval_tokens_per_s: float    # encoding, at a test evaluation's threads (workers x CPUs per worker)
     trial_s: float = math.nan   # estimates from those, for this study
-    test_s: float = math.nan    # one test evaluation (every test set), at the worker's threads
+    test_s: float = math.nan    # one test evaluation (every test set), at its threads
 
 
-def measure_model(cfg, threads: int) -> ModelCosts:
+def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
     """Time one training step of a worker and the encoding of real documents, for ``cfg``'s base model."""
     import torch
 
@@ -72,11 +76,14 @@ def measure_model(cfg, threads: int) -> ModelCosts:
         step(model, queries, passages, True)
         step_s = time.perf_counter() - start
         model.eval()
-        with torch.no_grad(), autocast("cpu", cfg.memory.precision):
-            start = time.perf_counter()
-            model.embed_inputs(passages)
-            tokens_per_s = int(passages["attention_mask"].sum()) / (time.perf_counter() - start)
-        return ModelCosts(step_s, tokens_per_s)
+        rates = []
+        for n in (threads, eval_threads):
+            torch.set_num_threads(n)
+            with torch.no_grad(), autocast("cpu", cfg.memory.precision):
+                start = time.perf_counter()
+                model.embed_inputs(passages)
+                rates.append(int(passages["attention_mask"].sum()) / (time.perf_counter() - start))
+        return ModelCosts(step_s, *rates)
     finally:
         torch.set_num_threads(old)
 
@@ -108,7 +115,7 @@ def estimate_model(cfg, costs: ModelCosts, test_tokens: int, cores: int) -> Mode
     val_docs = (len({d for _, d in validation}) + cfg.data.validation_retrieval_docs) * cfg.model.max_length
     train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss + val_docs / costs.tokens_per_s)
     return replace(costs, trial_s=TRIAL_OVERHEAD_S + TRAIN_OVERHEAD * crowding * train_s,
-                   test_s=TEST_OVERHEAD * test_tokens / costs.tokens_per_s)
+                   test_s=TEST_OVERHEAD * test_tokens / costs.eval_tokens_per_s + TEST_FIXED_S)
 
 
 @dataclass
@@ -122,6 +129,7 @@ class Plan:
     estimate_s: dict[str, float]          # stage 2 training, test phase, total with what was spent
     costs: dict[str, dict[str, float]]    # per base model
     cores: int
+    eval_threads: int = 1
 
     def describe(self) -> str:
         est = self.estimate_s
@@ -157,13 +165,14 @@ def priority(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def make_plan(entries: list[dict[str, Any]], seeds: int, costs: dict[str, ModelCosts], budget_s: float,
-              spent_s: float, cores: int) -> Plan:
+              spent_s: float, cores: int, eval_threads: int = 1) -> Plan:
     """Drop stage-2 work, least needed first, until the estimate fits the budget (see the module)."""
     kept, dropped = list(entries), []
 
     def estimate(kept: list[dict[str, Any]], seeds: int) -> dict[str, float]:
         training = sum(costs[e["base_model"]].trial_s for e in kept) * seeds
-        test = sum(2 * seeds * costs[m].test_s for m in {e["base_model"] for e in kept}) / max(1, cores)
+        at_once = max(1, cores // eval_threads)        # the test phase runs as many as the cores hold
+        test = sum(2 * seeds * costs[m].test_s for m in {e["base_model"] for e in kept}) / at_once
         return {"training": training, "test": test, "total": spent_s + training + test}
 
     if estimate(kept, seeds)["total"] > budget_s and seeds > 1:
@@ -175,7 +184,7 @@ def make_plan(entries: list[dict[str, Any]], seeds: int, costs: dict[str, ModelC
         kept.remove(entry)
         dropped.append(entry)
     return Plan(budget_s, spent_s, seeds, kept, dropped, estimate(kept, seeds),
-                {m: asdict(c) for m, c in costs.items()}, cores)
+                {m: asdict(c) for m, c in costs.items()}, cores, eval_threads)
 
 
 def read_plan(folder: Path) -> Plan | None:
@@ -200,6 +209,12 @@ def load_or_plan(folder: Path, compute) -> Plan:
 _MEASURED: dict[tuple, dict[str, ModelCosts]] = {}
 
 
+def eval_threads_of(config) -> int:
+    """The threads of a test evaluation: a stage-2 trial's workers x CPUs per worker (a study or a TrainConfig)."""
+    scaling = config.scaling if hasattr(config, "scaling") else config.finetune
+    return max(1, int(scaling.num_workers * scaling.cpus_per_worker))
+
+
 def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
     """Each base model's costs for this study, measured once per process (the forecast and the plan share them)."""
     from sbmoe_ray.train.launch import resolved
@@ -212,11 +227,11 @@ def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
         cfg = resolved(stage2.trial_config({"base_model": model, "num_experts": 0}, "plan"))
         tokens = corpus_tokens(study.train.data.test_datasets, cfg.data.test_split,
                                cfg.data.data_dir, cfg.model.base_model, cfg.model.max_length, cfg.data.query_max_length)
-        threads = max(1, int(cfg.scaling.cpus_per_worker))
-        costs[model] = estimate_model(cfg, measure_model(cfg, threads), tokens, cores)
+        threads, eval_threads = max(1, int(cfg.scaling.cpus_per_worker)), eval_threads_of(cfg)
+        costs[model] = estimate_model(cfg, measure_model(cfg, threads, eval_threads), tokens, cores)
         print(f"[plan] {model}: a training step {costs[model].step_s:.1f} s, encoding {costs[model].tokens_per_s:.0f} "
-              f"tokens/s on {threads} thread(s) -> a trial ~{costs[model].trial_s / 60:.1f} min, a test evaluation "
-              f"~{costs[model].test_s / 60:.1f} min on one thread", flush=True)
+              f"tokens/s on {threads} thread(s), {costs[model].eval_tokens_per_s:.0f} on {eval_threads} -> a trial "
+              f"~{costs[model].trial_s / 60:.1f} min, a test evaluation ~{costs[model].test_s / 60:.1f} min", flush=True)
     _MEASURED[key] = costs
     return costs
 
@@ -224,7 +239,7 @@ def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
 def plan_stage2(study, entries: list[dict[str, Any]], seeds: int, spent_s: float, cores: int) -> Plan:
     """Plan stage 2 within ``study.budget_seconds()`` from each base model's costs measured here."""
     costs = measured_costs(study, {e["base_model"] for e in entries}, cores)
-    return make_plan(entries, seeds, costs, study.budget_seconds(), spent_s, cores)
+    return make_plan(entries, seeds, costs, study.budget_seconds(), spent_s, cores, eval_threads_of(study))
 
 
 def forecast(study, cores: int) -> tuple[str, bool]:
@@ -239,8 +254,9 @@ def forecast(study, cores: int) -> tuple[str, bool]:
                for role, n in (("promoted", study.promote), ("control", study.finetune.controls)) for i in range(n)]
     entries += [{"base_model": m, "role": "baseline", "stage1_group": None} for m in models]
     seeds, costs = study.finetune.replicates()[0], measured_costs(study, models, cores)
-    full = make_plan(entries, seeds, costs, math.inf, 0.0, cores).estimate_s["total"]
-    least = make_plan(entries, seeds, costs, 0.0, 0.0, cores).estimate_s["total"]
+    threads = eval_threads_of(study)
+    full = make_plan(entries, seeds, costs, math.inf, 0.0, cores, threads).estimate_s["total"]
+    least = make_plan(entries, seeds, costs, 0.0, 0.0, cores, threads).estimate_s["total"]
     budget = study.budget_seconds()
     return (f"[plan] before stage 1: stage 2 and its test phase estimated {full / 60:.0f} min as configured, "
             f"{least / 60:.0f} min at the least (the baseline and the top configuration of each base model, 1 seed); "

@@ -17,6 +17,9 @@ one SB-MoE block after the last layer of a bi-encoder, compared with the same bi
              the top ``promote`` configurations, ``finetune.controls`` random others and plain
              fine-tuning on Ray Train workers, tests the one it chooses, and checks the proxy's ranking
              (Kendall's tau). ``--set promote=0``: stage 1 only.
+  Budget.    ``budget_minutes`` (the default study: ``auto``, 45 min where bf16 is native, else 90):
+             stage 2 is planned to fit from costs measured on this machine, least-needed work
+             dropped first; the estimate is printed before stage 1 and the plan at stage 2's start.
   Testing.   nDCG@10 and R@100 (also MRR@10, MAP@100, P@1) on the in-domain test split and zero-shot
              collections; Δ against the baseline with a paired t-test.
   Tracking.  One MLflow parent run for the study, one child run per stage, the trials under their

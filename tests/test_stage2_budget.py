@@ -24,7 +24,7 @@ def entries(models=("a", "b"), promoted=2, controls=2) -> list[dict]:
 
 
 def costs(trial_s=60.0, test_s=120.0) -> dict[str, ModelCosts]:
-    return {m: ModelCosts(1.0, 1000.0, trial_s, test_s) for m in ("a", "b")}
+    return {m: ModelCosts(1.0, 1000.0, 2000.0, trial_s, test_s) for m in ("a", "b")}
 
 
 def test_the_drop_order_alternates_base_models_and_reads_promoted_and_controls_interleaved_from_the_end():
