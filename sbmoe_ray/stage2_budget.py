@@ -42,6 +42,8 @@ TRAIN_OVERHEAD = 1.2
 # with bf16 (estimated 133 / 83) and 462 / 234 s on the AVX2 emulation (481 / 240).
 TEST_OVERHEAD = 1.1
 TEST_FIXED_S = 20.0
+_MEASURED: dict[tuple, dict[str, "ModelCosts"]] = {}   # per process: the forecast and the plan share them
+_TOKENS: dict[tuple, int] = {}                           # test-corpus tokens per tokenizer
 
 
 @dataclass
@@ -52,6 +54,7 @@ class ModelCosts:
     eval_tokens_per_s: float    # encoding, at a test evaluation's threads (workers x CPUs per worker)
     trial_s: float = math.nan   # estimates from those, for this study
     test_s: float = math.nan    # one test evaluation (every test set), at its threads
+    eval_threads: int = 1
 
 
 def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
@@ -83,7 +86,7 @@ def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
                 start = time.perf_counter()
                 model.embed_inputs(passages)
                 rates.append(int(passages["attention_mask"].sum()) / (time.perf_counter() - start))
-        return ModelCosts(step_s, *rates)
+        return ModelCosts(step_s, *rates, eval_threads=eval_threads)
     finally:
         torch.set_num_threads(old)
 
@@ -91,9 +94,18 @@ def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
 def corpus_tokens(names: list[str], split: str, data_dir, base_model: str, max_length: int, query_max_length: int) -> int:
     """Every token a test evaluation encodes: each corpus's documents and judged queries, truncated."""
     from sbmoe_ray.backbones import load_tokenizer
+
+    tokenizer = load_tokenizer(base_model)       # base models sharing a tokenizer (minilm-l3) count once
+    key = (tuple(names), split, str(data_dir), tokenizer.name_or_path, max_length, query_max_length)
+    if key not in _TOKENS:
+        _TOKENS[key] = _count_tokens(tokenizer, names, split, data_dir, max_length, query_max_length)
+    return _TOKENS[key]
+
+
+def _count_tokens(tokenizer, names: list[str], split: str, data_dir, max_length: int, query_max_length: int) -> int:
     from sbmoe_ray.data import load_dataset
 
-    tokenizer, total = load_tokenizer(base_model), 0
+    total = 0
     for name in names:
         dataset = load_dataset(name, split, data_dir)
         for texts, length in (([d.full_text for d in dataset.corpus.values()], max_length),
@@ -129,7 +141,6 @@ class Plan:
     estimate_s: dict[str, float]          # stage 2 training, test phase, total with what was spent
     costs: dict[str, dict[str, float]]    # per base model
     cores: int
-    eval_threads: int = 1
 
     def describe(self) -> str:
         est = self.estimate_s
@@ -165,14 +176,14 @@ def priority(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def make_plan(entries: list[dict[str, Any]], seeds: int, costs: dict[str, ModelCosts], budget_s: float,
-              spent_s: float, cores: int, eval_threads: int = 1) -> Plan:
+              spent_s: float, cores: int) -> Plan:
     """Drop stage-2 work, least needed first, until the estimate fits the budget (see the module)."""
     kept, dropped = list(entries), []
 
     def estimate(kept: list[dict[str, Any]], seeds: int) -> dict[str, float]:
         training = sum(costs[e["base_model"]].trial_s for e in kept) * seeds
-        at_once = max(1, cores // eval_threads)        # the test phase runs as many as the cores hold
-        test = sum(2 * seeds * costs[m].test_s for m in {e["base_model"] for e in kept}) / at_once
+        models = {e["base_model"] for e in kept}      # the test phase runs as many at once as the cores hold
+        test = sum(2 * seeds * costs[m].test_s / max(1, cores // costs[m].eval_threads) for m in models)
         return {"training": training, "test": test, "total": spent_s + training + test}
 
     if estimate(kept, seeds)["total"] > budget_s and seeds > 1:
@@ -184,7 +195,7 @@ def make_plan(entries: list[dict[str, Any]], seeds: int, costs: dict[str, ModelC
         kept.remove(entry)
         dropped.append(entry)
     return Plan(budget_s, spent_s, seeds, kept, dropped, estimate(kept, seeds),
-                {m: asdict(c) for m, c in costs.items()}, cores, eval_threads)
+                {m: asdict(c) for m, c in costs.items()}, cores)
 
 
 def read_plan(folder: Path) -> Plan | None:
@@ -206,18 +217,9 @@ def load_or_plan(folder: Path, compute) -> Plan:
     return plan
 
 
-_MEASURED: dict[tuple, dict[str, ModelCosts]] = {}
-
-
-def eval_threads_of(config) -> int:
-    """The threads of a test evaluation: a stage-2 trial's workers x CPUs per worker (a study or a TrainConfig)."""
-    scaling = config.scaling if hasattr(config, "scaling") else config.finetune
-    return max(1, int(scaling.num_workers * scaling.cpus_per_worker))
-
-
 def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
     """Each base model's costs for this study, measured once per process (the forecast and the plan share them)."""
-    from sbmoe_ray.train.launch import resolved
+    from sbmoe_ray.train.launch import evaluation_cpus, resolved
 
     key = (str(study.study_dir), tuple(sorted(models)), cores)
     if key in _MEASURED:
@@ -227,7 +229,7 @@ def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
         cfg = resolved(stage2.trial_config({"base_model": model, "num_experts": 0}, "plan"))
         tokens = corpus_tokens(study.train.data.test_datasets, cfg.data.test_split,
                                cfg.data.data_dir, cfg.model.base_model, cfg.model.max_length, cfg.data.query_max_length)
-        threads, eval_threads = max(1, int(cfg.scaling.cpus_per_worker)), eval_threads_of(cfg)
+        threads, eval_threads = max(1, int(cfg.scaling.cpus_per_worker)), max(1, int(evaluation_cpus(cfg)))
         costs[model] = estimate_model(cfg, measure_model(cfg, threads, eval_threads), tokens, cores)
         print(f"[plan] {model}: a training step {costs[model].step_s:.1f} s, encoding {costs[model].tokens_per_s:.0f} "
               f"tokens/s on {threads} thread(s), {costs[model].eval_tokens_per_s:.0f} on {eval_threads} -> a trial "
@@ -236,10 +238,11 @@ def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
     return costs
 
 
-def plan_stage2(study, entries: list[dict[str, Any]], seeds: int, spent_s: float, cores: int) -> Plan:
-    """Plan stage 2 within ``study.budget_seconds()`` from each base model's costs measured here."""
+def plan_stage2(study, entries: list[dict[str, Any]], seeds: int, started: float, cores: int) -> Plan:
+    """Plan stage 2 within ``study.budget_seconds()`` from each base model's costs measured here; the time
+    spent counts from ``started`` (``time.monotonic()``) to the end of the measurements."""
     costs = measured_costs(study, {e["base_model"] for e in entries}, cores)
-    return make_plan(entries, seeds, costs, study.budget_seconds(), spent_s, cores, eval_threads_of(study))
+    return make_plan(entries, seeds, costs, study.budget_seconds(), time.monotonic() - started, cores)
 
 
 def forecast(study, cores: int) -> tuple[str, bool]:
@@ -254,9 +257,8 @@ def forecast(study, cores: int) -> tuple[str, bool]:
                for role, n in (("promoted", study.promote), ("control", study.finetune.controls)) for i in range(n)]
     entries += [{"base_model": m, "role": "baseline", "stage1_group": None} for m in models]
     seeds, costs = study.finetune.replicates()[0], measured_costs(study, models, cores)
-    threads = eval_threads_of(study)
-    full = make_plan(entries, seeds, costs, math.inf, 0.0, cores, threads).estimate_s["total"]
-    least = make_plan(entries, seeds, costs, 0.0, 0.0, cores, threads).estimate_s["total"]
+    full = make_plan(entries, seeds, costs, math.inf, 0.0, cores).estimate_s["total"]
+    least = make_plan(entries, seeds, costs, 0.0, 0.0, cores).estimate_s["total"]
     budget = study.budget_seconds()
     return (f"[plan] before stage 1: stage 2 and its test phase estimated {full / 60:.0f} min as configured, "
             f"{least / 60:.0f} min at the least (the baseline and the top configuration of each base model, 1 seed); "

@@ -37,7 +37,7 @@ from sbmoe_ray.results import (POINT_KEY, REPLICATE_KEY, RESULTS_FILE, ConfigGro
 from sbmoe_ray.search_space import describe
 from sbmoe_ray.study import trainable
 from sbmoe_ray.study_config import StudyConfig
-from sbmoe_ray.train.launch import evaluate_remote, sharded_evaluation
+from sbmoe_ray.train.launch import evaluate_remote, evaluation_cpus, sharded_evaluation
 
 
 class ProgressCallback(tune.Callback):
@@ -107,7 +107,7 @@ def test_phase(study: StudyConfig, stage2: StudyConfig, cores: int | None = None
     jobs = [(r, *_tested_config(study, r)) for r in todo if not r.test]
     pending, started, total = {}, time.monotonic(), len(jobs)
     while jobs or pending:
-        while jobs and (not pending or cores is None or _threads(jobs[0][1]) * (len(pending) + 1) <= cores):
+        while jobs and (not pending or cores is None or evaluation_cpus(jobs[0][1]) * (len(pending) + 1) <= cores):
             record, cfg, folder = jobs.pop(0)
             tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
             pending[evaluate_remote(folder, cfg, tests)] = record
@@ -116,10 +116,6 @@ def test_phase(study: StudyConfig, stage2: StudyConfig, cores: int | None = None
         _add_results(record, ray.get(ref))
         _progress("test", total - len(jobs) - len(pending), total, record, started)
     large_test_phase(study, todo)
-
-
-def _threads(cfg) -> float:
-    return cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
 
 
 def large_test_phase(study: StudyConfig, todo: list) -> None:

@@ -189,7 +189,7 @@ def planned(study: StudyConfig, entries: list, started: float, cores: int) -> tu
     if study.budget_seconds() is None:
         return entries, seeds, why, None
     folder = study.finetune_study().study_dir
-    plan = load_or_plan(folder, lambda: plan_stage2(study, entries, seeds, time.monotonic() - started, cores))
+    plan = load_or_plan(folder, lambda: plan_stage2(study, entries, seeds, started, cores))
     print(plan.describe(), flush=True)
     return plan.kept, plan.seeds, why if plan.seeds == seeds else f"{why}; {plan.seeds} to fit budget_minutes", plan
 

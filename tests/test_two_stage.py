@@ -154,6 +154,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
 def test_the_verdict_trusts_the_proxy_only_on_a_significant_positive_tau():
     from sbmoe_ray.promotion import verdict
 
+    assert "too few configurations (2)" in verdict(rank_agreement([1, 2], [1, 2]), "m")   # tau = 1, p = 1
     four = rank_agreement([1, 2, 3, 4], [1, 2, 3, 4])                       # tau = 1, exact p = 0.083
     assert "not conclusive" in verdict(four, "m")
     eight = rank_agreement(list(range(8)), list(range(8)))

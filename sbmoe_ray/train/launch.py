@@ -225,14 +225,18 @@ def evaluate_best(folder: Path | None, cfg: TrainConfig, datasets: list[BeirData
     return ray.get(evaluate_remote(folder, cfg, datasets))
 
 
+def evaluation_cpus(cfg: TrainConfig) -> float:
+    """What a run's live evaluation is given: its training workers' CPUs (threads: at least 1)."""
+    return cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+
+
 def evaluate_remote(folder: Path | None, cfg: TrainConfig, datasets: list[BeirDataset]):
     """The live evaluation as a Ray task (an ObjectRef of the results) with the trial's workers' resources:
     a caller with several checkpoints to test submits them all and Ray runs as many as the cluster fits."""
     import ray
 
     evaluation = evaluation_for(cfg)
-    s = cfg.scaling
-    cpus = s.num_workers * s.cpus_per_worker
+    s, cpus = cfg.scaling, evaluation_cpus(cfg)
     init_ray(None, cpus + 1, s.dashboard)
     if evaluation.runs_here:          # sharded: it submits its own tasks (a task around them would hold CPUs)
         return ray.put(evaluation(folder, datasets))
