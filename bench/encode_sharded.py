@@ -1,6 +1,6 @@
 """Sharded encoding throughput: documents per second against the number of Ray workers.
 
-Encodes one corpus with the base model (no head) through ``sbmoe_ray/sharded_encode.py`` with W workers of
+Encodes one corpus with the base model (no head) through ``sbmoe_ray/evaluation/sharded/encode.py`` with W workers of
 ``--cpus`` CPUs each, for each W in ``--workers``, into a fresh folder each time (cold: every shard
 encoded), and prints docs/s. On a 2-core machine W = 1 x 2 CPUs and W = 2 x 1 CPU use the same cores:
 the ratio shows the cost of splitting, not a speed-up; on GPUs give ``--gpu`` and W up to the GPU count.
@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sbmoe_ray.checkpoint_eval import LiveEvaluation
-from sbmoe_ray.data import data_root, locate_dataset
-from sbmoe_ray.evaluate import EncodeSettings
-from sbmoe_ray.hardware import machine
-from sbmoe_ray.model_config import ModelConfig
-from sbmoe_ray.precision import resolve_precision
-from sbmoe_ray.sharded_encode import encode_sharded
+from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
+from sbmoe_ray.data.beir import data_root, locate_dataset
+from sbmoe_ray.evaluation.dense import EncodeSettings
+from sbmoe_ray.runtime.hardware import machine
+from sbmoe_ray.model.config import ModelConfig
+from sbmoe_ray.runtime.precision import resolve_precision
+from sbmoe_ray.evaluation.sharded.encode import encode_sharded
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Reference: sentence-transformers ``encode`` through BEIR's ``SentenceBERT`` + ``DenseRetrievalExactSearch``
 (cosine), scored by BEIR's ``EvaluateRetrieval``, data read by BEIR's ``GenericDataLoader``.
-Ours: ``sbmoe_ray.evaluate.evaluate`` in fp32 and in bf16 autocast.
+Ours: ``sbmoe_ray.evaluation.dense.evaluate`` in fp32 and in bf16 autocast.
 Each pipeline runs in a fresh subprocess (oneDNN caches kernels per shape, which would favour whichever
 pipeline runs second). Prints the machine and its measured matmul ceilings (fp32, bf16), then texts/s
 (corpus + queries, end to end), nDCG@10, ratios to the reference, and our encoder's model FLOP/s as a
@@ -26,8 +26,8 @@ def run_reference(dataset: str, data_dir: str | None, model: str) -> dict:
     from beir.retrieval.evaluation import EvaluateRetrieval
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
-    from sbmoe_ray.backbones import resolve_model
-    from sbmoe_ray.data import locate_dataset
+    from sbmoe_ray.model.backbones import resolve_model
+    from sbmoe_ray.data.beir import locate_dataset
 
     corpus, queries, qrels = GenericDataLoader(str(locate_dataset(dataset, data_dir))).load(split="test")
     retriever = EvaluateRetrieval(DenseRetrievalExactSearch(models.SentenceBERT(resolve_model(model).source),
@@ -41,12 +41,12 @@ def run_reference(dataset: str, data_dir: str | None, model: str) -> dict:
 
 
 def run_ours(dataset: str, data_dir: str | None, model: str, precision: str) -> dict:
-    from sbmoe_ray.backbones import load_tokenizer
-    from sbmoe_ray.data import load_dataset
-    from sbmoe_ray.evaluate import EncodeSettings, evaluate
-    from sbmoe_ray.model import ModelConfig, build_bi_encoder
+    from sbmoe_ray.model.backbones import load_tokenizer
+    from sbmoe_ray.data.beir import load_dataset
+    from sbmoe_ray.evaluation.dense import EncodeSettings, evaluate
+    from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
 
-    from sbmoe_ray.hardware import encoder_flops_per_token, utilisation
+    from sbmoe_ray.runtime.hardware import encoder_flops_per_token, utilisation
 
     config = ModelConfig(base_model=model).resolved()
     ds = load_dataset(dataset, "test", data_dir)
@@ -79,7 +79,7 @@ def main() -> None:
                else run_ours(name, args.data_dir, args.model, args.pipeline.removeprefix("ours-")))
         print("RESULT " + json.dumps(out))
         return
-    from sbmoe_ray.hardware import describe_machine, matmul_ceiling
+    from sbmoe_ray.runtime.hardware import describe_machine, matmul_ceiling
 
     pipelines = ["reference", "ours-fp32", "ours-bf16"]
     print(f"machine: {describe_machine()}")

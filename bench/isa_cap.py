@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from sbmoe_ray.hardware import machine
-from sbmoe_ray.precision import describe, resolve_precision
+from sbmoe_ray.runtime.hardware import machine
+from sbmoe_ray.runtime.precision import describe, resolve_precision
 
 
 def seconds(fn, repeats: int) -> float:

@@ -16,11 +16,11 @@ import time
 def encode(threads: int, docs: int, queue) -> None:
     import torch
 
-    from sbmoe_ray.backbones import load_tokenizer
-    from sbmoe_ray.data import load_dataset
-    from sbmoe_ray.evaluate import EncodeSettings, encode as run_encode
-    from sbmoe_ray.model import build_bi_encoder
-    from sbmoe_ray.model_config import ModelConfig
+    from sbmoe_ray.model.backbones import load_tokenizer
+    from sbmoe_ray.data.beir import load_dataset
+    from sbmoe_ray.evaluation.dense import EncodeSettings, encode as run_encode
+    from sbmoe_ray.model.bi_encoder import build_bi_encoder
+    from sbmoe_ray.model.config import ModelConfig
 
     torch.set_num_threads(threads)
     dataset = load_dataset("scifact", "test")
@@ -45,7 +45,7 @@ def side_by_side(jobs: int, threads: int, docs: int) -> float:
 
 
 if __name__ == "__main__":
-    from sbmoe_ray.hardware import describe_machine
+    from sbmoe_ray.runtime.hardware import describe_machine
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=600)

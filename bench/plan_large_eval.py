@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from sbmoe_ray.beir_collections import BEIR_13, BEIR_13_QUERIES, MSMARCO
+from sbmoe_ray.data.collections import BEIR_13, BEIR_13_QUERIES, MSMARCO
 
 
 def rows() -> list[tuple[str, int, int]]:

@@ -3,7 +3,7 @@
 Clustered unit vectors (as embeddings are; uniform random ones are the worst case for approximate
 indexes), written as shard files, then for ``--queries`` queries at k = 100:
 
-* sharded exact search (``sbmoe_ray/sharded_search.py``) under ``--memory-mib``: time, peak of its own
+* sharded exact search (``sbmoe_ray/evaluation/sharded/search.py``) under ``--memory-mib``: time, peak of its own
   allocations (tracemalloc), and equality with the flat index;
 * FAISS flat, HNSW and IVF indexes (built in memory): build time, search time, resident memory added
   by the index (RSS), recall@100 against exact search.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sbmoe_ray.hardware import machine
-from sbmoe_ray.sharded_search import ShardedCorpus, build_index, exact_topk, recall_at_k, write_shards
+from sbmoe_ray.runtime.hardware import machine
+from sbmoe_ray.evaluation.sharded.search import ShardedCorpus, build_index, exact_topk, recall_at_k, write_shards
 
 
 def rss_mib() -> float:

@@ -23,9 +23,9 @@ from dataclasses import replace
 
 import torch
 
-from sbmoe_ray.backbones import resolve_model
-from sbmoe_ray.data import load_dataset, split_by_query, training_pairs
-from sbmoe_ray.model import ModelConfig
+from sbmoe_ray.model.backbones import resolve_model
+from sbmoe_ray.data.beir import load_dataset, split_by_query, training_pairs
+from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, resolved
 from sbmoe_ray.train.loop import build_optimizer, run_epoch
 from sbmoe_ray.train.plan import PLANS, objective_for
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    from sbmoe_ray.hardware import describe_machine, matmul_ceiling
+    from sbmoe_ray.runtime.hardware import describe_machine, matmul_ceiling
 
     print(f"machine: {describe_machine()}")
     print(f"matmul ceiling (1024², all threads): fp32 {matmul_ceiling('fp32') / 1e9:.0f} GFLOP/s, "

@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sbmoe_ray.comparisons import study_summary
-from sbmoe_ray.results import group_trials, load_trials
+from sbmoe_ray.analysis.comparisons import study_summary
+from sbmoe_ray.analysis.records import group_trials, load_trials
 
 
 def main() -> None:

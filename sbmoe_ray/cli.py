@@ -1,14 +1,18 @@
-"""The ``sbmoe`` command line."""
+"""The ``sbmoe`` command line: ``study`` (the main job), ``train``, ``evaluate``, ``report``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
+STARTED = time.monotonic()     # a study's budget_minutes counts from the command's start (imports included)
+PRESETS = Path(__file__).parent / "presets"
+
 from sbmoe_ray.errors import SbmoeError
-from sbmoe_ray.results import format_table
+from sbmoe_ray.analysis.records import format_table
 
 
 def _quiet_transformers() -> None:
@@ -19,12 +23,12 @@ def _quiet_transformers() -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _quiet_transformers()
-    from sbmoe_ray.backbones import load_tokenizer
-    from sbmoe_ray.data import load_dataset
-    from sbmoe_ray.evaluate import EncodeSettings, evaluate
-    from sbmoe_ray.metrics import METRICS
-    from sbmoe_ray.model import ModelConfig, build_bi_encoder
-    from sbmoe_ray.precision import describe, resolve_precision
+    from sbmoe_ray.model.backbones import load_tokenizer
+    from sbmoe_ray.data.beir import load_dataset
+    from sbmoe_ray.evaluation.dense import EncodeSettings, evaluate
+    from sbmoe_ray.evaluation.metrics import METRICS
+    from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
+    from sbmoe_ray.runtime.precision import describe, resolve_precision
 
     config = ModelConfig(base_model=args.model, max_length=args.max_length).resolved()
     precision = resolve_precision(args.precision, args.device)
@@ -56,11 +60,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _evaluate_sharded(args: argparse.Namespace, config, settings) -> list:
     """Large collections: queries and qrels read, the corpus encoded in shards by ``--workers`` Ray tasks
-    (resumable: run the same command again) and searched shard by shard (:mod:`sbmoe_ray.sharded_eval`)."""
-    from sbmoe_ray.beir_collections import expand_names, load_topics
-    from sbmoe_ray.checkpoint_eval import LiveEvaluation
-    from sbmoe_ray.sharded_eval import ShardedEvaluation
-    from sbmoe_ray.train.config import EvaluationConfig
+    (resumable: run the same command again) and searched shard by shard (:mod:`sbmoe_ray.evaluation.sharded.evaluate`)."""
+    from sbmoe_ray.data.collections import expand_names, load_topics
+    from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
+    from sbmoe_ray.evaluation.sharded.evaluate import ShardedEvaluation
+    from sbmoe_ray.evaluation.config import EvaluationConfig
 
     options = EvaluationConfig(sharded=True, encode_workers=args.workers, shard_rows=args.shard_rows,
                                index=args.index, search_memory_mb=args.search_memory_mb)
@@ -75,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from sbmoe_ray.train import load_train_config
 
     config = load_train_config(Path(args.config), args.set or [])
-    from sbmoe_ray.metrics import METRICS      # after the config is known good: these import torch and Ray
+    from sbmoe_ray.evaluation.metrics import METRICS      # after the config is known good: these import torch and Ray
     from sbmoe_ray.train import fit
 
     _quiet_transformers()
@@ -89,14 +93,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from sbmoe_ray.report import write_report
-    from sbmoe_ray.results import load_trials
-    from sbmoe_ray.study import load_study
-    from sbmoe_ray.study_config import StudyConfig
-    from sbmoe_ray.stage2_budget import read_plan
-    from sbmoe_ray.stage2_report import write_finetune_section
+    from sbmoe_ray.analysis.report import write_report
+    from sbmoe_ray.analysis.records import load_trials
+    from sbmoe_ray.stages.tune import load_study
+    from sbmoe_ray.study.config import StudyConfig
+    from sbmoe_ray.stages.budget import read_plan
+    from sbmoe_ray.analysis.report_finetune import write_finetune_section
     from sbmoe_ray.tracking import StudyTracker
-    from sbmoe_ray.two_stage import read_promotions, stage_times
+    from sbmoe_ray.stages.finetune import read_promotions, stage_times
 
     folder = Path(args.study)
     if not folder.is_dir():
@@ -112,9 +116,58 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {report}")
 
 
+def study_config_path(name: str) -> Path:
+    """A study YAML given by path, or a preset shipped with the package by name (``experts_sweep``, ``paper``)."""
+    from sbmoe_ray.errors import ConfigError
+
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = PRESETS / f"{name.removesuffix('.yaml')}.yaml"
+    if preset.is_file() and len(path.parts) == 1:
+        return preset
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    raise ConfigError(f"--config {name!r}: no such file, and not a preset; presets are {names} "
+                      "(or give the path of a study YAML)")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from sbmoe_ray.config import load_config
+    from sbmoe_ray.study.config import StudyConfig
+
+    overrides = args.set + ([f"tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])
+    study = load_config(StudyConfig, study_config_path("paper" if args.paper else args.config), overrides)
+    from sbmoe_ray.stages.pipeline import run       # after the config is known good: torch, Ray, MLflow
+
+    return run(study, args.resume, args.address, STARTED)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("sbmoe-ray")
+    except metadata.PackageNotFoundError:
+        from sbmoe_ray import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbmoe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sbmoe-ray {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("study", help="the main job: a two-stage study (proxy search, then fine-tuning), its "
+                        "report and MLflow runs; run it again to resume")
+    st.add_argument("--config", default="experts_sweep", help="a study YAML, or a preset: "
+                    + ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml"))) + " (default: experts_sweep)")
+    st.add_argument("--paper", action="store_true", help="the paper's grid (the preset paper)")
+    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. promote=0")
+    st.add_argument("--resume", action="store_true", help="continue the interrupted study of this name")
+    st.add_argument("--tracking-uri", default=None,
+                    help="MLflow URI (default: the config's, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    st.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    st.set_defaults(func=cmd_study)
     ev = sub.add_parser("evaluate", help="zero-shot evaluation of a base model on BEIR datasets")
     ev.add_argument("--model", default="minilm", help="short name (minilm, tinybert, ...), hub id or folder")
     ev.add_argument("--dataset", action="append", required=True, help="BEIR name or folder; repeatable")
@@ -149,11 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except SbmoeError as exc:
         print(f"sbmoe: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,15 +23,16 @@ from typing import Any
 
 from ray import tune
 
-from sbmoe_ray.data import (data_root, dataset_files, fingerprint_files, identical_id_queries, load_dataset,
+from sbmoe_ray.data.beir import (data_root, dataset_files, fingerprint_files, identical_id_queries, load_dataset,
                             locate_dataset)
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.comparisons import compare_groups
-from sbmoe_ray.precision import describe as describe_precision
-from sbmoe_ray.precision import resolve_precision
-from sbmoe_ray.results import ConfigGroup, final_metrics, group_key, metric_key, mlflow_name, split_replicate, trial_point
-from sbmoe_ray.search_space import BY_NAME, PARAMS, describe
-from sbmoe_ray.study_config import StudyConfig
+from sbmoe_ray.analysis.comparisons import compare_groups
+from sbmoe_ray.runtime.precision import describe as describe_precision
+from sbmoe_ray.runtime.precision import resolve_precision
+from sbmoe_ray.analysis.records import ConfigGroup, group_key, split_replicate, trial_point
+from sbmoe_ray.evaluation.metrics import final_metrics, metric_key, mlflow_name
+from sbmoe_ray.study.space import BY_NAME, PARAMS, describe
+from sbmoe_ray.study.config import StudyConfig
 
 RUNS_FILE = "mlflow_runs.json"
 PACKAGES = ("sbmoe-ray", "torch", "transformers", "ray", "optuna", "mlflow", "faiss-cpu", "beir")
@@ -223,7 +224,7 @@ class StudyTracker:
 
     def log_comparisons(self, groups: list[ConfigGroup], datasets: list[str]) -> None:
         """Δ nDCG@10 of each SB-MoE configuration against its base model's baseline (mean over seeds), its
-        query and seed intervals, raw and adjusted p (:func:`sbmoe_ray.comparisons.compare_groups`), on the
+        query and seed intervals, raw and adjusted p (:func:`sbmoe_ray.analysis.comparisons.compare_groups`), on the
         run of each of its replicates, with that replicate's own Δ."""
         runs, metrics = self._runs()["trials"], {}
         for c in compare_groups(groups, datasets):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from sbmoe_ray.backbones import load_tokenizer
+from sbmoe_ray.model.backbones import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from sbmoe_ray.comparisons import compare_groups, paired, study_summary
-from sbmoe_ray.results import TrialRecord, group_trials
+from sbmoe_ray.analysis.comparisons import compare_groups, paired, study_summary
+from sbmoe_ray.analysis.records import TrialRecord, group_trials
 
 BUDGET = {"configurations_planned": 4, "seeds": 3, "epochs": 2}
 

@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from sbmoe_ray.errors import ConfigError, DataError, ModelLoadError
-from sbmoe_ray.model import ModelConfig
+from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, load_train_config
 from sbmoe_ray.train.config import DataConfig, MemoryConfig, OptimConfig, RunConfig
 from sbmoe_ray.train.inputs import epoch_batches
@@ -94,7 +94,7 @@ def test_the_config_names_its_training_path_once(model, optim, memory, path):
     ({"model.base_model": "/nonexistent/model"}, ModelLoadError, r"could not load base model"),
 ])
 def test_bad_runs_stop_before_ray_starts(tmp_path, tokenizer, monkeypatch, overrides, error, message):
-    from sbmoe_ray import data
+    from sbmoe_ray.data import beir as data
 
     monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
     config = TrainConfig(model=ModelConfig(base_model=str(save_tiny_model(tmp_path / "m", tokenizer)), num_experts=2),

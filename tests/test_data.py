@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sbmoe_ray import data
-from sbmoe_ray.data import load_dataset, split_by_query, training_pairs
+from sbmoe_ray.data import beir as data
+from sbmoe_ray.data.beir import load_dataset, split_by_query, training_pairs
 from sbmoe_ray.errors import DataError
 
 from conftest import write_beir

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from sbmoe_ray.backbones import load_backbone, resolve_model
+from sbmoe_ray.model.backbones import load_backbone, resolve_model
 from sbmoe_ray.cli import main
-from sbmoe_ray.data import load_dataset
+from sbmoe_ray.data.beir import load_dataset
 from sbmoe_ray.errors import ConfigError, ModelLoadError
-from sbmoe_ray.evaluate import EncodeSettings, encode, evaluate, exact_search
-from sbmoe_ray.model import ModelConfig, build_bi_encoder
+from sbmoe_ray.evaluation.dense import EncodeSettings, encode, evaluate, exact_search
+from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
 
 
 def test_exact_search_equals_brute_force():
@@ -90,7 +90,7 @@ def test_cli_reports_bad_dataset_before_loading_a_model(tmp_path, capsys):
 
 def test_unreachable_hub_model_gives_one_clear_error():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    code = ("from sbmoe_ray.backbones import load_backbone\n"
+    code = ("from sbmoe_ray.model.backbones import load_backbone\n"
             "load_backbone('no-such-org/no-such-model')")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -110,8 +110,8 @@ def test_minilm_resolves_to_the_offline_package_and_derived_bases_keep_first_lay
 def test_a_ranking_of_depth_101_scores_as_a_ranking_of_1000(data_dir):
     """Our metrics cut at 100 at most; one more document covers the identical-id rule (CISI's query ids
     collide with its document ids): the shallow ranking gives every per-query value of the deep one."""
-    from sbmoe_ray.evaluate import RANKING_DEPTH
-    from sbmoe_ray.metrics import evaluate_run
+    from sbmoe_ray.evaluation.dense import RANKING_DEPTH
+    from sbmoe_ray.evaluation.metrics import evaluate_run
 
     ds = load_dataset("cisi", "test", data_dir=data_dir)
     rng = np.random.default_rng(0)
@@ -130,8 +130,8 @@ def test_a_ranking_of_depth_101_scores_as_a_ranking_of_1000(data_dir):
 def test_the_ranking_keeps_one_document_more_than_the_deepest_cut_for_the_identical_id_rule():
     """A query's own id ranks first and is dropped; its one relevant document is 101st: it must still count
     for Recall@100 (it is 100th once the query's own document is gone), as in a ranking of depth 1000."""
-    from sbmoe_ray.evaluate import RANKING_DEPTH
-    from sbmoe_ray.metrics import evaluate_run
+    from sbmoe_ray.evaluation.dense import RANKING_DEPTH
+    from sbmoe_ray.evaluation.metrics import evaluate_run
 
     doc_ids = ["q"] + [f"d{i}" for i in range(200)]
     docs = np.array([[1000.0]] + [[200.0 - i] for i in range(200)], dtype="float32")

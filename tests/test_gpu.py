@@ -14,10 +14,10 @@ import pytest
 import ray
 import torch
 
-from sbmoe_ray.data import load_dataset
-from sbmoe_ray.model import ModelConfig
+from sbmoe_ray.data.beir import load_dataset
+from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, read_progress
-from sbmoe_ray.train.launch import evaluation_for
+from sbmoe_ray.train.testing import evaluation_for
 
 from train_helpers import save_tiny_model, synthetic_dataset, with_settings
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sbmoe_ray.data import identical_id_queries, load_dataset
+from sbmoe_ray.data.beir import identical_id_queries, load_dataset
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.evaluate import evaluate_pooled
-from sbmoe_ray.model import BiEncoder
+from sbmoe_ray.evaluation.dense import evaluate_pooled
+from sbmoe_ray.model.bi_encoder import BiEncoder
 from sbmoe_ray.train import TrainConfig
 
 from conftest import write_beir

@@ -10,7 +10,7 @@ from beir.retrieval.custom_metrics import mrr as beir_mrr
 from beir.retrieval.evaluation import EvaluateRetrieval
 from scipy import stats
 
-from sbmoe_ray.metrics import evaluate_run, paired_t_test
+from sbmoe_ray.evaluation.metrics import evaluate_run, paired_t_test
 
 QRELS = {"q1": {"a": 1, "c": 2, "z": 0}, "q2": {"b": 1}}
 RUN = {"q1": {"a": 0.9, "b": 0.8, "c": 0.7, "z": 0.95}, "q2": {"a": 0.5, "c": 0.4, "b": 0.3}}

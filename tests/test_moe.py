@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.evaluate import pad_batch
-from sbmoe_ray.losses import InBatchNegativesLoss, load_balancing_loss
-from sbmoe_ray.model import BiEncoder, ModelConfig, build_bi_encoder
-from sbmoe_ray.moe import SBMoE, ExpertLoad, Routing
+from sbmoe_ray.evaluation.dense import pad_batch
+from sbmoe_ray.model.losses import InBatchNegativesLoss, load_balancing_loss
+from sbmoe_ray.model.bi_encoder import BiEncoder, ModelConfig, build_bi_encoder
+from sbmoe_ray.model.moe import SBMoE, ExpertLoad, Routing
 
 H, N, B = 32, 4, 8
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import Cluster
 
-from sbmoe_ray.results import load_trials
+from sbmoe_ray.analysis.records import load_trials
 
 from test_study import runs, sweep, write_study
 from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset
@@ -112,7 +112,7 @@ def test_storage_that_a_node_cannot_see_is_refused(tmp_path, assets):
         assert not (storage / "tiny-study" / "tune").exists()                # refused before any trial
         # Without an address, a local Ray of our own starts, although this cluster is recorded as the
         # machine's current one (plain ray.init() would join it).
-        code = ("import ray; from sbmoe_ray.cluster import init_ray; init_ray(None, 1); "
+        code = ("import ray; from sbmoe_ray.runtime.cluster import init_ray; init_ray(None, 1); "
                 "print('GCS', ray.get_runtime_context().gcs_address)")
         local = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                                env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})

@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 import pytest
 
-from sbmoe_ray.embedding_cache import PooledEmbeddingCache
-from sbmoe_ray.evaluate import EncodeSettings
-from sbmoe_ray.model import ModelConfig
-from sbmoe_ray.precision import native_bf16, resolve_precision
+from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache
+from sbmoe_ray.evaluation.dense import EncodeSettings
+from sbmoe_ray.model.bi_encoder import ModelConfig
+from sbmoe_ray.runtime.precision import native_bf16, resolve_precision
 from sbmoe_ray.train import TrainConfig, prepare
 
 from train_helpers import save_tiny_model, synthetic_dataset, with_settings
@@ -38,7 +38,7 @@ def test_explicit_precisions_are_kept_and_bf16_without_native_support_warns():
 
 
 def test_a_run_stores_the_resolved_precision_and_the_cache_keys_on_it(tmp_path, tokenizer, monkeypatch):
-    from sbmoe_ray import precision
+    from sbmoe_ray.runtime import precision
 
     model = save_tiny_model(tmp_path / "m", tokenizer)
     data = synthetic_dataset(tmp_path / "d", 24)
@@ -66,13 +66,13 @@ def test_a_run_stores_the_resolved_precision_and_the_cache_keys_on_it(tmp_path, 
 
 
 def _queries(folder):
-    from sbmoe_ray.data import load_dataset
+    from sbmoe_ray.data.beir import load_dataset
 
     return list(load_dataset(str(folder), "train").queries.values())
 
 
 def test_a_onednn_isa_cap_below_avx512_bf16_makes_bf16_not_native_and_stage_two_one_seed(monkeypatch):
-    from sbmoe_ray.study_config import FinetuneConfig
+    from sbmoe_ray.study.config import FinetuneConfig
 
     flags = frozenset({"avx2", "avx512_bf16", "amx_bf16"})
     assert native_bf16("cpu", flags) and resolve_precision("auto", "cpu", flags) == "bf16"

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from sbmoe_ray.checkpoint_eval import LiveEvaluation
-from sbmoe_ray.evaluate import EncodeSettings
-from sbmoe_ray.model_config import ModelConfig
-from sbmoe_ray.sharded_encode import plan_shards, read_shard
+from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
+from sbmoe_ray.evaluation.dense import EncodeSettings
+from sbmoe_ray.model.config import ModelConfig
+from sbmoe_ray.evaluation.sharded.encode import plan_shards, read_shard
 
 from conftest import write_beir
 from train_helpers import save_tiny_model
@@ -60,7 +60,7 @@ def test_a_killed_encode_redoes_only_its_missing_shards(tmp_path, model_folder):
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_sharded_encode import evaluation_for
-from sbmoe_ray.sharded_encode import encode_sharded
+from sbmoe_ray.evaluation.sharded.encode import encode_sharded
 encode_sharded(evaluation_for({str(model_folder)!r}), None, {str(folder / 'corpus.jsonl')!r}, {str(tmp_path / 'shards')!r},
                workers=1, shard_rows=500, cpus_per_worker=1.0)
 """)

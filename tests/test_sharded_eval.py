@@ -11,17 +11,17 @@ import faiss
 import numpy as np
 import pytest
 
-from sbmoe_ray.backbones import load_tokenizer
-from sbmoe_ray.beir_collections import BEIR_13, expand_names, load_topics
+from sbmoe_ray.model.backbones import load_tokenizer
+from sbmoe_ray.data.collections import BEIR_13, expand_names, load_topics
 from sbmoe_ray.config import load_config
-from sbmoe_ray.data import data_root, load_dataset
+from sbmoe_ray.data.beir import data_root, load_dataset
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.evaluate import evaluate
-from sbmoe_ray.results import final_metrics, metric_key
-from sbmoe_ray.sharded_eval import ShardedEvaluation
-from sbmoe_ray.sharded_search import ShardedCorpus, write_shards
-from sbmoe_ray.study_config import StudyConfig
-from sbmoe_ray.train.config import EvaluationConfig
+from sbmoe_ray.evaluation.dense import evaluate
+from sbmoe_ray.evaluation.metrics import final_metrics, metric_key
+from sbmoe_ray.evaluation.sharded.evaluate import ShardedEvaluation
+from sbmoe_ray.evaluation.sharded.search import ShardedCorpus, write_shards
+from sbmoe_ray.study.config import StudyConfig
+from sbmoe_ray.evaluation.config import EvaluationConfig
 
 from conftest import write_beir
 from test_sharded_encode import DATA, evaluation_for, local_ray, model_folder  # noqa: F401 (fixtures)
@@ -116,7 +116,7 @@ def test_a_collection_named_but_absent_is_downloaded_once_into_the_data_root(tmp
     import shutil
     import threading
 
-    import sbmoe_ray.data
+    import sbmoe_ray.data.beir
 
     source = write_beir(tmp_path / "site" / "tiny", [{"_id": "d", "title": "", "text": "t"}],
                         [{"_id": "q", "text": "t"}], {"test": [("q", "d", 1)]})
@@ -124,7 +124,7 @@ def test_a_collection_named_but_absent_is_downloaded_once_into_the_data_root(tmp
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(sbmoe_ray.data, "BEIR_URL", f"http://127.0.0.1:{server.server_address[1]}/{{name}}.zip")
+    monkeypatch.setattr(sbmoe_ray.data.beir, "BEIR_URL", f"http://127.0.0.1:{server.server_address[1]}/{{name}}.zip")
     try:
         topics = load_topics("tiny", None, tmp_path / "root")
         assert topics.path == tmp_path / "root" / "tiny" and topics.qrels == {"q": {"d": 1}}

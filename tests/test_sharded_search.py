@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from sbmoe_ray.sharded_search import (ShardedCorpus, block_rows, build_index, choose_index, exact_topk,
+from sbmoe_ray.evaluation.sharded.search import (ShardedCorpus, block_rows, build_index, choose_index, exact_topk,
                                       recall_at_k, to_run, write_shards)
 
 

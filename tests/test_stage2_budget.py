@@ -8,8 +8,8 @@ import math
 import subprocess
 import sys
 
-from sbmoe_ray.results import group_key, load_trials
-from sbmoe_ray.stage2_budget import ModelCosts, make_plan, priority
+from sbmoe_ray.analysis.records import group_key, load_trials
+from sbmoe_ray.stages.budget import ModelCosts, make_plan, priority
 
 from test_study import assets, sweep, write_study  # noqa: F401 (the module fixture)
 

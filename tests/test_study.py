@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sbmoe_ray.results import group_trials, load_trials
+from sbmoe_ray.analysis.records import group_trials, load_trials
 
 from train_helpers import save_tiny_model, synthetic_dataset
 
@@ -216,9 +216,9 @@ def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tm
 def test_the_space_keeps_top_k_within_n_and_baselines_to_the_enqueued_trials():
     import optuna
 
-    from sbmoe_ray.search_space import define_space
-    from sbmoe_ray.study import baselines
-    from sbmoe_ray.study_config import StudyConfig
+    from sbmoe_ray.study.space import define_space
+    from sbmoe_ray.stages.tune import baselines
+    from sbmoe_ray.study.config import StudyConfig
 
     study = StudyConfig.from_dict({"space": {"base_model": ["a", "b"], "num_experts": [0, 3, 6], "top_k": [1, 2]}})
     sampler = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))

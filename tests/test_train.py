@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from sbmoe_ray.model import WEIGHTS_FILE, ModelConfig
+from sbmoe_ray.model.bi_encoder import WEIGHTS_FILE, ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, read_progress
 from sbmoe_ray.train.plan import build_model, objective_for
 from sbmoe_ray.train.step import CachedGradientStep
@@ -219,7 +219,7 @@ def test_evaluation_sharded_tests_a_run_in_shards_with_the_single_process_metric
 
 
 def test_the_same_seed_gives_the_same_result_and_another_seed_another_on_the_same_validation_split(assets, tmp_path):
-    from sbmoe_ray.data import load_dataset
+    from sbmoe_ray.data.beir import load_dataset
     from sbmoe_ray.train.inputs import split_pairs
 
     settings = dict(encoder_lr=0.0, num_workers=1, epochs=2)          # noisy gating on: the seed drives it too

@@ -15,8 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from sbmoe_ray.promotion import promotions, rank_agreement
-from sbmoe_ray.results import TrialRecord, group_key, group_trials, load_trials
+from sbmoe_ray.analysis.agreement import rank_agreement
+from sbmoe_ray.stages.promotion import promotions
+from sbmoe_ray.analysis.records import TrialRecord, group_key, group_trials, load_trials
 
 from test_study import assets, sweep, write_study  # noqa: F401 (the module fixture)
 from train_helpers import synthetic_dataset
@@ -152,7 +153,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
 
 
 def test_the_verdict_trusts_the_proxy_only_on_a_significant_positive_tau():
-    from sbmoe_ray.promotion import verdict
+    from sbmoe_ray.analysis.agreement import verdict
 
     assert "too few configurations (2)" in verdict(rank_agreement([1, 2], [1, 2]), "m")   # tau = 1, p = 1
     four = rank_agreement([1, 2, 3, 4], [1, 2, 3, 4])                       # tau = 1, exact p = 0.083

@@ -1,6 +1,6 @@
 """Every setting of a training run, in sections, and the one property that names the training path.
 
-Sections: ``model`` (what is trained, :class:`~sbmoe_ray.model_config.ModelConfig`), ``data`` (what it
+Sections: ``model`` (what is trained, :class:`~sbmoe_ray.model.config.ModelConfig`), ``data`` (what it
 learns from and is tested on), ``optim`` (AdamW, epochs, batch), ``loss`` (which loss, temperature, load
 balancing), ``memory`` (precision, recomputation, caches), ``scaling`` (Ray Train workers and resources),
 ``run`` (name, storage, checkpoint selection, the training seed: initialisation, gating noise, batch
@@ -25,12 +25,12 @@ from pathlib import Path
 from sbmoe_ray.config import (ConfigBase, load_config, non_negative, non_negative_int, one_of, optional, positive,
                               positive_int, setting, unit_interval)
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.model_config import ModelConfig
-from sbmoe_ray.precision import PRECISIONS
-from sbmoe_ray.sharded_search import INDEX_KINDS
+from sbmoe_ray.model.config import ModelConfig
+from sbmoe_ray.runtime.precision import PRECISIONS
+from sbmoe_ray.evaluation.config import EvaluationConfig
 
 def _rules(value) -> str | None:
-    from sbmoe_ray.data import IDENTICAL_ID_RULES
+    from sbmoe_ray.data.beir import IDENTICAL_ID_RULES
 
     bad = {k: v for k, v in value.items() if v not in IDENTICAL_ID_RULES} if isinstance(value, dict) else value
     return f"a mapping of dataset name to one of {IDENTICAL_ID_RULES}" if bad else None
@@ -85,7 +85,7 @@ class OptimConfig(ConfigBase):
 
 @dataclass
 class LossConfig(ConfigBase):
-    name: str = "in_batch_negatives"       # a key of sbmoe_ray.losses.LOSSES (checked by launch.prepare)
+    name: str = "in_batch_negatives"       # a key of sbmoe_ray.model.losses.LOSSES (checked by launch.prepare)
     temperature: float = setting(0.05, positive)
     load_balancing: float = setting(0.01, non_negative)  # Switch load-balancing coefficient; 0 disables it
 
@@ -113,20 +113,6 @@ class ScalingConfig(ConfigBase):
     def device_type(self) -> str:
         """The kind of device the workers train on: what ``precision: auto`` is resolved for."""
         return "cuda" if self.use_gpu else "cpu"
-
-
-@dataclass
-class EvaluationConfig(ConfigBase):
-    """How large corpora are tested (:mod:`sbmoe_ray.sharded_eval`): encoded in shard files by Ray tasks, W
-    at a time (resumable shard by shard), and searched exactly shard by shard in bounded memory, or with
-    an approximate index whose recall@100 against exact search is measured and reported."""
-
-    sharded: bool = False                   # every encoded test corpus in shards (large_test_datasets always)
-    encode_workers: int = setting(0, non_negative_int)   # shard tasks in flight; 0 = scaling.num_workers
-    shard_rows: int = setting(50_000, positive_int)      # documents per shard file (BEIR's chunk size)
-    index: str = setting("flat", one_of(*INDEX_KINDS))   # flat: exact; auto: by corpus size
-    recall_queries: int = setting(100, positive_int)     # approximate index: recall@100 measured on these
-    search_memory_mb: int = setting(1024, positive_int)  # bound of one search process's blocks and lists
 
 
 @dataclass

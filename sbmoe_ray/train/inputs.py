@@ -13,11 +13,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sbmoe_ray.backbones import load_tokenizer
-from sbmoe_ray.data import BeirDataset, load_dataset, split_by_query, training_pairs
-from sbmoe_ray.embedding_cache import PooledEmbeddingCache, dataset_embeddings
-from sbmoe_ray.evaluate import EncodeSettings
-from sbmoe_ray.model import EncoderInput
+from sbmoe_ray.model.backbones import load_tokenizer
+from sbmoe_ray.data.beir import BeirDataset, load_dataset, split_by_query, training_pairs
+from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
+from sbmoe_ray.evaluation.dense import EncodeSettings
+from sbmoe_ray.model.bi_encoder import EncoderInput
 from sbmoe_ray.train.config import TrainConfig
 
 Pairs = list[tuple[str, str]]

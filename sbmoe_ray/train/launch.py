@@ -16,12 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from sbmoe_ray.cluster import check_shared_storage, cluster_address, init_ray
-from sbmoe_ray.data import BeirDataset, data_root, load_dataset
+from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray
+from sbmoe_ray.data.beir import BeirDataset, data_root, load_dataset
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.precision import describe, resolve_precision
-from sbmoe_ray.results import ZERO_SHOT_METRIC
+from sbmoe_ray.runtime.precision import describe, resolve_precision
+from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
+from sbmoe_ray.train.testing import evaluate_best
 
 RESULTS_FILE = "results.json"
 
@@ -54,44 +55,11 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
                    run=replace(cfg.run, storage_path=str(Path(cfg.run.storage_path).resolve())))
 
 
-def evaluation_for(cfg: TrainConfig):
-    """How this run's models are tested (chosen once): through the embedding cache, by encoding, or by
-    encoding in shards (``evaluation.sharded``)."""
-    from sbmoe_ray.checkpoint_eval import CachedEvaluation
-
-    if cfg.uses_cache:
-        return CachedEvaluation(cfg.model, replace(live_evaluation(cfg).settings, device="cpu"),
-                                cfg.data.query_max_length, str(cfg.cache_dir), cfg.data.identical_ids)
-    return sharded_evaluation(cfg) if cfg.evaluation.sharded else live_evaluation(cfg)
-
-
-def live_evaluation(cfg: TrainConfig):
-    """Encoding every corpus with the run's model, with its encode settings and identical-id rules."""
-    from sbmoe_ray.checkpoint_eval import LiveEvaluation
-    from sbmoe_ray.evaluate import EncodeSettings
-    from sbmoe_ray.precision import device_for
-
-    settings = EncodeSettings(batch_size=cfg.memory.eval_batch_size, max_length=cfg.model.max_length,
-                              precision=cfg.memory.precision, device=device_for(cfg.scaling.use_gpu))
-    return LiveEvaluation(cfg.model, settings, cfg.data.identical_ids)
-
-
-def sharded_evaluation(cfg: TrainConfig):
-    """The sharded evaluation of this run's models (large corpora): W encoding tasks with the workers'
-    resources each, shard files under ``<run.storage_path>/encoded_shards``."""
-    from sbmoe_ray.sharded_eval import ShardedEvaluation
-
-    s = cfg.scaling
-    return ShardedEvaluation(live_evaluation(cfg), cfg.evaluation,
-                             str(Path(cfg.run.storage_path).resolve() / "encoded_shards"),
-                             cfg.evaluation.encode_workers or s.num_workers, s.cpus_per_worker, s.use_gpu)
-
-
 def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[BeirDataset]]:
     """Everything that can fail cheaply, before Ray starts: config, loss, datasets, model files, then the
     cache entries of a frozen encoder. Returns the resolved config (:func:`resolved`) and the test sets."""
-    from sbmoe_ray.backbones import hidden_size
-    from sbmoe_ray.losses import build_loss
+    from sbmoe_ray.model.backbones import hidden_size
+    from sbmoe_ray.model.losses import build_loss
     from sbmoe_ray.train.inputs import embedding_cache, split_pairs
 
     cfg.validate()
@@ -109,7 +77,7 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
         print(f"[{cfg.run.name}] {cfg.path} path, {describe(cfg.memory.precision, cfg.scaling.device_type)}", flush=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.uses_cache:
-        from sbmoe_ray.embedding_cache import dataset_embeddings
+        from sbmoe_ray.evaluation.embedding_cache import dataset_embeddings
 
         cache = embedding_cache(cfg)
         for ds in [train, *tests, *validation]:
@@ -209,43 +177,3 @@ def train_ray(cfg: TrainConfig, address: str | None = None, callbacks: list | No
 TRAINERS = {"zero_shot": train_nothing, "in_process": train_in_process, "ray_train": train_ray}
 
 
-def evaluate_best(folder: Path | None, cfg: TrainConfig, datasets: list[BeirDataset]) -> list:
-    """Test the best checkpoint (or the base model) with the resources the trial's workers just released.
-
-    Through the embedding cache it is a matrix product and runs here; otherwise a Ray task holds the
-    workers' CPUs (and one GPU with ``use_gpu``), wherever the cluster has them.
-    """
-    if not datasets:
-        return []                     # stage 2 of a study tests later, and only the chosen checkpoints
-    evaluation = evaluation_for(cfg)
-    if evaluation.runs_here:
-        return evaluation(folder, datasets)
-    import ray
-
-    return ray.get(evaluate_remote(folder, cfg, datasets))
-
-
-def evaluation_cpus(cfg: TrainConfig) -> float:
-    """What a run's live evaluation is given: its training workers' CPUs (threads: at least 1)."""
-    return cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
-
-
-def evaluate_remote(folder: Path | None, cfg: TrainConfig, datasets: list[BeirDataset]):
-    """The live evaluation as a Ray task (an ObjectRef of the results) with the trial's workers' resources:
-    a caller with several checkpoints to test submits them all and Ray runs as many as the cluster fits."""
-    import ray
-
-    evaluation = evaluation_for(cfg)
-    s, cpus = cfg.scaling, evaluation_cpus(cfg)
-    init_ray(None, cpus + 1, s.dashboard)
-    if evaluation.runs_here:          # sharded: it submits its own tasks (a task around them would hold CPUs)
-        return ray.put(evaluation(folder, datasets))
-    # "DEFAULT": outside a Tune trial's placement group (its one bundle is the driver's 0.25 CPU), as Ray
-    # Train schedules its own actors.
-    task = ray.remote(num_cpus=cpus, num_gpus=1 if s.use_gpu else 0, max_retries=1,
-                      scheduling_strategy="DEFAULT")(_evaluate)
-    return task.remote(evaluation, folder, datasets, max(1, int(cpus)))
-
-
-def _evaluate(evaluation, folder: Path | None, datasets: list[BeirDataset], threads: int) -> list:
-    return evaluation(folder, datasets, threads=threads)

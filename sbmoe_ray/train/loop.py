@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbmoe_ray.data import identical_id_queries
-from sbmoe_ray.evaluate import exact_search
-from sbmoe_ray.metrics import evaluate_run
-from sbmoe_ray.model import BiEncoder
-from sbmoe_ray.moe import ExpertLoad
-from sbmoe_ray.precision import autocast
+from sbmoe_ray.data.beir import identical_id_queries
+from sbmoe_ray.evaluation.dense import exact_search
+from sbmoe_ray.evaluation.metrics import evaluate_run
+from sbmoe_ray.model.bi_encoder import BiEncoder
+from sbmoe_ray.model.moe import ExpertLoad
+from sbmoe_ray.runtime.precision import autocast
 from sbmoe_ray.train.config import TrainConfig
 from sbmoe_ray.train.inputs import PairData, Pairs, epoch_batches, token_count
 from sbmoe_ray.train.plan import PLANS, Plan, Step, objective_for
@@ -91,7 +91,7 @@ def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, 
 
 def _utilisation(model: BiEncoder, tokens: np.ndarray, seconds: float, cfg: TrainConfig) -> dict[str, float]:
     """This worker's model FLOP/s and its share of the measured matmul ceiling (nanoGPT's MFU, for CPUs too)."""
-    from sbmoe_ray.hardware import encoder_flops_per_token, utilisation
+    from sbmoe_ray.runtime.hardware import encoder_flops_per_token, utilisation
 
     passes = 1 if model.frozen_encoder else 3                    # forward only, or forward + backward
     flops = passes * encoder_flops_per_token(model.backbone, int(tokens[0] / max(tokens[1], 1))) * tokens[0]

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sbmoe_ray.model import BiEncoder, load_weights, save_model
-from sbmoe_ray.precision import device_for
+from sbmoe_ray.model.bi_encoder import BiEncoder, load_weights, save_model
+from sbmoe_ray.runtime.precision import device_for
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
 
 TRAIN_STATE_FILE = "train_state.pt"

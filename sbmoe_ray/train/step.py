@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sbmoe_ray.losses import load_balancing_loss
-from sbmoe_ray.model import BiEncoder, EncoderOutput
-from sbmoe_ray.precision import autocast
+from sbmoe_ray.model.losses import load_balancing_loss
+from sbmoe_ray.model.bi_encoder import BiEncoder, EncoderOutput
+from sbmoe_ray.runtime.precision import autocast
 
 
 def all_sum(tensor: torch.Tensor, world: int) -> torch.Tensor:

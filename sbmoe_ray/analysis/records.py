@@ -1,0 +1,182 @@
+"""The records a study leaves, and the names everything else reads them by.
+
+One results file per trial: ``<study>/runs/<trial id>/results.json``, written by
+:func:`sbmoe_ray.train.fit` (config, training path, per-epoch history, best checkpoint and its metrics,
+test results with per-query scores) with the trial's id, its sampled parameters and the name of the
+study's objective, and its training seed. :class:`TrialRecord` reads it back; the report, the MLflow
+tracker, the CLI and the study scripts all read trials through it and name metrics with :func:`sbmoe_ray.evaluation.metrics.metric_key`.
+
+A study with ``search.seeds = n`` runs each configuration n times with other training seeds (Ray Tune's
+``Repeater``; the validation split stays fixed): each replicate is its own trial, and :class:`ConfigGroup`
+gathers the replicates of one configuration. Answers are about groups: the configuration chosen by its
+mean validation objective (:func:`best_group`), compared with its base model's baseline group
+(:func:`baselines`). Nothing here imports Ray, torch or MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUNS_DIR = "runs"
+RESULTS_FILE = "results.json"
+REPLICATE_KEY = "__trial_index__"       # ray.tune.search.repeater.TRIAL_INDEX: the replicate's index
+POINT_KEY = "params"                    # a stage-2 point: {"params": ..., REPLICATE_KEY: r, "role": ...}
+
+
+def trial_point(config: dict[str, Any]) -> dict[str, Any]:
+    """A stage-2 trial's point (its Tune config is ``{"point": ...}``); a stage-1 config as it is."""
+    return config.get("point", config)
+
+
+def split_replicate(config: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A Tune trial config as (the configuration's parameters, the replicate's index)."""
+    point = trial_point(config)
+    if POINT_KEY in point:
+        return dict(point[POINT_KEY]), int(point.get(REPLICATE_KEY, 0))
+    return {k: v for k, v in point.items() if k != REPLICATE_KEY}, int(point.get(REPLICATE_KEY, 0))
+
+
+def group_key(params: dict[str, Any]) -> str:
+    """A short stable id of a configuration: the same for all its replicates."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def nan_mean(values) -> float:
+    """The mean of the finite values (NaN when there are none): a mean over replicates, some of which
+    may have nothing to report."""
+    values = [float(v) for v in values if not math.isnan(float(v))]
+    return sum(values) / len(values) if values else math.nan
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    objective_metric: str
+    best_metrics: dict[str, Any]
+    test: list[dict[str, Any]]          # EvaluationResult.to_dict() per dataset, with per-query scores
+    history: list[dict[str, Any]]
+    path: str                           # the training path (zero_shot, cached_head, live, cached_gradient)
+    seed: int = 0                       # the training seed (run.seed) of this replicate
+    file: str | None = None             # the results file it was read from
+
+    @classmethod
+    def read(cls, file: Path) -> TrialRecord | None:
+        """The record in a trial's results file; None for a run that is not a study's trial."""
+        data = json.loads(Path(file).read_text())
+        if "trial_id" not in data:
+            return None
+        return cls(data["trial_id"], data["params"], data["objective_metric"], data["best_metrics"], data["test"],
+                   data["history"], data["path"], int(data.get("seed", 0)), str(file))
+
+    @property
+    def objective(self) -> float:
+        """The study's objective (a validation metric of the best checkpoint); NaN when nothing trained."""
+        return float(self.best_metrics.get(self.objective_metric, math.nan))
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.params["num_experts"] == 0
+
+    @property
+    def base_model(self) -> str:
+        return self.params["base_model"]
+
+    @property
+    def group(self) -> str:
+        return group_key(self.params)
+
+    def mean(self, dataset: str, metric: str = "ndcg@10") -> float:
+        return next(r["metrics"][metric] for r in self.test if r["dataset"] == dataset)
+
+    def per_query(self, dataset: str, metric: str = "ndcg@10") -> dict[str, float]:
+        return next(r["per_query"][metric] for r in self.test if r["dataset"] == dataset)
+
+
+def load_trials(study_dir: Path) -> list[TrialRecord]:
+    """Every finished trial of a study, ordered by trial id."""
+    records = [TrialRecord.read(p) for p in sorted((Path(study_dir) / RUNS_DIR).glob(f"*/{RESULTS_FILE}"))]
+    return [r for r in records if r is not None]
+
+
+@dataclass
+class ConfigGroup:
+    """The replicates of one configuration: same parameters, other training seeds."""
+
+    params: dict[str, Any]
+    records: list[TrialRecord] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return group_key(self.params)
+
+    @property
+    def base_model(self) -> str:
+        return self.params["base_model"]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.params["num_experts"] == 0
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.records]
+
+    @property
+    def objective(self) -> float:
+        """The mean validation objective over the replicates (NaN when nothing trained)."""
+        return nan_mean(r.objective for r in self.records)
+
+    @property
+    def tested(self) -> bool:
+        """Whether every replicate has test results (stage 2 tests only what it chose, and the baselines)."""
+        return all(r.test for r in self.records)
+
+    def mean(self, dataset: str, metric: str = "ndcg@10") -> float:
+        """The test metric's mean over the replicates."""
+        return sum(r.mean(dataset, metric) for r in self.records) / len(self.records)
+
+    def per_query(self, dataset: str, metric: str = "ndcg@10") -> dict[str, float]:
+        """Each query's metric averaged over the replicates (queries every replicate scored)."""
+        runs = [r.per_query(dataset, metric) for r in self.records]
+        common = set(runs[0]).intersection(*runs[1:])
+        return {q: sum(run[q] for run in runs) / len(runs) for q in sorted(common)}
+
+
+def group_trials(records: list[TrialRecord]) -> list[ConfigGroup]:
+    """The trials gathered by configuration, in the order of their first trial; replicates by seed."""
+    groups: dict[str, ConfigGroup] = {}
+    for record in records:
+        groups.setdefault(record.group, ConfigGroup(record.params)).records.append(record)
+    for group in groups.values():
+        group.records.sort(key=lambda r: r.seed)
+    return list(groups.values())
+
+
+def baselines(groups: list[ConfigGroup]) -> dict[str, ConfigGroup]:
+    """Each base model's baseline (``num_experts = 0``, all its replicates), by base model."""
+    return {g.base_model: g for g in groups if g.is_baseline}
+
+
+def best_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
+    """The SB-MoE configuration with the best mean validation objective (never a test metric)."""
+    moe = [g for g in groups if not g.is_baseline and not math.isnan(g.objective)]
+    if not moe:
+        return None
+    return min(moe, key=lambda g: g.objective) if mode == "min" else max(moe, key=lambda g: g.objective)
+
+
+def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:
+    """A plain-text table; floats with 4 decimals."""
+    cells = [[f"{r.get(c, ''):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+             for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

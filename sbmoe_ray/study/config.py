@@ -1,0 +1,223 @@
+"""What a study is: its name and storage, the search space (:mod:`sbmoe_ray.study.space`), how the search
+runs (``search``), and the training template every trial starts from (``train``).
+
+The default study (``studies/experts_sweep.yaml``) trains the SB-MoE head of a frozen MiniLM and of its
+3-layer cut on cached embeddings of SciFact train, seconds a trial. Optuna optimises ``search.objective``,
+a validation metric of the training dataset's held-out split, never a test metric. Nothing here imports
+torch, Ray or Optuna: a bad study config is refused in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sbmoe_ray.config import ConfigBase, non_negative_int, one_of, positive, positive_int, setting
+from sbmoe_ray.data.beir import data_root, dataset_name
+from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.study.space import PARAMS, apply, default_space
+from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
+
+OBJECTIVES = ("val_loss", "val_accuracy", "val_ndcg@10")
+# Keys of the flat study configs before 0.2, and where they live now.
+MOVED = {"base_models": "space.base_model", "num_experts": "space.num_experts", "top_k": "space.top_k",
+         "top_k_max": "space.top_k", "inference": "space.inference", "moe_lr": "space.moe_lr"}
+
+
+def default_train() -> TrainConfig:
+    """The default study trains the SB-MoE head of a frozen MiniLM on cached embeddings (seconds a trial)."""
+    from sbmoe_ray.train.config import DataConfig, OptimConfig, ScalingConfig
+
+    return TrainConfig(data=DataConfig(test_datasets=["scifact", "nfcorpus", "cran", "cisi"]),
+                       optim=OptimConfig(encoder_lr=0.0, epochs=6, batch_size=64),
+                       scaling=ScalingConfig(num_workers=1, cpus_per_worker=1.0))
+
+
+@dataclass
+class SearchConfig(ConfigBase):
+    num_trials: int = setting(24, positive_int)       # configurations, including the enqueued baselines
+    seeds: int = setting(1, positive_int)              # replicates of each configuration (other training seeds)
+    max_concurrent: int = setting(1, positive_int)
+    asha: bool = False                                 # early stopping on the per-epoch objective
+    asha_grace_epochs: int = setting(1, positive_int)
+    objective: str = setting("val_loss", one_of(*OBJECTIVES))   # a validation metric, never a test metric
+    seed: int = setting(0, non_negative_int)
+
+
+@dataclass
+class FinetuneConfig(ConfigBase):
+    """Stage 2: the promoted configurations fine-tuned with their encoder on Ray Train workers."""
+    controls: int = setting(2, non_negative_int)      # per base model, random others from stage 1 (4 configs with
+    #                                                   the 2 promoted: the fewest with a rank-check interval)
+    # Replicates of each stage-2 configuration; auto: 2 where bf16 is native (GPU, AVX-512 BF16/AMX), else 1,
+    # so that the quick start fits 90 min on an AVX2-only CPU (the seed interval then needs --set finetune.seeds=2)
+    seeds: int | str = setting("auto", check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
+                               else "a positive integer or 'auto'")
+    encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
+    epochs: int = setting(1, positive_int)
+    objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
+    validation_retrieval_docs: int = setting(500, non_negative_int)   # val_ndcg@10: positives + this many docs
+    num_workers: int = setting(2, positive_int)       # data-parallel Ray Train workers per trial
+    cpus_per_worker: float = setting(1.0, positive)
+    use_gpu: bool = False
+    max_concurrent: int = setting(1, positive_int)
+
+    def replicates(self) -> tuple[int, str]:
+        """The resolved seeds and why (``auto``: by whether bf16 is native where stage 2 trains)."""
+        if self.seeds != "auto":
+            return int(self.seeds), "set"
+        from sbmoe_ray.runtime.precision import native_bf16
+
+        device = "cuda" if self.use_gpu else "cpu"
+        return (2, f"auto: native bf16 on {device}") if native_bf16(device) else \
+            (1, f"auto: no native bf16 on {device}, 1 seed to keep the quick start within 90 min")
+
+
+@dataclass
+class StudyConfig(ConfigBase):
+    MOVED = MOVED
+    name: str = "experts-sweep"
+    storage_path: str = "results/studies"
+    # $MLFLOW_TRACKING_URI (a cluster head exports its server's), else the embedded store
+    tracking_uri: str = setting(factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    space: dict[str, Any] = setting(factory=default_space)
+    search: SearchConfig = setting(factory=SearchConfig)
+    train: TrainConfig = setting(factory=default_train)
+    promote: int = setting(2, non_negative_int)        # per base model fine-tuned in stage 2; 0 = the proxy only
+    finetune: FinetuneConfig = setting(factory=FinetuneConfig)
+    # Minutes for the whole command; stage 2 is planned to fit (sbmoe_ray/stages/budget.py). auto: 45 where bf16
+    # is native where stage 2 trains, else 90 (the quick start's targets); null: no budget, stage 2 as configured
+    budget_minutes: float | str | None = setting(None, check=lambda v: None if v is None or v == "auto" or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0) else "a positive number, 'auto' or null")
+
+    def budget_seconds(self) -> float | None:
+        """The budget in seconds (``auto`` resolved by whether bf16 is native where stage 2 trains)."""
+        if self.budget_minutes != "auto":
+            return None if self.budget_minutes is None else 60.0 * float(self.budget_minutes)
+        from sbmoe_ray.runtime.precision import native_bf16
+
+        return 60.0 * (45 if native_bf16("cuda" if self.finetune.use_gpu else "cpu") else 90)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.storage_path).resolve() / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """The frozen-encoder embedding cache, shared by every study under the same storage path."""
+        return Path(self.train.memory.cache_dir or Path(self.storage_path) / "embedding_cache").resolve()
+
+    @property
+    def test_names(self) -> list[str]:
+        """The test datasets as results name them."""
+        return [dataset_name(d) for d in self.train.data.test_datasets]
+
+    @property
+    def final_test_names(self) -> list[str]:
+        """What the end of a study (stage 2's chosen configurations and baselines) is tested on: the test
+        datasets, then the large collections, smallest first."""
+        from sbmoe_ray.data.collections import expand_names
+
+        return self.test_names + [dataset_name(d) for d in expand_names(self.train.data.large_test_datasets)]
+
+    @property
+    def mode(self) -> str:
+        return CHECKPOINT_METRICS[self.search.objective]
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        """What Optuna optimises, by the name trials report it under: the validation objective, and the
+        zero-shot validation nDCG@10 (maximised) when ``train.data.zero_shot_validation`` names a set."""
+        return {"objective": self.mode, **({"zs_objective": "max"} if self.train.data.zero_shot_validation else {})}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What defines the search: a study resumed under the same name must keep it."""
+        return {"space": {p.name: self.space[p.name] for p in PARAMS}, "objective": self.search.objective,
+                "seeds": self.search.seeds,
+                "zero_shot_validation": self.train.data.zero_shot_validation}
+
+    def budget(self) -> dict[str, int]:
+        """What the study spends, as its report states it."""
+        return {"configurations_planned": self.search.num_trials, "seeds": self.search.seeds,
+                "epochs": self.train.optim.epochs}
+
+    def resolved(self) -> StudyConfig:
+        """A copy with every path absolute, taken in the driver: trials run in their own trial folder (Tune
+        sets it as their working directory), where a relative path would name another place."""
+        study = replace(self, storage_path=str(Path(self.storage_path).resolve()))
+        uri = study.tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        train = replace(study.train, data=replace(study.train.data, data_dir=str(data_root(study.train.data.data_dir).resolve())),
+                        memory=replace(study.train.memory, cache_dir=str(study.cache_dir)))
+        return replace(study, train=train, tracking_uri=uri)
+
+    def trial_config(self, params: dict[str, Any], trial_id: str, replicate: int = 0) -> TrainConfig:
+        """The TrainConfig of one trial: the study's template plus the trial's parameters; replicate r of a
+        configuration trains with seed ``train.run.seed + r`` (its validation split stays fixed)."""
+        cfg = apply(self.train, params)
+        return replace(cfg, run=replace(cfg.run, name=trial_id, storage_path=str(self.study_dir / "runs"),
+                                        seed=self.train.run.seed + replicate),
+                       memory=replace(cfg.memory, cache_dir=str(self.cache_dir)))
+
+    def finetune_study(self) -> StudyConfig:
+        """Stage 2 as a study of its own, under ``<study>/finetune``: the stage-1 template with the encoder
+        trained (``finetune.encoder_lr``), on ``finetune.num_workers`` Ray Train workers, ranked by
+        ``finetune.objective``; no test sets while training (the chosen ones are tested afterwards)."""
+        ft, train = self.finetune, self.train
+        cfg = replace(train, optim=replace(train.optim, encoder_lr=ft.encoder_lr, freeze_encoder=False, epochs=ft.epochs),
+                      data=replace(train.data, test_datasets=[], large_test_datasets=[], zero_shot_validation=None,
+                                   validation_retrieval_docs=ft.validation_retrieval_docs),
+                      scaling=replace(train.scaling, num_workers=ft.num_workers, cpus_per_worker=ft.cpus_per_worker,
+                                      use_gpu=ft.use_gpu),
+                      run=replace(train.run, checkpoint_metric=ft.objective))
+        search = replace(self.search, seeds=ft.replicates()[0], objective=ft.objective, max_concurrent=ft.max_concurrent,
+                         asha=False)
+        return replace(self, name="finetune", storage_path=str(self.study_dir), train=cfg, search=search, promote=0)
+
+    def rules(self, where: str) -> None:
+        self.space = {**default_space(), **{k: _numbers(v) for k, v in self.space.items()}}
+        unknown = sorted(set(self.space) - {p.name for p in PARAMS})
+        if unknown:
+            raise ConfigError(f"{where}.space.{unknown[0]}={self.space[unknown[0]]!r}: unknown search parameter; "
+                              f"allowed are {[p.name for p in PARAMS]} (add one in sbmoe_ray/study/space.py)")
+        for param in PARAMS:
+            problem = param.check(self.space[param.name], self.space)
+            if problem:
+                raise ConfigError(f"{where}.space.{param.name}={self.space[param.name]!r}: {problem}")
+        if self.search.asha and self.search.seeds > 1:
+            raise ConfigError(f"{where}.search.asha=True: not with search.seeds={self.search.seeds} (Ray Tune's "
+                              "Repeater averages whole replicates; early stopping would cut some short); set "
+                              "search.asha: false, or search.seeds: 1")
+        if self.search.objective == "val_ndcg@10" and not self.train.data.validation_retrieval_docs:
+            raise ConfigError(f"{where}.search.objective='val_ndcg@10': needs train.data.validation_retrieval_docs > 0")
+        # The template must be valid for the largest head the space asks for.
+        example = {"num_experts": max(self.space["num_experts"]), "top_k": 1}
+        apply(self.train, example).validate(f"{where}.train")
+        large = self.train.data.large_test_datasets
+        if large and not self.promote:
+            raise ConfigError(f"{where}.train.data.large_test_datasets={large}: tested at the end of stage 2 only "
+                              "(its chosen configurations and baselines); set promote >= 1, or test a checkpoint "
+                              "with `sbmoe evaluate --sharded`")
+        if self.promote:
+            if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
+                raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs finetune.validation_retrieval_docs > 0")
+            try:
+                apply(self.finetune_study().train, example).validate(f"{where}.train")
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.finetune: stage 2 (the train template with the finetune settings) is "
+                                  f"invalid: {exc}; change finetune.* or train.*") from None
+
+
+def _numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string: numeric strings in a space value become numbers."""
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and any(c in value for c in ".eE"):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
