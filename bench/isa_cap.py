@@ -18,7 +18,7 @@ import time
 import torch
 
 from sbmoe_ray.runtime.hardware import machine
-from sbmoe_ray.runtime.precision import describe, resolve_precision
+from sbmoe_ray.runtime.precision import explain, resolve_precision
 
 
 def seconds(fn, repeats: int) -> float:
@@ -33,7 +33,7 @@ def main() -> None:
     print(machine())
     print("ONEDNN_MAX_CPU_ISA =", os.environ.get("ONEDNN_MAX_CPU_ISA", "(unset)"),
           "| ATen capability:", torch.backends.cpu.get_cpu_capability())
-    print(describe(resolve_precision("auto", "cpu"), "cpu"))
+    print(explain(resolve_precision("auto", "cpu"), "cpu"))
     for threads in (1, 2):
         torch.set_num_threads(threads)
         a, b = torch.randn(512, 512), torch.randn(512, 512)

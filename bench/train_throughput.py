@@ -28,7 +28,7 @@ from sbmoe_ray.data.beir import load_dataset, split_by_query, training_pairs
 from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, resolved
 from sbmoe_ray.train.loop import build_optimizer, run_epoch
-from sbmoe_ray.train.plan import PLANS, objective_for
+from sbmoe_ray.train.routes import ROUTES, objective_for
 
 SEARCH_ORDER = ("run", "data", "optim", "memory", "scaling", "model", "loss")
 
@@ -47,10 +47,10 @@ def ours(cfg: TrainConfig, steps: int) -> tuple[float, float]:
     """Median seconds per step of our loop, in this process (no Ray), first step excluded, and the share of
     the matmul ceiling (at the run's precision) that the measured steps reached."""
     cfg, cpu = resolved(cfg), torch.device("cpu")
-    plan = PLANS[cfg.path]
-    model = plan.model(cfg)
+    route = ROUTES[cfg.route]
+    model = route.model(cfg)
     optimizer, scheduler = build_optimizer(model, cfg)
-    data, step = plan.inputs(cfg, cpu), plan.step(cfg, objective_for(cfg), cpu)
+    data, step = route.inputs(cfg, cpu), route.step(cfg, objective_for(cfg), cpu)
     run_epoch(model, step, data, data.train, settings(cfg, max_steps_per_epoch=1), 0, 1, 0, optimizer, scheduler)
     metrics = run_epoch(model, step, data, data.train, settings(cfg, max_steps_per_epoch=steps), 0, 1, 1,
                         optimizer, scheduler)

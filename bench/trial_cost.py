@@ -86,7 +86,7 @@ def main() -> None:
     config = result.config
     print(f"\n{config.run.name}: {config.model.base_model} N={config.model.num_experts} k={config.model.top_k} "
           f"workers={config.scaling.num_workers} batch={config.optim.batch_size} precision={config.memory.precision} "
-          f"gradient_checkpointing={config.memory.gradient_checkpointing} path={config.path}")
+          f"gradient_checkpointing={config.memory.gradient_checkpointing} route={config.route}")
     for row in result.history:
         print(f"  epoch {row['epoch']}: train {row['train_seconds']:.1f} s ({row['pairs_per_second']:.1f} pairs/s, "
               f"median step {row['step_seconds_median']:.2f} s), train_loss {row['train_loss']:.4f}, "

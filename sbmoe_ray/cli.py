@@ -28,11 +28,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from sbmoe_ray.evaluation.dense import EncodeSettings, evaluate
     from sbmoe_ray.evaluation.metrics import METRICS
     from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
-    from sbmoe_ray.runtime.precision import describe, resolve_precision
+    from sbmoe_ray.runtime.precision import explain, resolve_precision
 
     config = ModelConfig(base_model=args.model, max_length=args.max_length).resolved()
     precision = resolve_precision(args.precision, args.device)
-    print(describe(precision, args.device), flush=True)
+    print(explain(precision, args.device), flush=True)
     settings = EncodeSettings(batch_size=args.batch_size, max_length=config.max_length, precision=precision,
                               device=args.device)
     settings.validate(where="--")

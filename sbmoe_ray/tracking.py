@@ -27,11 +27,10 @@ from sbmoe_ray.data.beir import (data_root, dataset_files, fingerprint_files, id
                             locate_dataset)
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.analysis.comparisons import compare_groups
-from sbmoe_ray.runtime.precision import describe as describe_precision
-from sbmoe_ray.runtime.precision import resolve_precision
+from sbmoe_ray.runtime.precision import explain, resolve_precision
 from sbmoe_ray.analysis.records import ConfigGroup, group_key, split_replicate, trial_point
 from sbmoe_ray.evaluation.metrics import final_metrics, metric_key, mlflow_name
-from sbmoe_ray.study.space import BY_NAME, PARAMS, describe
+from sbmoe_ray.study.space import BY_NAME, PARAMS, label
 from sbmoe_ray.study.config import StudyConfig
 
 RUNS_FILE = "mlflow_runs.json"
@@ -139,7 +138,7 @@ class StudyTracker:
         params["git_commit"], params["python"] = _git_commit(), sys.version.split()[0]
         device = study.train.scaling.device_type
         params["precision.resolved"] = resolve_precision(study.train.memory.precision, device)
-        params["precision.why"] = describe_precision(params["precision.resolved"], device)
+        params["precision.why"] = explain(params["precision.resolved"], device)
         self._log_params(run_id, params)
         runs["parent"] = run_id
         self._save_runs(runs)
@@ -185,13 +184,13 @@ class StudyTracker:
         seed, point = self.seed + replicate, trial_point(config)
         tags = {"mlflow.parentRunId": runs["stages"].get(self.stage) or runs["parent"], "sbmoe.kind": "trial",
                 "sbmoe.trial_id": trial_id, "sbmoe.seed": str(seed), "sbmoe.group": group_key(params),
-                "sbmoe.config": describe(params), **({"sbmoe.stage": self.stage} if self.stage else {})}
+                "sbmoe.config": label(params), **({"sbmoe.stage": self.stage} if self.stage else {})}
         if "role" in point:                            # stage 2: promoted, control or baseline, and from where
             tags["sbmoe.role"] = point["role"]
             if point.get("stage1_trials"):
                 tags["sbmoe.promoted_from_trial"] = point["stage1_trials"][0]
                 tags["sbmoe.promoted_from"] = runs["trials"].get(point["stage1_trials"][0], "")
-        run = self.client.create_run(self.experiment_id(), run_name=describe(params, seed), tags=tags)
+        run = self.client.create_run(self.experiment_id(), run_name=label(params, seed), tags=tags)
         # Every search parameter on every run ("n/a" where a baseline has none), so MLflow's compare view
         # shows the same columns for all trials.
         self._log_params(run.info.run_id, _flatten({**{q.name: "n/a" for q in PARAMS}, **params, "seed": seed}))

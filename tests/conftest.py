@@ -10,8 +10,6 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from sbmoe_ray.model.backbones import load_tokenizer
-
 REPO = Path(__file__).resolve().parents[1]
 
 # Faster feedback: Ray Train V2's controller polls its workers every 2 s by default; a run of tiny epochs
@@ -23,6 +21,8 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 @pytest.fixture(scope="session")
 def tokenizer():
+    from sbmoe_ray.model.backbones import load_tokenizer
+
     return load_tokenizer("minilm")
 
 

@@ -13,9 +13,9 @@ from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, load_train_config
 from sbmoe_ray.train.config import DataConfig, MemoryConfig, OptimConfig, RunConfig
 from sbmoe_ray.train.inputs import epoch_batches
-from sbmoe_ray.train.plan import build_model
+from sbmoe_ray.train.routes import build_model
 
-from train_helpers import save_tiny_model, synthetic_dataset
+from helpers import save_tiny_model, synthetic_dataset
 
 GOOD = """\
 run:
@@ -43,7 +43,7 @@ def test_a_good_file_with_overrides(tmp_path):
     assert config.optim.moe_lr == 1e-4 and config.optim.epochs == 3     # "1e-4" read as a number
     assert config.model.num_experts == 9 and config.model.inference_top_k == "all"
     assert config.data.test_datasets == ["scifact", "nfcorpus"]
-    assert config.path == "live" and config.memory.precision == "auto"
+    assert config.route == "live" and config.memory.precision == "auto"
 
 
 @pytest.mark.parametrize("text,message", [
@@ -72,17 +72,17 @@ def test_override_errors_are_not_blamed_on_the_file(tmp_path):
         load_train_config(write(tmp_path, GOOD), ["model.top_k=9"])
 
 
-@pytest.mark.parametrize("model,optim,memory,path", [
+@pytest.mark.parametrize("model,optim,memory,route", [
     (ModelConfig(num_experts=0), OptimConfig(encoder_lr=0.0), MemoryConfig(), "zero_shot"),
     (ModelConfig(num_experts=3), OptimConfig(encoder_lr=0.0), MemoryConfig(), "cached_head"),
     (ModelConfig(num_experts=3), OptimConfig(freeze_encoder=True), MemoryConfig(embedding_cache=False), "live"),
     (ModelConfig(num_experts=0), OptimConfig(), MemoryConfig(), "live"),
     (ModelConfig(num_experts=3), OptimConfig(), MemoryConfig(grad_cache_chunk=8), "cached_gradient"),
 ])
-def test_the_config_names_its_training_path_once(model, optim, memory, path):
+def test_the_config_names_its_training_route_once(model, optim, memory, route):
     config = TrainConfig(model=model, optim=optim, memory=memory)
     config.validate()
-    assert config.path == path
+    assert config.route == route
 
 
 @pytest.mark.parametrize("overrides,error,message", [

@@ -12,7 +12,7 @@ from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, fill_fami
 from sbmoe_ray.evaluation.dense import EncodeSettings
 from sbmoe_ray.model.bi_encoder import ModelConfig
 
-from train_helpers import save_tiny_model
+from helpers import save_tiny_model
 
 TEXTS = [f"text number {i} " + "word " * (i % 7) for i in range(23)]
 

@@ -19,7 +19,7 @@ from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, read_progress
 from sbmoe_ray.train.testing import evaluation_for
 
-from train_helpers import save_tiny_model, synthetic_dataset, with_settings
+from helpers import save_tiny_model, synthetic_dataset, with_settings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -20,7 +20,7 @@ from ray.cluster_utils import Cluster
 from sbmoe_ray.analysis.records import load_trials
 
 from test_study import runs, sweep, write_study
-from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset
+from helpers import registered_epoch, save_tiny_model, synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.runtime.precision import native_bf16, resolve_precision
 from sbmoe_ray.train import TrainConfig, prepare
 
-from train_helpers import save_tiny_model, synthetic_dataset, with_settings
+from helpers import save_tiny_model, synthetic_dataset, with_settings
 
 AVX2_ONLY = frozenset({"avx", "avx2", "fma"})
 AVX512_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})

@@ -21,7 +21,7 @@ from sbmoe_ray.model.config import ModelConfig
 from sbmoe_ray.evaluation.sharded.encode import plan_shards, read_shard
 
 from conftest import write_beir
-from train_helpers import save_tiny_model
+from helpers import save_tiny_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir"
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from sbmoe_ray.analysis.records import group_trials, load_trials
 
-from train_helpers import save_tiny_model, synthetic_dataset
+from helpers import save_tiny_model, synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, asset
     records = load_trials(study_dir)
     trained = {r.trial_id for r in records if not r.is_baseline}
     assert trained and trained == {p.parent.name for p in (study_dir / "runs").glob("*/progress.jsonl")}
-    assert {r.path for r in records} == {"zero_shot", "cached_head"} and len(records) == 6
+    assert {r.route for r in records} == {"zero_shot", "cached_head"} and len(records) == 6
     # Tune's Repeater asked the searcher for 3 configurations and ran each with seeds 0 and 1.
     groups = group_trials(records)
     assert len(groups) == 3 and all(g.seeds == [0, 1] for g in groups)

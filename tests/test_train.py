@@ -19,10 +19,10 @@ from transformers import AutoConfig
 
 from sbmoe_ray.model.bi_encoder import WEIGHTS_FILE, ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, read_progress
-from sbmoe_ray.train.plan import build_model, objective_for
+from sbmoe_ray.train.routes import build_model, objective_for
 from sbmoe_ray.train.step import CachedGradientStep
 
-from train_helpers import registered_epoch, save_tiny_model, synthetic_dataset, with_settings
+from helpers import registered_epoch, save_tiny_model, synthetic_dataset, with_settings
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -199,11 +199,11 @@ def test_the_zero_shot_path_tests_the_base_model_cached_or_live_alike(assets, tm
     cfg = replace(cfg, model=replace(cfg.model, num_experts=0))
     cached = fit(cfg)
     live = fit(with_settings(cfg, name="zero-live", embedding_cache=False))
-    assert cached.config.path == live.config.path == "zero_shot"
+    assert cached.config.route == live.config.route == "zero_shot"
     assert cached.best_checkpoint is None and cached.history == [] and not read_progress(cached.config.run_dir)
     assert cached.test[0].metrics.means == pytest.approx(live.test[0].metrics.means, abs=1e-6)
     saved = json.loads((cached.config.run_dir / "results.json").read_text())
-    assert saved["path"] == "zero_shot" and saved["test"][0]["metrics"]["ndcg@10"] == cached.test[0].metrics.means["ndcg@10"]
+    assert saved["route"] == "zero_shot" and saved["test"][0]["metrics"]["ndcg@10"] == cached.test[0].metrics.means["ndcg@10"]
 
 
 def test_evaluation_sharded_tests_a_run_in_shards_with_the_single_process_metrics(assets, tmp_path):

@@ -20,7 +20,7 @@ from sbmoe_ray.stages.promotion import promotions
 from sbmoe_ray.analysis.records import TrialRecord, group_key, group_trials, load_trials
 
 from test_study import assets, sweep, write_study  # noqa: F401 (the module fixture)
-from train_helpers import synthetic_dataset
+from helpers import synthetic_dataset
 
 
 def proxy_trials(n: int = 8, seeds: int = 2) -> list[TrialRecord]:
@@ -113,7 +113,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     stage2 = load_trials(stage2_dir)
     assert len(stage2) == len(promoted["entries"]) * 2 == 8
     assert sorted(group_key(e["params"]) for e in promoted["entries"]) == sorted({r.group for r in stage2})
-    assert all(r.path == "live" for r in stage2)
+    assert all(r.route == "live" for r in stage2)
     assert all(json.loads(open(r.file).read())["config"]["scaling"]["num_workers"] == 2 for r in stage2)
     tested = {r.group for r in stage2 if r.test}
     assert len(tested) == 2 and group_key({"base_model": promoted["entries"][0]["base_model"], "num_experts": 0}) in tested

@@ -120,7 +120,7 @@ def study_summary(groups: list[ConfigGroup], datasets: list[str], mode: str, obj
     """The study's answer per base model, machine-readable (``report/summary.json``): the configuration
     chosen by its mean validation objective over seeds, and its test comparison with the baseline on every
     dataset. ``budget``: what the study spent (configurations, seeds, epochs)."""
-    from sbmoe_ray.study.space import describe
+    from sbmoe_ray.study.space import label
 
     comparisons = compare_groups(groups, datasets, correction=correction)
     by_key = {(c.group, c.dataset): c for c in comparisons}
@@ -131,7 +131,7 @@ def study_summary(groups: list[ConfigGroup], datasets: list[str], mode: str, obj
         if chosen is None:
             continue
         answers.append({"base_model": base_model, "configurations": len(mine), "chosen": {
-            "group": chosen.key, "config": describe(chosen.params), "params": chosen.params, "seeds": chosen.seeds,
+            "group": chosen.key, "config": label(chosen.params), "params": chosen.params, "seeds": chosen.seeds,
             "trial_ids": [r.trial_id for r in chosen.records], objective: chosen.objective},
             "datasets": {d: by_key[(chosen.key, d)].to_dict() for d in datasets if (chosen.key, d) in by_key}})
     trials = sum(len(g.records) for g in groups)

@@ -15,7 +15,7 @@ import math
 
 from sbmoe_ray.analysis.records import ConfigGroup, baselines, nan_mean
 from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC
-from sbmoe_ray.study.space import describe
+from sbmoe_ray.study.space import label
 
 
 def zero_shot_objective(group: ConfigGroup) -> float:
@@ -72,7 +72,7 @@ def pareto_summary(groups: list[ConfigGroup], mode: str, datasets: list[str]) ->
     for model in sorted({g.base_model for g in groups}):
         base = baselines(groups).get(model)
         out[model] = {"baseline_zero_shot_objective": zero_shot_objective(base) if base else math.nan, "front": [
-            {"config": describe(g.params), "group": g.key, "objective": g.objective,
+            {"config": label(g.params), "group": g.key, "objective": g.objective,
              "zero_shot_objective": zero_shot_objective(g), "test_ndcg@10": {d: g.mean(d) for d in datasets}}
             for g in pareto_front([g for g in groups if g.base_model == model], mode)]}
     return out

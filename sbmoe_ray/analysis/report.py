@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from sbmoe_ray.analysis.comparisons import study_summary  # noqa: E402
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines, pareto_summary  # noqa: E402
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, baselines, best_group, group_trials  # noqa: E402
-from sbmoe_ray.study.space import BY_NAME, PARAMS, describe  # noqa: E402
+from sbmoe_ray.study.space import BY_NAME, PARAMS, label  # noqa: E402
 from sbmoe_ray.study.config import StudyConfig  # noqa: E402
 
 
@@ -183,7 +183,7 @@ def write_trial_figures(folder: Path, records: list[TrialRecord]) -> dict[str, l
     files = {}
     for record in records:
         files[record.trial_id] = [record.file] if record.file else []
-        fig = expert_load_figure(record.history, record.test, title=f"{record.trial_id}: {describe(record.params)}")
+        fig = expert_load_figure(record.history, record.test, title=f"{record.trial_id}: {label(record.params)}")
         if fig is not None:
             path = folder / f"{record.trial_id}_expert_load.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")

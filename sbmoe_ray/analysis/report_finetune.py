@@ -24,7 +24,7 @@ from sbmoe_ray.analysis.comparisons import study_summary  # noqa: E402
 from sbmoe_ray.analysis.agreement import rank_agreement, verdict  # noqa: E402
 from sbmoe_ray.analysis.report import SUMMARY_COLUMNS, summary_rows  # noqa: E402
 from sbmoe_ray.analysis.records import ConfigGroup, group_key, group_trials, load_trials, nan_mean  # noqa: E402
-from sbmoe_ray.study.space import describe  # noqa: E402
+from sbmoe_ray.study.space import label  # noqa: E402
 from sbmoe_ray.study.config import StudyConfig  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def configuration_rows(entries: list[dict[str, Any]], groups: dict[str, ConfigGr
     for entry in entries:
         group = groups.get(group_key(entry["params"]))
         records = group.records if group else []
-        rows.append({"base_model": entry["base_model"], "role": entry["role"], "config": describe(entry["params"]),
+        rows.append({"base_model": entry["base_model"], "role": entry["role"], "config": label(entry["params"]),
                      "stage1_objective": entry["stage1_objective"],
                      "stage2_objective": group.objective if group else math.nan,
                      "stage2_val_ndcg@10": nan_mean(r.best_metrics.get("val_ndcg@10", math.nan) for r in records),
@@ -132,7 +132,7 @@ def write_finetune_section(study: StudyConfig, entries: list[dict[str, Any]], se
 
 def plan_line(plan, seconds: dict[str, float]) -> str:
     """What the budget planned (:mod:`sbmoe_ray.stages.budget`), against what stage 2 then took."""
-    text = plan.describe().removeprefix("[plan] ")
+    text = plan.label().removeprefix("[plan] ")
     took = seconds.get("stage 2 training", math.nan)
     return (f"{text[0].upper()}{text[1:]} (costs measured here before stage 2, spread over {plan.cores} cores; "
             f"stage 2 training then took {took / 60:.1f} min).")

@@ -1,4 +1,4 @@
-"""Content-addressed cache of a frozen encoder's pooled embeddings: the fast path of a study.
+"""Content-addressed cache of a frozen encoder's pooled embeddings: the fast route of a study (``cached_head``).
 
 When the encoder is frozen, the SB-MoE head only ever sees ``pool(encoder(text))``. Those embeddings are
 computed once per (base model weights, pooling, max length, precision, exact list of texts) and stored as

@@ -23,7 +23,7 @@ from sbmoe_ray.model.config import POOLINGS, ModelConfig
 from sbmoe_ray.model.moe import SBMoE, Routing
 
 MODEL_CONFIG_FILE, WEIGHTS_FILE = "model_config.json", "model.pt"
-# Token batches ({"input_ids", "attention_mask"}) or, on the frozen-encoder path, pooled embeddings [B, H].
+# Token batches ({"input_ids", "attention_mask"}) or, on the cached_head route, pooled embeddings [B, H].
 EncoderInput = Union[Mapping[str, torch.Tensor], torch.Tensor]
 
 
@@ -74,7 +74,7 @@ class BiEncoder(nn.Module):
         return self.project(self.pool(input_ids, attention_mask))
 
     def embed_inputs(self, inputs: EncoderInput) -> tuple[torch.Tensor, Routing | None]:
-        """Embed token batches or (frozen path) pooled embeddings."""
+        """Embed token batches or (the cached_head route) pooled embeddings."""
         return self.project(self._pooled(inputs))
 
     def _pooled(self, inputs: EncoderInput) -> torch.Tensor:
@@ -101,7 +101,7 @@ def build_bi_encoder(config: ModelConfig, backbone: nn.Module | None = None, fro
                      hidden_size: int | None = None) -> BiEncoder:
     """A bi-encoder for a *resolved* config; ``backbone`` overrides loading ``config.base_model``.
 
-    ``hidden_size`` without a backbone builds the backbone-less model of the cached frozen-encoder path.
+    ``hidden_size`` without a backbone builds the backbone-less model of the cached_head route.
     """
     config.validate()
     if hidden_size is None:

@@ -62,7 +62,7 @@ def resolve_precision(precision: str, device: str, flags: frozenset[str] | None 
     return precision
 
 
-def describe(precision: str, device: str) -> str:
+def explain(precision: str, device: str) -> str:
     """One line for the start of a run: what was chosen and why."""
     native = native_bf16(device)
     why = ("bf16 is native here" if native else "no native bf16 here") if device.startswith("cuda") else \

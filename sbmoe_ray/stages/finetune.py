@@ -34,7 +34,7 @@ from sbmoe_ray.data.beir import load_dataset
 from sbmoe_ray.stages.promotion import load_or_promote, promotions
 from sbmoe_ray.analysis.records import (POINT_KEY, REPLICATE_KEY, RESULTS_FILE, ConfigGroup, baselines, best_group, group_trials,
                                load_trials)
-from sbmoe_ray.study.space import describe
+from sbmoe_ray.study.space import label
 from sbmoe_ray.stages.tune import trainable
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.train.testing import evaluate_remote, evaluation_cpus, sharded_evaluation
@@ -155,7 +155,7 @@ def _add_results(record, results: list) -> None:
 
 def _progress(what: str, done: int, total: int, record, started: float) -> None:
     elapsed = time.monotonic() - started
-    print(f"[{what}] {done}/{total} {describe(record.params, record.seed)} tested in {elapsed / 60:.1f} min; "
+    print(f"[{what}] {done}/{total} {label(record.params, record.seed)} tested in {elapsed / 60:.1f} min; "
           f"~{elapsed / done * (total - done) / 60:.1f} min left", flush=True)
 
 

@@ -1,6 +1,6 @@
 """The experts study on Ray Tune + Optuna: the trial, the searcher, and the Tuner (new or restored).
 
-Every trial is one :func:`sbmoe_ray.train.fit` (on the path its config names: the zero-shot baseline,
+Every trial is one :func:`sbmoe_ray.train.fit` (on the route its config names: the zero-shot baseline,
 the head on cached embeddings in the trial's own process, or a ``TorchTrainer`` built inside the Tune
 function trainable, Train V2 style) followed by evaluation on every test dataset. For each base model a
 baseline is enqueued first (``num_experts = 0``: plain fine-tuning, or the zero-shot model when the
@@ -215,13 +215,13 @@ def load_study(study_dir: Path) -> StudyConfig:
 
 
 def trials_in_process(study: StudyConfig) -> bool:
-    """Whether the study's SB-MoE trials train in their own process (the cached fast path, one worker)."""
+    """Whether the study's SB-MoE trials train in their own process (the cached_head route, one worker)."""
     return study.trial_config({"num_experts": max(study.space["num_experts"]), "top_k": 1}, "example").in_process
 
 
 def trainable(study: StudyConfig):
     """The trial function with its resources: a 0.25-CPU driver of Ray Train workers, or, when trials
-    train in-process (cached fast path), one worker's CPUs (and GPU)."""
+    train in-process (the cached_head route), one worker's CPUs (and GPU)."""
     values = json.loads(json.dumps(asdict(study), default=str))
     s = study.train.scaling
     resources = ({"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})} if trials_in_process(study)

@@ -158,7 +158,7 @@ def apply(cfg: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def describe(params: dict[str, Any], seed: int | None = None) -> str:
+def label(params: dict[str, Any], seed: int | None = None) -> str:
     """``minilm N=6 k=2 all lr=1.4e-3`` (with a seed: ``... s1``); a baseline is ``minilm baseline``."""
     if params.get("num_experts") == 0:
         text = f"{BY_NAME['base_model'].show(params['base_model'])} baseline"

@@ -1,8 +1,8 @@
 """Distributed SB-MoE fine-tuning: a plain PyTorch loop inside Ray Train's ``TorchTrainer``.
 
-Read in this order: :mod:`.config` (every setting, in sections, and the training path),
+Read in this order: :mod:`.config` (every setting, in sections, and the training route),
 :mod:`.inputs` (what a worker sees), :mod:`.step` (one step: objective, whole-batch or cached-gradient
-backward), :mod:`.plan` (what each path builds), :mod:`.loop` (one worker's epochs), :mod:`.session`
+backward), :mod:`.routes` (what each route builds), :mod:`.loop` (one worker's epochs), :mod:`.session`
 (Ray Train worker or this process; checkpoints) and :mod:`.launch` (the driver: prepare, fit).
 
 ``from sbmoe_ray.train import TrainConfig, fit`` is the public API. Names are loaded on first use, so
@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "TrainConfig": "config", "load_train_config": "config", "CHECKPOINT_METRICS": "config", "PATHS": "config",
+    "TrainConfig": "config", "load_train_config": "config", "CHECKPOINT_METRICS": "config", "ROUTE_NAMES": "config",
     "fit": "launch", "prepare": "launch", "resolved": "launch", "FitResult": "launch", "RESULTS_FILE": "launch",
     "read_progress": "session", "epoch_history": "session",
 }

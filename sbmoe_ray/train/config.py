@@ -1,4 +1,4 @@
-"""Every setting of a training run, in sections, and the one property that names the training path.
+"""Every setting of a training run, in sections, and the one property that names the training route.
 
 Sections: ``model`` (what is trained, :class:`~sbmoe_ray.model.config.ModelConfig`), ``data`` (what it
 learns from and is tested on), ``optim`` (AdamW, epochs, batch), ``loss`` (which loss, temperature, load
@@ -8,8 +8,8 @@ order). Each field's own limit is declared next to it; the
 ``rules`` of a class are its cross-field rules. No torch or Ray is imported here: a bad config answers
 in well under a second, before anything starts.
 
-:attr:`TrainConfig.path` decides once how a run trains (Tevatron picks its GradCache trainer the same
-way); :mod:`sbmoe_ray.train.launch` builds the inputs, the step and the session from it:
+:attr:`TrainConfig.route` decides once how a run trains (Tevatron picks its GradCache trainer the same
+way); :mod:`sbmoe_ray.train.launch` builds the inputs, the step and the session from it (:mod:`.routes`):
 
 * ``zero_shot``       frozen encoder, no experts: nothing to train; the base model is evaluated.
 * ``cached_head``     frozen encoder: the SB-MoE head trains on cached pooled embeddings (seconds).
@@ -38,7 +38,7 @@ def _rules(value) -> str | None:
 
 CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_ndcg@10": "max", "train_loss": "min"}
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
-PATHS = ("zero_shot", "cached_head", "live", "cached_gradient")
+ROUTE_NAMES = ("zero_shot", "cached_head", "live", "cached_gradient")
 
 
 @dataclass
@@ -144,8 +144,8 @@ class TrainConfig(ConfigBase):
         return self.frozen and self.memory.embedding_cache
 
     @property
-    def path(self) -> str:
-        """How this run trains (one of :data:`PATHS`); decided here, once."""
+    def route(self) -> str:
+        """How this run trains (one of :data:`ROUTE_NAMES`); decided here, once."""
         if self.frozen and self.model.num_experts == 0:
             return "zero_shot"
         if self.uses_cache:
@@ -156,7 +156,7 @@ class TrainConfig(ConfigBase):
     def in_process(self) -> bool:
         """Train in the calling process, without Ray Train: nothing to train, or one worker on cached
         embeddings (its worker group takes ~10 s to start, the whole training well under a second)."""
-        return self.path == "zero_shot" or (self.path == "cached_head" and self.scaling.num_workers == 1)
+        return self.route == "zero_shot" or (self.route == "cached_head" and self.scaling.num_workers == 1)
 
     @property
     def run_dir(self) -> Path:

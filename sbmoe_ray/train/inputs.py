@@ -2,7 +2,7 @@
 
 The permutation of an epoch depends only on (seed, epoch), so W workers together see exactly the batches
 one worker would see, and a resumed run replays the same order. Inputs are token batches (the encoder
-runs) or, on the ``cached_head`` path, rows of the cached pooled embeddings of a frozen encoder.
+runs) or, on the ``cached_head`` route, rows of the cached pooled embeddings of a frozen encoder.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _lookup(ids: list[str], pooled: np.ndarray, device: torch.device) -> Callabl
 
 
 def cached_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
-    """Inputs of the ``cached_head`` path: rows of the frozen encoder's cached pooled embeddings."""
+    """Inputs of the ``cached_head`` route: rows of the frozen encoder's cached pooled embeddings."""
     dataset = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
     docs, queries = dataset_embeddings(embedding_cache(cfg), dataset, cfg.data.query_max_length)
     return PairData(*split_pairs(cfg, dataset), _lookup(list(dataset.queries), queries, device),
@@ -71,7 +71,7 @@ def cached_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
 
 
 def token_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
-    """Inputs of the paths that run the encoder: padded token batches on ``device``."""
+    """Inputs of the routes that run the encoder: padded token batches on ``device``."""
     dataset = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
     tokenizer = load_tokenizer(cfg.model.base_model)
 

@@ -2,7 +2,7 @@
 
 :func:`prepare` finds every bad setting, dataset or model before anything expensive starts and fills in
 what ``auto`` and ``None`` mean on this machine (precision, model defaults, absolute paths). :func:`fit`
-then trains where the config says (:attr:`TrainConfig.path` and :attr:`TrainConfig.in_process`: nowhere
+then trains where the config says (:attr:`TrainConfig.route` and :attr:`TrainConfig.in_process`: nowhere
 for ``zero_shot``, this process, or Ray Train's ``TorchTrainer`` workers), evaluates the best checkpoint on
 the test datasets and writes ``<run_dir>/results.json``, the run's one results file.
 """
@@ -19,7 +19,7 @@ from typing import Any, Callable
 from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray
 from sbmoe_ray.data.beir import BeirDataset, data_root, load_dataset
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.runtime.precision import describe, resolve_precision
+from sbmoe_ray.runtime.precision import explain, resolve_precision
 from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
 from sbmoe_ray.train.testing import evaluate_best
@@ -39,7 +39,7 @@ class FitResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time: prepare, train, test; start, end
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, "config": self.config.to_dict(), "path": self.config.path, "seconds": self.seconds,
+        return {**self.extra, "config": self.config.to_dict(), "route": self.config.route, "seconds": self.seconds,
                 "history": self.history,
                 "best_checkpoint": self.best_checkpoint, "best_metrics": self.best_metrics,
                 "last_checkpoint": self.last_checkpoint, "test": [r.to_dict() for r in self.test]}
@@ -70,11 +70,11 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
     tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
     validation = zero_shot_validation(cfg)        # loaded here: a missing set fails before any work
     pairs = len(split_pairs(cfg, train)[0])
-    if cfg.path != "zero_shot" and pairs < cfg.optim.batch_size:
+    if cfg.route != "zero_shot" and pairs < cfg.optim.batch_size:
         raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
                           f"pairs of {cfg.data.train_dataset!r} ({cfg.data.train_split})")
     if not quiet:
-        print(f"[{cfg.run.name}] {cfg.path} path, {describe(cfg.memory.precision, cfg.scaling.device_type)}", flush=True)
+        print(f"[{cfg.run.name}] {cfg.route} route, {explain(cfg.memory.precision, cfg.scaling.device_type)}", flush=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.uses_cache:
         from sbmoe_ray.evaluation.embedding_cache import dataset_embeddings
@@ -108,7 +108,7 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
     clock = [time.time()]
     cfg, tests = prepare(cfg)
     clock.append(time.time())
-    train = TRAINERS["zero_shot" if cfg.path == "zero_shot" else "in_process" if cfg.in_process else "ray_train"]
+    train = TRAINERS["zero_shot" if cfg.route == "zero_shot" else "in_process" if cfg.in_process else "ray_train"]
     best, best_metrics, last = train(cfg, address=address, callbacks=callbacks, on_epoch=on_epoch)
     clock.append(time.time())
     validation = zero_shot_validation(cfg)        # loaded here: a missing set fails before any work
@@ -136,11 +136,11 @@ def train_nothing(cfg: TrainConfig, **_) -> tuple[None, dict[str, Any], None]:
 def train_in_process(cfg: TrainConfig, on_epoch=None, **_) -> tuple[Path, dict[str, Any], Path]:
     """Train in this process (one worker on cached embeddings); checkpoints in the run folder."""
     from sbmoe_ray.train.loop import train_worker
-    from sbmoe_ray.train.plan import PLANS
+    from sbmoe_ray.train.routes import ROUTES
     from sbmoe_ray.train.session import InProcessSession
 
     session = InProcessSession(cfg, on_epoch)
-    train_worker(cfg, session, PLANS[cfg.path])
+    train_worker(cfg, session, ROUTES[cfg.route])
     (best, best_metrics), last = session.checkpoints.best(), session.checkpoints.latest()[0]
     return best, best_metrics, last
 

@@ -1,7 +1,7 @@
 """The training loop of one worker, top to bottom: seed, inputs, model, optimizer, resume; then per epoch
 train, validate, checkpoint and report.
 
-It is the same loop on every path and in every session: the plan (:mod:`sbmoe_ray.train.plan`) gives the
+It is the same loop on every route and in every session: the route (:mod:`sbmoe_ray.train.routes`) gives the
 inputs, the model and the step; the session (:mod:`sbmoe_ray.train.session`) gives rank, device, resume
 and reporting. AdamW with two learning rates (encoder, SB-MoE block), optional linear warm-up, gradient
 clipping (Sokli et al. 2025 train with AdamW, the encoder at a much lower rate than the block).
@@ -26,7 +26,7 @@ from sbmoe_ray.model.moe import ExpertLoad
 from sbmoe_ray.runtime.precision import autocast
 from sbmoe_ray.train.config import TrainConfig
 from sbmoe_ray.train.inputs import PairData, Pairs, epoch_batches, token_count
-from sbmoe_ray.train.plan import PLANS, Plan, Step, objective_for
+from sbmoe_ray.train.routes import ROUTES, Route, Step, objective_for
 from sbmoe_ray.train.session import RayTrainSession, log_progress, save_checkpoint
 from sbmoe_ray.train.step import all_sum
 
@@ -139,13 +139,13 @@ def validation_ndcg(model: BiEncoder, data: PairData, cfg: TrainConfig, device: 
     return evaluate_run({q: data.dataset.qrels[q] for q in query_ids}, run, ignore_identical_ids=drop).means["ndcg@10"]
 
 
-def train_worker(cfg: TrainConfig, session, plan: Plan) -> None:
+def train_worker(cfg: TrainConfig, session, route: Route) -> None:
     """The training loop of one worker: restore, then per epoch train, validate, checkpoint, report."""
     rank, world, device = session.rank, session.world, session.device
     seed_everything(cfg.run.seed)
-    data = plan.inputs(cfg, device)
+    data = route.inputs(cfg, device)
     # On the device before the optimizer exists: a restored optimizer state follows its parameters' device.
-    model = plan.model(cfg).to(device)
+    model = route.model(cfg).to(device)
     optimizer, scheduler = build_optimizer(model, cfg)
     start_epoch = session.resume(model, optimizer, scheduler)
     if start_epoch and rank == 0:
@@ -153,7 +153,7 @@ def train_worker(cfg: TrainConfig, session, plan: Plan) -> None:
               f"{cfg.run_dir}", flush=True)
     model = session.wrap(model)
     bare = getattr(model, "module", model)
-    step = plan.step(cfg, objective_for(cfg, rank, world), device)
+    step = route.step(cfg, objective_for(cfg, rank, world), device)
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         if rank == 0:
@@ -177,6 +177,6 @@ def train_worker(cfg: TrainConfig, session, plan: Plan) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's entry point on each worker: the path's plan, chosen once, and this worker's session."""
+    """Ray Train's entry point on each worker: the route, chosen once, and this worker's session."""
     cfg = TrainConfig.from_dict(config)
-    train_worker(cfg, RayTrainSession(cfg), PLANS[cfg.path])
+    train_worker(cfg, RayTrainSession(cfg), ROUTES[cfg.route])

@@ -104,7 +104,7 @@ def _chunks(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.T
 
 
 def average_gradients(model: nn.Module, world: int) -> None:
-    """What DDP does after backward, for the cached-gradient path (which bypasses DDP's forward)."""
+    """What DDP does after backward, for the cached_gradient route (which bypasses DDP's forward)."""
     if world == 1:
         return
     params = [p for p in model.parameters() if p.requires_grad]

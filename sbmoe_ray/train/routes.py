@@ -1,8 +1,8 @@
-"""The training path, chosen once: what each path builds (inputs, model, step), as one table.
+"""The training route, chosen once: what each route builds (inputs, model, step), as one table.
 
-:attr:`TrainConfig.path <sbmoe_ray.train.config.TrainConfig.path>` names the path; :data:`PLANS` says
-what it means. Nothing below the worker's entry point looks at the flags again (Tevatron picks its
-GradCache trainer the same way: ``GCTrainer if grad_cache else Trainer``). ``zero_shot`` has no plan:
+:attr:`TrainConfig.route <sbmoe_ray.train.config.TrainConfig.route>` names the route; :data:`ROUTES`
+says what it builds. Nothing below the worker's entry point looks at the flags again (Tevatron picks its
+GradCache trainer the same way: ``GCTrainer if grad_cache else Trainer``). ``zero_shot`` has no entry:
 nothing trains, the driver evaluates the base model (:func:`sbmoe_ray.train.launch.fit`).
 """
 
@@ -49,22 +49,24 @@ def cached_gradient(cfg: TrainConfig, objective: Objective, device: torch.device
 
 
 @dataclass(frozen=True)
-class Plan:
+class Route:
+    """What a training route builds: the worker's inputs, its model and its step."""
+
     inputs: Callable[[TrainConfig, torch.device], PairData]
     model: Callable[[TrainConfig], BiEncoder]
     step: Callable[[TrainConfig, Objective, torch.device], Step]
 
 
-PLANS: dict[str, Plan] = {
-    "cached_head": Plan(cached_inputs, head_model, whole_batch),
-    "live": Plan(token_inputs, encoder_model, whole_batch),
-    "cached_gradient": Plan(token_inputs, encoder_model, cached_gradient),
+ROUTES: dict[str, Route] = {
+    "cached_head": Route(cached_inputs, head_model, whole_batch),
+    "live": Route(token_inputs, encoder_model, whole_batch),
+    "cached_gradient": Route(token_inputs, encoder_model, cached_gradient),
 }
 
 
 def build_model(cfg: TrainConfig) -> BiEncoder:
     """The model a worker of this config trains."""
-    return PLANS[cfg.path].model(cfg)
+    return ROUTES[cfg.route].model(cfg)
 
 
 def objective_for(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Objective:
