@@ -7,21 +7,21 @@ configuration chosen by the mean validation objective.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from sbmoe_ray.analysis.comparisons import study_summary
-from sbmoe_ray.analysis.records import group_trials, load_trials
+from sbmoe_ray.analysis.records import load_trials
+from sbmoe_ray.analysis.result import analyze_proxy
+from sbmoe_ray.stages.prepare import load_study
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", type=Path)
     args = parser.parse_args()
-    config = json.loads((args.study / "study_config.json").read_text())
-    datasets = [Path(d).name for d in config["train"]["data"]["test_datasets"]]
-    mode = "max" if config["search"]["objective"] != "val_loss" else "min"
-    groups = sorted(group_trials(load_trials(args.study)), key=lambda g: (
+    study = load_study(args.study)
+    datasets = study.test_names
+    result = analyze_proxy(study, load_trials(study.layout.proxy))
+    groups = sorted(result.groups, key=lambda g: (
         g.base_model, g.params["num_experts"], g.params.get("top_k", 0), g.params.get("moe_lr", 0)))
     print("| base | N | train k | inference | moe_lr | seeds | objective | " + " | ".join(datasets) + " |")
     print("|---|---|---|---|---|---|---|" + "---|" * len(datasets))
@@ -31,9 +31,7 @@ def main() -> None:
                  f"{g.params['moe_lr']:.1e}", len(g.records), f"{g.objective:.3f}"])
         print("| " + " | ".join(map(str, head + [f"{g.mean(d):.3f}" for d in datasets])) + " |")
     print()
-    budget = {"configurations_planned": config["search"]["num_trials"], "seeds": config["search"].get("seeds", 1),
-              "epochs": config["train"]["optim"]["epochs"]}
-    summary = study_summary(groups, datasets, mode, config["search"]["objective"], budget)
+    summary = result.summary
     for answer in summary["per_base_model"]:
         cells = []
         for c in (answer["datasets"][d] for d in datasets):

@@ -93,27 +93,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from sbmoe_ray.analysis.report import write_report
-    from sbmoe_ray.analysis.records import load_trials
-    from sbmoe_ray.stages.tune import load_study
-    from sbmoe_ray.study.config import StudyConfig
-    from sbmoe_ray.stages.budget import read_plan
-    from sbmoe_ray.analysis.report_finetune import write_finetune_section
-    from sbmoe_ray.tracking import StudyTracker
-    from sbmoe_ray.stages.finetune import read_promotions, stage_times
+    from sbmoe_ray.stages.pipeline import rebuild_report
 
     folder = Path(args.study)
     if not folder.is_dir():
+        from sbmoe_ray.study.config import StudyConfig
+
         folder = Path(StudyConfig().storage_path).resolve() / args.study
-    study = load_study(folder)
-    report = write_report(study, load_trials(study.study_dir))
-    entries = read_promotions(study)
-    if entries:                                   # a two-stage study: its stage-2 section too (as planned)
-        plan = read_plan(study.finetune_study().study_dir)
-        write_finetune_section(study, plan.kept if plan else entries, stage_times(study),
-                               plan.seeds if plan else study.finetune.replicates()[0], plan)
-    StudyTracker(study).log_report(report)
-    print(f"wrote {report}")
+    print(f"wrote {rebuild_report(folder)}")
 
 
 def study_config_path(name: str) -> Path:

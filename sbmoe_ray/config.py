@@ -213,8 +213,8 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str) -> T:
             moved = getattr(cls, "MOVED", {}).get(key) or _moved(cls, key)
             if moved:
                 section, _, leaf = moved.rpartition(".")
-                raise ConfigError(f"{where}.{key}={value!r}: this key moved to {where}.{moved}; write it there "
-                                  f"({section}: {{{leaf}: ...}})")
+                there = f"{section}: {{{leaf}: ...}}" if section else f"{leaf}: ..."
+                raise ConfigError(f"{where}.{key}={value!r}: this key moved to {where}.{moved}; write it there ({there})")
             raise ConfigError(f"{where}.{key}={value!r}: unknown key; allowed keys are {sorted(known)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):

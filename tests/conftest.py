@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, make_tiny_bert, write_beir
 
 # Faster feedback: Ray Train V2's controller polls its workers every 2 s by default; a run of tiny epochs
 # then mostly waits. Every test process (and the studies they start) inherits these; Train V2 copies
 # RAY_TRAIN_* variables to its controller. The preemption watcher only watches cloud nodes.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# No test reaches the Hugging Face hub (the machines are offline): an unknown model fails at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -26,15 +25,8 @@ def tokenizer():
     return load_tokenizer("minilm")
 
 
-def make_tiny_bert(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0) -> BertModel:
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512)
-    return BertModel(config, add_pooling_layer=False).eval()
-
-
 @pytest.fixture
-def tiny_bert(tokenizer) -> BertModel:
+def tiny_bert(tokenizer):
     return make_tiny_bert(len(tokenizer))
 
 
@@ -45,18 +37,6 @@ def data_dir() -> Path:
     if not (root / "adi" / "corpus.jsonl").is_file():
         pytest.skip(f"no BEIR data root at {root} (set SBMOE_DATA_DIR)")
     return root
-
-
-def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: dict[str, list[tuple[str, str, int]]],
-               line_end: str = "\n") -> Path:
-    """Write a BEIR-layout dataset; ``qrels`` maps split -> rows."""
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
-    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    for split, rows in qrels.items():
-        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
-        (folder / "qrels" / f"{split}.tsv").write_bytes((line_end.join(lines) + line_end).encode())
-    return folder
 
 
 @pytest.fixture

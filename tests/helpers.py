@@ -1,11 +1,38 @@
-"""Tiny model folders and a synthetic BEIR dataset for training tests."""
+"""What the tests build: tiny random BERTs and BEIR folders, synthetic datasets, study YAMLs; and how they run a
+study (a subprocess of ``sbmoe study``, so that a test can SIGKILL it) and read its MLflow runs."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import make_tiny_bert, write_beir
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_tiny_bert(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512)
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: dict[str, list[tuple[str, str, int]]],
+               line_end: str = "\n") -> Path:
+    """Write a BEIR-layout dataset; ``qrels`` maps split -> rows."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    for split, rows in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
+        (folder / "qrels" / f"{split}.tsv").write_bytes((line_end.join(lines) + line_end).encode())
+    return folder
 
 SEARCH_ORDER = ("run", "data", "optim", "memory", "scaling", "model", "loss", "evaluation")
 
@@ -49,3 +76,63 @@ def with_settings(cfg, **settings):
         section = next(s for s in SEARCH_ORDER if key in {g.name for g in fields(getattr(cfg, s))})
         sections.setdefault(section, {})[key] = value
     return replace(cfg, **{name: replace(getattr(cfg, name), **values) for name, values in sections.items()})
+
+
+def write_study(tmp_path: Path, assets, **overrides) -> Path:
+    """A tiny study YAML (the assets' model and data; stage 1 only unless ``promote`` is set); overrides by
+    dotted key (``proxy.num_trials``, ``train.optim.epochs``)."""
+    study = {
+        "name": "tiny-study", "storage_path": str(tmp_path / "studies"),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "space": {"base_model": [str(assets["model"])], "num_experts": [0, 2, 3], "top_k": [1, 2],
+                  "moe_lr": [1e-3, 1e-2]},
+        "proxy": {"num_trials": 4, "max_concurrent": 2, "seed": 0},
+        "promote": 0,
+        "train": {"model": {"max_length": 32},
+                  "data": {"train_dataset": str(assets["data"]), "test_datasets": [str(assets["data"])],
+                           "query_max_length": 16, "validation_fraction": 0.2},
+                  "optim": {"encoder_lr": 0.0, "epochs": 2, "batch_size": 8},
+                  "memory": {"precision": "fp32"}, "scaling": {"num_workers": 1, "cpus_per_worker": 0.5}},
+    }
+    for key, value in overrides.items():          # "section.key" or "train.section.key"
+        *parents, leaf = key.split(".")
+        target = study
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def sweep(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    """``sbmoe study --config CONFIG ...`` in a process group of its own (a test may SIGKILL the group)."""
+    return subprocess.Popen([sys.executable, "-m", "sbmoe_ray.cli", "study", "--config", str(config), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            **kwargs)
+
+
+def runs(tmp_path: Path, experiment: str = "tiny-study"):
+    """Every MLflow run of a tiny study's experiment (``tmp_path/mlflow.db``)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], max_results=500)
+
+
+def proxy_trials(n: int = 8, seeds: int = 2) -> list:
+    """Hand-made stage-1 records: a baseline and n SB-MoE configurations of base model ``m``, each over seeds."""
+    import random
+
+    from sbmoe_ray.analysis.records import TrialRecord
+
+    rng = random.Random(3)
+    records = [TrialRecord(f"b{s}", {"base_model": "m", "num_experts": 0}, "val_loss", {}, [], [], "zero_shot", s)
+               for s in range(seeds)]
+    for i in range(n):
+        params = {"base_model": "m", "num_experts": 3, "top_k": 1, "inference": "all", "moe_lr": 10 ** -(2 + i / n)}
+        value = rng.random()
+        records += [TrialRecord(f"t{i}s{s}", params, "val_loss", {"val_loss": value + 0.01 * s}, [], [], "cached_head", s)
+                    for s in range(seeds)]
+    return records

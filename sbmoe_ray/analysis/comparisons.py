@@ -25,6 +25,7 @@ import numpy as np
 from scipy import stats
 
 from sbmoe_ray.analysis.records import ConfigGroup, baselines, best_group
+from sbmoe_ray.study.space import label
 
 CORRECTIONS = {"holm": "Holm-Bonferroni", "fdr_bh": "Benjamini-Hochberg"}
 
@@ -115,14 +116,12 @@ def compare_groups(groups: list[ConfigGroup], datasets: list[str], metric: str =
     return rows
 
 
-def study_summary(groups: list[ConfigGroup], datasets: list[str], mode: str, objective: str,
-                  budget: dict, correction: str = "holm") -> dict:
-    """The study's answer per base model, machine-readable (``report/summary.json``): the configuration
+def study_summary(groups: list[ConfigGroup], comparisons: list[Comparison], datasets: list[str], mode: str,
+                  objective: str, budget: dict, correction: str = "holm") -> dict:
+    """The stage's answer per base model, machine-readable (``report/summary.json``): the configuration
     chosen by its mean validation objective over seeds, and its test comparison with the baseline on every
-    dataset. ``budget``: what the study spent (configurations, seeds, epochs)."""
-    from sbmoe_ray.study.space import label
-
-    comparisons = compare_groups(groups, datasets, correction=correction)
+    dataset (from ``comparisons``: :func:`compare_groups` over the same groups). ``budget``: what the stage
+    spent (configurations, seeds, epochs)."""
     by_key = {(c.group, c.dataset): c for c in comparisons}
     answers = []
     for base_model in sorted({g.base_model for g in groups}):

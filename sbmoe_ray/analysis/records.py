@@ -1,16 +1,17 @@
-"""The records a study leaves, and the names everything else reads them by.
+"""The records a study leaves, and the groups its answers are about.
 
-One results file per trial: ``<study>/runs/<trial id>/results.json``, written by
-:func:`sbmoe_ray.train.fit` (config, training path, per-epoch history, best checkpoint and its metrics,
-test results with per-query scores) with the trial's id, its sampled parameters and the name of the
-study's objective, and its training seed. :class:`TrialRecord` reads it back; the report, the MLflow
-tracker, the CLI and the study scripts all read trials through it and name metrics with :func:`sbmoe_ray.evaluation.metrics.metric_key`.
+One results file per trial, ``<study>/<stage>/runs/<trial id>/results.json`` (:mod:`sbmoe_ray.study.layout`),
+written by :func:`sbmoe_ray.train.fit` (config, training route, per-epoch history, best checkpoint and its
+metrics, test results with per-query scores) with the trial's id, its sampled parameters, the name of the
+stage's objective and its training seed. :class:`TrialRecord` is that file, read once; the stages, the
+report, the MLflow tracker and the CLI read trials through it; stage 2's test phase adds test results to a
+record and writes it back (:meth:`TrialRecord.write`).
 
-A study with ``search.seeds = n`` runs each configuration n times with other training seeds (Ray Tune's
-``Repeater``; the validation split stays fixed): each replicate is its own trial, and :class:`ConfigGroup`
-gathers the replicates of one configuration. Answers are about groups: the configuration chosen by its
-mean validation objective (:func:`best_group`), compared with its base model's baseline group
-(:func:`baselines`). Nothing here imports Ray, torch or MLflow.
+A stage with n seeds runs each configuration n times with other training seeds (the validation split
+stays fixed): each replicate is its own trial, and :class:`ConfigGroup` gathers the replicates of one
+configuration. Answers are about groups: the configuration chosen by its mean validation objective
+(:func:`best_group`), compared with its base model's baseline group (:func:`baselines`). Nothing here
+imports Ray, torch or MLflow.
 """
 
 from __future__ import annotations
@@ -18,27 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RUNS_DIR = "runs"
-RESULTS_FILE = "results.json"
-REPLICATE_KEY = "__trial_index__"       # ray.tune.search.repeater.TRIAL_INDEX: the replicate's index
-POINT_KEY = "params"                    # a stage-2 point: {"params": ..., REPLICATE_KEY: r, "role": ...}
+from sbmoe_ray.study.layout import StageLayout
 
-
-def trial_point(config: dict[str, Any]) -> dict[str, Any]:
-    """A stage-2 trial's point (its Tune config is ``{"point": ...}``); a stage-1 config as it is."""
-    return config.get("point", config)
-
-
-def split_replicate(config: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """A Tune trial config as (the configuration's parameters, the replicate's index)."""
-    point = trial_point(config)
-    if POINT_KEY in point:
-        return dict(point[POINT_KEY]), int(point.get(REPLICATE_KEY, 0))
-    return {k: v for k, v in point.items() if k != REPLICATE_KEY}, int(point.get(REPLICATE_KEY, 0))
+# The keys of a results file that TrialRecord holds as fields; the rest is kept as it is in ``extra``.
+_FIELDS = ("trial_id", "params", "objective_metric", "best_metrics", "test", "history", "route", "seed", "config",
+           "best_checkpoint", "seconds")
 
 
 def group_key(params: dict[str, Any]) -> str:
@@ -61,9 +51,13 @@ class TrialRecord:
     best_metrics: dict[str, Any]
     test: list[dict[str, Any]]          # EvaluationResult.to_dict() per dataset, with per-query scores
     history: list[dict[str, Any]]
-    path: str                           # the training path (zero_shot, cached_head, live, cached_gradient)
+    route: str                          # the training route (zero_shot, cached_head, live, cached_gradient)
     seed: int = 0                       # the training seed (run.seed) of this replicate
     file: str | None = None             # the results file it was read from
+    config: dict[str, Any] = field(default_factory=dict)      # the run's TrainConfig, as a dict
+    best_checkpoint: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)   # prepare, train, test; start, end (wall clock)
+    extra: dict[str, Any] = field(default_factory=dict)       # the file's other keys, written back as they were
 
     @classmethod
     def read(cls, file: Path) -> TrialRecord | None:
@@ -72,7 +66,16 @@ class TrialRecord:
         if "trial_id" not in data:
             return None
         return cls(data["trial_id"], data["params"], data["objective_metric"], data["best_metrics"], data["test"],
-                   data["history"], data["path"], int(data.get("seed", 0)), str(file))
+                   data["history"], data["route"], int(data.get("seed", 0)), str(file), data.get("config", {}),
+                   data.get("best_checkpoint"), data.get("seconds", {}),
+                   {k: v for k, v in data.items() if k not in _FIELDS})
+
+    def write(self) -> None:
+        """Write the record back to its results file, atomically (stage 2's test phase adds test results)."""
+        data = {**self.extra, **{name: getattr(self, name) for name in _FIELDS}}
+        tmp = Path(self.file).with_name(f".{Path(self.file).name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.replace(self.file)
 
     @property
     def objective(self) -> float:
@@ -98,9 +101,9 @@ class TrialRecord:
         return next(r["per_query"][metric] for r in self.test if r["dataset"] == dataset)
 
 
-def load_trials(study_dir: Path) -> list[TrialRecord]:
-    """Every finished trial of a study, ordered by trial id."""
-    records = [TrialRecord.read(p) for p in sorted((Path(study_dir) / RUNS_DIR).glob(f"*/{RESULTS_FILE}"))]
+def load_trials(stage: StageLayout) -> list[TrialRecord]:
+    """Every finished trial of a stage, ordered by trial id, each results file read once."""
+    records = [TrialRecord.read(p) for p in stage.results_files()]
     return [r for r in records if r is not None]
 
 

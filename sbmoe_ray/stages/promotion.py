@@ -1,4 +1,4 @@
-"""Stage 2 of a study: which proxy configurations are fine-tuned, and whether the proxy ranked them right.
+"""Which stage-1 configurations stage 2 fine-tunes.
 
 The main job is a two-fidelity study. Stage 1, the proxy, trains SB-MoE heads on a frozen encoder
 (seconds a trial) and searches the space; stage 2 fine-tunes the encoder with the head (minutes a trial)
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe_ray.analysis.records import ConfigGroup
+from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.study.points import Promotion
 
-PROMOTED_FILE = "promoted.json"
 ROLES = ("promoted", "control", "baseline")
 
 
@@ -37,39 +38,37 @@ def rank(groups: list[ConfigGroup], mode: str) -> list[ConfigGroup]:
     return sorted(moe, key=lambda g: (sign * g.objective, g.key))
 
 
-def promotions(groups: list[ConfigGroup], mode: str, promote: int, controls: int, seed: int) -> list[dict[str, Any]]:
-    """Per base model: its top ``promote`` configurations, ``controls`` random others, and its baseline;
-    each entry ``{base_model, role, params, stage1_group, stage1_objective, stage1_trials}``."""
+def promotions(groups: list[ConfigGroup], mode: str, promote: int, controls: int, seed: int) -> list[Promotion]:
+    """Per base model: its top ``promote`` configurations, ``controls`` random others, and its baseline."""
     entries = []
     for base_model in sorted({g.base_model for g in groups}):
         ranked = rank([g for g in groups if g.base_model == base_model], mode)
         top, rest = ranked[:promote], sorted(ranked[promote:], key=lambda g: g.key)
         drawn = random.Random(f"{seed}:{base_model}").sample(rest, min(controls, len(rest)))
         for role, chosen in (("promoted", top), ("control", sorted(drawn, key=lambda g: g.key))):
-            entries += [{"base_model": base_model, "role": role, "params": g.params, "stage1_group": g.key,
-                         "stage1_objective": g.objective, "stage1_trials": [r.trial_id for r in g.records]}
+            entries += [Promotion(base_model, role, g.params, g.key, g.objective, tuple(r.trial_id for r in g.records))
                         for g in chosen]
-        entries.append({"base_model": base_model, "role": "baseline", "params": {"base_model": base_model, "num_experts": 0},
-                        "stage1_group": None, "stage1_objective": math.nan, "stage1_trials": []})
+        entries.append(Promotion(base_model, "baseline", {"base_model": base_model, "num_experts": 0}))
     return entries
 
 
-def load_or_promote(folder: Path, settings: dict[str, Any], compute) -> list[dict[str, Any]]:
+def read_promotions(path: Path) -> list[Promotion]:
+    return [Promotion.from_dict(e) for e in json.loads(path.read_text())["entries"]]
+
+
+def load_or_promote(path: Path, settings: dict[str, Any], compute) -> list[Promotion]:
     """The promotions written before (a resumed study keeps them), else ``compute()`` written now; a
     resumed study with other promotion settings is refused (its stage 2 would mix two selections)."""
-    from sbmoe_ray.errors import ConfigError
-
-    path = Path(folder) / PROMOTED_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved["settings"] != settings:
             changed = ", ".join(f"{k}={saved['settings'].get(k)}" for k in settings if saved["settings"].get(k) != settings[k])
             raise ConfigError(f"config.promote/finetune: stage 2 of this study was started with {changed} ({path}); "
                               "restore those settings to resume it, or pick another study name")
-        return saved["entries"]
+        return [Promotion.from_dict(e) for e in saved["entries"]]
     entries = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": settings, "entries": entries}, indent=2))
+    tmp.write_text(json.dumps({"settings": settings, "entries": [e.to_dict() for e in entries]}, indent=2))
     tmp.replace(path)
     return entries

@@ -1,10 +1,12 @@
-"""What a study is: its name and storage, the search space (:mod:`sbmoe_ray.study.space`), how the search
-runs (``search``), and the training template every trial starts from (``train``).
+"""What a study is: its name and storage, the search space (:mod:`sbmoe_ray.study.space`), the training
+template every trial starts from (``train``), and its two stages: ``proxy`` (stage 1: the search with a
+frozen encoder) and ``finetune`` (stage 2: the ``promote`` best configurations and controls fine-tuned).
 
-The default study (``studies/experts_sweep.yaml``) trains the SB-MoE head of a frozen MiniLM and of its
-3-layer cut on cached embeddings of SciFact train, seconds a trial. Optuna optimises ``search.objective``,
-a validation metric of the training dataset's held-out split, never a test metric. Nothing here imports
-torch, Ray or Optuna: a bad study config is refused in well under a second.
+The default study (the preset ``experts_sweep``) trains the SB-MoE head of a frozen MiniLM and of its
+3-layer cut on cached embeddings of SciFact train, seconds a trial. Optuna optimises ``proxy.objective``, a
+validation metric of the training dataset's held-out split, never a test metric. Each stage's trials see
+one :class:`StageConfig`. Nothing here imports torch, Ray or Optuna: a bad study config is refused in
+well under a second.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sbmoe_ray.config import ConfigBase, non_negative_int, one_of, positive, positive_int, setting
+from sbmoe_ray.config import ConfigBase, non_negative_int, one_of, optional, positive, positive_int, setting
 from sbmoe_ray.data.beir import data_root, dataset_name
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.study.layout import StudyLayout
+from sbmoe_ray.study.policy import per_hardware, resolve
 from sbmoe_ray.study.space import PARAMS, apply, default_space
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
 
 OBJECTIVES = ("val_loss", "val_accuracy", "val_ndcg@10")
-# Keys of the flat study configs before 0.2, and where they live now.
+# Keys of older study configs, and where they live now.
 MOVED = {"base_models": "space.base_model", "num_experts": "space.num_experts", "top_k": "space.top_k",
-         "top_k_max": "space.top_k", "inference": "space.inference", "moe_lr": "space.moe_lr"}
+         "top_k_max": "space.top_k", "inference": "space.inference", "moe_lr": "space.moe_lr", "search": "proxy"}
 
 
 def default_train() -> TrainConfig:
@@ -35,8 +39,18 @@ def default_train() -> TrainConfig:
                        scaling=ScalingConfig(num_workers=1, cpus_per_worker=1.0))
 
 
+def _minutes(value: Any) -> str | None:
+    return None if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else \
+        "a positive number of minutes"
+
+
+_SEEDS = per_hardware(positive_int, "{native_bf16: 2, otherwise: 1}")
+_BUDGET = optional(per_hardware(_minutes, "{native_bf16: 45, otherwise: 90}"))
+
+
 @dataclass
-class SearchConfig(ConfigBase):
+class ProxyConfig(ConfigBase):
+    """Stage 1, the proxy: how the search runs (Optuna TPE inside Ray Tune)."""
     num_trials: int = setting(24, positive_int)       # configurations, including the enqueued baselines
     seeds: int = setting(1, positive_int)              # replicates of each configuration (other training seeds)
     max_concurrent: int = setting(1, positive_int)
@@ -51,10 +65,8 @@ class FinetuneConfig(ConfigBase):
     """Stage 2: the promoted configurations fine-tuned with their encoder on Ray Train workers."""
     controls: int = setting(2, non_negative_int)      # per base model, random others from stage 1 (4 configs with
     #                                                   the 2 promoted: the fewest with a rank-check interval)
-    # Replicates of each stage-2 configuration; auto: 2 where bf16 is native (GPU, AVX-512 BF16/AMX), else 1,
-    # so that the quick start fits 90 min on an AVX2-only CPU (the seed interval then needs --set finetune.seeds=2)
-    seeds: int | str = setting("auto", check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
-                               else "a positive integer or 'auto'")
+    # Replicates of each stage-2 configuration: a number, or one per kind of hardware (sbmoe_ray/study/policy.py)
+    seeds: int | dict = setting(2, _SEEDS)
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
     epochs: int = setting(1, positive_int)
     objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
@@ -64,15 +76,38 @@ class FinetuneConfig(ConfigBase):
     use_gpu: bool = False
     max_concurrent: int = setting(1, positive_int)
 
-    def replicates(self) -> tuple[int, str]:
-        """The resolved seeds and why (``auto``: by whether bf16 is native where stage 2 trains)."""
-        if self.seeds != "auto":
-            return int(self.seeds), "set"
-        from sbmoe_ray.runtime.precision import native_bf16
+    @property
+    def device(self) -> str:
+        """Where stage 2 trains: what a value per kind of hardware is resolved for."""
+        return "cuda" if self.use_gpu else "cpu"
 
-        device = "cuda" if self.use_gpu else "cpu"
-        return (2, f"auto: native bf16 on {device}") if native_bf16(device) else \
-            (1, f"auto: no native bf16 on {device}, 1 seed to keep the quick start within 90 min")
+    def replicates(self) -> tuple[int, str]:
+        """The seeds for this machine and why."""
+        seeds, why = resolve(self.seeds, self.device)
+        return int(seeds), why
+
+
+@dataclass
+class StageConfig(ConfigBase):
+    """One stage as its trials see it: the training template, where its trials write, how it ranks them."""
+    name: str = "proxy"                    # proxy (stage 1) or finetune (stage 2)
+    folder: str = ""                       # <study>/<name>: its tune/ and runs/
+    train: TrainConfig = setting(factory=TrainConfig)
+    objective: str = setting("val_loss", one_of(*OBJECTIVES))
+    asha: bool = False                     # trials report every epoch to Tune (ASHA decides on them)
+    cache_dir: str = ""                    # the embedding cache of the study's storage path
+
+    @property
+    def mode(self) -> str:
+        return CHECKPOINT_METRICS[self.objective]
+
+    def trial_config(self, params: dict[str, Any], trial_id: str, replicate: int = 0) -> TrainConfig:
+        """The TrainConfig of one trial: the template plus the trial's parameters; replicate r of a
+        configuration trains with seed ``train.run.seed + r`` (its validation split stays fixed)."""
+        cfg = apply(self.train, params)
+        return replace(cfg, run=replace(cfg.run, name=trial_id, storage_path=str(Path(self.folder) / "runs"),
+                                        seed=self.train.run.seed + replicate),
+                       memory=replace(cfg.memory, cache_dir=self.cache_dir or cfg.memory.cache_dir))
 
 
 @dataclass
@@ -83,26 +118,22 @@ class StudyConfig(ConfigBase):
     # $MLFLOW_TRACKING_URI (a cluster head exports its server's), else the embedded store
     tracking_uri: str = setting(factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     space: dict[str, Any] = setting(factory=default_space)
-    search: SearchConfig = setting(factory=SearchConfig)
+    proxy: ProxyConfig = setting(factory=ProxyConfig)
     train: TrainConfig = setting(factory=default_train)
     promote: int = setting(2, non_negative_int)        # per base model fine-tuned in stage 2; 0 = the proxy only
     finetune: FinetuneConfig = setting(factory=FinetuneConfig)
-    # Minutes for the whole command; stage 2 is planned to fit (sbmoe_ray/stages/budget.py). auto: 45 where bf16
-    # is native where stage 2 trains, else 90 (the quick start's targets); null: no budget, stage 2 as configured
-    budget_minutes: float | str | None = setting(None, check=lambda v: None if v is None or v == "auto" or (
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0) else "a positive number, 'auto' or null")
+    # Minutes for the whole command; stage 2 is planned to fit (sbmoe_ray/stages/budget.py): a number, one per
+    # kind of hardware (sbmoe_ray/study/policy.py), or null (no plan: stage 2 as configured)
+    budget_minutes: float | dict | None = setting(None, _BUDGET)
 
     def budget_seconds(self) -> float | None:
-        """The budget in seconds (``auto`` resolved by whether bf16 is native where stage 2 trains)."""
-        if self.budget_minutes != "auto":
-            return None if self.budget_minutes is None else 60.0 * float(self.budget_minutes)
-        from sbmoe_ray.runtime.precision import native_bf16
-
-        return 60.0 * (45 if native_bf16("cuda" if self.finetune.use_gpu else "cpu") else 90)
+        """The budget in seconds for this machine (None: no budget)."""
+        minutes = resolve(self.budget_minutes, self.finetune.device)[0]
+        return None if minutes is None else 60.0 * float(minutes)
 
     @property
-    def study_dir(self) -> Path:
-        return Path(self.storage_path).resolve() / self.name
+    def layout(self) -> StudyLayout:
+        return StudyLayout(Path(self.storage_path).resolve() / self.name)
 
     @property
     def cache_dir(self) -> Path:
@@ -123,24 +154,20 @@ class StudyConfig(ConfigBase):
         return self.test_names + [dataset_name(d) for d in expand_names(self.train.data.large_test_datasets)]
 
     @property
-    def mode(self) -> str:
-        return CHECKPOINT_METRICS[self.search.objective]
-
-    @property
-    def objectives(self) -> dict[str, str]:
+    def proxy_objectives(self) -> dict[str, str]:
         """What Optuna optimises, by the name trials report it under: the validation objective, and the
         zero-shot validation nDCG@10 (maximised) when ``train.data.zero_shot_validation`` names a set."""
-        return {"objective": self.mode, **({"zs_objective": "max"} if self.train.data.zero_shot_validation else {})}
+        return {"objective": CHECKPOINT_METRICS[self.proxy.objective],
+                **({"zs_objective": "max"} if self.train.data.zero_shot_validation else {})}
 
     def fingerprint(self) -> dict[str, Any]:
         """What defines the search: a study resumed under the same name must keep it."""
-        return {"space": {p.name: self.space[p.name] for p in PARAMS}, "objective": self.search.objective,
-                "seeds": self.search.seeds,
-                "zero_shot_validation": self.train.data.zero_shot_validation}
+        return {"space": {p.name: self.space[p.name] for p in PARAMS}, "objective": self.proxy.objective,
+                "seeds": self.proxy.seeds, "zero_shot_validation": self.train.data.zero_shot_validation}
 
     def budget(self) -> dict[str, int]:
-        """What the study spends, as its report states it."""
-        return {"configurations_planned": self.search.num_trials, "seeds": self.search.seeds,
+        """What stage 1 spends, as its report states it."""
+        return {"configurations_planned": self.proxy.num_trials, "seeds": self.proxy.seeds,
                 "epochs": self.train.optim.epochs}
 
     def resolved(self) -> StudyConfig:
@@ -154,18 +181,15 @@ class StudyConfig(ConfigBase):
                         memory=replace(study.train.memory, cache_dir=str(study.cache_dir)))
         return replace(study, train=train, tracking_uri=uri)
 
-    def trial_config(self, params: dict[str, Any], trial_id: str, replicate: int = 0) -> TrainConfig:
-        """The TrainConfig of one trial: the study's template plus the trial's parameters; replicate r of a
-        configuration trains with seed ``train.run.seed + r`` (its validation split stays fixed)."""
-        cfg = apply(self.train, params)
-        return replace(cfg, run=replace(cfg.run, name=trial_id, storage_path=str(self.study_dir / "runs"),
-                                        seed=self.train.run.seed + replicate),
-                       memory=replace(cfg.memory, cache_dir=str(self.cache_dir)))
+    def proxy_stage(self) -> StageConfig:
+        """Stage 1 as its trials see it: the train template as it is, ranked by ``proxy.objective``."""
+        return StageConfig("proxy", str(self.layout.proxy.folder), self.train, self.proxy.objective, self.proxy.asha,
+                           str(self.cache_dir))
 
-    def finetune_study(self) -> StudyConfig:
-        """Stage 2 as a study of its own, under ``<study>/finetune``: the stage-1 template with the encoder
-        trained (``finetune.encoder_lr``), on ``finetune.num_workers`` Ray Train workers, ranked by
-        ``finetune.objective``; no test sets while training (the chosen ones are tested afterwards)."""
+    def finetune_stage(self) -> StageConfig:
+        """Stage 2 as its trials see it: the train template with the encoder trained (``finetune.encoder_lr``)
+        on ``finetune.num_workers`` Ray Train workers, ranked by ``finetune.objective``; no test sets while
+        training (the chosen configurations are tested afterwards)."""
         ft, train = self.finetune, self.train
         cfg = replace(train, optim=replace(train.optim, encoder_lr=ft.encoder_lr, freeze_encoder=False, epochs=ft.epochs),
                       data=replace(train.data, test_datasets=[], large_test_datasets=[], zero_shot_validation=None,
@@ -173,9 +197,7 @@ class StudyConfig(ConfigBase):
                       scaling=replace(train.scaling, num_workers=ft.num_workers, cpus_per_worker=ft.cpus_per_worker,
                                       use_gpu=ft.use_gpu),
                       run=replace(train.run, checkpoint_metric=ft.objective))
-        search = replace(self.search, seeds=ft.replicates()[0], objective=ft.objective, max_concurrent=ft.max_concurrent,
-                         asha=False)
-        return replace(self, name="finetune", storage_path=str(self.study_dir), train=cfg, search=search, promote=0)
+        return StageConfig("finetune", str(self.layout.finetune.folder), cfg, ft.objective, False, str(self.cache_dir))
 
     def rules(self, where: str) -> None:
         self.space = {**default_space(), **{k: _numbers(v) for k, v in self.space.items()}}
@@ -187,12 +209,12 @@ class StudyConfig(ConfigBase):
             problem = param.check(self.space[param.name], self.space)
             if problem:
                 raise ConfigError(f"{where}.space.{param.name}={self.space[param.name]!r}: {problem}")
-        if self.search.asha and self.search.seeds > 1:
-            raise ConfigError(f"{where}.search.asha=True: not with search.seeds={self.search.seeds} (Ray Tune's "
+        if self.proxy.asha and self.proxy.seeds > 1:
+            raise ConfigError(f"{where}.proxy.asha=True: not with proxy.seeds={self.proxy.seeds} (Ray Tune's "
                               "Repeater averages whole replicates; early stopping would cut some short); set "
-                              "search.asha: false, or search.seeds: 1")
-        if self.search.objective == "val_ndcg@10" and not self.train.data.validation_retrieval_docs:
-            raise ConfigError(f"{where}.search.objective='val_ndcg@10': needs train.data.validation_retrieval_docs > 0")
+                              "proxy.asha: false, or proxy.seeds: 1")
+        if self.proxy.objective == "val_ndcg@10" and not self.train.data.validation_retrieval_docs:
+            raise ConfigError(f"{where}.proxy.objective='val_ndcg@10': needs train.data.validation_retrieval_docs > 0")
         # The template must be valid for the largest head the space asks for.
         example = {"num_experts": max(self.space["num_experts"]), "top_k": 1}
         apply(self.train, example).validate(f"{where}.train")
@@ -205,7 +227,7 @@ class StudyConfig(ConfigBase):
             if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
                 raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs finetune.validation_retrieval_docs > 0")
             try:
-                apply(self.finetune_study().train, example).validate(f"{where}.train")
+                apply(self.finetune_stage().train, example).validate(f"{where}.train")
             except ConfigError as exc:
                 raise ConfigError(f"{where}.finetune: stage 2 (the train template with the finetune settings) is "
                                   f"invalid: {exc}; change finetune.* or train.*") from None

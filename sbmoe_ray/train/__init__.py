@@ -15,7 +15,7 @@ import importlib
 
 _EXPORTS = {
     "TrainConfig": "config", "load_train_config": "config", "CHECKPOINT_METRICS": "config", "ROUTE_NAMES": "config",
-    "fit": "launch", "prepare": "launch", "resolved": "launch", "FitResult": "launch", "RESULTS_FILE": "launch",
+    "fit": "launch", "prepare": "launch", "resolved": "launch", "FitResult": "launch", "RESULTS_FILE": "config",
     "read_progress": "session", "epoch_history": "session",
 }
 

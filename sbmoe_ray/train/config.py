@@ -39,6 +39,7 @@ def _rules(value) -> str | None:
 CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_ndcg@10": "max", "train_loss": "min"}
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 ROUTE_NAMES = ("zero_shot", "cached_head", "live", "cached_gradient")
+RESULTS_FILE = "results.json"          # <run_dir>/results.json: what fit() writes, the run's one results file
 
 
 @dataclass
@@ -161,6 +162,10 @@ class TrainConfig(ConfigBase):
     @property
     def run_dir(self) -> Path:
         return Path(self.run.storage_path) / self.run.name
+
+    @property
+    def results_file(self) -> Path:
+        return self.run_dir / RESULTS_FILE
 
     @property
     def cache_dir(self) -> Path:

@@ -21,11 +21,8 @@ from sbmoe_ray.data.beir import BeirDataset, data_root, load_dataset
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.runtime.precision import explain, resolve_precision
 from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC
-from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
+from sbmoe_ray.train.config import CHECKPOINT_METRICS, RESULTS_FILE, TrainConfig
 from sbmoe_ray.train.testing import evaluate_best
-
-RESULTS_FILE = "results.json"
-
 
 @dataclass
 class FitResult:
@@ -124,7 +121,7 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
                        extra or {}, seconds)
     tmp = cfg.run_dir / f".{RESULTS_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(fitted.to_dict(), indent=2, default=str))
-    tmp.replace(cfg.run_dir / RESULTS_FILE)
+    tmp.replace(cfg.results_file)
     return fitted
 
 

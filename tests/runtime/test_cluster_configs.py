@@ -10,7 +10,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 CONFIGS = ["cluster.yaml", "cluster-local.yaml"]
 
 

@@ -20,10 +20,10 @@ from sbmoe_ray.evaluation.dense import EncodeSettings
 from sbmoe_ray.model.config import ModelConfig
 from sbmoe_ray.evaluation.sharded.encode import plan_shards, read_shard
 
-from conftest import write_beir
+from helpers import REPO, write_beir
 from helpers import save_tiny_model
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir"
+DATA = REPO.parent / "shared" / "data" / "beir"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_a_killed_encode_redoes_only_its_missing_shards(tmp_path, model_folder):
     script = tmp_path / "encode.py"
     script.write_text(f"""
 import sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(REPO / "tests")!r}]
 from test_sharded_encode import evaluation_for
 from sbmoe_ray.evaluation.sharded.encode import encode_sharded
 encode_sharded(evaluation_for({str(model_folder)!r}), None, {str(folder / 'corpus.jsonl')!r}, {str(tmp_path / 'shards')!r},

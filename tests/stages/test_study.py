@@ -1,4 +1,4 @@
-"""The experts study end to end on tiny models: Tune + Optuna + Train + MLflow, and SIGKILL + resume."""
+"""The main job end to end on tiny models (stage 1): Tune + Optuna + Train + MLflow, and SIGKILL + resume."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sbmoe_ray.analysis.records import group_trials, load_trials
+from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import save_tiny_model, synthetic_dataset
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import runs, save_tiny_model, sweep, synthetic_dataset, write_study
 
 
 @pytest.fixture(scope="module")
@@ -28,61 +27,25 @@ def assets(tmp_path_factory, tokenizer):
     return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 88)}
 
 
-def write_study(tmp_path: Path, assets, **overrides) -> Path:
-    study = {
-        "name": "tiny-study", "storage_path": str(tmp_path / "studies"),
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "space": {"base_model": [str(assets["model"])], "num_experts": [0, 2, 3], "top_k": [1, 2],
-                  "moe_lr": [1e-3, 1e-2]},
-        "search": {"num_trials": 4, "max_concurrent": 2, "seed": 0},
-        "promote": 0,                               # stage 1 only (tests/test_two_stage.py has both)
-        "train": {"model": {"max_length": 32},
-                  "data": {"train_dataset": str(assets["data"]), "test_datasets": [str(assets["data"])],
-                           "query_max_length": 16, "validation_fraction": 0.2},
-                  "optim": {"encoder_lr": 0.0, "epochs": 2, "batch_size": 8},
-                  "memory": {"precision": "fp32"}, "scaling": {"num_workers": 1, "cpus_per_worker": 0.5}},
-    }
-    for key, value in overrides.items():          # "section.key" or "train.section.key"
-        *parents, leaf = key.split(".")
-        target = study
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
-
-
-def sweep(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "studies" / "experts_sweep.py"), "--config", str(config), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            **kwargs)
-
-
-def runs(tmp_path: Path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny-study")
-    return client.search_runs([experiment.experiment_id], max_results=100)
-
-
 def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, assets):
     # Relative storage and tracking paths, as in studies/experts_sweep.yaml: trials run in their own
     # trial folder, so the driver must make every path absolute before handing the config over.
     # A zero-shot validation set makes it a two-objective search (here the synthetic set's test split
     # stands in for another collection's dev split).
     config = write_study(tmp_path, assets, storage_path="studies", tracking_uri="sqlite:///mlflow.db",
-                         **{"search.num_trials": 3, "search.seeds": 2,
+                         **{"proxy.num_trials": 3, "proxy.seeds": 2,
                             "train.data.zero_shot_validation": str(assets["data"]),
                             "train.data.zero_shot_validation_split": "test"})
     proc = sweep(config, cwd=tmp_path)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
     study_dir = tmp_path / "studies" / "tiny-study"
+    proxy_dir = study_dir / "proxy"
     assert list((tmp_path / "studies" / "embedding_cache").rglob("*.npy"))
-    assert not list((study_dir / "tune").glob("*/embedding_cache")) and not list((study_dir / "tune").glob("*/studies"))
-    records = load_trials(study_dir)
+    assert not list((proxy_dir / "tune").glob("*/embedding_cache")) and not list((proxy_dir / "tune").glob("*/studies"))
+    records = load_trials(StudyLayout(study_dir).proxy)
     trained = {r.trial_id for r in records if not r.is_baseline}
-    assert trained and trained == {p.parent.name for p in (study_dir / "runs").glob("*/progress.jsonl")}
+    assert trained and trained == {p.parent.name for p in (proxy_dir / "runs").glob("*/progress.jsonl")}
     assert {r.route for r in records} == {"zero_shot", "cached_head"} and len(records) == 6
     # Tune's Repeater asked the searcher for 3 configurations and ran each with seeds 0 and 1.
     groups = group_trials(records)
@@ -137,55 +100,19 @@ def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, asset
     assert parent.tags["sbmoe.chosen.model"] == chosen["config"] and f"model.{dataset}.delta" in parent.metrics
 
 
-def test_bad_study_input_stops_before_ray_with_one_message(tmp_path, assets):
-    cases = {
-        "top_k": ({"space.top_k": 3}, "top_k=3: larger than num_experts=2"),
-        "lr": ({"space.moe_lr": [1e-2, 1e-4]}, "moe_lr=[0.01, 0.0001]: expected [low, high]"),
-        "lr0": ({"space.moe_lr": [0.0, 1e-2]}, "moe_lr=[0.0, 0.01]: expected [low, high] with 0 < low"),
-        "parameter": ({"space.experts": [1]}, "config.space.experts=[1]: unknown search parameter"),
-        "dataset": ({"train.data.test_datasets": ["/nonexistent/no-such-set"]}, "has no corpus.jsonl"),
-        "key": ({"search.num_trial": 4}, "config.search.num_trial=4: unknown key; allowed keys are"),
-        "moved": ({"num_trials": 4}, "config.num_trials=4: this key moved to config.search.num_trials"),
-        "type": ({"search.num_trials": "many"}, "config.search.num_trials='many': expected int"),
-        "model": ({"space.base_model": ["no-such-org/no-such-model"]}, "could not load base model"),
-        "split": ({"train.data.train_split": "dev"}, "no split 'dev'"),
-        "tracking": ({"tracking_uri": "http://127.0.0.1:9"}, "MLflow server is unreachable"),
-        "storage": ({"storage_path": "/proc/forbidden"}, "not writable"),
-        "zero-shot": ({"train.data.zero_shot_validation": "/nonexistent/other"}, "has no corpus.jsonl"),
-        "seeds": ({"search.seeds": 0}, "config.search.seeds=0: must be a positive integer"),
-        "asha": ({"search.seeds": 2, "search.asha": True}, "config.search.asha=True: not with search.seeds=2"),
-    }
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for name, (overrides, message) in cases.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        proc = sweep(write_study(folder, assets, **overrides), env=env)
-        output, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 2 and message in output, (name, output[-2000:])
-        assert output.count("error:") == 1, (name, output[-2000:])                 # one message, no traceback
-        assert "Started a local Ray instance" not in output and "ray.init" not in output
-    # a different space under an existing name is refused
-    first = tmp_path / "space"
-    first.mkdir()
-    (first / "studies" / "tiny-study").mkdir(parents=True)
-    (first / "studies" / "tiny-study" / "study_space.json").write_text(json.dumps({"space": {"num_experts": [0, 9]}}))
-    proc = sweep(write_study(first, assets), env=env)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "exists" in output and "different search space" in output
-
-
 def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tmp_path, assets):
     # Killed inside a configuration's replicates: the restored Repeater completes that group.
     config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": 6,
-                                               "search.num_trials": 2, "search.seeds": 2, "space.num_experts": [2, 3],
-                                               "search.max_concurrent": 1})
+                                               "proxy.num_trials": 2, "proxy.seeds": 2, "space.num_experts": [2, 3],
+                                               "proxy.max_concurrent": 1})
     study_dir = tmp_path / "studies" / "tiny-study"
+    proxy_dir = study_dir / "proxy"
     proc = sweep(config)
     deadline = time.time() + 400
     killed = False
     while time.time() < deadline and proc.poll() is None:
-        finished = list((study_dir / "runs").glob("*/results.json"))
-        started = list((study_dir / "runs").glob("*/progress.jsonl"))
+        finished = list((proxy_dir / "runs").glob("*/results.json"))
+        started = list((proxy_dir / "runs").glob("*/progress.jsonl"))
         if finished and len(started) > len(finished):
             time.sleep(1.0)                                 # the next trial is inside its epochs
             os.killpg(proc.pid, signal.SIGKILL)             # driver and the local Ray it started
@@ -194,41 +121,20 @@ def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tm
         time.sleep(0.2)
     proc.communicate(timeout=60)
     assert killed, "the study finished before it could be interrupted"
-    finished_before = {p.parent.name: p.stat().st_mtime for p in (study_dir / "runs").glob("*/results.json")}
-    starts_before = {p.parent.name: p.read_text().count("epoch_start") for p in (study_dir / "runs").glob("*/progress.jsonl")}
+    finished_before = {p.parent.name: p.stat().st_mtime for p in (proxy_dir / "runs").glob("*/results.json")}
+    starts_before = {p.parent.name: p.read_text().count("epoch_start") for p in (proxy_dir / "runs").glob("*/progress.jsonl")}
 
     resumed = sweep(config, "--resume")
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-4000:]
-    records = load_trials(study_dir)
+    records = load_trials(StudyLayout(study_dir).proxy)
     assert len(records) == 4 and [g.seeds for g in group_trials(records)] == [[0, 1], [0, 1]]
     for trial_id, mtime in finished_before.items():
-        assert (study_dir / "runs" / trial_id / "results.json").stat().st_mtime == mtime
+        assert (proxy_dir / "runs" / trial_id / "results.json").stat().st_mtime == mtime
     for record in records:                                  # finished trials were not trained again
-        progress = (study_dir / "runs" / record.trial_id / "progress.jsonl").read_text()
+        progress = (proxy_dir / "runs" / record.trial_id / "progress.jsonl").read_text()
         if record.trial_id in finished_before:
             assert progress.count("epoch_start") == starts_before[record.trial_id]
     trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
     assert len(trials) == 4 and len({r.info.run_name for r in trials}) == 4
     assert all(r.info.status == "FINISHED" for r in runs(tmp_path))
-
-
-def test_the_space_keeps_top_k_within_n_and_baselines_to_the_enqueued_trials():
-    import optuna
-
-    from sbmoe_ray.study.space import define_space
-    from sbmoe_ray.stages.tune import baselines
-    from sbmoe_ray.study.config import StudyConfig
-
-    study = StudyConfig.from_dict({"space": {"base_model": ["a", "b"], "num_experts": [0, 3, 6], "top_k": [1, 2]}})
-    sampler = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    for point in baselines(study):
-        sampler.enqueue_trial(point)
-    trials = []
-    for i in range(30):
-        trial = sampler.ask()
-        constants = define_space(trial, study.space)
-        trials.append({**trial.params, **(constants or {})})
-        sampler.tell(trial, float(i % 5))
-    assert [t["base_model"] for t in trials if t["num_experts"] == 0] == ["a", "b"]      # only the enqueued
-    assert all(1 <= t["top_k"] <= min(t["num_experts"], 2) for t in trials if t["num_experts"])

@@ -1,61 +1,20 @@
-"""The two-fidelity study: what stage 2 promotes, the rank check against scipy, and a tiny two-stage study
-end to end (2 Ray Train workers in stage 2, MLflow nesting, SIGKILL between the stages and inside a
-stage-2 fine-tuning, then resume)."""
+"""The two-stage main job end to end on tiny models: 2 Ray Train workers in stage 2, MLflow nesting, SIGKILL
+between the stages and inside a stage-2 fine-tuning, then resume to the same answer."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import signal
 import time
 
-import pytest
 from mlflow.tracking import MlflowClient
-from scipy import stats
 
-from sbmoe_ray.analysis.agreement import rank_agreement
-from sbmoe_ray.stages.promotion import promotions
-from sbmoe_ray.analysis.records import TrialRecord, group_key, group_trials, load_trials
+from sbmoe_ray.analysis.records import group_key, group_trials, load_trials
+from sbmoe_ray.study.layout import StudyLayout
 
-from test_study import assets, sweep, write_study  # noqa: F401 (the module fixture)
-from helpers import synthetic_dataset
-
-
-def proxy_trials(n: int = 8, seeds: int = 2) -> list[TrialRecord]:
-    rng = random.Random(3)
-    records = [TrialRecord(f"b{s}", {"base_model": "m", "num_experts": 0}, "val_loss", {}, [], [], "zero_shot", s)
-               for s in range(seeds)]
-    for i in range(n):
-        params = {"base_model": "m", "num_experts": 3, "top_k": 1, "inference": "all", "moe_lr": 10 ** -(2 + i / n)}
-        value = rng.random()
-        records += [TrialRecord(f"t{i}s{s}", params, "val_loss", {"val_loss": value + 0.01 * s}, [], [], "cached_head", s)
-                    for s in range(seeds)]
-    return records
-
-
-def test_stage_two_promotes_the_top_of_stage_one_plus_seeded_controls_and_the_baseline():
-    groups = group_trials(proxy_trials())
-    entries = promotions(groups, "min", promote=2, controls=2, seed=0)
-    ranked = sorted((g for g in groups if not g.is_baseline), key=lambda g: g.objective)
-    assert [e["stage1_group"] for e in entries if e["role"] == "promoted"] == [g.key for g in ranked[:2]]
-    controls = {e["stage1_group"] for e in entries if e["role"] == "control"}
-    assert len(controls) == 2 and controls <= {g.key for g in ranked[2:]}
-    assert [e["role"] for e in entries].count("baseline") == 1
-    assert entries == promotions(groups, "min", promote=2, controls=2, seed=0)           # deterministic
-    assert entries != promotions(groups, "min", promote=2, controls=2, seed=1)           # the seed draws the controls
-
-
-def test_the_rank_check_is_scipys_kendall_and_spearman_with_a_bootstrap_interval():
-    x, y = [0.1, 0.4, 0.2, 0.9, 0.5], [1.0, 1.3, 1.4, 2.0, 1.2]
-    agreement = rank_agreement(x, y)
-    assert agreement["kendall_tau"] == pytest.approx(stats.kendalltau(x, y).statistic)
-    assert agreement["kendall_tau_p"] == pytest.approx(stats.kendalltau(x, y).pvalue)
-    assert agreement["spearman_rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
-    low, high = agreement["kendall_tau_ci"]
-    assert -1 <= low <= agreement["kendall_tau"] <= high <= 1
-    assert all(math.isnan(v) for v in rank_agreement(x[:3], y[:3])["kendall_tau_ci"])   # too few for an interval
+from helpers import sweep, synthetic_dataset, write_study
+from test_study import assets  # noqa: F401 (the module fixture)
 
 
 def _wait(proc, condition, timeout: float = 500) -> bool:
@@ -70,7 +29,7 @@ def _wait(proc, condition, timeout: float = 500) -> bool:
 def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_same_answer(tmp_path, assets):
     large = synthetic_dataset(tmp_path / "large", 30)      # a "large" collection: tested in shards, at the end
     config = write_study(tmp_path, assets, **{
-        "promote": 2, "search.num_trials": 5, "search.max_concurrent": 1, "space.num_experts": [0, 2, 3],
+        "promote": 2, "proxy.num_trials": 5, "proxy.max_concurrent": 1, "space.num_experts": [0, 2, 3],
         "train.data.large_test_datasets": [str(large)],
         "train.evaluation": {"shard_rows": 25, "encode_workers": 2},
         "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 4, "num_workers": 2,
@@ -85,7 +44,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     promoted = json.loads(promoted_file.read_text())
-    stage1_mtimes = {p: p.stat().st_mtime for p in (study_dir / "runs").glob("*/results.json")}
+    stage1_mtimes = {p: p.stat().st_mtime for p in (study_dir / "proxy" / "runs").glob("*/results.json")}
 
     # 2. killed inside a stage-2 fine-tuning (a run with epochs started and no results yet)
     def inside_finetuning() -> bool:
@@ -103,14 +62,14 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-4000:]
     assert json.loads(promoted_file.read_text()) == promoted                     # promoted once, kept
-    assert {p: p.stat().st_mtime for p in (study_dir / "runs").glob("*/results.json")} == stage1_mtimes
+    assert {p: p.stat().st_mtime for p in (study_dir / "proxy" / "runs").glob("*/results.json")} == stage1_mtimes
 
     # The promoted set is the top of stage 1 (mean validation loss over its seeds).
-    stage1 = [g for g in group_trials(load_trials(study_dir)) if not g.is_baseline]
+    stage1 = [g for g in group_trials(load_trials(StudyLayout(study_dir).proxy)) if not g.is_baseline]
     top = [g.key for g in sorted(stage1, key=lambda g: g.objective)[:2]]
     assert [e["stage1_group"] for e in promoted["entries"] if e["role"] == "promoted"] == top
     # Stage 2: every (configuration, seed) trained exactly once, on 2 Ray Train workers.
-    stage2 = load_trials(stage2_dir)
+    stage2 = load_trials(StudyLayout(study_dir).finetune)
     assert len(stage2) == len(promoted["entries"]) * 2 == 8
     assert sorted(group_key(e["params"]) for e in promoted["entries"]) == sorted({r.group for r in stage2})
     assert all(r.route == "live" for r in stage2)
@@ -150,14 +109,3 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
             assert run.data.tags["sbmoe.promoted_from"] == source.info.run_id
             assert source.data.tags["sbmoe.group"] == run.data.tags["sbmoe.group"]
     assert any(k.endswith("kendall_tau") for k in parent.data.metrics)
-
-
-def test_the_verdict_trusts_the_proxy_only_on_a_significant_positive_tau():
-    from sbmoe_ray.analysis.agreement import verdict
-
-    assert "too few configurations (2)" in verdict(rank_agreement([1, 2], [1, 2]), "m")   # tau = 1, p = 1
-    four = rank_agreement([1, 2, 3, 4], [1, 2, 3, 4])                       # tau = 1, exact p = 0.083
-    assert "not conclusive" in verdict(four, "m")
-    eight = rank_agreement(list(range(8)), list(range(8)))
-    assert "can be trusted" in verdict(eight, "m")
-    assert "do not trust" in verdict(rank_agreement([1, 2, 3, 4], [2, 1, 4, 3][::-1]), "m")

@@ -71,13 +71,14 @@ def _queries(folder):
     return list(load_dataset(str(folder), "train").queries.values())
 
 
-def test_a_onednn_isa_cap_below_avx512_bf16_makes_bf16_not_native_and_stage_two_one_seed(monkeypatch):
+def test_a_onednn_isa_cap_below_avx512_bf16_makes_bf16_not_native_and_the_quick_start_one_seed(monkeypatch):
     from sbmoe_ray.study.config import FinetuneConfig
 
     flags = frozenset({"avx2", "avx512_bf16", "amx_bf16"})
     assert native_bf16("cpu", flags) and resolve_precision("auto", "cpu", flags) == "bf16"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")          # how the README emulates an AVX2-only CPU
     assert not native_bf16("cpu", flags) and resolve_precision("auto", "cpu", flags) == "fp32"
-    assert FinetuneConfig().replicates()[0] == 1 and FinetuneConfig(seeds=3).replicates() == (3, "set")
+    policy = FinetuneConfig(seeds={"native_bf16": 2, "otherwise": 1})          # the quick start's
+    assert policy.replicates()[0] == 1 and FinetuneConfig(seeds=3).replicates() == (3, "set")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert native_bf16("cpu", flags)

@@ -18,8 +18,9 @@ import pytest
 from ray.cluster_utils import Cluster
 
 from sbmoe_ray.analysis.records import load_trials
+from sbmoe_ray.study.layout import StudyLayout
 
-from test_study import runs, sweep, write_study
+from helpers import runs, sweep, write_study
 from helpers import registered_epoch, save_tiny_model, synthetic_dataset
 
 
@@ -51,10 +52,10 @@ def free_port() -> int:
 def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
     ray_cluster, workers = cluster
     config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": 4,
-                                               "search.num_trials": 2, "space.num_experts": [2, 3],
-                                               "search.max_concurrent": 1, "train.scaling.cpus_per_worker": 0.5,
+                                               "proxy.num_trials": 2, "space.num_experts": [2, 3],
+                                               "proxy.max_concurrent": 1, "train.scaling.cpus_per_worker": 0.5,
                                                "train.data.train_dataset": str(assets["big_data"])})
-    runs_dir = tmp_path / "studies" / "tiny-study" / "runs"
+    runs_dir = tmp_path / "studies" / "tiny-study" / "proxy" / "runs"
     proc = sweep(config, "--address", ray_cluster.address)
     removed = None
     deadline = time.time() + 400
@@ -84,7 +85,7 @@ def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
     after = [e["epoch"] for e in events[restart:] if e["event"] == "epoch_start"]
     assert before == list(range(len(before))) and after == list(range(registered + 1, 4))
     assert {e["epoch"] for e in events if e["event"] == "epoch_end"} == set(range(4))
-    assert len(load_trials(tmp_path / "studies" / "tiny-study")) == 2
+    assert len(load_trials(StudyLayout(tmp_path / "studies" / "tiny-study").proxy)) == 2
     trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in runs(tmp_path))
 

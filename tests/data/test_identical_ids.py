@@ -13,7 +13,7 @@ from sbmoe_ray.evaluation.dense import evaluate_pooled
 from sbmoe_ray.model.bi_encoder import BiEncoder
 from sbmoe_ray.train import TrainConfig
 
-from conftest import write_beir
+from helpers import write_beir
 
 
 def collection(tmp_path, queries_are_documents: bool):

@@ -10,7 +10,7 @@ from sbmoe_ray.data import beir as data
 from sbmoe_ray.data.beir import load_dataset, split_by_query, training_pairs
 from sbmoe_ray.errors import DataError
 
-from conftest import write_beir
+from helpers import write_beir
 
 CORPUS = [{"_id": "d1", "title": "T", "text": "one"}, {"_id": "d2", "text": "two"}]
 QUERIES = [{"_id": "q1", "text": "first"}, {"_id": "q2", "text": "second"}]

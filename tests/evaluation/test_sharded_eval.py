@@ -23,10 +23,10 @@ from sbmoe_ray.evaluation.sharded.search import ShardedCorpus, write_shards
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.evaluation.config import EvaluationConfig
 
-from conftest import write_beir
+from helpers import REPO, write_beir
 from test_sharded_encode import DATA, evaluation_for, local_ray, model_folder  # noqa: F401 (fixtures)
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "experts_sweep.yaml"
+STUDY = REPO / "sbmoe_ray" / "presets" / "experts_sweep.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,9 @@ def test_adjusted_p_values_are_the_librarys_and_never_below_the_raw_ones(correct
 
 
 def test_the_summary_names_the_configuration_chosen_by_mean_validation_and_its_test_comparison():
-    summary = study_summary(group_trials(study()), ["a", "b"], mode="min", objective="val_loss", budget=BUDGET)
+    groups = group_trials(study())
+    summary = study_summary(groups, compare_groups(groups, ["a", "b"]), ["a", "b"], mode="min", objective="val_loss",
+                            budget=BUDGET)
     assert summary["comparisons"] == 6 and summary["correction"] == "holm"
     assert summary["budget"] == {**BUDGET, "configurations": 4, "trials": 12}
     (answer,) = summary["per_base_model"]

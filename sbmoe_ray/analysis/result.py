@@ -1,0 +1,118 @@
+"""What a stage found, computed once: its trials, their configurations, every comparison with the baseline,
+and the answer. The report renders it (:mod:`sbmoe_ray.analysis.report`), the MLflow tracker logs it
+(:mod:`sbmoe_ray.tracking`), the next stage reads it (stage 2 promotes from stage 1's groups).
+
+Stage 1 (the proxy) compares every SB-MoE configuration it tried with its base model's baseline; stage 2
+(fine-tuning) only the configurations it tested (its choice and the baseline, per base model), on the test
+sets and the large collections, and checks the proxy's ranking over the promoted and control
+configurations (:mod:`sbmoe_ray.analysis.agreement`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from sbmoe_ray.analysis.agreement import rank_agreement, verdict
+from sbmoe_ray.analysis.comparisons import Comparison, compare_groups, study_summary
+from sbmoe_ray.analysis.pareto import pareto_summary
+from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, group_key, group_trials, nan_mean
+from sbmoe_ray.study.config import StudyConfig
+from sbmoe_ray.study.points import Promotion
+from sbmoe_ray.study.space import label
+
+
+@dataclass
+class StageResult:
+    name: str                              # proxy or finetune
+    records: list[TrialRecord]
+    groups: list[ConfigGroup]
+    comparisons: list[Comparison]
+    summary: dict[str, Any]                # the answer per base model (comparisons.study_summary)
+    failed: int = 0                        # trials that failed (the stage is then run again to retry them)
+
+
+@dataclass
+class FinetuneResult(StageResult):
+    configurations: list[dict[str, Any]] = field(default_factory=list)   # promoted, control, baseline rows
+    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)    # per base model: τ, ρ, verdict
+    seconds: dict[str, float] = field(default_factory=dict)              # where the study's time went
+    seeds: int = 1
+    seeds_why: str = ""
+    plan: dict[str, Any] | None = None     # the budget's plan (stages.budget.BudgetPlan), if any
+    plan_text: str | None = None           # ... in one sentence
+
+    def summary_entry(self) -> dict[str, Any]:
+        """Stage 2 in ``summary.json``."""
+        return {"configurations": self.configurations, "agreement": self.agreement, "seconds": self.seconds,
+                "plan": self.plan, "seeds": self.seeds, "test": self.summary}
+
+
+def analyze_proxy(study: StudyConfig, records: list[TrialRecord], failed: int = 0) -> StageResult:
+    """Stage 1: every configuration against its baseline on the test sets, the configuration chosen by the
+    mean validation objective, and (with a zero-shot validation set) the Pareto front."""
+    groups, datasets, mode = group_trials(records), study.test_names, study.proxy_stage().mode
+    comparisons = compare_groups(groups, datasets)
+    summary = study_summary(groups, comparisons, datasets, mode, study.proxy.objective, study.budget())
+    if study.train.data.zero_shot_validation:
+        summary["pareto"] = pareto_summary(groups, mode, datasets)
+    return StageResult("proxy", records, groups, comparisons, summary, failed)
+
+
+def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions: list[Promotion], seeds: int,
+                     seeds_why: str, seconds: dict[str, float], plan: dict | None = None,
+                     plan_text: str | None = None) -> FinetuneResult:
+    """Stage 2: the tested configurations against plain fine-tuning on every final test set, and the
+    proxy check over the promoted and control configurations."""
+    groups, ft = group_trials(records), study.finetune
+    tested = [g for g in groups if g.tested]
+    comparisons = compare_groups(tested, study.final_test_names)
+    budget = {"configurations_planned": len(promotions), "seeds": seeds, "epochs": ft.epochs,
+              "workers": ft.num_workers, "encoder_lr": ft.encoder_lr}
+    summary = study_summary(tested, comparisons, study.final_test_names, study.finetune_stage().mode, ft.objective,
+                            budget)
+    rows = configuration_rows(promotions, {g.key: g for g in groups})
+    return FinetuneResult("finetune", records, groups, comparisons, summary, 0, rows, agreements(rows), seconds,
+                          seeds, seeds_why, plan, plan_text)
+
+
+def configuration_rows(promotions: list[Promotion], groups: dict[str, ConfigGroup]) -> list[dict[str, Any]]:
+    """One row per promoted, control and baseline configuration, with both stages' objectives."""
+    rows = []
+    for entry in promotions:
+        group = groups.get(group_key(entry.params))
+        records = group.records if group else []
+        rows.append({"base_model": entry.base_model, "role": entry.role, "config": label(entry.params),
+                     "stage1_objective": entry.stage1_objective,
+                     "stage2_objective": group.objective if group else math.nan,
+                     "stage2_val_ndcg@10": nan_mean(r.best_metrics.get("val_ndcg@10", math.nan) for r in records),
+                     "seeds": len(records)})
+    return rows
+
+
+def agreements(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per base model: τ and ρ between the stages over its promoted and control configurations."""
+    out = {}
+    for base_model in sorted({r["base_model"] for r in rows}):
+        pairs = [(r["stage1_objective"], r["stage2_objective"]) for r in rows if r["base_model"] == base_model
+                 and r["role"] != "baseline" and not math.isnan(r["stage1_objective"])
+                 and not math.isnan(r["stage2_objective"])]
+        agreement = rank_agreement([p[0] for p in pairs], [p[1] for p in pairs])
+        out[base_model] = {**agreement, "verdict": verdict(agreement, base_model)}
+    return out
+
+
+def stage_seconds(records: list[TrialRecord]) -> float:
+    """Wall time of a stage: its first trial's start to its last trial's end (from the records)."""
+    spans = [r.seconds for r in records if "start" in r.seconds and "end" in r.seconds]
+    return max(s["end"] for s in spans) - min(s["start"] for s in spans) if spans else math.nan
+
+
+def study_times(proxy: list[TrialRecord], finetune: list[TrialRecord]) -> dict[str, float]:
+    """Where a two-stage study's time went: each stage's trials (first start to last end) and the test
+    phase (the sum of its evaluations' own time: encoding, search, scoring; not its wall time when
+    evaluations run side by side)."""
+    return {"stage 1": stage_seconds(proxy), "stage 2 training": stage_seconds(finetune),
+            "test evaluations (summed; several run at once where resources allow)":
+                sum(t["seconds"].get("total", 0.0) for r in finetune for t in r.test)}

@@ -1,0 +1,23 @@
+"""Which data a study used, exactly: per dataset its split, a checksum of its files and how many queries
+the identical-id rule applies to (what a run records, so that a number can be traced to its data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sbmoe_ray.data.beir import dataset_files, fingerprint_files, identical_id_queries, load_dataset, locate_dataset
+
+
+def dataset_provenance(data: Any) -> dict[str, dict[str, str]]:
+    """Per training and test dataset of a ``data`` config section (``train.data``): split, sha256 (16
+    hex digits of the files it is read from) and the identical-id rule with the queries it drops for."""
+    out = {}
+    for name in [data.train_dataset, *data.test_datasets]:
+        split = data.train_split if name == data.train_dataset else data.test_split
+        path = locate_dataset(name, data.data_dir)
+        rule = data.identical_ids.get(Path(name).name, "auto")
+        dropped = identical_id_queries(load_dataset(name, split, data.data_dir), rule)
+        out[name] = {"split": split, "sha256": fingerprint_files(dataset_files(path, split))[:16],
+                     "identical_ids": f"{rule}: {len(dropped)} queries drop their own id"}
+    return out

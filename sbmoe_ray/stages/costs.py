@@ -1,0 +1,126 @@
+"""What stage 2 costs on this machine, measured: a training step and the encoding of real documents, per
+base model, as one Ray Train worker of stage 2 would run them (its threads, its precision, real batches);
+and from those, a stage-2 trial's and a test evaluation's seconds (the estimator of
+:mod:`sbmoe_ray.stages.budget`).
+
+* a stage-2 trial: ``epochs x steps x step`` + validation (every worker encodes the held-out queries'
+  positives and ``validation_retrieval_docs`` documents), times ``TRAIN_OVERHEAD`` (workers sharing the
+  cores, all-reduce; measured), + a fixed start-up (``TRIAL_OVERHEAD_S``);
+* a test evaluation: every test corpus's tokens (all of them, counted) at the measured tokens per second
+  at a test evaluation's threads, times ``TEST_OVERHEAD`` plus ``TEST_FIXED_S`` (loading, queries, search,
+  scoring; fitted to measured runs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+TRIAL_OVERHEAD_S = 30.0      # a stage-2 trial's start-up, checkpoint and report (measured: 25-35 s on 2 cores)
+# Measured over the estimate from one worker timed alone (AVX2 emulation, fresh-clone quick start): two
+# workers sharing 2 cores and all-reducing trained 5.6-5.9 pairs/s against 7.2 estimated.
+TRAIN_OVERHEAD = 1.2
+# A test evaluation (at its threads, one at a time on 2 cores) over its documents' encoding, plus a fixed
+# part (loading, tokenising, search, scoring). Fitted to the quick starts: MiniLM / minilm-l3 took 138 / 72 s
+# with bf16 (estimated 133 / 83) and 462 / 234 s on the AVX2 emulation (481 / 240).
+TEST_OVERHEAD = 1.1
+TEST_FIXED_S = 20.0
+
+
+@dataclass
+class ModelCosts:
+    """What one base model costs here, measured: a training step of one worker, encoding throughput."""
+    step_s: float               # one step of one worker (batch / workers pairs, forward + backward)
+    tokens_per_s: float         # encoding, at the worker's threads (validation)
+    eval_tokens_per_s: float    # encoding, at a test evaluation's threads (workers x CPUs per worker)
+    trial_s: float = math.nan   # estimates from those, for this study
+    test_s: float = math.nan    # one test evaluation (every test set), at its threads
+    eval_threads: int = 1
+
+
+def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
+    """Time one training step of a worker and the encoding of real documents, for ``cfg``'s base model."""
+    import torch
+
+    from sbmoe_ray.runtime.precision import autocast
+    from sbmoe_ray.train.inputs import token_inputs
+    from sbmoe_ray.train.routes import encoder_model, objective_for
+    from sbmoe_ray.train.step import WholeBatchStep
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data, device = token_inputs(cfg, torch.device("cpu")), torch.device("cpu")
+        model, per_worker = encoder_model(cfg), cfg.optim.batch_size // cfg.scaling.num_workers
+        step = WholeBatchStep(objective_for(cfg), device, cfg.memory.precision)
+        pairs = data.train[:per_worker]
+        queries, passages = data.query_input([q for q, _ in pairs]), data.passage_input([d for _, d in pairs])
+        step(model, data.query_input([pairs[0][0]] * 2), data.passage_input([pairs[0][1]] * 2), True)  # warm-up
+        start = time.perf_counter()
+        step(model, queries, passages, True)
+        step_s = time.perf_counter() - start
+        model.eval()
+        rates = []
+        for n in (threads, eval_threads):
+            torch.set_num_threads(n)
+            with torch.no_grad(), autocast("cpu", cfg.memory.precision):
+                start = time.perf_counter()
+                model.embed_inputs(passages)
+                rates.append(int(passages["attention_mask"].sum()) / (time.perf_counter() - start))
+        return ModelCosts(step_s, *rates, eval_threads=eval_threads)
+    finally:
+        torch.set_num_threads(old)
+
+
+def corpus_tokens(tokenizer, names: list[str], split: str, data_dir, max_length: int, query_max_length: int) -> int:
+    """Every token a test evaluation encodes: each corpus's documents and judged queries, truncated."""
+    from sbmoe_ray.data.beir import load_dataset
+
+    total = 0
+    for name in names:
+        dataset = load_dataset(name, split, data_dir)
+        for texts, length in (([d.full_text for d in dataset.corpus.values()], max_length),
+                              (list(dataset.queries.values()), query_max_length)):
+            total += sum(len(x) for x in tokenizer(texts, truncation=True, max_length=length)["input_ids"])
+    return total
+
+
+def estimate_model(cfg, costs: ModelCosts, test_tokens: int, cores: int) -> ModelCosts:
+    """A trial's and a test evaluation's seconds from the measured costs (workers share ``cores``)."""
+    from sbmoe_ray.data.beir import load_dataset
+    from sbmoe_ray.train.inputs import split_pairs
+
+    dataset = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
+    train, validation = split_pairs(cfg, dataset)
+    crowding = max(1.0, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker / cores)   # more workers than cores
+    steps = len(train) // cfg.optim.batch_size
+    val_loss = math.ceil(len(validation) / cfg.optim.batch_size) * costs.step_s / 3        # forward only
+    val_docs = (len({d for _, d in validation}) + cfg.data.validation_retrieval_docs) * cfg.model.max_length
+    train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss + val_docs / costs.tokens_per_s)
+    return replace(costs, trial_s=TRIAL_OVERHEAD_S + TRAIN_OVERHEAD * crowding * train_s,
+                   test_s=TEST_OVERHEAD * test_tokens / costs.eval_tokens_per_s + TEST_FIXED_S)
+
+
+def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
+    """Each base model's costs for this study, measured now (base models sharing a tokenizer, such as
+    ``minilm-l3`` and ``minilm``, count the test corpora's tokens once)."""
+    from sbmoe_ray.model.backbones import load_tokenizer
+    from sbmoe_ray.train.launch import resolved
+    from sbmoe_ray.train.testing import evaluation_cpus
+
+    stage2, costs, tokens = study.finetune_stage(), {}, {}
+    for model in sorted(models):
+        cfg = resolved(stage2.trial_config({"base_model": model, "num_experts": 0}, "plan"))
+        tokenizer = load_tokenizer(cfg.model.base_model)
+        if tokenizer.name_or_path not in tokens:
+            tokens[tokenizer.name_or_path] = corpus_tokens(tokenizer, study.train.data.test_datasets, cfg.data.test_split,
+                                                           cfg.data.data_dir, cfg.model.max_length,
+                                                           cfg.data.query_max_length)
+        threads, eval_threads = max(1, int(cfg.scaling.cpus_per_worker)), max(1, int(evaluation_cpus(cfg)))
+        costs[model] = estimate_model(cfg, measure_model(cfg, threads, eval_threads), tokens[tokenizer.name_or_path],
+                                      cores)
+        print(f"[plan] {model}: a training step {costs[model].step_s:.1f} s, encoding {costs[model].tokens_per_s:.0f} "
+              f"tokens/s on {threads} thread(s), {costs[model].eval_tokens_per_s:.0f} on {eval_threads} -> a trial "
+              f"~{costs[model].trial_s / 60:.1f} min, a test evaluation ~{costs[model].test_s / 60:.1f} min", flush=True)
+    return costs

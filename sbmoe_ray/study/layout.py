@@ -1,0 +1,96 @@
+"""What a study leaves on disk, named in one place.
+
+A study of name N under ``storage_path`` S lives in ``S/N``::
+
+    study_config.json      the config it ran with (sbmoe report rebuilds the report from it)
+    fingerprint.json       what defines the search: a study resumed under the same name must keep it
+    mlflow_runs.json       the MLflow run ids of the study (parent) and of its stages
+    proxy/                 stage 1: tune/ (Ray Tune's experiment), runs/<trial id>/ (one run folder a trial)
+    finetune/              stage 2: the same, and promoted.json (what it fine-tunes), plan.json (the budget's plan)
+    report/                report.md, summary.json and its figures
+    trial_figures/         each trial's expert-load figure (logged to its MLflow run)
+
+A trial's run folder is the training run's (:mod:`sbmoe_ray.train`: ``results.json``, ``progress.jsonl``,
+checkpoints). The frozen-encoder embedding cache is shared by every study under ``S``
+(``S/embedding_cache``, :attr:`sbmoe_ray.study.config.StudyConfig.cache_dir`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sbmoe_ray.train.config import RESULTS_FILE
+
+STAGES = ("proxy", "finetune")          # stage 1 and stage 2, by name: in code, folders, MLflow and the report
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """One stage's folder: Ray Tune's experiment and the trials' run folders."""
+
+    folder: Path
+
+    @property
+    def tune(self) -> Path:
+        return self.folder / "tune"
+
+    @property
+    def runs(self) -> Path:
+        return self.folder / "runs"
+
+    def results_files(self) -> list[Path]:
+        """Every finished trial's results file, by trial id."""
+        return sorted(self.runs.glob(f"*/{RESULTS_FILE}"))
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "study_config.json"
+
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.root / "fingerprint.json"
+
+    @property
+    def mlflow_runs_file(self) -> Path:
+        return self.root / "mlflow_runs.json"
+
+    @property
+    def proxy(self) -> StageLayout:
+        return StageLayout(self.root / "proxy")
+
+    @property
+    def finetune(self) -> StageLayout:
+        return StageLayout(self.root / "finetune")
+
+    def stage(self, name: str) -> StageLayout:
+        return {"proxy": self.proxy, "finetune": self.finetune}[name]
+
+    @property
+    def promotions_file(self) -> Path:
+        return self.finetune.folder / "promoted.json"
+
+    @property
+    def plan_file(self) -> Path:
+        return self.finetune.folder / "plan.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_file(self) -> Path:
+        return self.report_dir / "report.md"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.report_dir / "summary.json"
+
+    @property
+    def trial_figures(self) -> Path:
+        return self.root / "trial_figures"

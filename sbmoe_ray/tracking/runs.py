@@ -1,0 +1,198 @@
+"""A study's MLflow runs: one parent run, a run per stage under it, a run per trial under its stage.
+
+The parent's and the stages' run ids are kept in ``<study>/mlflow_runs.json`` (read once, written when a
+run is created), so a resumed study logs into the runs it already has; a trial's run is found under its
+stage's run by its ``sbmoe.trial_id`` tag (one search per stage), so a restored trial keeps its run too.
+Tune pickles its callbacks with the experiment: the client and the caches are not pickled, a restored
+copy finds the runs again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from sbmoe_ray.analysis.records import group_key
+from sbmoe_ray.evaluation.metrics import final_metrics, metric_key
+from sbmoe_ray.study.points import TrialPoint
+from sbmoe_ray.study.space import BY_NAME, PARAMS, label
+from sbmoe_ray.tracking.store import flatten, metric_entities
+
+
+class StudyTracker:
+    def __init__(self, tracking_uri: str, experiment: str, runs_file: Path, seed: int = 0) -> None:
+        self.tracking_uri, self.experiment, self.runs_file = tracking_uri, experiment, Path(runs_file)
+        self.seed = seed                          # replicate r trains with seed + r
+        self.stage: str | None = None             # trial runs nest under this stage's run (for_stage)
+        self._client = self._runs = self._trials = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_runs": None, "_trials": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @property
+    def runs(self) -> dict[str, Any]:
+        """``{"parent": run id, "stages": {stage: run id}}``, read once."""
+        if self._runs is None:
+            self._runs = {"parent": None, "stages": {}}
+            if self.runs_file.is_file():
+                self._runs.update(json.loads(self.runs_file.read_text()))
+        return self._runs
+
+    def _save_runs(self) -> None:
+        self.runs_file.write_text(json.dumps(self.runs, indent=2))
+
+    def experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        return experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
+
+    def start_study(self, params: dict[str, Any]) -> str:
+        """The study's parent run: created with ``params`` (nested: flattened), or set RUNNING again."""
+        if self.runs["parent"]:
+            self.client.update_run(self.runs["parent"], status="RUNNING")
+            return self.runs["parent"]
+        run_id = self.client.create_run(self.experiment_id(), run_name=self.experiment,
+                                        tags={"sbmoe.kind": "study"}).info.run_id
+        self._log_params(run_id, flatten(params))
+        self.runs["parent"] = run_id
+        self._save_runs()
+        return run_id
+
+    def for_stage(self, stage: str, title: str) -> StudyTracker:
+        """A tracker whose trial runs nest under the stage's run (a child of the parent run), created once
+        and set RUNNING again on a resume."""
+        if stage in self.runs["stages"]:
+            self.client.update_run(self.runs["stages"][stage], status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id(), run_name=title, tags={
+                "mlflow.parentRunId": self.runs["parent"], "sbmoe.kind": "stage", "sbmoe.stage": stage})
+            self.runs["stages"][stage] = run.info.run_id
+            self._save_runs()
+        staged = copy.copy(self)
+        staged.stage, staged._trials = stage, None
+        return staged
+
+    def trial_runs(self, stage: str | None = None) -> dict[str, str]:
+        """Trial id -> run id of a stage's trials (this tracker's stage by default), found once by a search."""
+        stage = stage or self.stage
+        if self._trials is None:
+            self._trials = {}
+        if stage not in self._trials:
+            self._trials[stage] = self._children(self.runs["stages"].get(stage))
+        return self._trials[stage]
+
+    def _children(self, run_id: str | None) -> dict[str, str]:
+        found, token = {}, None
+        while run_id:
+            page = self.client.search_runs([self.experiment_id()], f"tags.mlflow.parentRunId = '{run_id}'",
+                                           max_results=1000, page_token=token)
+            found.update({r.data.tags["sbmoe.trial_id"]: r.info.run_id for r in page if "sbmoe.trial_id" in r.data.tags})
+            token = page.token
+            if not token:
+                break
+        return found
+
+    def trial_run(self, trial_id: str, point: TrialPoint, starting: bool = False) -> str:
+        """The nested run of a trial: the one it already has (also after a resume), else a new one, named by
+        what it is (``minilm N=6 k=2 all lr=1.4e-3 s1``) and tagged with its seed and configuration group."""
+        runs = self.trial_runs()
+        if trial_id in runs:
+            if starting:
+                self.client.update_run(runs[trial_id], status="RUNNING")
+            return runs[trial_id]
+        seed = self.seed + point.replicate
+        tags = {"mlflow.parentRunId": self.runs["stages"].get(self.stage) or self.runs["parent"],
+                "sbmoe.kind": "trial", "sbmoe.trial_id": trial_id, "sbmoe.seed": str(seed),
+                "sbmoe.group": group_key(point.params), "sbmoe.config": label(point.params),
+                **({"sbmoe.stage": self.stage} if self.stage else {})}
+        if point.role:                                 # stage 2: promoted, control or baseline, and from where
+            tags["sbmoe.role"] = point.role
+            if point.stage1_trials:
+                tags["sbmoe.promoted_from_trial"] = point.stage1_trials[0]
+                tags["sbmoe.promoted_from"] = self.trial_runs("proxy").get(point.stage1_trials[0], "")
+        run_id = self.client.create_run(self.experiment_id(), run_name=label(point.params, seed), tags=tags).info.run_id
+        # Every search parameter on every run ("n/a" where a baseline has none), so MLflow's compare view
+        # shows the same columns for all trials.
+        self._log_params(run_id, flatten({**{q.name: "n/a" for q in PARAMS}, **point.params, "seed": seed}))
+        runs[trial_id] = run_id
+        return run_id
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """Params in batches (one request each, not one per param)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start: start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+        self.log_metric_batch(run_id, metric_entities(metrics, step))
+
+    def log_metric_batch(self, run_id: str, batch: list) -> None:
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[start: start + 500])
+
+    def log_stage_result(self, result) -> None:
+        """A stage's result on its trials' runs (:class:`sbmoe_ray.analysis.result.StageResult`): each tested
+        trial's test metrics, and on each replicate of a compared configuration its Δ nDCG@10, intervals,
+        raw and adjusted p (the configuration's) and its own Δ."""
+        runs, metrics = self.trial_runs(), {}
+        for record in result.records:
+            if record.test:
+                metrics[record.trial_id] = final_metrics(record.test)
+        for c in result.comparisons:
+            for trial_id, own in zip(c.trial_ids, c.delta_per_seed):
+                values = metrics.setdefault(trial_id, {})
+                for name, value in (("delta", c.delta), ("ci_low", c.ci_low), ("ci_high", c.ci_high),
+                                    ("seed_ci_low", c.seed_ci_low), ("seed_ci_high", c.seed_ci_high),
+                                    ("p_value", c.p_raw), ("p_adjusted", c.p_adjusted), ("delta_this_seed", own)):
+                    values[metric_key(c.dataset, f"{name}_ndcg@10")] = value
+        for trial_id, values in metrics.items():
+            if trial_id in runs:
+                self.log_metrics(runs[trial_id], values)
+
+    def log_trial_files(self, files: dict[str, list[Path]]) -> None:
+        """Attach files (the results file, the figures the report wrote) to each trial's run, by trial id."""
+        runs = self.trial_runs()
+        for trial_id, paths in files.items():
+            for path in paths:
+                if trial_id in runs and Path(path).is_file():
+                    self.client.log_artifact(runs[trial_id], str(path))
+
+    def log_answer(self, summary: dict[str, Any], agreement: dict[str, dict] | None = None) -> None:
+        """The study's answer on the parent run: per base model and dataset the chosen configuration (tag),
+        its Δ, intervals and p (stage 1's ``summary``), and stage 2's rank check (τ, ρ)."""
+        parent, metrics, short = self.runs["parent"], {}, BY_NAME["base_model"].show
+        for answer in summary["per_base_model"]:
+            self.client.set_tag(parent, f"sbmoe.chosen.{short(answer['base_model'])}", answer["chosen"]["config"])
+            for dataset, c in answer["datasets"].items():
+                for name in ("baseline_mean", "moe_mean", "delta", "ci_low", "ci_high", "seed_ci_low", "seed_ci_high",
+                             "p_raw", "p_adjusted"):
+                    metrics[f"{short(answer['base_model'])}.{metric_key(dataset, name)}"] = c[name]
+        for model, a in (agreement or {}).items():
+            metrics.update({f"{short(model)}.{k}": a[k] for k in ("kendall_tau", "spearman_rho")})
+        self.log_metrics(parent, metrics)
+
+    def log_report(self, report_dir: Path) -> None:
+        """Attach the study report (markdown, PNGs, summary.json) to the parent run."""
+        self.client.log_artifacts(self.runs["parent"], str(report_dir), artifact_path="report")
+
+    def finish_stage(self, metrics: dict[str, Any] | None = None, status: str = "FINISHED") -> None:
+        run = self.runs["stages"].get(self.stage)
+        if run:
+            if metrics:
+                self.log_metrics(run, metrics)
+            self.client.set_terminated(run, status)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.runs["parent"]:
+            self.client.set_terminated(self.runs["parent"], status)

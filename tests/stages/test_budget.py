@@ -1,0 +1,58 @@
+"""Stage 2 planned to a time budget: what is dropped first, what always runs, what the plan says."""
+
+from __future__ import annotations
+
+import math
+
+from sbmoe_ray.stages.budget import BudgetPlan, ModelCosts, make_plan, priority
+from sbmoe_ray.study.points import Promotion
+
+
+def entries(models=("a", "b"), promoted=2, controls=2) -> list[Promotion]:
+    out = []
+    for m in models:
+        out += [Promotion(m, "promoted", {}, f"{m}p{i}") for i in range(1, promoted + 1)]
+        out += [Promotion(m, "control", {}, f"{m}c{i}") for i in range(1, controls + 1)]
+        out.append(Promotion(m, "baseline", {}))
+    return out
+
+
+def costs(trial_s=60.0, test_s=120.0) -> dict[str, ModelCosts]:
+    return {m: ModelCosts(1.0, 1000.0, 2000.0, trial_s, test_s) for m in ("a", "b")}
+
+
+def test_the_drop_order_alternates_base_models_and_reads_promoted_and_controls_interleaved_from_the_end():
+    order = [e.stage1_group for e in priority(entries())]
+    # per model the kept order is p1, c1, p2, c2: dropped from its end, the models in turn; p1 and baselines never
+    assert order == ["ac2", "bc2", "ap2", "bp2", "ac1", "bc1"]
+
+
+def test_a_plan_that_fits_drops_nothing_and_its_estimate_adds_up():
+    plan = make_plan(entries(), 2, costs(), budget_s=10_000, spent_s=100, cores=2)
+    assert plan.dropped == [] and plan.seeds == 2 and len(plan.kept) == 10
+    assert plan.estimate_s["training"] == 10 * 60.0 * 2
+    assert plan.estimate_s["test"] == 2 * 2 * 120.0 * 2 / 2            # 2 models x (chosen + baseline) x 2 seeds
+    assert plan.estimate_s["total"] == 100 + plan.estimate_s["training"] + plan.estimate_s["test"]
+
+
+def test_over_budget_seeds_go_first_then_entries_until_the_estimate_fits():
+    # 2 seeds: 1200 s training + 480 s test + 100 spent = 1780; 1 seed: 600 + 240 + 100 = 940
+    plan = make_plan(entries(), 2, costs(), budget_s=900, spent_s=100, cores=2)
+    assert plan.seeds == 1 and plan.dropped_seeds == 2
+    assert [e.stage1_group for e in plan.dropped] == ["ac2"]          # 940 - 60 = 880 <= 900
+    assert plan.estimate_s["total"] <= 900 and "dropped to fit" in plan.summary_line()
+
+
+def test_the_baseline_and_the_top_configuration_run_even_over_budget():
+    plan = make_plan(entries(), 1, costs(), budget_s=1, spent_s=100, cores=2)
+    kept = {(e.base_model, e.role, e.stage1_group) for e in plan.kept}
+    assert kept == {("a", "promoted", "ap1"), ("a", "baseline", None), ("b", "promoted", "bp1"), ("b", "baseline", None)}
+    assert plan.estimate_s["total"] > plan.budget_s and "over the budget even so" in plan.summary_line()
+    assert not math.isnan(plan.estimate_s["total"])
+
+
+def test_a_plan_is_written_and_read_back_as_it_was():
+    plan = make_plan(entries(), 2, costs(), budget_s=900, spent_s=100, cores=2)
+    again = BudgetPlan.from_dict(plan.to_dict())
+    assert again == plan and again.summary_line() == plan.summary_line()
+    assert "replicates beyond 1" in plan.sentence(600.0) and "then took 10.0 min" in plan.sentence(600.0)
