@@ -4,7 +4,8 @@ BERT, a synthetic BEIR set), traced with a Python audit hook on ``open`` in the 
     python bench/trace_reads.py [--out /tmp/trace-reads]
 
 Prints, per kind of file (stage-1 results files, stage-2 results files, summary.json, promoted.json, ...),
-how many files there are and how many times the driver opened each for reading. Runs whatever
+how many files there are and how many times the driver opened each for reading: by the study's own code,
+and by MLflow when it copies a file as an artifact of a run. Runs whatever
 ``studies/experts_sweep.py`` the checkout has, so the same command measures an older commit (check it
 out, then run this file from the new one with ``--repo`` pointing at the old checkout).
 """
@@ -50,13 +51,18 @@ def main() -> None:
     config = out / "study.yaml"
     config.write_text(yaml.safe_dump(study))
     reads: collections.Counter[str] = collections.Counter()
+    uploads: collections.Counter[str] = collections.Counter()     # MLflow copying a file as an artifact
     root = str(out / "studies")
 
     def hook(event, hook_args):
         if event == "open" and isinstance(hook_args[0], (str, os.PathLike)):
             path, mode = str(hook_args[0]), hook_args[1] or "r"
             if path.startswith(root) and "r" in str(mode) and "+" not in str(mode):
-                reads[path] += 1
+                frame, by_mlflow = sys._getframe(1), False
+                while frame is not None and not by_mlflow:
+                    by_mlflow = "/mlflow/" in frame.f_code.co_filename
+                    frame = frame.f_back
+                (uploads if by_mlflow else reads)[path] += 1
 
     sys.addaudithook(hook)
     sys.argv = [str(args.repo / "studies" / "experts_sweep.py"), "--config", str(config)]
@@ -66,17 +72,18 @@ def main() -> None:
         if exit_.code:
             raise
     kinds: dict[str, list[int]] = collections.defaultdict(list)
-    for path, count in reads.items():
+    for path in set(reads) | set(uploads):
         rel = Path(path).relative_to(root)
         stage = "stage 2" if "finetune" in rel.parts else "stage 1"
         kind = f"{stage} results.json" if rel.name == "results.json" else \
             (rel.name if rel.suffix in (".json", ".md") else None)
         if kind:
-            kinds[kind].append(count)
-    print(f"\nreads by the driver (files under {root}):")
+            kinds[kind].append((reads[path], uploads[path]))
+    print(f"\nreads by the driver (files under {root}; MLflow's artifact uploads counted apart):")
     for kind, counts in sorted(kinds.items()):
-        print(f"  {kind:24s} {len(counts):3d} file(s), read {min(counts)}-{max(counts)} times each "
-              f"({sum(counts)} reads)")
+        ours, theirs = [c[0] for c in counts], [c[1] for c in counts]
+        print(f"  {kind:24s} {len(counts):3d} file(s), read {min(ours)}-{max(ours)} times each by the study, "
+              f"{min(theirs)}-{max(theirs)} by MLflow uploads")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def run_trial(config: dict[str, Any], stage: dict[str, Any]) -> None:
     train_cfg = cfg.trial_config(point.params, trial_id, point.replicate)
     # How epochs reach Tune, chosen once: a Ray Train run forwards each epoch as it ends; an in-process
     # run too when ASHA needs them; otherwise a trial of seconds reports once, at its end (each report is
-    # a round trip to the driver), and the tracker logs its epochs from the results file.
+    # a round trip to the driver), and the tracker logs its epochs from that final report.
     if not train_cfg.in_process:
         forward = dict(callbacks=[StudyReportCallback(objective)])
     elif cfg.asha:
@@ -61,6 +61,8 @@ def run_trial(config: dict[str, Any], stage: dict[str, Any]) -> None:
                  "zs_objective": fitted.best_metrics.get(ZERO_SHOT_METRIC, float("nan")),
                  "final": True, "epochs_done": len(fitted.history),
                  **final_metrics([r.to_dict(per_query=False) for r in fitted.test]),
+                 # the epochs, for the MLflow callback (a trial of seconds reports only here)
+                 "history": json.dumps(fitted.history, default=str),
                  "results_file": str(fitted.config.results_file)})
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from ray import tune
 
@@ -40,16 +39,15 @@ class MlflowStudyCallback(tune.Callback):
         step = int(result.get("epochs_done", 0))
         if not result.get("final"):
             self._logged.setdefault(trial.trial_id, set()).add(step)
-        elif result.get("results_file"):            # epochs that were not reported one by one
-            pending += self._unreported_epochs(trial.trial_id, Path(result["results_file"]))
+        elif result.get("history"):                 # epochs that were not reported one by one
+            pending += self._unreported_epochs(trial.trial_id, json.loads(result["history"]))
         pending += metric_entities(result, step=step)
         if result.get("final") or time.monotonic() - self._flushed.get(trial.trial_id, 0.0) >= self.flush_seconds:
             self._flush(trial)
 
-    def _unreported_epochs(self, trial_id: str, results_file: Path) -> list:
-        """The history of a trial that reported only at its end, from its results file (written by the trial)."""
+    def _unreported_epochs(self, trial_id: str, history: list[dict]) -> list:
+        """The epochs of a trial's final report that it did not report one by one."""
         logged = self._logged.get(trial_id, set())
-        history = json.loads(results_file.read_text())["history"] if results_file.is_file() else []
         return [m for row in history if row["epoch"] + 1 not in logged
                 for m in metric_entities({**row, "epochs_done": row["epoch"] + 1}, step=row["epoch"] + 1)]
 
