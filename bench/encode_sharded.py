@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
 from sbmoe_ray.data.beir import data_root, locate_dataset
+from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
 from sbmoe_ray.evaluation.dense import EncodeSettings
-from sbmoe_ray.runtime.hardware import machine
-from sbmoe_ray.model.config import ModelConfig
-from sbmoe_ray.runtime.precision import resolve_precision
 from sbmoe_ray.evaluation.sharded.encode import encode_sharded
+from sbmoe_ray.model.config import ModelConfig
+from sbmoe_ray.runtime.hardware import machine
+from sbmoe_ray.runtime.precision import resolve_precision
 
 
 def main() -> None:

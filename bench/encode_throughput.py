@@ -26,8 +26,8 @@ def run_reference(dataset: str, data_dir: str | None, model: str) -> dict:
     from beir.retrieval.evaluation import EvaluateRetrieval
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
-    from sbmoe_ray.model.backbones import resolve_model
     from sbmoe_ray.data.beir import locate_dataset
+    from sbmoe_ray.model.backbones import resolve_model
 
     corpus, queries, qrels = GenericDataLoader(str(locate_dataset(dataset, data_dir))).load(split="test")
     retriever = EvaluateRetrieval(DenseRetrievalExactSearch(models.SentenceBERT(resolve_model(model).source),
@@ -41,11 +41,10 @@ def run_reference(dataset: str, data_dir: str | None, model: str) -> dict:
 
 
 def run_ours(dataset: str, data_dir: str | None, model: str, precision: str) -> dict:
-    from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.data.beir import load_dataset
     from sbmoe_ray.evaluation.dense import EncodeSettings, evaluate
+    from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
-
     from sbmoe_ray.runtime.hardware import encoder_flops_per_token, utilisation
 
     config = ModelConfig(base_model=model).resolved()
@@ -94,7 +93,7 @@ def main() -> None:
             if args.data_dir:
                 cmd += ["--data-dir", args.data_dir]
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((s for s in proc.stdout.splitlines() if s.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{pipeline} on {name} failed:\n{proc.stderr[-3000:]}")
             rows[pipeline] = r = json.loads(line.removeprefix("RESULT "))

@@ -16,9 +16,10 @@ import time
 def encode(threads: int, docs: int, queue) -> None:
     import torch
 
-    from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.data.beir import load_dataset
-    from sbmoe_ray.evaluation.dense import EncodeSettings, encode as run_encode
+    from sbmoe_ray.evaluation.dense import EncodeSettings
+    from sbmoe_ray.evaluation.dense import encode as run_encode
+    from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.model.bi_encoder import build_bi_encoder
     from sbmoe_ray.model.config import ModelConfig
 

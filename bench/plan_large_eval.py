@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--workers", default="1,2,16,32")
     a = p.parse_args()
     workers = [int(w) for w in a.workers.split(",")]
-    print(f"| collection | documents | queries | exact search (2 cores) | " +
+    print("| collection | documents | queries | exact search (2 cores) | " +
           " | ".join(f"encode, {w} worker(s)" for w in workers) + " |")
     print("|---|---|---|---|" + "---|" * len(workers))
     total_docs = total_search = 0.0

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sbmoe_ray.runtime.hardware import machine
 from sbmoe_ray.evaluation.sharded.search import ShardedCorpus, build_index, exact_topk, recall_at_k, write_shards
+from sbmoe_ray.runtime.hardware import machine
 
 
 def rss_mib() -> float:

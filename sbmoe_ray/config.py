@@ -62,7 +62,8 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     return build(root, ""), lines
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str], lines: dict[str, int] | None = None) -> dict[str, Any]:
+def apply_overrides(values: dict[str, Any], overrides: list[str],
+                    lines: dict[str, int] | None = None) -> dict[str, Any]:
     """``key=value`` or ``section.key=value`` (value parsed as YAML) applied on a copy of ``values``.
 
     Overridden keys are removed from ``lines``, so that errors about them are not blamed on the file.
@@ -145,7 +146,8 @@ def _number(value: Any) -> bool:
 
 
 def positive_int(value: Any) -> str | None:
-    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else "must be a positive integer"
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return None if ok else "must be a positive integer"
 
 
 def non_negative_int(value: Any) -> str | None:
@@ -211,10 +213,15 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str) -> T:
     for key, value in values.items():
         if key not in known:
             moved = getattr(cls, "MOVED", {}).get(key) or _moved(cls, key)
+            if moved and isinstance(value, dict) and value:         # a section renamed: name its first key
+                inner = next(iter(value))
+                raise ConfigError(f"{where}.{key}.{inner}={value[inner]!r}: this key moved to {where}.{moved}.{inner}; "
+                                  f"write it there ({moved}: {{{inner}: ...}})")
             if moved:
                 section, _, leaf = moved.rpartition(".")
                 there = f"{section}: {{{leaf}: ...}}" if section else f"{leaf}: ..."
-                raise ConfigError(f"{where}.{key}={value!r}: this key moved to {where}.{moved}; write it there ({there})")
+                raise ConfigError(f"{where}.{key}={value!r}: this key moved to {where}.{moved}; "
+                                  f"write it there ({there})")
             raise ConfigError(f"{where}.{key}={value!r}: unknown key; allowed keys are {sorted(known)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):

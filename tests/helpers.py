@@ -136,3 +136,33 @@ def proxy_trials(n: int = 8, seeds: int = 2) -> list:
         records += [TrialRecord(f"t{i}s{s}", params, "val_loss", {"val_loss": value + 0.01 * s}, [], [], "cached_head", s)
                     for s in range(seeds)]
     return records
+
+
+def record(trial_id: str, num_experts: int, scores: dict[str, dict[str, float]], objective: float = float("nan"),
+           seed: int = 0, lr: float = 1e-3):
+    """A hand-made trial record of base model ``m`` with per-query test nDCG@10 ``scores`` per dataset."""
+    from sbmoe_ray.analysis.records import TrialRecord
+
+    test = [{"dataset": d, "metrics": {"ndcg@10": sum(s.values()) / len(s)}, "per_query": {"ndcg@10": s}}
+            for d, s in scores.items()]
+    params = {"base_model": "m", "num_experts": num_experts}
+    if num_experts:
+        params.update(top_k=1, inference="top_k", moe_lr=lr)
+    return TrialRecord(trial_id, params, "val_loss", {"val_loss": objective}, test, [], "cached_head", seed)
+
+
+def study(seeds: int = 3, seed: int = 0) -> list:
+    """Hand-made stage-1 records on datasets ``a`` and ``b``: a baseline and three configurations (shift 0, 0.05,
+    0.2), each replicated over ``seeds`` seeds."""
+    import random
+
+    rng = random.Random(seed)
+    queries = [f"q{i}" for i in range(40)]
+    base = {d: {q: rng.random() for q in queries} for d in ("a", "b")}
+    records = [record(f"base-s{s}", 0, base, seed=s) for s in range(seeds)]
+    for i, shift in enumerate((0.0, 0.05, 0.2)):
+        for s in range(seeds):
+            scores = {d: {q: min(1.0, v + shift + rng.gauss(0, 0.05)) for q, v in sc.items()} for d, sc in base.items()}
+            records.append(record(f"t{i}-s{s}", 3, scores, objective=1.0 - shift + rng.gauss(0, 0.01), seed=s,
+                                  lr=10.0 ** -(i + 2)))
+    return records

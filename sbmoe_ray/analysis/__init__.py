@@ -1,1 +1,3 @@
-"""analysis"""
+"""What a study found: the trials' records and configuration groups (:mod:`.records`), comparisons with the
+baseline (:mod:`.comparisons`), the proxy check (:mod:`.agreement`), the Pareto front (:mod:`.pareto`), one
+result per stage (:mod:`.result`), the figures (:mod:`.figures`) and the report (:mod:`.report`)."""

@@ -53,5 +53,6 @@ def verdict(agreement: dict[str, Any], base_model: str) -> str:
                 "do not trust it for this base model; choose by stage 2.")
     if p < 0.05:
         return f"{base_model}: the proxy ranks like fine-tuning (τ = {tau:+.2f}, p = {p:.2g}): it can be trusted here."
-    return (f"{base_model}: the proxy agrees with fine-tuning on these {n} configurations (τ = {tau:+.2f}, p = {p:.2g}): "
+    return (f"{base_model}: the proxy agrees with fine-tuning on these {n} configurations "
+            f"(τ = {tau:+.2f}, p = {p:.2g}): "
             "supportive, not conclusive; more controls (finetune.controls) would settle it.")

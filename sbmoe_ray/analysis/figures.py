@@ -115,7 +115,8 @@ def param_importances(groups: list[ConfigGroup], mode: str) -> dict[str, float]:
         study.add_trial(optuna.trial.create_trial(params={k: g.params[k] for k in distributions}, value=g.objective,
                                                   distributions=distributions))
     try:
-        return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (RuntimeError, ValueError):
         return {}
 

@@ -119,7 +119,8 @@ def proxy_section(study: StudyConfig, proxy: StageResult, layout: StudyLayout) -
         if fig is not None:
             name = f"expert_load_{BY_NAME['base_model'].show(answer['base_model'])}.png"
             figures.save(fig, folder / name)
-            lines += [f"## Expert load of the chosen {answer['base_model']} configuration", "", f"![expert load]({name})", ""]
+            lines += [f"## Expert load of the chosen {answer['base_model']} configuration", "",
+                      f"![expert load]({name})", ""]
     return lines
 
 

@@ -115,4 +115,4 @@ def study_times(proxy: list[TrialRecord], finetune: list[TrialRecord]) -> dict[s
     evaluations run side by side)."""
     return {"stage 1": stage_seconds(proxy), "stage 2 training": stage_seconds(finetune),
             "test evaluations (summed; several run at once where resources allow)":
-                sum(t["seconds"].get("total", 0.0) for r in finetune for t in r.test)}
+                sum(t.get("seconds", {}).get("total", 0.0) for r in finetune for t in r.test)}

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sbmoe_ray.data.beir import Document, Qrels, same_text, locate_dataset, read_qrels, read_queries
+from sbmoe_ray.data.beir import Document, Qrels, locate_dataset, read_qrels, read_queries, same_text
 from sbmoe_ray.errors import DataError
 
 # BEIR name -> corpus size (documents), from the BEIR paper's Table 1; the order of the 13 is by size.

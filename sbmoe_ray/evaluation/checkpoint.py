@@ -1,6 +1,7 @@
 """Test metrics of a trained model: from a checkpoint folder, or of the base model itself (zero-shot).
 
-Two ways, chosen once by the driver (:func:`sbmoe_ray.train.testing.evaluation_for`): a frozen encoder is tested through the
+Two ways, chosen once by the driver (:func:`sbmoe_ray.train.testing.evaluation_for`): a frozen encoder is
+tested through the
 embedding cache (the head applied to cached pooled embeddings: a matrix product), any other model by
 encoding every corpus with it (:func:`sbmoe_ray.evaluation.dense.evaluate`). Both are small picklable objects, so
 the driver can run them as a Ray task with the resources the trial's workers just released.
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from sbmoe_ray.model.backbones import hidden_size, load_tokenizer
 from sbmoe_ray.data.beir import BeirDataset
-from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
 from sbmoe_ray.evaluation.dense import EncodeSettings, EvaluationResult, evaluate, evaluate_pooled
+from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
+from sbmoe_ray.model.backbones import hidden_size, load_tokenizer
 from sbmoe_ray.model.bi_encoder import BiEncoder, build_bi_encoder, load_model
 from sbmoe_ray.model.config import ModelConfig
 

@@ -17,7 +17,8 @@ INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")   # flat: exact; auto: by corpus s
 
 @dataclass
 class EvaluationConfig(ConfigBase):
-    """How large corpora are tested (:mod:`sbmoe_ray.evaluation.sharded.evaluate`): encoded in shard files by Ray tasks, W
+    """How large corpora are tested (:mod:`sbmoe_ray.evaluation.sharded.evaluate`): encoded in shard files by Ray
+    tasks, W
     at a time (resumable shard by shard), and searched exactly shard by shard in bounded memory, or with
     an approximate index whose recall@100 against exact search is measured and reported."""
 

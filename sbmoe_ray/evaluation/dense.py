@@ -9,8 +9,8 @@ products: cosine when the model normalises.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,7 +80,8 @@ def encode(model: BiEncoder, tokenizer, texts: Sequence[str], settings: EncodeSe
     with tqdm(total=len(texts), desc=desc, unit="text", disable=not settings.progress) as bar:
         for start in range(0, len(texts), settings.batch_size):
             index = order[start: start + settings.batch_size]
-            batch = {k: v.to(settings.device) for k, v in pad_batch([ids[i] for i in index], tokenizer.pad_token_id).items()}
+            padded = pad_batch([ids[i] for i in index], tokenizer.pad_token_id)
+            batch = {k: v.to(settings.device) for k, v in padded.items()}
             with autocast(settings.device, settings.precision):
                 emb, routing = forward(batch)
             if out is None:

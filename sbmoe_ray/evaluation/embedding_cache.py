@@ -12,15 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from sbmoe_ray.model.backbones import load_tokenizer, resolve_model
 from sbmoe_ray.evaluation.dense import EncodeSettings, encode
+from sbmoe_ray.model.backbones import load_tokenizer, resolve_model
 from sbmoe_ray.model.bi_encoder import BiEncoder, ModelConfig, build_bi_encoder
 
 _MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.txt")

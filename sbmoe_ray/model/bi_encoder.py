@@ -9,22 +9,22 @@ such a model may have no backbone at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbmoe_ray.model.backbones import load_backbone
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.model.backbones import load_backbone
 from sbmoe_ray.model.config import POOLINGS, ModelConfig
-from sbmoe_ray.model.moe import SBMoE, Routing
+from sbmoe_ray.model.moe import Routing, SBMoE
 
 MODEL_CONFIG_FILE, WEIGHTS_FILE = "model_config.json", "model.pt"
 # Token batches ({"input_ids", "attention_mask"}) or, on the cached_head route, pooled embeddings [B, H].
-EncoderInput = Union[Mapping[str, torch.Tensor], torch.Tensor]
+EncoderInput = Mapping[str, torch.Tensor] | torch.Tensor
 
 
 @dataclass

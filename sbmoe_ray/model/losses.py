@@ -29,7 +29,8 @@ class InBatchNegativesLoss(nn.Module):
             raise ValueError(f"temperature={temperature!r}: must be > 0")
         self.temperature = temperature
 
-    def forward(self, queries: torch.Tensor, passages: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, queries: torch.Tensor, passages: torch.Tensor,
+                offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the loss and the in-batch accuracy (share of queries whose positive scores highest)."""
         scores = queries.float() @ passages.float().T / self.temperature        # [B, M]
         labels = torch.arange(queries.shape[0], device=queries.device) + offset

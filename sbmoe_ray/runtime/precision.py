@@ -65,9 +65,13 @@ def resolve_precision(precision: str, device: str, flags: frozenset[str] | None 
 def explain(precision: str, device: str) -> str:
     """One line for the start of a run: what was chosen and why."""
     native = native_bf16(device)
-    why = ("bf16 is native here" if native else "no native bf16 here") if device.startswith("cuda") else \
-        ("CPU has AVX-512 BF16/AMX" if native else f"ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}" if isa_capped()
-         else "CPU has no AVX-512 BF16/AMX")
+    if device.startswith("cuda"):
+        why = "bf16 is native here" if native else "no native bf16 here"
+    elif native:
+        why = "CPU has AVX-512 BF16/AMX"
+    else:
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+        why = f"ONEDNN_MAX_CPU_ISA={cap}" if isa_capped() else "CPU has no AVX-512 BF16/AMX"
     return f"precision {precision} on {device} ({why})"
 
 

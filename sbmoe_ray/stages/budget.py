@@ -59,7 +59,8 @@ class BudgetPlan:
                 f"stage 2 training then took {took_s / 60:.1f} min).")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "kept": [e.to_dict() for e in self.kept], "dropped": [e.to_dict() for e in self.dropped]}
+        return {**asdict(self), "kept": [e.to_dict() for e in self.kept],
+                "dropped": [e.to_dict() for e in self.dropped]}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BudgetPlan:
@@ -145,7 +146,8 @@ class Forecast:
         return self.least_s < self.budget_s
 
     def summary_line(self) -> str:
-        return (f"[plan] before stage 1: stage 2 and its test phase estimated {self.full_s / 60:.0f} min as configured, "
+        return (f"[plan] before stage 1: stage 2 and its test phase estimated {self.full_s / 60:.0f} min as "
+                f"configured, "
                 f"{self.least_s / 60:.0f} min at the least (the baseline and the top configuration of each base model, "
                 f"1 seed); budget {self.budget_s / 60:.0f} min for the whole command, the caches and stage 1 first")
 

@@ -114,13 +114,14 @@ def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
         cfg = resolved(stage2.trial_config({"base_model": model, "num_experts": 0}, "plan"))
         tokenizer = load_tokenizer(cfg.model.base_model)
         if tokenizer.name_or_path not in tokens:
-            tokens[tokenizer.name_or_path] = corpus_tokens(tokenizer, study.train.data.test_datasets, cfg.data.test_split,
-                                                           cfg.data.data_dir, cfg.model.max_length,
-                                                           cfg.data.query_max_length)
+            tokens[tokenizer.name_or_path] = corpus_tokens(
+                tokenizer, study.train.data.test_datasets, cfg.data.test_split, cfg.data.data_dir, cfg.model.max_length,
+                cfg.data.query_max_length)
         threads, eval_threads = max(1, int(cfg.scaling.cpus_per_worker)), max(1, int(evaluation_cpus(cfg)))
         costs[model] = estimate_model(cfg, measure_model(cfg, threads, eval_threads), tokens[tokenizer.name_or_path],
                                       cores)
         print(f"[plan] {model}: a training step {costs[model].step_s:.1f} s, encoding {costs[model].tokens_per_s:.0f} "
               f"tokens/s on {threads} thread(s), {costs[model].eval_tokens_per_s:.0f} on {eval_threads} -> a trial "
-              f"~{costs[model].trial_s / 60:.1f} min, a test evaluation ~{costs[model].test_s / 60:.1f} min", flush=True)
+              f"~{costs[model].trial_s / 60:.1f} min, a test evaluation ~{costs[model].test_s / 60:.1f} min",
+              flush=True)
     return costs

@@ -62,7 +62,8 @@ def load_or_promote(path: Path, settings: dict[str, Any], compute) -> list[Promo
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved["settings"] != settings:
-            changed = ", ".join(f"{k}={saved['settings'].get(k)}" for k in settings if saved["settings"].get(k) != settings[k])
+            old = saved["settings"]
+            changed = ", ".join(f"{k}={old.get(k)}" for k in settings if old.get(k) != settings[k])
             raise ConfigError(f"config.promote/finetune: stage 2 of this study was started with {changed} ({path}); "
                               "restore those settings to resume it, or pick another study name")
         return [Promotion.from_dict(e) for e in saved["entries"]]

@@ -76,7 +76,8 @@ def searcher(study: StudyConfig) -> FinalResultOptunaSearch:
     names, modes = list(study.proxy_objectives), list(study.proxy_objectives.values())
     return FinalResultOptunaSearch(space=functools.partial(define_space, space=study.space),
                                    metric=names if len(names) > 1 else names[0],
-                                   mode=modes if len(modes) > 1 else modes[0], points_to_evaluate=baselines(study) or None,
+                                   mode=modes if len(modes) > 1 else modes[0],
+                                   points_to_evaluate=baselines(study) or None,
                                    sampler=optuna.samplers.TPESampler(seed=study.proxy.seed))
 
 

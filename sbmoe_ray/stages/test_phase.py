@@ -39,7 +39,7 @@ def test_phase(study: StudyConfig, records: list[TrialRecord], cores: int | None
 
     todo = [r for pair in chosen_groups(records, study.finetune_stage().mode).values() for g in pair if g is not None
             for r in g.records]
-    jobs = [(r, *tested_config(study, r)) for r in todo if not r.test]
+    jobs = [(r, *evaluation_config(study, r)) for r in todo if not r.test]
     pending, started, total = {}, time.monotonic(), len(jobs)
     while jobs or pending:
         while jobs and (not pending or cores is None or evaluation_cpus(jobs[0][1]) * (len(pending) + 1) <= cores):
@@ -59,12 +59,12 @@ def large_test_phase(study: StudyConfig, todo: list[TrialRecord]) -> None:
     jobs = [(n, r) for n in names for r in todo if n not in {t["dataset"] for t in r.test}]
     started = time.monotonic()
     for done, (name, record) in enumerate(jobs, 1):
-        cfg, folder = tested_config(study, record)
+        cfg, folder = evaluation_config(study, record)
         add_results(record, sharded_evaluation(cfg)(folder, [load_topics(name, None, cfg.data.data_dir)]))
         _progress(f"test {name}", done, len(jobs), record, started)
 
 
-def tested_config(study: StudyConfig, record: TrialRecord) -> tuple[TrainConfig, Path | None]:
+def evaluation_config(study: StudyConfig, record: TrialRecord) -> tuple[TrainConfig, Path | None]:
     """A tested trial's config (the study's test sets and evaluation settings) and its best checkpoint."""
     cfg = TrainConfig.from_dict({**record.config, "data": {**record.config["data"],
                                                            "test_datasets": study.train.data.test_datasets},

@@ -177,7 +177,8 @@ class StudyConfig(ConfigBase):
         uri = study.tracking_uri
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-        train = replace(study.train, data=replace(study.train.data, data_dir=str(data_root(study.train.data.data_dir).resolve())),
+        data_dir = str(data_root(study.train.data.data_dir).resolve())
+        train = replace(study.train, data=replace(study.train.data, data_dir=data_dir),
                         memory=replace(study.train.memory, cache_dir=str(study.cache_dir)))
         return replace(study, train=train, tracking_uri=uri)
 
@@ -191,7 +192,8 @@ class StudyConfig(ConfigBase):
         on ``finetune.num_workers`` Ray Train workers, ranked by ``finetune.objective``; no test sets while
         training (the chosen configurations are tested afterwards)."""
         ft, train = self.finetune, self.train
-        cfg = replace(train, optim=replace(train.optim, encoder_lr=ft.encoder_lr, freeze_encoder=False, epochs=ft.epochs),
+        optim = replace(train.optim, encoder_lr=ft.encoder_lr, freeze_encoder=False, epochs=ft.epochs)
+        cfg = replace(train, optim=optim,
                       data=replace(train.data, test_datasets=[], large_test_datasets=[], zero_shot_validation=None,
                                    validation_retrieval_docs=ft.validation_retrieval_docs),
                       scaling=replace(train.scaling, num_workers=ft.num_workers, cpus_per_worker=ft.cpus_per_worker,
@@ -225,7 +227,8 @@ class StudyConfig(ConfigBase):
                               "with `sbmoe evaluate --sharded`")
         if self.promote:
             if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
-                raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs finetune.validation_retrieval_docs > 0")
+                raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs "
+                                  "finetune.validation_retrieval_docs > 0")
             try:
                 apply(self.finetune_stage().train, example).validate(f"{where}.train")
             except ConfigError as exc:

@@ -10,7 +10,8 @@ defaults never depend on the machine.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HARDWARE_KEYS = ("native_bf16", "otherwise")
 
@@ -37,5 +38,5 @@ def resolve(value: Any, device: str) -> tuple[Any, str]:
     from sbmoe_ray.runtime.precision import native_bf16
 
     native = native_bf16(device)
-    return value["native_bf16" if native else "otherwise"], \
-        f"{'native' if native else 'no native'} bf16 on {device}: the config's {'native_bf16' if native else 'otherwise'} value"
+    key = "native_bf16" if native else "otherwise"
+    return value[key], f"{'native' if native else 'no native'} bf16 on {device}: the config's {key} value"

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from sbmoe_ray.train.config import TrainConfig
 
@@ -84,7 +85,8 @@ def _check_top_k(value, space) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return None if 1 <= value <= smallest else \
             f"larger than num_experts={smallest}; a fixed top_k must be in [1, {smallest}] (the smallest expert count)"
-    ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value) and 1 <= value[0] <= value[1]
+    ok = (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
+          and 1 <= value[0] <= value[1])
     return None if ok else "a fixed integer >= 1, or [low, high] searched in [low, min(N, high)]"
 
 
@@ -95,7 +97,8 @@ def _check_inference(value, space) -> str | None:
 
 def _check_log_range(value, space) -> str | None:
     ok = (isinstance(value, list) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and not math.isinf(v) for v in value)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and not math.isinf(v)
+                  for v in value)
           and value[0] <= value[1])
     return None if ok else "expected [low, high] with 0 < low <= high (searched log-uniformly)"
 

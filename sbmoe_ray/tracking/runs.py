@@ -95,7 +95,8 @@ class StudyTracker:
         while run_id:
             page = self.client.search_runs([self.experiment_id()], f"tags.mlflow.parentRunId = '{run_id}'",
                                            max_results=1000, page_token=token)
-            found.update({r.data.tags["sbmoe.trial_id"]: r.info.run_id for r in page if "sbmoe.trial_id" in r.data.tags})
+            found.update({r.data.tags["sbmoe.trial_id"]: r.info.run_id for r in page
+                          if "sbmoe.trial_id" in r.data.tags})
             token = page.token
             if not token:
                 break

@@ -22,12 +22,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sbmoe_ray.config import (ConfigBase, load_config, non_negative, non_negative_int, one_of, optional, positive,
-                              positive_int, setting, unit_interval)
+from sbmoe_ray.config import (
+    ConfigBase,
+    load_config,
+    non_negative,
+    non_negative_int,
+    one_of,
+    optional,
+    positive,
+    positive_int,
+    setting,
+    unit_interval,
+)
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.evaluation.config import EvaluationConfig
 from sbmoe_ray.model.config import ModelConfig
 from sbmoe_ray.runtime.precision import PRECISIONS
-from sbmoe_ray.evaluation.config import EvaluationConfig
+
 
 def _rules(value) -> str | None:
     from sbmoe_ray.data.beir import IDENTICAL_ID_RULES

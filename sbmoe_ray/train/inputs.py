@@ -7,16 +7,16 @@ runs) or, on the ``cached_head`` route, rows of the cached pooled embeddings of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
-from sbmoe_ray.model.backbones import load_tokenizer
 from sbmoe_ray.data.beir import BeirDataset, load_dataset, split_by_query, training_pairs
-from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
 from sbmoe_ray.evaluation.dense import EncodeSettings
+from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
+from sbmoe_ray.model.backbones import load_tokenizer
 from sbmoe_ray.model.bi_encoder import EncoderInput
 from sbmoe_ray.train.config import TrainConfig
 

@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray
 from sbmoe_ray.data.beir import BeirDataset, data_root, load_dataset
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.runtime.precision import explain, resolve_precision
 from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC
+from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray
+from sbmoe_ray.runtime.precision import explain, resolve_precision
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, RESULTS_FILE, TrainConfig
 from sbmoe_ray.train.testing import evaluate_best
+
 
 @dataclass
 class FitResult:
@@ -71,7 +73,8 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[Be
         raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
                           f"pairs of {cfg.data.train_dataset!r} ({cfg.data.train_split})")
     if not quiet:
-        print(f"[{cfg.run.name}] {cfg.route} route, {explain(cfg.memory.precision, cfg.scaling.device_type)}", flush=True)
+        print(f"[{cfg.run.name}] {cfg.route} route, {explain(cfg.memory.precision, cfg.scaling.device_type)}",
+              flush=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.uses_cache:
         from sbmoe_ray.evaluation.embedding_cache import dataset_embeddings

@@ -46,7 +46,8 @@ def build_optimizer(model: BiEncoder, cfg: TrainConfig):
         groups.append({"params": list(model.head.parameters()), "lr": cfg.optim.moe_lr, "name": "sbmoe"})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
     warmup = cfg.optim.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
     return optimizer, scheduler
 
 
@@ -57,7 +58,8 @@ def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, 
     bare = getattr(model, "module", model)
     load = ExpertLoad.empty(bare.head.num_experts) if bare.head is not None else None
     global_batch = cfg.optim.batch_size if training else min(cfg.optim.batch_size, len(pairs) // world * world)
-    batches = epoch_batches(len(pairs), global_batch, rank, world, cfg.run.seed, epoch, shuffle=training) if global_batch else []
+    batches = (epoch_batches(len(pairs), global_batch, rank, world, cfg.run.seed, epoch, shuffle=training)
+               if global_batch else [])
     if training and cfg.optim.max_steps_per_epoch:
         batches = batches[: cfg.optim.max_steps_per_epoch]
     sums, step_seconds = torch.zeros(3, dtype=torch.float64), []          # loss, accuracy, steps
@@ -158,7 +160,8 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
     for epoch in range(start_epoch, cfg.optim.epochs):
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_start", epoch=epoch, device=str(device))
-        metrics = {"epoch": epoch, **run_epoch(model, step, data, data.train, cfg, rank, world, epoch, optimizer, scheduler)}
+        trained = run_epoch(model, step, data, data.train, cfg, rank, world, epoch, optimizer, scheduler)
+        metrics = {"epoch": epoch, **trained}
         if data.validation:
             metrics.update(run_epoch(model, step, data, data.validation, cfg, rank, world, epoch))
             if cfg.data.validation_retrieval_docs:   # every rank computes it: cheap, and no rank waits idle

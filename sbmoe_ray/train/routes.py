@@ -8,14 +8,14 @@ nothing trains, the driver evaluates the base model (:func:`sbmoe_ray.train.laun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from sbmoe_ray.model.backbones import hidden_size, set_attention_dropout
-from sbmoe_ray.model.losses import build_loss
 from sbmoe_ray.model.bi_encoder import BiEncoder, build_bi_encoder
+from sbmoe_ray.model.losses import build_loss
 from sbmoe_ray.train.config import TrainConfig
 from sbmoe_ray.train.inputs import PairData, cached_inputs, token_inputs
 from sbmoe_ray.train.step import CachedGradientStep, Objective, WholeBatchStep

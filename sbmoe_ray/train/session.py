@@ -15,8 +15,9 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,7 +115,8 @@ class LocalCheckpoints:
 
     def all(self) -> list[tuple[Path, dict[str, Any]]]:
         folders = sorted(self.root.glob("checkpoint_epoch_*"))
-        return [(f, json.loads((f / self.METRICS_FILE).read_text())) for f in folders if (f / self.METRICS_FILE).is_file()]
+        return [(f, json.loads((f / self.METRICS_FILE).read_text())) for f in folders
+                if (f / self.METRICS_FILE).is_file()]
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
         return (self.all() or [None])[-1]

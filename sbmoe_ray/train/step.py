@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sbmoe_ray.model.losses import load_balancing_loss
 from sbmoe_ray.model.bi_encoder import BiEncoder, EncoderOutput
+from sbmoe_ray.model.losses import load_balancing_loss
 from sbmoe_ray.runtime.precision import autocast
 
 

@@ -12,33 +12,11 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from sbmoe_ray.analysis.comparisons import compare_groups, paired, study_summary
-from sbmoe_ray.analysis.records import TrialRecord, group_trials
+from sbmoe_ray.analysis.records import group_trials
+
+from helpers import study
 
 BUDGET = {"configurations_planned": 4, "seeds": 3, "epochs": 2}
-
-
-def record(trial_id: str, num_experts: int, scores: dict[str, dict[str, float]], objective: float = float("nan"),
-           seed: int = 0, lr: float = 1e-3) -> TrialRecord:
-    test = [{"dataset": d, "metrics": {"ndcg@10": sum(s.values()) / len(s)}, "per_query": {"ndcg@10": s}}
-            for d, s in scores.items()]
-    params = {"base_model": "m", "num_experts": num_experts}
-    if num_experts:
-        params.update(top_k=1, inference="top_k", moe_lr=lr)
-    return TrialRecord(trial_id, params, "val_loss", {"val_loss": objective}, test, [], "cached_head", seed)
-
-
-def study(seeds: int = 3, seed: int = 0) -> list[TrialRecord]:
-    """A baseline and three configurations (shift 0, 0.05, 0.2), each replicated over ``seeds`` seeds."""
-    rng = random.Random(seed)
-    queries = [f"q{i}" for i in range(40)]
-    base = {d: {q: rng.random() for q in queries} for d in ("a", "b")}
-    records = [record(f"base-s{s}", 0, base, seed=s) for s in range(seeds)]
-    for i, shift in enumerate((0.0, 0.05, 0.2)):
-        for s in range(seeds):
-            scores = {d: {q: min(1.0, v + shift + rng.gauss(0, 0.05)) for q, v in sc.items()} for d, sc in base.items()}
-            records.append(record(f"t{i}-s{s}", 3, scores, objective=1.0 - shift + rng.gauss(0, 0.01), seed=s,
-                                  lr=10.0 ** -(i + 2)))
-    return records
 
 
 def test_the_paired_difference_is_scipys_t_test():
@@ -91,7 +69,7 @@ def test_the_summary_names_the_configuration_chosen_by_mean_validation_and_its_t
     (answer,) = summary["per_base_model"]
     assert answer["chosen"]["trial_ids"] == ["t2-s0", "t2-s1", "t2-s2"]   # lowest mean validation loss
     assert answer["chosen"]["seeds"] == [0, 1, 2]
-    for dataset, c in answer["datasets"].items():
+    for c in answer["datasets"].values():
         assert set(c) >= {"baseline_mean", "moe_mean", "delta", "ci_low", "ci_high", "p_raw", "p_adjusted",
                           "effect_size", "queries", "seeds", "seed_ci_low", "seed_ci_high", "delta_per_seed"}
         assert c["ci_low"] <= c["delta"] <= c["ci_high"] and c["p_adjusted"] >= c["p_raw"]

@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from sbmoe_ray.model.backbones import load_backbone, resolve_model
 from sbmoe_ray.cli import main
 from sbmoe_ray.data.beir import load_dataset
 from sbmoe_ray.errors import ConfigError, ModelLoadError
 from sbmoe_ray.evaluation.dense import EncodeSettings, encode, evaluate, exact_search
+from sbmoe_ray.model.backbones import load_backbone, resolve_model
 from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sbmoe_ray.evaluation.dense import EncodeSettings
+from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, fill_family, prefix_families
 from sbmoe_ray.model import backbones
 from sbmoe_ray.model.backbones import BaseModelSpec
-from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, fill_family, prefix_families
-from sbmoe_ray.evaluation.dense import EncodeSettings
 from sbmoe_ray.model.bi_encoder import ModelConfig
 
 from helpers import save_tiny_model

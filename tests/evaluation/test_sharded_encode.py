@@ -17,11 +17,10 @@ import ray
 
 from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
 from sbmoe_ray.evaluation.dense import EncodeSettings
-from sbmoe_ray.model.config import ModelConfig
 from sbmoe_ray.evaluation.sharded.encode import plan_shards, read_shard
+from sbmoe_ray.model.config import ModelConfig
 
-from helpers import REPO, write_beir
-from helpers import save_tiny_model
+from helpers import REPO, save_tiny_model, write_beir
 
 DATA = REPO.parent / "shared" / "data" / "beir"
 
@@ -52,6 +51,7 @@ def test_the_plan_reads_every_document_once_from_byte_offsets(tmp_path):
     assert read_shard(folder / "corpus.jsonl", shards[0]["offset"], 2)[1] == ["text 0", "t text 1"]
 
 
+@pytest.mark.slow
 def test_a_killed_encode_redoes_only_its_missing_shards(tmp_path, model_folder):
     corpus = [{"_id": f"d{i}", "title": "", "text": " ".join(["word"] * 40) + f" {i}"} for i in range(6000)]
     folder = write_beir(tmp_path / "big", corpus, [{"_id": "q", "text": "word"}], {"test": [("q", "d0", 1)]})

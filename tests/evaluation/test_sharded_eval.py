@@ -5,23 +5,21 @@ and the config rules of large test sets."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import faiss
 import numpy as np
 import pytest
 
-from sbmoe_ray.model.backbones import load_tokenizer
-from sbmoe_ray.data.collections import BEIR_13, expand_names, load_topics
 from sbmoe_ray.config import load_config
 from sbmoe_ray.data.beir import data_root, load_dataset
+from sbmoe_ray.data.collections import BEIR_13, expand_names, load_topics
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.evaluation.config import EvaluationConfig
 from sbmoe_ray.evaluation.dense import evaluate
 from sbmoe_ray.evaluation.metrics import final_metrics, metric_key
 from sbmoe_ray.evaluation.sharded.evaluate import ShardedEvaluation
 from sbmoe_ray.evaluation.sharded.search import ShardedCorpus, write_shards
+from sbmoe_ray.model.backbones import load_tokenizer
 from sbmoe_ray.study.config import StudyConfig
-from sbmoe_ray.evaluation.config import EvaluationConfig
 
 from helpers import REPO, write_beir
 from test_sharded_encode import DATA, evaluation_for, local_ray, model_folder  # noqa: F401 (fixtures)
@@ -34,6 +32,7 @@ def shard_root(tmp_path_factory):
     return tmp_path_factory.mktemp("sharded-eval")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "cran").is_dir(), reason="needs ../shared/data/beir/cran")
 def test_sharded_evaluation_of_cranfield_with_two_workers_equals_the_single_process_evaluation(model_folder,
                                                                                                 shard_root):

@@ -9,8 +9,16 @@ import faiss
 import numpy as np
 import pytest
 
-from sbmoe_ray.evaluation.sharded.search import (ShardedCorpus, block_rows, build_index, choose_index, exact_topk,
-                                      recall_at_k, to_run, write_shards)
+from sbmoe_ray.evaluation.sharded.search import (
+    ShardedCorpus,
+    block_rows,
+    build_index,
+    choose_index,
+    exact_topk,
+    recall_at_k,
+    to_run,
+    write_shards,
+)
 
 
 def unit_rows(rng, n: int, dim: int) -> np.ndarray:
@@ -44,6 +52,7 @@ def test_sharded_exact_search_equals_a_flat_index_on_uneven_shards(tmp_path):
         block_rows(1000, 64, 50, 101)
 
 
+@pytest.mark.slow
 def test_sharded_search_over_one_million_vectors_equals_flat_and_stays_under_its_memory_setting(tmp_path):
     rng = np.random.default_rng(1)
     n, dim, k, limit = 1_000_000, 384, 100, 64 * 2**20

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluation.dense import pad_batch
-from sbmoe_ray.model.losses import InBatchNegativesLoss, load_balancing_loss
 from sbmoe_ray.model.bi_encoder import BiEncoder, ModelConfig, build_bi_encoder
-from sbmoe_ray.model.moe import SBMoE, ExpertLoad, Routing
+from sbmoe_ray.model.losses import InBatchNegativesLoss, load_balancing_loss
+from sbmoe_ray.model.moe import ExpertLoad, Routing, SBMoE
 
 H, N, B = 32, 4, 8
 

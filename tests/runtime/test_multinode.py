@@ -20,8 +20,9 @@ from ray.cluster_utils import Cluster
 from sbmoe_ray.analysis.records import load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import runs, sweep, write_study
-from helpers import registered_epoch, save_tiny_model, synthetic_dataset
+from helpers import registered_epoch, runs, save_tiny_model, sweep, synthetic_dataset, write_study
+
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
 @pytest.fixture(scope="module")

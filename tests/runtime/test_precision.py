@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache
 from sbmoe_ray.evaluation.dense import EncodeSettings
+from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache
 from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.runtime.precision import native_bf16, resolve_precision
 from sbmoe_ray.train import TrainConfig, prepare

@@ -7,11 +7,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from sbmoe_ray.analysis.records import group_key, load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
 from helpers import sweep, write_study
 from test_study import assets  # noqa: F401 (the module fixture)
+
+pytestmark = [pytest.mark.slow]
 
 
 def test_a_study_over_its_budget_fine_tunes_the_planned_configurations_only_and_keeps_the_plan(tmp_path, assets):

@@ -6,19 +6,17 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
 
 from sbmoe_ray.analysis.records import group_trials, load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
 from helpers import runs, save_tiny_model, sweep, synthetic_dataset, write_study
+
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

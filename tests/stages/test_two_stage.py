@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sbmoe_ray.analysis.records import group_key, group_trials, load_trials
@@ -15,6 +16,8 @@ from sbmoe_ray.study.layout import StudyLayout
 
 from helpers import sweep, synthetic_dataset, write_study
 from test_study import assets  # noqa: F401 (the module fixture)
+
+pytestmark = [pytest.mark.slow]
 
 
 def _wait(proc, condition, timeout: float = 500) -> bool:

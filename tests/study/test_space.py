@@ -7,9 +7,9 @@ from __future__ import annotations
 def test_the_space_keeps_top_k_within_n_and_baselines_to_the_enqueued_trials():
     import optuna
 
-    from sbmoe_ray.study.space import define_space
     from sbmoe_ray.stages.proxy import baselines
     from sbmoe_ray.study.config import StudyConfig
+    from sbmoe_ray.study.space import define_space
 
     study = StudyConfig.from_dict({"space": {"base_model": ["a", "b"], "num_experts": [0, 3, 6], "top_k": [1, 2]}})
     sampler = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))

@@ -32,7 +32,7 @@ CASES = {
     "dataset": ({"train.data.test_datasets": ["/nonexistent/no-such-set"]}, "has no corpus.jsonl"),
     "key": ({"proxy.num_trial": 4}, "config.proxy.num_trial=4: unknown key; allowed keys are"),
     "moved": ({"num_trials": 4}, "config.num_trials=4: this key moved to config.proxy.num_trials"),
-    "section": ({"search.num_trials": 4}, "config.search={'num_trials': 4}: this key moved to config.proxy"),
+    "section": ({"search.num_trials": 4}, "config.search.num_trials=4: this key moved to config.proxy.num_trials"),
     "type": ({"proxy.num_trials": "many"}, "config.proxy.num_trials='many': expected int"),
     "model": ({"space.base_model": ["no-such-org/no-such-model"]}, "could not load base model"),
     "split": ({"train.data.train_split": "dev"}, "no split 'dev'"),

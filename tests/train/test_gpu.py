@@ -21,7 +21,7 @@ from sbmoe_ray.train.testing import evaluation_for
 
 from helpers import save_tiny_model, synthetic_dataset, with_settings
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
 @pytest.fixture(scope="module", autouse=True)

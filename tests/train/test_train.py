@@ -83,6 +83,7 @@ def test_cached_gradients_equal_the_whole_batch_backward(tokenizer, tmp_path, hi
         torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 def test_two_workers_report_each_epoch_with_merged_expert_load(assets, tmp_path):
     result = fit(config(assets, tmp_path, validation_retrieval_docs=10))
     assert [row["epoch"] for row in result.history] == [0, 1]
@@ -99,6 +100,7 @@ def test_two_workers_report_each_epoch_with_merged_expert_load(assets, tmp_path)
     assert (Path(result.best_checkpoint) / "train_state.pt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_cache_chunk", [0, 3])
 def test_one_and_two_workers_reach_the_same_weights(assets, tmp_path, grad_cache_chunk):
     """Two workers (with DDP, or with cached gradients averaged by hand) train as one worker does."""
@@ -115,6 +117,7 @@ def test_one_and_two_workers_reach_the_same_weights(assets, tmp_path, grad_cache
     assert (w1[f"backbone.{key}"] - initial[key]).abs().max() > 1e-4       # the encoder did train
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
     cfg = config(assets, tmp_path, train_dataset=str(assets["big_data"]), epochs=3, max_failures=2,
                  batch_size=4, name="killed")
@@ -148,6 +151,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_one_cached_worker_trains_in_process_like_ray_train_workers(assets, tmp_path):
     settings = dict(encoder_lr=0.0, epochs=3, noisy_gating=False, load_balancing=0.0)   # as one vs two workers
     local = fit(config(assets, tmp_path, name="local", num_workers=1, **settings))
@@ -179,6 +183,7 @@ def test_an_in_process_run_resumes_from_its_last_checkpoint(assets, tmp_path):
         torch.testing.assert_close(value, weights(whole.last_checkpoint)[key], msg=key)
 
 
+@pytest.mark.slow
 def test_frozen_cache_path_equals_the_live_frozen_encoder(assets, tmp_path):
     settings = dict(encoder_lr=0.0, num_workers=1, cpus_per_worker=2.0)
     cached = fit(config(assets, tmp_path, name="cached", **settings))

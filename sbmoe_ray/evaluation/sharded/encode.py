@@ -72,9 +72,9 @@ def read_shard(corpus_file: Path, offset: int, rows: int) -> tuple[list[str], li
 @functools.lru_cache(maxsize=2)
 def _loaded(evaluation_json: str, folder: str | None):
     """The encoder once per worker process (a task of the same model reuses it)."""
-    from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
     from sbmoe_ray.evaluation.dense import EncodeSettings
+    from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.model.config import ModelConfig
 
     values = json.loads(evaluation_json)
@@ -110,7 +110,8 @@ def _encoder(evaluation) -> dict[str, Any]:
 def shard_folder(root: Path, evaluation, folder: Path | None, corpus_file: Path) -> Path:
     """``<root>/<identity hash>``: one folder per (model, weights, settings, corpus file)."""
     stat = corpus_file.stat()
-    identity = {**_encoder(evaluation), "weights": str(folder) if folder else None, "corpus": [str(corpus_file.resolve()), stat.st_size]}
+    identity = {**_encoder(evaluation), "weights": str(folder) if folder else None,
+                "corpus": [str(corpus_file.resolve()), stat.st_size]}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(root) / digest
 

@@ -9,7 +9,8 @@ the judged queries likewise (one small shard), and the search reads the shards a
 (:mod:`sbmoe_ray.evaluation.sharded.search`), so no process holds the corpus. With ``evaluation.index`` other than
 ``flat``, an HNSW/IVF index answers the queries and a sample of ``recall_queries`` queries is also searched
 exactly: its recall@100 is reported with the metrics. The identical-id rule and the scoring are the
-single-process path's (:func:`sbmoe_ray.data.beir.identical_id_queries`, :func:`sbmoe_ray.evaluation.metrics.evaluate_run`),
+single-process path's (:func:`sbmoe_ray.data.beir.identical_id_queries`,
+:func:`sbmoe_ray.evaluation.metrics.evaluate_run`),
 so both paths give the same numbers (``tests/test_sharded_eval.py``).
 """
 
@@ -23,14 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
-from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
 from sbmoe_ray.data.beir import identical_id_queries
+from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
+from sbmoe_ray.evaluation.config import EvaluationConfig
 from sbmoe_ray.evaluation.dense import RANKING_DEPTH, EvaluationResult
 from sbmoe_ray.evaluation.metrics import evaluate_run
 from sbmoe_ray.evaluation.sharded.encode import encode_sharded
-from sbmoe_ray.evaluation.sharded.search import (ShardedCorpus, build_index, choose_index, exact_topk, recall_at_k,
-                                      to_run)
-from sbmoe_ray.evaluation.config import EvaluationConfig
+from sbmoe_ray.evaluation.sharded.search import (
+    ShardedCorpus,
+    build_index,
+    choose_index,
+    exact_topk,
+    recall_at_k,
+    to_run,
+)
 
 RECALL_DEPTH = 100
 

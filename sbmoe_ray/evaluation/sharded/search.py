@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -62,7 +62,8 @@ class ShardedCorpus:
         return self.manifest["dim"]
 
     def ids(self) -> list[str]:
-        return [i for s in self.manifest["shards"] for i in json.loads((self.folder / f"{s['name']}.ids.json").read_text())]
+        files = [self.folder / f"{s['name']}.ids.json" for s in self.manifest["shards"]]
+        return [i for file in files for i in json.loads(file.read_text())]
 
     def blocks(self, max_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first global row, fp32 rows) blocks of at most ``max_rows`` rows, shard by shard."""

@@ -1,0 +1,51 @@
+"""The report is written by one function from the stages' results: the answer table, the figures it links,
+summary.json equal to the results; stage 2's section when it ran; written again, it is the same report."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from sbmoe_ray.analysis.report import write_report
+from sbmoe_ray.analysis.result import analyze_finetune, analyze_proxy
+from sbmoe_ray.stages.promotion import promotions
+from sbmoe_ray.study.config import StudyConfig
+
+from helpers import study
+
+
+def hand_study(tmp_path) -> StudyConfig:
+    return StudyConfig.from_dict({"name": "hand", "storage_path": str(tmp_path / "studies"), "space": {
+        "base_model": ["m"], "num_experts": [0, 3]}, "train": {"data": {"test_datasets": ["a", "b"]}}})
+
+
+def test_stage_one_report_renders_the_result_and_links_only_figures_it_wrote(tmp_path):
+    config = hand_study(tmp_path)
+    proxy = analyze_proxy(config, study(seeds=2))
+    write_report(config, proxy)
+    layout = config.layout
+    text = layout.report_file.read_text()
+    answer = proxy.summary["per_base_model"][0]
+    assert f"| m | {answer['chosen']['config']} | 2 |" in text
+    assert f"{answer['datasets']['a']['delta']:.4f}" in text and "Holm-Bonferroni" in text
+    linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert "heatmap_a.png" in linked and all((layout.report_dir / name).is_file() for name in linked)
+    assert json.loads(layout.summary_file.read_text()) == json.loads(json.dumps(proxy.summary, default=str))
+    assert "Stage 2" not in text
+
+
+def test_with_stage_two_the_report_has_both_stages_and_is_rewritten_not_appended(tmp_path):
+    config = hand_study(tmp_path)
+    proxy = analyze_proxy(config, study(seeds=2))
+    entries = promotions(proxy.groups, "min", promote=1, controls=1, seed=0)
+    # Stage 2's trials: the same hand-made records stand in for fine-tuned ones of the promoted configurations.
+    finetune = analyze_finetune(config, study(seeds=2, seed=1), entries, 2, "set", {"stage 1": 60.0})
+    write_report(config, proxy, finetune)
+    first = config.layout.report_file.read_text()
+    write_report(config, proxy, finetune)
+    assert config.layout.report_file.read_text() == first and first.count("## Stage 2") == 1
+    assert "stage_agreement.png" in first and (config.layout.report_dir / "stage_agreement.png").is_file()
+    summary = json.loads(config.layout.summary_file.read_text())
+    assert set(summary["finetune"]) >= {"configurations", "agreement", "seconds", "test"}
+    assert [r["role"] for r in summary["finetune"]["configurations"]] == [e.role for e in entries]
+    assert summary["finetune"]["agreement"]["m"]["verdict"] in first

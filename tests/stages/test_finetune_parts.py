@@ -1,0 +1,65 @@
+"""Stage 2's parts on hand-made records: what it trains as promoted or planned, what its test phase tests and
+how a result is written back to its record, and its result rebuilt from what it left on disk."""
+
+from __future__ import annotations
+
+import json
+
+from sbmoe_ray.analysis.records import TrialRecord, group_trials
+from sbmoe_ray.analysis.result import analyze_proxy
+from sbmoe_ray.stages.budget import ModelCosts, make_plan
+from sbmoe_ray.stages.finetune import planned, rebuild
+from sbmoe_ray.stages.promotion import promotions
+from sbmoe_ray.stages.test_phase import add_results, chosen_groups, evaluation_config
+from sbmoe_ray.study.config import StudyConfig
+from sbmoe_ray.train.config import TrainConfig
+
+from helpers import study
+
+
+def hand_study(tmp_path, **finetune) -> StudyConfig:
+    return StudyConfig.from_dict({"name": "hand", "storage_path": str(tmp_path / "studies"), "space": {
+        "base_model": ["m"], "num_experts": [0, 3]}, "train": {"data": {"test_datasets": ["a", "b"]}},
+        "finetune": {"seeds": 2, **finetune}})
+
+
+def test_stage_two_trains_what_was_promoted_or_what_the_plan_kept(tmp_path):
+    config = hand_study(tmp_path)
+    entries = promotions(group_trials(study(seeds=2)), "min", promote=2, controls=1, seed=0)
+    assert planned(config, entries, None) == (entries, 2, "set")
+    costs = {"m": ModelCosts(1.0, 1.0, 1.0, trial_s=100.0, test_s=10.0)}
+    plan = make_plan(entries, 2, costs, budget_s=250.0, spent_s=0.0, cores=2)
+    kept, seeds, why = planned(config, entries, plan)
+    assert kept == plan.kept and len(kept) < len(entries) and seeds == 1 and why == "set; 1 to fit budget_minutes"
+
+
+def test_the_test_phase_tests_the_choice_and_the_baseline_and_writes_results_back(tmp_path):
+    records = study(seeds=2)
+    (chosen, baseline), = chosen_groups(records, "min").values()
+    assert chosen.params["moe_lr"] == 1e-4 and baseline.is_baseline              # the lowest mean val_loss
+    config = hand_study(tmp_path)
+    record = chosen.records[0]
+    record.config = TrainConfig().to_dict()
+    record.file, record.best_checkpoint = str(tmp_path / "results.json"), str(tmp_path / "checkpoint")
+    cfg, folder = evaluation_config(config, record)
+    assert cfg.data.test_datasets == ["a", "b"] and folder == tmp_path / "checkpoint"
+    record.test = []
+    add_results(record, [type("Result", (), {"to_dict": lambda self: {"dataset": "a", "metrics": {}}})()])
+    assert TrialRecord.read(tmp_path / "results.json").test == [{"dataset": "a", "metrics": {}}]
+
+
+def test_stage_twos_result_is_rebuilt_from_its_files(tmp_path):
+    config = hand_study(tmp_path)
+    proxy = analyze_proxy(config, study(seeds=2))
+    assert rebuild(config, proxy) is None                                         # stage 2 never started
+    entries = promotions(proxy.groups, "min", promote=1, controls=1, seed=0)
+    layout = config.layout
+    layout.promotions_file.parent.mkdir(parents=True)
+    layout.promotions_file.write_text(json.dumps({"settings": {}, "entries": [e.to_dict() for e in entries]}))
+    for r in study(seeds=2, seed=1):
+        r.file = str(layout.finetune.runs / r.trial_id / "results.json")
+        (layout.finetune.runs / r.trial_id).mkdir(parents=True)
+        r.write()
+    result = rebuild(config, proxy)
+    assert [row["role"] for row in result.configurations] == [e.role for e in entries]
+    assert result.seeds == 2 and len(result.records) == 8 and result.summary["per_base_model"]

@@ -1,0 +1,40 @@
+"""The main job in this process, stage 1 only, on a tiny model: `sbmoe study` runs from its checks to its report
+and its MLflow runs (the fast lane's end-to-end check; the slow lane kills and resumes whole studies)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+
+from sbmoe_ray.cli import main
+from sbmoe_ray.study.layout import StudyLayout
+
+from helpers import runs, save_tiny_model, synthetic_dataset, write_study
+
+
+@pytest.fixture
+def assets(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("pipeline")
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 48)}
+
+
+def test_sbmoe_study_runs_stage_one_to_its_report_and_mlflow_runs(tmp_path, assets, capsys):
+    config = write_study(tmp_path, assets, **{"proxy.num_trials": 3, "proxy.max_concurrent": 1,
+                                               "train.optim.epochs": 1})
+    try:
+        assert main(["study", "--config", str(config)]) == 0
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    layout = StudyLayout(tmp_path / "studies" / "tiny-study")
+    assert "[proxy] 3/3 trials done" in out and str(layout.report_file) in out
+    assert len(layout.proxy.results_files()) == 3 and layout.fingerprint_file.is_file()
+    summary = json.loads(layout.summary_file.read_text())
+    assert summary["budget"]["trials"] == 3 and summary["per_base_model"][0]["base_model"] == str(assets["model"])
+    found = runs(tmp_path)
+    assert len(found) == 1 + 1 + 3 and all(r.info.status == "FINISHED" for r in found)
+    (parent,) = [r for r in found if r.data.tags["sbmoe.kind"] == "study"]
+    dataset = str(assets["data"])
+    assert len(parent.data.params[f"dataset.{dataset}.sha256"]) == 16 and "version.ray" in parent.data.params

@@ -1,0 +1,104 @@
+"""The MLflow tracker records what it is given, into a real (temporary SQLite) store: one parent, a run per
+stage, a run per trial found again after a restore (no duplicate), a stage's comparisons on its trials' runs,
+the answer on the parent; the Tune callback logs epochs a trial handed over only at its end."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sbmoe_ray.analysis.result import analyze_proxy
+from sbmoe_ray.study.config import StudyConfig
+from sbmoe_ray.study.points import TrialPoint
+from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
+
+from helpers import study
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlflow_runs.json"
+
+
+def hand_study(tmp_path) -> StudyConfig:
+    return StudyConfig.from_dict({"name": "hand", "storage_path": str(tmp_path / "studies"), "space": {
+        "base_model": ["m"], "num_experts": [0, 3]}, "train": {"data": {"test_datasets": ["a", "b"]}}})
+
+
+def test_the_parent_and_stage_runs_are_created_once_and_reopened_on_resume(store):
+    uri, runs_file = store
+    first = StudyTracker(uri, "hand", runs_file)
+    parent = first.start_study({"space": {"num_experts": [0, 3]}, "dataset": {"a": {"sha256": "abc"}}})
+    stage = first.for_stage("proxy", "stage 1")
+    first.finish()
+    again = StudyTracker(uri, "hand", runs_file)                     # a resumed study: a new process
+    assert again.start_study({"ignored": 1}) == parent and again.for_stage("proxy", "stage 1").runs == stage.runs
+    client = MlflowClient(uri)
+    run = client.get_run(parent)
+    assert run.info.status == "RUNNING" and run.data.params == {"space.num_experts": "[0, 3]", "dataset.a.sha256": "abc"}
+    assert json.loads(runs_file.read_text()) == {"parent": parent, "stages": {"proxy": stage.runs["stages"]["proxy"]}}
+    (staged,) = client.search_runs([run.info.experiment_id], "tags.`sbmoe.kind` = 'stage'")
+    assert staged.data.tags["mlflow.parentRunId"] == parent
+
+
+def test_a_restored_copy_finds_each_trials_run_and_opens_no_second(store):
+    uri, runs_file = store
+    tracker = StudyTracker(uri, "hand", runs_file, seed=10)
+    tracker.start_study({})
+    stage = tracker.for_stage("proxy", "stage 1")
+    point = TrialPoint({"base_model": "m", "num_experts": 3, "top_k": 1, "inference": "all", "moe_lr": 1e-3}, 1)
+    run_id = stage.trial_run("t1", point)
+    restored = pickle.loads(pickle.dumps(stage))                     # what Tune does with its callbacks
+    assert restored.trial_run("t1", point, starting=True) == run_id
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.run_name == "m N=3 k=1 all lr=1.0e-3 s11" and run.data.tags["sbmoe.seed"] == "11"
+    assert run.data.params["moe_lr"] == "0.001" and run.data.tags["sbmoe.stage"] == "proxy"
+    baseline = stage.trial_run("b0", TrialPoint({"base_model": "m", "num_experts": 0}))
+    assert MlflowClient(uri).get_run(baseline).data.params["top_k"] == "n/a"     # same columns for every trial
+    finetune = tracker.for_stage("finetune", "stage 2")
+    promoted = finetune.trial_run("f1", TrialPoint(point.params, 0, "promoted", ("t1",)))
+    tags = MlflowClient(uri).get_run(promoted).data.tags
+    assert tags["sbmoe.role"] == "promoted" and tags["sbmoe.promoted_from"] == run_id
+
+
+def test_a_stage_result_is_logged_on_its_trials_and_the_answer_on_the_parent(tmp_path, store):
+    uri, runs_file = store
+    result = analyze_proxy(hand_study(tmp_path), study(seeds=2))
+    tracker = StudyTracker(uri, "hand", runs_file)
+    parent = tracker.start_study({})
+    stage = tracker.for_stage("proxy", "stage 1")
+    for r in result.records:
+        stage.trial_run(r.trial_id, TrialPoint(r.params, r.seed))
+    stage.log_stage_result(result)
+    tracker.log_answer(result.summary)
+    client, runs = MlflowClient(uri), stage.trial_runs()
+    for c in result.comparisons:
+        for trial_id, own in zip(c.trial_ids, c.delta_per_seed):
+            metrics = client.get_run(runs[trial_id]).data.metrics
+            assert metrics[f"{c.dataset}.p_adjusted_ndcg_at_10"] == pytest.approx(c.p_adjusted)
+            assert metrics[f"{c.dataset}.delta_this_seed_ndcg_at_10"] == pytest.approx(own)
+    answer = result.summary["per_base_model"][0]
+    parent_run = client.get_run(parent).data
+    assert parent_run.tags["sbmoe.chosen.m"] == answer["chosen"]["config"]
+    assert parent_run.metrics["m.a.delta"] == pytest.approx(answer["datasets"]["a"]["delta"])
+
+
+def test_the_callback_logs_the_epochs_a_trial_reported_only_at_its_end(store):
+    uri, runs_file = store
+    tracker = StudyTracker(uri, "hand", runs_file)
+    tracker.start_study({})
+    callback = MlflowStudyCallback(tracker.for_stage("proxy", "stage 1"))
+    trial = SimpleNamespace(trial_id="t1", config={"base_model": "m", "num_experts": 0})
+    callback.on_trial_start(0, [], trial)
+    history = [{"epoch": 0, "val_loss": 2.0}, {"epoch": 1, "val_loss": 1.5}]
+    callback.on_trial_result(0, [], trial, {"final": True, "epochs_done": 2, "objective": 1.5,
+                                            "history": json.dumps(history)})
+    callback.on_trial_complete(0, [], trial)
+    run_id = callback.tracker.trial_runs()["t1"]
+    client = MlflowClient(uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")] == [(1, 2.0), (2, 1.5)]
+    assert client.get_run(run_id).info.status == "FINISHED"
