@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sbmoe_ray.data.beir import data_root, locate_dataset
+from sbmoe_ray.data.root import data_root, locate_dataset
 from sbmoe_ray.evaluation.checkpoint import LiveEvaluation
 from sbmoe_ray.evaluation.dense import EncodeSettings
 from sbmoe_ray.evaluation.sharded.encode import encode_sharded

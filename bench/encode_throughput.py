@@ -26,7 +26,7 @@ def run_reference(dataset: str, data_dir: str | None, model: str) -> dict:
     from beir.retrieval.evaluation import EvaluateRetrieval
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
-    from sbmoe_ray.data.beir import locate_dataset
+    from sbmoe_ray.data.root import locate_dataset
     from sbmoe_ray.model.backbones import resolve_model
 
     corpus, queries, qrels = GenericDataLoader(str(locate_dataset(dataset, data_dir))).load(split="test")

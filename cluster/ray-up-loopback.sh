@@ -2,7 +2,7 @@
 # `ray up cluster-local.yaml`, really run, on this one machine: a head on 127.0.0.1 and a worker on
 # 127.0.0.2, both reached by Ray's cluster launcher over SSH (an sshd on loopback only), each node's setup
 # installing this checkout from the launcher's rsync. Then a small study submitted exactly as the README's
-# cluster section says (`ray exec ... python studies/experts_sweep.py --address auto ...`), its MLflow runs
+# cluster section says (`ray exec ... sbmoe study --address auto ...`), its MLflow runs
 # read back from the head's MLflow server, and `ray down`.
 #
 #   sudo bash cluster/ray-up-loopback.sh            (from the repository root; needs root, sshd, rsync)
@@ -20,7 +20,7 @@ USER_NAME=sbmoe
 PY=${PY:-.venv/bin/python}
 DATA=${SBMOE_DATA_DIR:-$(cd .. && pwd)/shared/data/beir}
 STUDY_ARGS=${STUDY_ARGS:---set name=loopback --set promote=0 --set space.base_model=[minilm-l3] \
-  --set search.num_trials=4 --set search.seeds=1 --set search.max_concurrent=2 \
+  --set proxy.num_trials=4 --set proxy.seeds=1 --set proxy.max_concurrent=2 \
   --set train.data.test_datasets=[scifact,cran]}
 T0=$(date +%s)
 CLIENT=$STATE/client                     # the launcher's side: SSH key, generated cluster config
@@ -109,8 +109,8 @@ done
 as_user "$RAY" exec "$CLIENT/cluster.yaml" "ray status"
 [ "${n:-0}" -ge 2 ] || { echo "ray-up-loopback: the worker node did not join in 20 minutes"; exit 1; }
 
-step "the study, as the README says: ray exec ... python studies/experts_sweep.py --address auto"
-as_user "$RAY" exec "$CLIENT/cluster.yaml" "cd ~/sbmoe-ray && python studies/experts_sweep.py --address auto \
+step "the study, as the README says: ray exec ... sbmoe study --address auto"
+as_user "$RAY" exec "$CLIENT/cluster.yaml" "cd ~/sbmoe-ray && ~/venv/bin/sbmoe study --address auto \
   --set storage_path=/mnt/shared/studies $STUDY_ARGS"
 
 step "where the trials ran, and the MLflow runs on the head's server"

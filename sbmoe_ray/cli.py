@@ -141,10 +141,7 @@ def _version() -> str:
         return __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sbmoe", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"sbmoe-ray {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _study_parser(sub) -> None:
     st = sub.add_parser("study", help="the main job: a two-stage study (proxy search, then fine-tuning), its "
                         "report and MLflow runs; run it again to resume")
     st.add_argument("--config", default="experts_sweep", help="a study YAML, or a preset: "
@@ -156,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MLflow URI (default: the config's, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     st.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     st.set_defaults(func=cmd_study)
+
+
+def _evaluate_parser(sub) -> None:
     ev = sub.add_parser("evaluate", help="zero-shot evaluation of a base model on BEIR datasets")
     ev.add_argument("--model", default="minilm", help="short name (minilm, tinybert, ...), hub id or folder")
     ev.add_argument("--dataset", action="append", required=True, help="BEIR name or folder; repeatable")
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--search-memory-mb", type=int, default=1024, help="--sharded: memory bound of the search")
     ev.add_argument("--shards", default="results/encoded_shards", help="--sharded: shard files (resume from)")
     ev.set_defaults(func=cmd_evaluate)
+
+
+def _train_and_report_parsers(sub) -> None:
     tr = sub.add_parser("train", help="one distributed SB-MoE training run, then test evaluation")
     tr.add_argument("--config", required=True, help="YAML file with TrainConfig keys (see configs/)")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_experts=6")
@@ -184,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write a study's report (markdown + PNGs) and log it to MLflow")
     rp.add_argument("study", help="study folder, or a study name under results/studies")
     rp.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sbmoe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sbmoe-ray {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_study_parser, _evaluate_parser, _train_and_report_parsers):
+        add(sub)
     return parser
 
 

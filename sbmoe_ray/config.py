@@ -6,7 +6,7 @@ from the file. PyYAML reads ``1e-4`` as a string (YAML 1.1); numeric strings for
 accepted as numbers.
 
 A config is a tree of dataclasses (sections). A single-field limit is declared next to its field
-(``setting(default, check)``, with the checks below); a class's ``rules()`` holds only cross-field rules.
+(``setting(default, check)``, :mod:`sbmoe_ray.limits`); a class's ``rules()`` holds only cross-field rules.
 A key given at the wrong level (an old flat key, e.g. ``encoder_lr`` now ``optim.encoder_lr``) is refused
 with its new place. Nothing here imports torch or Ray, so a bad config answers in well under a second.
 """
@@ -129,54 +129,6 @@ def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
         return value
     expected = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"{where}.{key}={value!r}: expected {expected}, got {type(value).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Single-field limits, declared next to the field: ``x: int = setting(1, positive_int)``
-
-
-def setting(default: Any = dataclasses.MISSING, check=None, factory=dataclasses.MISSING):
-    """A dataclass field whose single-field limit ``check(value) -> str | None`` (the rule it broke) is
-    kept with it; :meth:`ConfigBase.validate` runs every check, then the class's cross-field ``rules``."""
-    return dataclasses.field(default=default, default_factory=factory, metadata={"check": check})
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
-def positive_int(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    return None if ok else "must be a positive integer"
-
-
-def non_negative_int(value: Any) -> str | None:
-    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "must be an integer >= 0"
-
-
-def non_negative(value: Any) -> str | None:
-    return None if _number(value) and value >= 0 else "must be a number >= 0"
-
-
-def positive(value: Any) -> str | None:
-    return None if _number(value) and value > 0 else "must be a number > 0"
-
-
-def unit_interval(value: Any) -> str | None:
-    """[0, 1): fractions and probabilities."""
-    return None if _number(value) and 0 <= value < 1 else "allowed range is [0, 1)"
-
-
-def one_of(*allowed: Any):
-    def check(value: Any) -> str | None:
-        return None if value in allowed else f"allowed values are {allowed}"
-    return check
-
-
-def optional(check):
-    def maybe(value: Any) -> str | None:
-        return None if value is None else check(value)
-    return maybe
 
 
 def check_fields(config: Any, where: str) -> None:

@@ -18,6 +18,12 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(items):
+    """Slow tests first (stable otherwise): spread over pytest-xdist workers, the long ones then overlap
+    instead of one of them finishing alone at the end."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from sbmoe_ray.model.backbones import load_tokenizer
@@ -47,3 +53,36 @@ def tiny_dataset(tmp_path) -> Path:
     train = [(f"q{i}", f"d{i}", 1) for i in range(4)] + [("q0", "d5", 0)]
     test = [("q4", "d4", 2), ("q4", "d7", 1), ("q5", "d5", 1), ("q5", "d8", 0)]
     return write_beir(tmp_path / "tiny", corpus, queries, {"train": train, "test": test})
+
+
+# `SBMOE_TEST_CPU=1 pytest ...`: each test's wall time and the whole machine's CPU time while it ran (Ray's
+# processes are not pytest's children, so pytest's own CPU time misses most of a study's work).
+_CPU_REPORT: list[tuple[str, float, float]] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not os.environ.get("SBMOE_TEST_CPU"):
+        return (yield)
+    import time
+
+    import psutil
+
+    def busy() -> float:
+        times = psutil.cpu_times()
+        return times.user + times.system
+
+    start, cpu = time.monotonic(), busy()
+    try:
+        return (yield)
+    finally:
+        _CPU_REPORT.append((item.nodeid, time.monotonic() - start, busy() - cpu))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _CPU_REPORT:
+        terminalreporter.section("wall and machine CPU seconds per test (SBMOE_TEST_CPU)")
+        for nodeid, wall, cpu in sorted(_CPU_REPORT, key=lambda r: -r[2])[:20]:
+            terminalreporter.write_line(f"{wall:7.1f} s wall {cpu:7.1f} s CPU  {nodeid}")
+        wall, cpu = sum(r[1] for r in _CPU_REPORT), sum(r[2] for r in _CPU_REPORT)
+        terminalreporter.write_line(f"{wall:7.1f} s wall {cpu:7.1f} s CPU  all {len(_CPU_REPORT)} tests")

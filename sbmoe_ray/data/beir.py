@@ -1,4 +1,4 @@
-"""BEIR datasets: locate (data root or download), read with validation, and derive training pairs.
+"""BEIR datasets: read with validation (located by :mod:`sbmoe_ray.data.root`), and training pairs derived.
 
 Layout (https://github.com/beir-cellar/beir): ``<name>/corpus.jsonl``, ``<name>/queries.jsonl`` and
 ``<name>/qrels/<split>.tsv`` with a ``query-id<TAB>corpus-id<TAB>score`` header. Everything is checked
@@ -14,22 +14,14 @@ import hashlib
 import json
 import os
 import random
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-from tqdm.auto import tqdm
-
+from sbmoe_ray.data.root import locate_dataset
 from sbmoe_ray.errors import DataError
 
-DATA_DIR_ENV = "SBMOE_DATA_DIR"
-DEFAULT_DATA_DIR = Path.home() / ".cache" / "sbmoe" / "beir"
-BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 _MAX_EXAMPLES = 5
 
@@ -91,19 +83,6 @@ def same_text(query: str, document: Document) -> bool:
     return norm(query) in {norm(document.text), norm(document.full_text), norm(document.title)} - {""}
 
 
-def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data root: ``data_dir`` if given, else ``$SBMOE_DATA_DIR``, else ``~/.cache/sbmoe/beir``."""
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else DEFAULT_DATA_DIR
-
-
-def dataset_name(name_or_path: str) -> str:
-    """How results name a dataset given by name or by folder: the folder's name."""
-    return Path(name_or_path.rstrip("/")).name
-
-
 def dataset_files(path: Path, split: str) -> list[Path]:
     return [path / "corpus.jsonl", path / "queries.jsonl", path / "qrels" / f"{split}.tsv"]
 
@@ -120,55 +99,6 @@ def fingerprint_files(paths: list[Path]) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def locate_dataset(name_or_path: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """Return the folder of a dataset given by path, or by name under the data root (downloaded if absent)."""
-    as_path = Path(name_or_path).expanduser()
-    if (as_path / "corpus.jsonl").is_file():
-        return as_path
-    if os.sep in name_or_path or name_or_path.startswith("."):
-        raise DataError(f"dataset path {name_or_path!r} has no corpus.jsonl: expected a BEIR folder "
-                        "with corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
-    root = data_root(data_dir)
-    folder = root / name_or_path
-    if (folder / "corpus.jsonl").is_file():
-        return folder
-    if not download:
-        raise DataError(_not_found_message(name_or_path, folder, None))
-    return _download(name_or_path, root)
-
-
-def _not_found_message(name: str, folder: Path, download_error: str | None) -> str:
-    message = (f"dataset {name!r} not found: looked for {folder}/corpus.jsonl (data root from --data-dir, "
-               f"else ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR})")
-    if download_error:
-        message += f", and could not download {BEIR_URL.format(name=name)}: {download_error}"
-    return message + (f". Point --data-dir or ${DATA_DIR_ENV} at a folder that holds {name}/corpus.jsonl, "
-                      "or pass the dataset's folder as its path.")
-
-
-def _download(name: str, root: Path) -> Path:
-    url = BEIR_URL.format(name=name)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            archive = Path(tmp) / f"{name}.zip"
-            with urllib.request.urlopen(url, timeout=30) as response, open(archive, "wb") as out, \
-                    tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
-                         desc=f"download {name}") as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
-            extracted = Path(tmp) / name
-            if not (extracted / "corpus.jsonl").is_file():
-                raise DataError(f"{url} did not contain {name}/corpus.jsonl")
-            extracted.rename(root / name)
-    except (urllib.error.URLError, OSError, zipfile.BadZipFile) as exc:
-        raise DataError(_not_found_message(name, root / name, str(getattr(exc, "reason", exc)))) from exc
-    return root / name
 
 
 def _read_jsonl(path: Path, what: str) -> dict[str, dict]:

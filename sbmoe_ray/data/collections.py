@@ -3,7 +3,7 @@
 SB-MoE (Sokli et al., 2025; arXiv 2510.15683) fine-tunes on MS MARCO and tests zero-shot on 13 BEIR
 collections, several of 2-5M documents. A study names them in ``data.large_test_datasets`` (each by its
 BEIR name, or ``beir-13`` for all of them); they are downloaded from the BEIR mirror into the data root
-when absent (:func:`sbmoe_ray.data.beir.locate_dataset`) and tested only for the configurations that reach the
+when absent (:func:`sbmoe_ray.data.root.locate_dataset`) and tested only for the configurations that reach the
 end of a study (stage 2's chosen configuration and baseline), smallest first, so the search stays cheap.
 
 A corpus of millions of documents is never read into the driver: :func:`load_topics` reads the queries and
@@ -19,7 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sbmoe_ray.data.beir import Document, Qrels, locate_dataset, read_qrels, read_queries, same_text
+from sbmoe_ray.data.beir import Document, Qrels, read_qrels, read_queries, same_text
+from sbmoe_ray.data.root import locate_dataset
 from sbmoe_ray.errors import DataError
 
 # BEIR name -> corpus size (documents), from the BEIR paper's Table 1; the order of the 13 is by size.

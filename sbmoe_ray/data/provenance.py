@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sbmoe_ray.data.beir import dataset_files, fingerprint_files, identical_id_queries, load_dataset, locate_dataset
+from sbmoe_ray.data.beir import dataset_files, fingerprint_files, identical_id_queries, load_dataset
+from sbmoe_ray.data.root import locate_dataset
 
 
 def dataset_provenance(data: Any) -> dict[str, dict[str, str]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sbmoe_ray.config import ConfigBase, non_negative_int, one_of, positive_int, setting
+from sbmoe_ray.config import ConfigBase
+from sbmoe_ray.limits import non_negative_int, one_of, positive_int, setting
 
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")   # flat: exact; auto: by corpus size (sharded.search.choose_index)
 

@@ -50,7 +50,7 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
         check_shared_storage([study.layout.root, study.cache_dir])
     costs = say_forecast(study, cores_of(address)) if study.promote and study.budget_seconds() is not None else None
     prepare_study(study, resume)
-    init_ray(address, ray_cpus(study) + 1)
+    init_ray(address, ray_cpus(study) + 1, study.train.scaling.dashboard)
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     tracker.start_study(study_params(study))
     proxy = run_proxy(study, tracker)

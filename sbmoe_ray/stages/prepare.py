@@ -68,8 +68,8 @@ def prepare_study(study: StudyConfig, resume: bool = False) -> None:
 def locate_large_collections(study: StudyConfig) -> None:
     """The large test collections are found (downloaded when absent) before any work: an offline machine
     without them fails now, not after stage 2."""
-    from sbmoe_ray.data.beir import locate_dataset
     from sbmoe_ray.data.collections import expand_names
+    from sbmoe_ray.data.root import locate_dataset
 
     for name in expand_names(study.train.data.large_test_datasets):
         print(f"[prepare] large test collection {name}: {locate_dataset(name, study.train.data.data_dir)}", flush=True)

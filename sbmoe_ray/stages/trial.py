@@ -19,8 +19,8 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC, final_metrics
-from sbmoe_ray.study.config import StageConfig
 from sbmoe_ray.study.points import TrialPoint
+from sbmoe_ray.study.stage import StageConfig
 from sbmoe_ray.train import fit
 
 

@@ -16,15 +16,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sbmoe_ray.config import ConfigBase, non_negative_int, one_of, optional, positive, positive_int, setting
-from sbmoe_ray.data.beir import data_root, dataset_name
+from sbmoe_ray.config import ConfigBase
+from sbmoe_ray.data.root import data_root, dataset_name
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.limits import non_negative_int, optional, setting
 from sbmoe_ray.study.layout import StudyLayout
 from sbmoe_ray.study.policy import per_hardware, resolve
 from sbmoe_ray.study.space import PARAMS, apply, default_space
+from sbmoe_ray.study.stage import FinetuneConfig, ProxyConfig, StageConfig
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
 
-OBJECTIVES = ("val_loss", "val_accuracy", "val_ndcg@10")
 # Keys of older study configs, and where they live now.
 MOVED = {"base_models": "space.base_model", "num_experts": "space.num_experts", "top_k": "space.top_k",
          "top_k_max": "space.top_k", "inference": "space.inference", "moe_lr": "space.moe_lr", "search": "proxy"}
@@ -44,70 +45,7 @@ def _minutes(value: Any) -> str | None:
         "a positive number of minutes"
 
 
-_SEEDS = per_hardware(positive_int, "{native_bf16: 2, otherwise: 1}")
 _BUDGET = optional(per_hardware(_minutes, "{native_bf16: 45, otherwise: 90}"))
-
-
-@dataclass
-class ProxyConfig(ConfigBase):
-    """Stage 1, the proxy: how the search runs (Optuna TPE inside Ray Tune)."""
-    num_trials: int = setting(24, positive_int)       # configurations, including the enqueued baselines
-    seeds: int = setting(1, positive_int)              # replicates of each configuration (other training seeds)
-    max_concurrent: int = setting(1, positive_int)
-    asha: bool = False                                 # early stopping on the per-epoch objective
-    asha_grace_epochs: int = setting(1, positive_int)
-    objective: str = setting("val_loss", one_of(*OBJECTIVES))   # a validation metric, never a test metric
-    seed: int = setting(0, non_negative_int)
-
-
-@dataclass
-class FinetuneConfig(ConfigBase):
-    """Stage 2: the promoted configurations fine-tuned with their encoder on Ray Train workers."""
-    controls: int = setting(2, non_negative_int)      # per base model, random others from stage 1 (4 configs with
-    #                                                   the 2 promoted: the fewest with a rank-check interval)
-    # Replicates of each stage-2 configuration: a number, or one per kind of hardware (sbmoe_ray/study/policy.py)
-    seeds: int | dict = setting(2, _SEEDS)
-    encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
-    epochs: int = setting(1, positive_int)
-    objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
-    validation_retrieval_docs: int = setting(500, non_negative_int)   # val_ndcg@10: positives + this many docs
-    num_workers: int = setting(2, positive_int)       # data-parallel Ray Train workers per trial
-    cpus_per_worker: float = setting(1.0, positive)
-    use_gpu: bool = False
-    max_concurrent: int = setting(1, positive_int)
-
-    @property
-    def device(self) -> str:
-        """Where stage 2 trains: what a value per kind of hardware is resolved for."""
-        return "cuda" if self.use_gpu else "cpu"
-
-    def replicates(self) -> tuple[int, str]:
-        """The seeds for this machine and why."""
-        seeds, why = resolve(self.seeds, self.device)
-        return int(seeds), why
-
-
-@dataclass
-class StageConfig(ConfigBase):
-    """One stage as its trials see it: the training template, where its trials write, how it ranks them."""
-    name: str = "proxy"                    # proxy (stage 1) or finetune (stage 2)
-    folder: str = ""                       # <study>/<name>: its tune/ and runs/
-    train: TrainConfig = setting(factory=TrainConfig)
-    objective: str = setting("val_loss", one_of(*OBJECTIVES))
-    asha: bool = False                     # trials report every epoch to Tune (ASHA decides on them)
-    cache_dir: str = ""                    # the embedding cache of the study's storage path
-
-    @property
-    def mode(self) -> str:
-        return CHECKPOINT_METRICS[self.objective]
-
-    def trial_config(self, params: dict[str, Any], trial_id: str, replicate: int = 0) -> TrainConfig:
-        """The TrainConfig of one trial: the template plus the trial's parameters; replicate r of a
-        configuration trains with seed ``train.run.seed + r`` (its validation split stays fixed)."""
-        cfg = apply(self.train, params)
-        return replace(cfg, run=replace(cfg.run, name=trial_id, storage_path=str(Path(self.folder) / "runs"),
-                                        seed=self.train.run.seed + replicate),
-                       memory=replace(cfg.memory, cache_dir=self.cache_dir or cfg.memory.cache_dir))
 
 
 @dataclass
@@ -215,6 +153,10 @@ class StudyConfig(ConfigBase):
             raise ConfigError(f"{where}.proxy.asha=True: not with proxy.seeds={self.proxy.seeds} (Ray Tune's "
                               "Repeater averages whole replicates; early stopping would cut some short); set "
                               "proxy.asha: false, or proxy.seeds: 1")
+        if self.proxy.asha and not self.train.scaling.dashboard:
+            raise ConfigError(f"{where}.train.scaling.dashboard=False: not with proxy.asha=True (a trial ASHA stops "
+                              "frees its Ray Train placement group through the dashboard; without it the next trial "
+                              "hangs); set train.scaling.dashboard: true")
         if self.proxy.objective == "val_ndcg@10" and not self.train.data.validation_retrieval_docs:
             raise ConfigError(f"{where}.proxy.objective='val_ndcg@10': needs train.data.validation_retrieval_docs > 0")
         # The template must be valid for the largest head the space asks for.

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sbmoe_ray.data.beir import BeirDataset, data_root, load_dataset
+from sbmoe_ray.data.beir import BeirDataset, load_dataset
+from sbmoe_ray.data.root import data_root
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC
 from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray

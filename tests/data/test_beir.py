@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sbmoe_ray.data import beir as data
+from sbmoe_ray.data import root
 from sbmoe_ray.data.beir import load_dataset, split_by_query, training_pairs
 from sbmoe_ray.errors import DataError
 
@@ -85,7 +85,7 @@ def test_missing_split_lists_the_available_ones(tiny_dataset):
 
 
 def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")   # nothing listens there
+    monkeypatch.setattr(root, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")   # nothing listens there
     with pytest.raises(DataError) as info:
         load_dataset("no-such-set", data_dir=tmp_path)
     message = str(info.value)
@@ -95,10 +95,10 @@ def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path, monkeypat
 
 def test_data_root_setting_order(tmp_path, monkeypatch):
     monkeypatch.setenv("SBMOE_DATA_DIR", str(tmp_path / "env"))
-    assert data.data_root() == tmp_path / "env"
-    assert data.data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert root.data_root() == tmp_path / "env"
+    assert root.data_root(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("SBMOE_DATA_DIR")
-    assert data.data_root() == data.DEFAULT_DATA_DIR
+    assert root.data_root() == root.DEFAULT_DATA_DIR
 
 
 def test_validation_split_is_deterministic_and_keeps_queries_whole():

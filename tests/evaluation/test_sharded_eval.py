@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from sbmoe_ray.config import load_config
-from sbmoe_ray.data.beir import data_root, load_dataset
+from sbmoe_ray.data.beir import load_dataset
 from sbmoe_ray.data.collections import BEIR_13, expand_names, load_topics
+from sbmoe_ray.data.root import data_root
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluation.config import EvaluationConfig
 from sbmoe_ray.evaluation.dense import evaluate
@@ -115,7 +116,7 @@ def test_a_collection_named_but_absent_is_downloaded_once_into_the_data_root(tmp
     import shutil
     import threading
 
-    import sbmoe_ray.data.beir
+    import sbmoe_ray.data.root
 
     source = write_beir(tmp_path / "site" / "tiny", [{"_id": "d", "title": "", "text": "t"}],
                         [{"_id": "q", "text": "t"}], {"test": [("q", "d", 1)]})
@@ -123,7 +124,7 @@ def test_a_collection_named_but_absent_is_downloaded_once_into_the_data_root(tmp
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(sbmoe_ray.data.beir, "BEIR_URL", f"http://127.0.0.1:{server.server_address[1]}/{{name}}.zip")
+    monkeypatch.setattr(sbmoe_ray.data.root, "BEIR_URL", f"http://127.0.0.1:{server.server_address[1]}/{{name}}.zip")
     try:
         topics = load_topics("tiny", None, tmp_path / "root")
         assert topics.path == tmp_path / "root" / "tiny" and topics.qrels == {"q": {"d": 1}}

@@ -72,7 +72,7 @@ def _queries(folder):
 
 
 def test_a_onednn_isa_cap_below_avx512_bf16_makes_bf16_not_native_and_the_quick_start_one_seed(monkeypatch):
-    from sbmoe_ray.study.config import FinetuneConfig
+    from sbmoe_ray.study.stage import FinetuneConfig
 
     flags = frozenset({"avx2", "avx512_bf16", "amx_bf16"})
     assert native_bf16("cpu", flags) and resolve_precision("auto", "cpu", flags) == "bf16"

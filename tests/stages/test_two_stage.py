@@ -35,7 +35,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
         "promote": 2, "proxy.num_trials": 5, "proxy.max_concurrent": 1, "space.num_experts": [0, 2, 3],
         "train.data.large_test_datasets": [str(large)],
         "train.evaluation": {"shard_rows": 25, "encode_workers": 2},
-        "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 4, "num_workers": 2,
+        "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 2, "num_workers": 2, "max_concurrent": 2,
                      "cpus_per_worker": 0.5, "validation_retrieval_docs": 20}})
     study_dir = tmp_path / "studies" / "tiny-study"
     stage2_dir = study_dir / "finetune"

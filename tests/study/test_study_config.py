@@ -11,7 +11,8 @@ import ray
 from sbmoe_ray.cli import main
 from sbmoe_ray.config import load_config
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.study.config import FinetuneConfig, StudyConfig
+from sbmoe_ray.study.config import StudyConfig
+from sbmoe_ray.study.stage import FinetuneConfig
 
 from helpers import REPO, save_tiny_model, synthetic_dataset, write_study
 

@@ -94,7 +94,7 @@ def test_the_config_names_its_training_route_once(model, optim, memory, route):
     ({"model.base_model": "/nonexistent/model"}, ModelLoadError, r"could not load base model"),
 ])
 def test_bad_runs_stop_before_ray_starts(tmp_path, tokenizer, monkeypatch, overrides, error, message):
-    from sbmoe_ray.data import beir as data
+    from sbmoe_ray.data import root as data
 
     monkeypatch.setattr(data, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
     config = TrainConfig(model=ModelConfig(base_model=str(save_tiny_model(tmp_path / "m", tokenizer)), num_experts=2),
