@@ -34,7 +34,7 @@ sweep: setup
 # polling, so 3 workers on 2 cores finish sooner than one (measured: README, "Tests").
 TEST_WORKERS ?= 3
 test: setup lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load
 
 # The edit loop: everything but whole studies, Ray Train runs and clusters (every module still reached).
 test-fast: setup

@@ -4,7 +4,7 @@ With this version's results files (which carry each ``fit``'s start and end), th
 split into the time between trials (Tune, Optuna, MLflow, reporting: the framework's overhead) and the
 time inside ``fit`` (our own work, including validation passes, checkpoints and model building).
 
-Reads a finished study folder (this version's ``runs/*/results.json``, or 0.1's ``tune/*/trial_results.json``)
+Reads a finished study folder (stage 1's ``proxy/runs/*/results.json``, or 0.1's ``tune/*/trial_results.json``)
 and Tune's per-trial ``result.json``. Trials run one at a time (``max_concurrent: 1``), so a trial's wall
 time is the time from the previous trial's end to its own end, as the driver sees it (actor start,
 imports, reading inputs, training, testing, reporting, MLflow logging); its *work* is training plus test
@@ -64,13 +64,14 @@ def main() -> None:
     parser.add_argument("study", type=Path)
     parser.add_argument("--started", type=float, default=None, help="when the study command started (unix time)")
     args = parser.parse_args()
-    ends, work = trial_ends(args.study), trial_work(args.study)
+    stage = args.study / "proxy" if (args.study / "proxy").is_dir() else args.study   # stage 1 (0.2), or a 0.1 study
+    ends, work = trial_ends(stage), trial_work(stage)
     order = sorted(ends, key=ends.get)
     walls = [ends[b] - ends[a] for a, b in zip(order, order[1:])]
     shares = [1 - work[b] / (ends[b] - ends[a]) for a, b in zip(order, order[1:]) if b in work and ends[b] > ends[a]]
     phase = ends[order[-1]] - ends[order[0]]
     print(f"{len(order)} trials; trial phase (first trial's end to last trial's end) {phase:.1f} s")
-    fits = fit_spans(args.study)
+    fits = fit_spans(stage)
     if fits:
         spans = sorted(fits.values())
         between = sum(b[0] - a[1] for a, b in zip(spans, spans[1:]))
