@@ -101,7 +101,7 @@ def paired_t_test(a: dict[str, float], b: dict[str, float]) -> PairedTest:
     mean_a, mean_b = sum(xs) / len(xs), sum(ys) / len(ys)
     if all(x == y for x, y in zip(xs, ys)):
         return PairedTest(mean_a, mean_b, 0.0, 0.0, 1.0, len(common))
-    from scipy import stats     # here, not at import: scipy.stats costs every trial process ~1 s of CPU
+    from scipy import stats  # here, not at import: scipy.stats costs every trial process ~1 s of CPU
 
     result = stats.ttest_rel(ys, xs)
     p_value = float(result.pvalue) if not math.isnan(result.pvalue) else 1.0
