@@ -30,9 +30,10 @@ setup: $(VENV)/.installed
 sweep: setup
 	$(VENV)/bin/sbmoe study $(SWEEP_ARGS)
 
-# The full suite (what CI runs), spread over pytest-xdist workers: most of its time is Ray starting and
-# polling, so 3 workers on 2 cores finish sooner than one (measured: README, "Tests").
-TEST_WORKERS ?= 3
+# The full suite (what CI runs), spread over pytest-xdist workers, one per core: the suite is bound by CPU
+# (Ray's processes, Train's helper actors), and a third worker on 2 cores only slowed every study down
+# (measured: README, "Tests").
+TEST_WORKERS ?= 2
 test: setup lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load
 

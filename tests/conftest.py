@@ -18,10 +18,21 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# The four whole studies, heaviest first (machine CPU seconds of each, serial, `SBMOE_TEST_CPU=1`: 204, 97, 76,
+# 74 of the slow lane's 658 on the 2-core AMD EPYC, 2026-12-02). pytest-xdist's `load` deals its first tests
+# round-robin, so this order puts the first and third on one worker, the second and fourth on the other.
+HEAVIEST = ("test_a_two_stage_study", "test_a_killed_study_with_seeds", "test_a_study_over_its_budget",
+            "test_a_study_survives_losing_a_worker_node")
+
+
 def pytest_collection_modifyitems(items):
-    """Slow tests first (stable otherwise): spread over pytest-xdist workers, the long ones then overlap
-    instead of one of them finishing alone at the end."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+    """The heaviest studies first, then the other slow tests, then the rest (stable otherwise): spread over
+    pytest-xdist workers, the long ones then overlap instead of one of them finishing alone at the end."""
+    def order(item) -> tuple[int, int]:
+        heavy = [i for i, name in enumerate(HEAVIEST) if item.name.startswith(name)]
+        return (0, heavy[0]) if heavy else (1 if item.get_closest_marker("slow") else 2, 0)
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +81,7 @@ def pytest_runtest_protocol(item, nextitem):
 
     def busy() -> float:
         times = psutil.cpu_times()
-        return times.user + times.system
+        return times.user + times.nice + times.system       # Ray's worker processes run niced
 
     start, cpu = time.monotonic(), busy()
     try:

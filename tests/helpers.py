@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +130,17 @@ def sweep(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sbmoe_ray.cli", "study", "--config", str(config), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """The study's output once it has ended; past ``timeout`` its process group is killed and the test fails
+    with what the study had printed (a hung study then says where it hung)."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate(timeout=60)[0]
+        pytest.fail(f"the study ran past {timeout} s; its last output:\n{output[-6000:]}")
 
 
 def runs(tmp_path: Path, experiment: str = "tiny-study"):

@@ -20,7 +20,7 @@ from ray.cluster_utils import Cluster
 from sbmoe_ray.analysis.records import load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import registered_epoch, runs, save_tiny_model, sweep, synthetic_dataset, write_study
+from helpers import finish, registered_epoch, runs, save_tiny_model, sweep, synthetic_dataset, write_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -70,7 +70,7 @@ def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
                 removed = (progress.parent, node.node_id, registered_epoch(progress.parent))
                 break
         time.sleep(0.1)
-    output, _ = proc.communicate(timeout=600)
+    output = finish(proc, 600)
     assert removed, "no trial was seen training after a registered checkpoint"
     assert proc.returncode == 0, output[-4000:]
 
@@ -108,7 +108,7 @@ def test_storage_that_a_node_cannot_see_is_refused(tmp_path, assets):
                 pytest.skip(f"could not start a node in a private mount namespace: {node.stderr.read()[-500:]!r}")
             pytest.fail("the node in its own mount namespace did not join the cluster in 60 s")
         proc = sweep(write_study(tmp_path, assets), "--address", cluster.address)
-        output, _ = proc.communicate(timeout=300)
+        output = finish(proc, 300)
         assert proc.returncode == 2, output[-3000:]
         assert "cannot see this folder" in output and "local to the driver's machine" in output, output[-3000:]
         assert not (storage / "tiny-study" / "tune").exists()                # refused before any trial

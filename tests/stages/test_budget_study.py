@@ -12,7 +12,7 @@ import pytest
 from sbmoe_ray.analysis.records import group_key, load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import sweep, write_study
+from helpers import finish, sweep, write_study
 from test_study import assets  # noqa: F401 (the module fixture)
 
 pytestmark = [pytest.mark.slow]
@@ -25,7 +25,7 @@ def test_a_study_over_its_budget_fine_tunes_the_planned_configurations_only_and_
         "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 1, "num_workers": 2,
                      "cpus_per_worker": 0.5, "validation_retrieval_docs": 20}})
     proc = sweep(config)
-    output, _ = proc.communicate(timeout=900)
+    output = finish(proc, 900)
     assert proc.returncode == 0, output[-4000:]
     stage2_dir = tmp_path / "studies" / "tiny-study" / "finetune"
     plan = json.loads((stage2_dir / "plan.json").read_text())
@@ -47,7 +47,7 @@ def test_a_study_over_its_budget_fine_tunes_the_planned_configurations_only_and_
     # Run again: the plan is read back, nothing is re-planned or re-trained.
     mtime = (stage2_dir / "plan.json").stat().st_mtime
     proc = sweep(config)
-    output, _ = proc.communicate(timeout=900)
+    output = finish(proc, 900)
     assert proc.returncode == 0, output[-4000:]
     assert "[plan] before stage 1" not in output                                       # planned already
     assert (stage2_dir / "plan.json").stat().st_mtime == mtime

@@ -14,7 +14,7 @@ import pytest
 from sbmoe_ray.analysis.records import group_trials, load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import runs, save_tiny_model, sweep, synthetic_dataset, write_study
+from helpers import finish, runs, save_tiny_model, sweep, synthetic_dataset, write_study
 
 pytestmark = [pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, asset
                             "train.data.zero_shot_validation": str(assets["data"]),
                             "train.data.zero_shot_validation_split": "test"})
     proc = sweep(config, cwd=tmp_path)
-    output, _ = proc.communicate(timeout=600)
+    output = finish(proc, 600)
     assert proc.returncode == 0, output[-4000:]
     study_dir = tmp_path / "studies" / "tiny-study"
     proxy_dir = study_dir / "proxy"
@@ -123,7 +123,7 @@ def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tm
     starts_before = {p.parent.name: p.read_text().count("epoch_start") for p in (proxy_dir / "runs").glob("*/progress.jsonl")}
 
     resumed = sweep(config, "--resume")
-    output, _ = resumed.communicate(timeout=600)
+    output = finish(resumed, 600)
     assert resumed.returncode == 0, output[-4000:]
     records = load_trials(StudyLayout(study_dir).proxy)
     assert len(records) == 4 and [g.seeds for g in group_trials(records)] == [[0, 1], [0, 1]]

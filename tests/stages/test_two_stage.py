@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from sbmoe_ray.analysis.records import group_key, group_trials, load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import sweep, synthetic_dataset, write_study
+from helpers import finish, sweep, synthetic_dataset, write_study
 from test_study import assets  # noqa: F401 (the module fixture)
 
 pytestmark = [pytest.mark.slow]
@@ -62,7 +62,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
 
     # 3. resumed to the end
     proc = sweep(config)
-    output, _ = proc.communicate(timeout=900)
+    output = finish(proc, 900)
     assert proc.returncode == 0, output[-4000:]
     assert json.loads(promoted_file.read_text()) == promoted                     # promoted once, kept
     assert {p: p.stat().st_mtime for p in (study_dir / "proxy" / "runs").glob("*/results.json")} == stage1_mtimes
