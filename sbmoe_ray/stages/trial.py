@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from sbmoe_ray.analysis.records import group_key
 from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC, final_metrics
+from sbmoe_ray.study.layout import StageLayout
 from sbmoe_ray.study.points import TrialPoint
 from sbmoe_ray.study.stage import StageConfig
 from sbmoe_ray.train import fit
+from sbmoe_ray.train.config import RESULTS_FILE
 
 
 def epoch_result(metrics: dict[str, Any], objective: str) -> dict[str, Any]:
@@ -55,15 +59,28 @@ def run_trial(config: dict[str, Any], stage: dict[str, Any]) -> None:
         forward = dict(on_epoch=lambda m: tune.report(epoch_result(m, objective)))
     else:
         forward = {}
+    finished = StageLayout(Path(cfg.folder)).finished_file(group_key(point.params), point.replicate)
+    if finished.is_file():            # trained already (before a kill): its results file answers, nothing trains
+        results_file = train_cfg.run_dir.parent / finished.read_text() / RESULTS_FILE
+        recorded = json.loads(results_file.read_text())
+        tune.report(final_report(recorded["best_metrics"], recorded["history"], recorded["test"], results_file,
+                                 objective))
+        return
     fitted = fit(train_cfg, extra={"trial_id": trial_id, "params": point.params, "objective_metric": objective,
                                    "seed": train_cfg.run.seed, "replicate": point.replicate}, **forward)
-    tune.report({"objective": fitted.best_metrics.get(objective, float("nan")),
-                 "zs_objective": fitted.best_metrics.get(ZERO_SHOT_METRIC, float("nan")),
-                 "final": True, "epochs_done": len(fitted.history),
-                 **final_metrics([r.to_dict(per_query=False) for r in fitted.test]),
-                 # the epochs, for the MLflow callback (a trial of seconds reports only here)
-                 "history": json.dumps(fitted.history, default=str),
-                 "results_file": str(fitted.config.results_file)})
+    finished.parent.mkdir(parents=True, exist_ok=True)
+    finished.write_text(trial_id)
+    tune.report(final_report(fitted.best_metrics, fitted.history, [r.to_dict(per_query=False) for r in fitted.test],
+                             fitted.config.results_file, objective))
+
+
+def final_report(best: dict[str, Any], history: list[dict], test: list[dict], results_file: Path,
+                 objective: str) -> dict[str, Any]:
+    """A trial's last report to Tune: its best checkpoint's objective, its test metrics, its epochs."""
+    return {"objective": best.get(objective, float("nan")), "zs_objective": best.get(ZERO_SHOT_METRIC, float("nan")),
+            "final": True, "epochs_done": len(history), **final_metrics(test),
+            # the epochs, for the MLflow callback (a trial of seconds reports only here)
+            "history": json.dumps(history, default=str), "results_file": str(results_file)}
 
 
 def trials_in_process(stage: StageConfig, space: dict[str, Any]) -> bool:

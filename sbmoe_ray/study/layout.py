@@ -5,7 +5,8 @@ A study of name N under ``storage_path`` S lives in ``S/N``::
     study_config.json      the config it ran with (sbmoe report rebuilds the report from it)
     fingerprint.json       what defines the search: a study resumed under the same name must keep it
     mlflow_runs.json       the MLflow run ids of the study (parent) and of its stages
-    proxy/                 stage 1: tune/ (Ray Tune's experiment), runs/<trial id>/ (one run folder a trial)
+    proxy/                 stage 1: tune/ (Ray Tune's experiment), runs/<trial id>/ (one run folder a trial),
+                           finished/<configuration>-r<replicate> (the trial id whose results file holds it)
     finetune/              stage 2: the same, and promoted.json (what it fine-tunes), plan.json (the budget's plan)
     report/                report.md, summary.json and its figures
     trial_figures/         each trial's expert-load figure (logged to its MLflow run)
@@ -38,6 +39,12 @@ class StageLayout:
     @property
     def runs(self) -> Path:
         return self.folder / "runs"
+
+    def finished_file(self, group: str, replicate: int) -> Path:
+        """Names the trial whose results file holds this (configuration, replicate): the source of truth on
+        resume, whatever Ray Tune's experiment state remembers (a restored Tuner can re-run a finished
+        trial, or its searcher suggest the same configuration again under a new trial id)."""
+        return self.folder / "finished" / f"{group}-r{replicate}"
 
     def results_files(self) -> list[Path]:
         """Every finished trial's results file, by trial id."""

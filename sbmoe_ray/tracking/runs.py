@@ -27,9 +27,10 @@ class StudyTracker:
         self.seed = seed                          # replicate r trains with seed + r
         self.stage: str | None = None             # trial runs nest under this stage's run (for_stage)
         self._client = self._runs = self._trials = None
+        self._points: dict[str, dict[tuple, str]] = {}     # stage -> (group, seed) -> run id
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": None, "_trials": None}
+        return {**self.__dict__, "_client": None, "_runs": None, "_trials": None, "_points": {}}
 
     @property
     def client(self):
@@ -78,7 +79,7 @@ class StudyTracker:
             self.runs["stages"][stage] = run.info.run_id
             self._save_runs()
         staged = copy.copy(self)
-        staged.stage, staged._trials = stage, None
+        staged.stage, staged._trials, staged._points = stage, None, {}
         return staged
 
     def trial_runs(self, stage: str | None = None) -> dict[str, str]:
@@ -87,16 +88,21 @@ class StudyTracker:
         if self._trials is None:
             self._trials = {}
         if stage not in self._trials:
-            self._trials[stage] = self._children(self.runs["stages"].get(stage))
+            self._trials[stage] = self._children(self.runs["stages"].get(stage), self._points.setdefault(stage, {}))
         return self._trials[stage]
 
-    def _children(self, run_id: str | None) -> dict[str, str]:
+    def _children(self, run_id: str | None, points: dict[tuple, str]) -> dict[str, str]:
+        """Trial id -> run id of a stage run's trial runs, and ``(group, seed)`` -> run id of the same runs
+        (into ``points``: a restored Tuner can give a finished configuration x seed a new
+        trial id, which then reports into the run that configuration x seed already has)."""
         found, token = {}, None
         while run_id:
             page = self.client.search_runs([self.experiment_id()], f"tags.mlflow.parentRunId = '{run_id}'",
                                            max_results=1000, page_token=token)
-            found.update({r.data.tags["sbmoe.trial_id"]: r.info.run_id for r in page
-                          if "sbmoe.trial_id" in r.data.tags})
+            for r in page:
+                if "sbmoe.trial_id" in r.data.tags:
+                    found[r.data.tags["sbmoe.trial_id"]] = r.info.run_id
+                    points[(r.data.tags.get("sbmoe.group"), r.data.tags.get("sbmoe.seed"))] = r.info.run_id
             token = page.token
             if not token:
                 break
@@ -105,12 +111,14 @@ class StudyTracker:
     def trial_run(self, trial_id: str, point: TrialPoint, starting: bool = False) -> str:
         """The nested run of a trial: the one it already has (also after a resume), else a new one, named by
         what it is (``minilm N=6 k=2 all lr=1.4e-3 s1``) and tagged with its seed and configuration group."""
-        runs = self.trial_runs()
+        runs, seed = self.trial_runs(), self.seed + point.replicate
+        points, key = self._points[self.stage], (group_key(point.params), str(seed))
+        if trial_id not in runs and key in points:
+            runs[trial_id] = points[key]
         if trial_id in runs:
             if starting:
                 self.client.update_run(runs[trial_id], status="RUNNING")
             return runs[trial_id]
-        seed = self.seed + point.replicate
         tags = {"mlflow.parentRunId": self.runs["stages"].get(self.stage) or self.runs["parent"],
                 "sbmoe.kind": "trial", "sbmoe.trial_id": trial_id, "sbmoe.seed": str(seed),
                 "sbmoe.group": group_key(point.params), "sbmoe.config": label(point.params),
@@ -124,7 +132,7 @@ class StudyTracker:
         # Every search parameter on every run ("n/a" where a baseline has none), so MLflow's compare view
         # shows the same columns for all trials.
         self._log_params(run_id, flatten({**{q.name: "n/a" for q in PARAMS}, **point.params, "seed": seed}))
-        runs[trial_id] = run_id
+        runs[trial_id] = points[key] = run_id
         return run_id
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
@@ -188,10 +196,15 @@ class StudyTracker:
         self.client.log_artifacts(self.runs["parent"], str(report_dir), artifact_path="report")
 
     def finish_stage(self, metrics: dict[str, Any] | None = None, status: str = "FINISHED") -> None:
+        """End the stage's run; a trial run still RUNNING now (its trial was killed, and the resumed stage
+        never ran that configuration x seed again) ends KILLED."""
         run = self.runs["stages"].get(self.stage)
         if run:
             if metrics:
                 self.log_metrics(run, metrics)
+            for stray in self.client.search_runs([self.experiment_id()], f"tags.mlflow.parentRunId = '{run}' "
+                                                 "and attributes.status = 'RUNNING'", max_results=1000):
+                self.client.set_terminated(stray.info.run_id, "KILLED")
             self.client.set_terminated(run, status)
 
     def finish(self, status: str = "FINISHED") -> None:

@@ -99,8 +99,11 @@ def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, asset
 
 
 def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tmp_path, assets):
-    # Killed inside a configuration's replicates: the restored Repeater completes that group.
-    config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": 4,
+    # Killed inside a configuration's replicates: the restored Repeater completes that group. The trials
+    # train the head on cached embeddings in their own process, each shorter than Ray Tune's experiment
+    # checkpoint period: the restored Tuner remembers fewer finished trials than there are, and each
+    # configuration x seed must still train once (its results file answers).
+    config = write_study(tmp_path, assets, **{"train.optim.epochs": 40,
                                                "proxy.num_trials": 2, "proxy.seeds": 2, "space.num_experts": [2, 3],
                                                "proxy.max_concurrent": 1})
     study_dir = tmp_path / "studies" / "tiny-study"

@@ -65,6 +65,29 @@ def test_a_restored_copy_finds_each_trials_run_and_opens_no_second(store):
     assert tags["sbmoe.role"] == "promoted" and tags["sbmoe.promoted_from"] == run_id
 
 
+def test_a_configuration_and_seed_keep_one_run_under_a_new_trial_id_and_a_stray_run_ends_killed(store):
+    # After a kill, a restored Tuner can suggest a configuration x seed again under a new trial id: it reports
+    # into the run that configuration x seed has. A trial run left RUNNING when its stage ends ends KILLED.
+    uri, runs_file = store
+    tracker = StudyTracker(uri, "hand", runs_file)
+    tracker.start_study({})
+    stage = tracker.for_stage("proxy", "stage 1")
+    point = TrialPoint({"base_model": "m", "num_experts": 3, "top_k": 1, "inference": "all", "moe_lr": 1e-3}, 1)
+    first = stage.trial_run("t1", point, starting=True)
+    other_seed = stage.trial_run("t2", TrialPoint(point.params, 0), starting=True)
+    resumed = pickle.loads(pickle.dumps(tracker)).for_stage("proxy", "stage 1")     # a new process
+    assert resumed.trial_run("t9", point, starting=True) == first != other_seed
+    assert resumed.trial_run("t9", point) == first
+    finetune = resumed.for_stage("finetune", "stage 2")                  # the same point in stage 2: its own run
+    assert finetune.trial_run("f1", TrialPoint(point.params, 1, "promoted", ("t1",))) not in (first, other_seed)
+    resumed.client.set_terminated(first, "FINISHED")
+    resumed.finish_stage()
+    client = MlflowClient(uri)
+    assert client.get_run(first).info.status == "FINISHED" and client.get_run(other_seed).info.status == "KILLED"
+    experiment = client.get_experiment_by_name("hand").experiment_id
+    assert len(client.search_runs([experiment], "tags.`sbmoe.kind` = 'trial'")) == 3
+
+
 def test_a_stage_result_is_logged_on_its_trials_and_the_answer_on_the_parent(tmp_path, store):
     uri, runs_file = store
     result = analyze_proxy(hand_study(tmp_path), study(seeds=2))
