@@ -50,9 +50,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+EPOCHS = 3       # a node dies in epoch 1 or 2, after a registered checkpoint
+
+
 def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
     ray_cluster, workers = cluster
-    config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": 4,
+    config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": EPOCHS,
                                                "proxy.num_trials": 2, "space.num_experts": [2, 3],
                                                "proxy.max_concurrent": 1, "train.scaling.cpus_per_worker": 0.5,
                                                "train.data.train_dataset": str(assets["big_data"])})
@@ -84,8 +87,8 @@ def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
     assert events[restart]["node_id"] != node_id
     before = [e["epoch"] for e in events[:restart] if e["event"] == "epoch_start"]
     after = [e["epoch"] for e in events[restart:] if e["event"] == "epoch_start"]
-    assert before == list(range(len(before))) and after == list(range(registered + 1, 4))
-    assert {e["epoch"] for e in events if e["event"] == "epoch_end"} == set(range(4))
+    assert before == list(range(len(before))) and after == list(range(registered + 1, EPOCHS))
+    assert {e["epoch"] for e in events if e["event"] == "epoch_end"} == set(range(EPOCHS))
     assert len(load_trials(StudyLayout(tmp_path / "studies" / "tiny-study").proxy)) == 2
     trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in runs(tmp_path))

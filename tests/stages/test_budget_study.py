@@ -22,7 +22,8 @@ def test_a_study_over_its_budget_fine_tunes_the_planned_configurations_only_and_
     config = write_study(tmp_path, assets, **{
         "promote": 2, "proxy.num_trials": 5, "proxy.max_concurrent": 1, "space.num_experts": [0, 2, 3],
         "budget_minutes": 0.01,        # far too little: the plan keeps the baseline and the top configuration
-        "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 1, "num_workers": 2,
+        # 1 Ray Train worker a fine-tuning: the plan is under test here, 2 workers in test_two_stage.py
+        "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 1, "num_workers": 1,
                      "cpus_per_worker": 0.5, "validation_retrieval_docs": 20}})
     proc = sweep(config)
     output = finish(proc, 900)
