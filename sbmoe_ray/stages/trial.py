@@ -59,9 +59,10 @@ def run_trial(config: dict[str, Any], stage: dict[str, Any]) -> None:
         forward = dict(on_epoch=lambda m: tune.report(epoch_result(m, objective)))
     else:
         forward = {}
-    finished = StageLayout(Path(cfg.folder)).finished_file(group_key(point.params), point.replicate)
+    layout = StageLayout(Path(cfg.folder))
+    finished = layout.finished_file(group_key(point.params), point.replicate)
     if finished.is_file():            # trained already (before a kill): its results file answers, nothing trains
-        results_file = train_cfg.run_dir.parent / finished.read_text() / RESULTS_FILE
+        results_file = layout.runs / finished.read_text() / RESULTS_FILE
         recorded = json.loads(results_file.read_text())
         tune.report(final_report(recorded["best_metrics"], recorded["history"], recorded["test"], results_file,
                                  objective))
