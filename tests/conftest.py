@@ -18,9 +18,9 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-# The four whole studies, heaviest first (machine CPU seconds of each, serial, `SBMOE_TEST_CPU=1`: 204, 97, 76,
-# 74 of the slow lane's 658 on the 2-core AMD EPYC, 2026-12-02). pytest-xdist's `load` deals its first tests
-# round-robin, so this order puts the first and third on one worker, the second and fourth on the other.
+# The four whole studies, heaviest first (the two-stage study alone: 353 s of machine CPU in 204 s, serial,
+# `SBMOE_TEST_CPU=1`, 2-core AMD EPYC, 2026-12-02). With `--maxschedchunk 1` (Makefile) pytest-xdist hands
+# each worker two tests to start with and one more whenever it is down to two: the long ones start first.
 HEAVIEST = ("test_a_two_stage_study", "test_a_killed_study_with_seeds", "test_a_study_over_its_budget",
             "test_a_study_survives_losing_a_worker_node")
 
@@ -88,6 +88,10 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
     finally:
         _CPU_REPORT.append((item.nodeid, time.monotonic() - start, busy() - cpu))
+        if os.environ.get("SBMOE_TEST_TIMELINE"):           # under pytest-xdist: which worker ran what, when
+            with open(os.environ["SBMOE_TEST_TIMELINE"], "a") as f:
+                f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}\t{time.time() - (time.monotonic() - start):.1f}"
+                        f"\t{time.time():.1f}\t{item.nodeid}\n")
 
 
 def pytest_terminal_summary(terminalreporter):
