@@ -49,10 +49,14 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
 
     def build(node: yaml.Node, prefix: str) -> Any:
         if isinstance(node, yaml.MappingNode):
-            out = {}
+            out, seen = {}, {}
             for key_node, value_node in node.value:
                 dotted = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                lines[dotted] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:        # YAML would keep the last one without a word
+                    raise ConfigError(f"{path}:{line}: config.{dotted}: given twice, on lines {seen[key_node.value]} "
+                                      f"and {line}; keep one")
+                seen[key_node.value] = lines[dotted] = line
                 out[key_node.value] = build(value_node, dotted)
             return out
         if isinstance(node, yaml.SequenceNode):

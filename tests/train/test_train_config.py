@@ -61,6 +61,7 @@ def test_a_good_file_with_overrides(tmp_path):
     (GOOD + "  encoder_lr: 0\nmemory:\n  grad_cache_chunk: 8\n", r"config\.memory\.grad_cache_chunk=8: needs a trained encoder"),
     (GOOD + "encoder_lr: 0.001\n", r"config\.yaml:12: config\.encoder_lr=0\.001: this key moved to config\.optim\.encoder_lr"),
     ("epochs: [1\n", r"config\.yaml:2: not valid YAML"),
+    (GOOD + "  moe_lr: 1e-3\n", r"config\.yaml:12: config\.optim\.moe_lr: given twice, on lines 11 and 12; keep one"),
 ])
 def test_bad_files_name_line_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
