@@ -112,7 +112,7 @@ class StudyTracker:
         """The nested run of a trial: the one it already has (also after a resume), else a new one, named by
         what it is (``minilm N=6 k=2 all lr=1.4e-3 s1``) and tagged with its seed and configuration group."""
         runs, seed = self.trial_runs(), self.seed + point.replicate
-        points, key = self._points[self.stage], (group_key(point.params), str(seed))
+        points, key = self._points.setdefault(self.stage, {}), (group_key(point.params), str(seed))
         if trial_id not in runs and key in points:
             runs[trial_id] = points[key]
         if trial_id in runs:
