@@ -29,13 +29,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
     from sbmoe_ray.runtime.precision import explain, resolve_precision
+    from sbmoe_ray.train.checks import check_device, check_writable
 
+    output = Path(args.output)
+    check_writable(output.parent, "--output")        # before the evaluation: its results must have a place
+    check_device(args.device, "--device")
     config = ModelConfig(base_model=args.model, max_length=args.max_length).resolved()
     precision = resolve_precision(args.precision, args.device)
     print(explain(precision, args.device), flush=True)
     settings = EncodeSettings(batch_size=args.batch_size, max_length=config.max_length, precision=precision,
                               device=args.device)
-    settings.validate(where="--")
+    as_flags(settings.validate)
     if args.sharded:
         results = _evaluate_sharded(args, config, settings)
     else:
@@ -51,8 +55,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
           f"max_length={config.max_length}, {precision})")
     extra = [c for c in ("index", "index recall@100 vs exact") if any(c in row for row in rows)]
     print(format_table(rows, ["dataset", "split", "queries", *METRICS, "seconds", *extra]))
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"model": args.model, "model_config": vars(config), "precision": precision,
                                   "results": [r.to_dict() for r in results]}, indent=2))
     print(f"wrote {output}")
@@ -69,17 +71,33 @@ def _evaluate_sharded(args: argparse.Namespace, config, settings) -> list:
 
     options = EvaluationConfig(sharded=True, encode_workers=args.workers, shard_rows=args.shard_rows,
                                index=args.index, search_memory_mb=args.search_memory_mb)
-    options.validate("--")
+    as_flags(options.validate)
     datasets = [load_topics(name, args.split, args.data_dir) for name in expand_names(args.dataset)]
     evaluation = ShardedEvaluation(LiveEvaluation(config, settings), options, str(Path(args.shards).resolve()),
                                    args.workers, use_gpu=args.device.startswith("cuda"))
     return evaluation(None, datasets)
 
 
+def as_flags(validate) -> None:
+    """A settings check whose errors name the command-line flag (``--batch-size``), not a config key."""
+    import re
+
+    try:
+        validate("--")
+    except SbmoeError as exc:
+        raise type(exc)(re.sub(r"--\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))) from None
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from sbmoe_ray.train import load_train_config
 
     config = load_train_config(Path(args.config), args.set or [])
+    from sbmoe_ray.runtime.cluster import cluster_address
+    from sbmoe_ray.train.checks import check_gpus, check_writable
+
+    check_writable(Path(config.run.storage_path).resolve(), "config.run.storage_path")
+    if not cluster_address(args.address):
+        check_gpus(config.scaling.use_gpu, "config.scaling.use_gpu")
     from sbmoe_ray.evaluation.metrics import METRICS  # after the config is known good: these import torch and Ray
     from sbmoe_ray.train import fit
 
@@ -127,7 +145,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     study = load_config(StudyConfig, study_config_path("paper" if args.paper else args.config), overrides)
     from sbmoe_ray.stages.pipeline import run  # after the config is known good: torch, Ray, MLflow
 
-    return run(study, args.resume, args.address, STARTED)
+    return run(study, args.resume, args.address, STARTED, args.allow_new_versions)
 
 
 def _version() -> str:
@@ -149,6 +167,8 @@ def _study_parser(sub) -> None:
     st.add_argument("--paper", action="store_true", help="the paper's grid (the preset paper)")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. promote=0")
     st.add_argument("--resume", action="store_true", help="continue the interrupted study of this name")
+    st.add_argument("--allow-new-versions", action="store_true", help="resume a study although torch, "
+                    "transformers, ray, optuna or sbmoe-ray changed version since it began (recorded)")
     st.add_argument("--tracking-uri", default=None,
                     help="MLflow URI (default: the config's, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     st.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")

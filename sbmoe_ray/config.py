@@ -79,8 +79,12 @@ def apply_overrides(values: dict[str, Any], overrides: list[str],
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.num_experts=6")
         *parents, leaf = key.split(".")
         target = out
-        for parent in parents:
+        for depth, parent in enumerate(parents):
             target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                section = ".".join(parents[:depth + 1])
+                raise ConfigError(f"--set {item!r}: config.{section}={target!r} is a value, not a section with "
+                                  f"keys; set it as --set {section}=VALUE")
         target[leaf] = yaml.safe_load(text)
         if lines is not None:
             lines.pop(key, None)

@@ -101,32 +101,45 @@ def fingerprint_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def text_lines(path: Path):
+    """``(line number, text)`` of a UTF-8 file (LF or CRLF line ends); a byte that is not UTF-8 is one
+    :class:`DataError` naming the file, the line and the column."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                byte = raw[exc.start:exc.start + 1]
+                raise DataError(f"{path}:{lineno}: not UTF-8 (byte {byte!r} at column {exc.start + 1}); re-encode "
+                                "the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            yield lineno, text.removesuffix("\n").removesuffix("\r") + "\n"
+
+
 def _read_jsonl(path: Path, what: str) -> dict[str, dict]:
     """Read a BEIR jsonl file into ``{_id: record}``; malformed lines and duplicate ids are errors."""
     if not path.is_file():
         raise DataError(f"{path}: missing {what} file")
     records: dict[str, dict] = {}
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(record, dict) or "_id" not in record:
-                raise DataError(f"{path}:{lineno}: expected a JSON object with an '_id' field")
-            record_id = str(record["_id"])
-            if record_id in records:
-                raise DataError(f"{path}:{lineno}: duplicate {what} id {record_id!r} "
-                                f"(first seen on line {first_line[record_id]})")
-            for field in ("title", "text"):
-                if record.get(field) is not None and not isinstance(record[field], str):
-                    raise DataError(f"{path}:{lineno}: field {field!r} must be a string, "
-                                    f"got {type(record[field]).__name__}")
-            records[record_id] = record
-            first_line[record_id] = lineno
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict) or "_id" not in record:
+            raise DataError(f"{path}:{lineno}: expected a JSON object with an '_id' field")
+        record_id = str(record["_id"])
+        if record_id in records:
+            raise DataError(f"{path}:{lineno}: duplicate {what} id {record_id!r} "
+                            f"(first seen on line {first_line[record_id]})")
+        for field in ("title", "text"):
+            if record.get(field) is not None and not isinstance(record[field], str):
+                raise DataError(f"{path}:{lineno}: field {field!r} must be a string, "
+                                f"got {type(record[field]).__name__}")
+        records[record_id] = record
+        first_line[record_id] = lineno
     return records
 
 
@@ -144,31 +157,30 @@ def read_qrels(path: Path) -> Qrels:
         raise DataError(f"{path}: missing qrels file")
     qrels: Qrels = {}
     first_line: dict[tuple[str, str], int] = {}
-    # newline=None (universal newlines) turns CRLF into LF, so the score column never carries a "\r".
-    with open(path, encoding="utf-8", newline=None) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if lineno == 1:
-                if tuple(fields) != QRELS_HEADER:
-                    raise DataError(f"{path}:1: expected the header {'<TAB>'.join(QRELS_HEADER)!r}, "
-                                    f"got {line!r}")
-                continue
-            if len(fields) != 3:
-                raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields "
-                                f"(query-id, corpus-id, score), got {len(fields)}: {line!r}")
-            query_id, doc_id, score_text = fields
-            try:
-                score = int(score_text)
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: score must be an integer, got {score_text!r}") from None
-            if (query_id, doc_id) in first_line:
-                raise DataError(f"{path}:{lineno}: duplicate judgement for query {query_id!r} and document "
-                                f"{doc_id!r} (first on line {first_line[query_id, doc_id]})")
-            first_line[query_id, doc_id] = lineno
-            qrels.setdefault(query_id, {})[doc_id] = score
+    # text_lines turns CRLF into LF, so the score column never carries a "\r".
+    for lineno, line in text_lines(path):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if lineno == 1:
+            if tuple(fields) != QRELS_HEADER:
+                raise DataError(f"{path}:1: expected the header {'<TAB>'.join(QRELS_HEADER)!r}, "
+                                f"got {line!r}")
+            continue
+        if len(fields) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields "
+                            f"(query-id, corpus-id, score), got {len(fields)}: {line!r}")
+        query_id, doc_id, score_text = fields
+        try:
+            score = int(score_text)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: score must be an integer, got {score_text!r}") from None
+        if (query_id, doc_id) in first_line:
+            raise DataError(f"{path}:{lineno}: duplicate judgement for query {query_id!r} and document "
+                            f"{doc_id!r} (first on line {first_line[query_id, doc_id]})")
+        first_line[query_id, doc_id] = lineno
+        qrels.setdefault(query_id, {})[doc_id] = score
     if not qrels:
         raise DataError(f"{path}: no judgements")
     return qrels

@@ -6,6 +6,7 @@ data root (written under a temporary name, renamed when whole: the data root is 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from sbmoe_ray.errors import DataError
 
 DATA_DIR_ENV = "SBMOE_DATA_DIR"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "sbmoe" / "beir"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")      # a dataset by name; anything else is a folder path
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 
 
@@ -42,6 +44,9 @@ def locate_dataset(name_or_path: str, data_dir: str | os.PathLike | None = None,
     if os.sep in name_or_path or name_or_path.startswith("."):
         raise DataError(f"dataset path {name_or_path!r} has no corpus.jsonl: expected a BEIR folder "
                         "with corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    if not NAME.fullmatch(name_or_path):
+        raise DataError(f"dataset {name_or_path!r}: neither a dataset name (letters, digits, '.', '_', '-') nor a "
+                        "folder path (with a '/'); check for spaces or quotes")
     root = data_root(data_dir)
     folder = root / name_or_path
     if (folder / "corpus.jsonl").is_file():
@@ -61,23 +66,25 @@ def _not_found_message(name: str, folder: Path, download_error: str | None) -> s
 
 
 def _download(name: str, root: Path) -> Path:
+    """Download ``name`` into ``root``: the URL is opened first, so a name the mirror does not have (or no
+    network) leaves the data root untouched; the archive is unpacked under a temporary name and renamed."""
     url = BEIR_URL.format(name=name)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            archive = Path(tmp) / f"{name}.zip"
-            with urllib.request.urlopen(url, timeout=30) as response, open(archive, "wb") as out, \
-                    tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
-                         desc=f"download {name}") as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
-            extracted = Path(tmp) / name
-            if not (extracted / "corpus.jsonl").is_file():
-                raise DataError(f"{url} did not contain {name}/corpus.jsonl")
-            extracted.rename(root / name)
-    except (urllib.error.URLError, OSError, zipfile.BadZipFile) as exc:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-download-") as tmp:
+                archive = Path(tmp) / f"{name}.zip"
+                with open(archive, "wb") as out, tqdm(total=int(response.headers.get("Content-Length") or 0) or None,
+                                                      unit="B", unit_scale=True, desc=f"download {name}") as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(tmp)
+                extracted = Path(tmp) / name
+                if not (extracted / "corpus.jsonl").is_file():
+                    raise DataError(f"{url} did not contain {name}/corpus.jsonl")
+                extracted.rename(root / name)
+    except (urllib.error.URLError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(_not_found_message(name, root / name, str(getattr(exc, "reason", exc)))) from exc
     return root / name

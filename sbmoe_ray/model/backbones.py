@@ -74,12 +74,34 @@ def encoder_defaults(source: str) -> EncoderDefaults:
     return EncoderDefaults(pooling=pooling, normalize=normalize, max_length=max_length)
 
 
-def _load_error(name: str, source: str, exc: Exception) -> ModelLoadError:
+def _load_error(name: str, source: str, exc: Exception | str) -> ModelLoadError:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(BASE_MODELS), n=1)
+    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     return ModelLoadError(
         f"could not load base model {name!r} from {source!r}: not a local folder, not in the Hugging Face "
-        f"cache, and the hub could not be reached or has no such model ({type(exc).__name__}: {exc}). "
-        f"Use a short name ({', '.join(BASE_MODELS)}), a local model folder, or download the model on a "
+        f"cache, and the hub could not be reached or has no such model ({reason}). "
+        + (f"Did you mean {close[0]!r}? " if close else "")
+        + f"Use a short name ({', '.join(BASE_MODELS)}), a local model folder, or download the model on a "
         "machine with internet access (huggingface-cli download) and point HF_HOME at that cache.")
+
+
+HUB = ("huggingface.co", 443)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (offline, transformers retries for ~30 s before failing)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(HUB, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def load_tokenizer(name: str):
@@ -97,6 +119,13 @@ def hidden_size(name: str) -> int:
     from transformers import AutoConfig
 
     source = resolve_model(name).source
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
+        raise _load_error(name, source, "no such folder")
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True).hidden_size
+    except (OSError, ValueError) as exc:
+        if not _hub_reachable():
+            raise _load_error(name, source, f"{type(exc).__name__}, and the hub is unreachable (offline?)") from None
     try:
         return AutoConfig.from_pretrained(source).hidden_size
     except (OSError, ValueError) as exc:

@@ -35,6 +35,7 @@ def init_ray(address: str | None, cpus_needed: float, dashboard: bool = True) ->
         return
     address = cluster_address(address)
     if address:
+        check_address(address)
         ray.init(address=address)
         return
     # Ray Train copies this variable from the driver's environment to its controller.
@@ -43,6 +44,41 @@ def init_ray(address: str | None, cpus_needed: float, dashboard: bool = True) ->
     # would join that one, and refuse num_cpus).
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
              include_dashboard=None if dashboard else False, dashboard_host="127.0.0.1")
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse, within seconds, an address where no Ray cluster answers (Ray's own client would retry the
+    connection for minutes without a word). ``auto`` is left to Ray, which answers at once when no
+    cluster runs on this machine."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    key = "--address" if address != os.environ.get("RAY_ADDRESS") else "$RAY_ADDRESS"
+    if not host or not port.isdigit():
+        raise ConfigError(f"{key}={address!r}: expected host:port (e.g. 127.0.0.1:6379), ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"{key}={address!r}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                          "(ray start --head, or ray up), check the address, or leave --address out to run "
+                          "on a local Ray") from None
+
+
+def check_resources(requests: dict[str, tuple[float, float]]) -> None:
+    """Refuse what a trial asks for that no node of the connected cluster has (it would stay PENDING for
+    ever): ``requests`` maps a config key to (CPUs, GPUs) one worker needs."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    most = {r: max((n.get(r, 0.0) for n in nodes), default=0.0) for r in ("CPU", "GPU")}
+    for key, (cpus, gpus) in requests.items():
+        for resource, need in (("CPU", cpus), ("GPU", gpus)):
+            if need > most[resource]:
+                raise ConfigError(f"{key}: a worker needs {need:g} {resource}(s), and no node of the cluster has "
+                                  f"that many (the most on one node: {most[resource]:g}); lower it, or add nodes "
+                                  "that have them")
 
 
 def _sees(path: str, token: str) -> bool:

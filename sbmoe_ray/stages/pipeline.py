@@ -21,6 +21,7 @@ bi-encoder without it.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -30,26 +31,34 @@ from typing import Any
 from sbmoe_ray.study.config import StudyConfig
 
 
-def run(study: StudyConfig, resume: bool = False, address: str | None = None, started: float | None = None) -> int:
+def run(study: StudyConfig, resume: bool = False, address: str | None = None, started: float | None = None,
+        allow_new_versions: bool = False) -> int:
     """The study, from its checks to its report; 0 when every trial finished, 1 when one failed (run it
     again to retry it)."""
     started = time.monotonic() if started is None else started      # the budget counts from here
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
     from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray
+    from sbmoe_ray.stages.checks import check_study
     from sbmoe_ray.stages.finetune import run_finetune
     from sbmoe_ray.stages.prepare import prepare_study
     from sbmoe_ray.stages.proxy import run_proxy
-    from sbmoe_ray.tracking import StudyTracker, check_tracking_uri
+    from sbmoe_ray.tracking import StudyTracker
 
-    # Everything that can be wrong is found before any work (before a local Ray starts; on a cluster,
-    # right after connecting); then the embedding caches are built.
-    study = study.resolved()
-    check_tracking_uri(study.tracking_uri)
-    if cluster_address(address):      # a cluster: every node must see the study and its embedding cache
+    # Every cheap check before any work (before a local Ray starts; on a cluster, right after connecting);
+    # then the forecast, the embedding caches and the stages.
+    study, on_cluster = study.resolved(), bool(cluster_address(address))
+    if on_cluster:
         init_ray(address, 0)
+    identity = check_study(study, resume, local=not on_cluster, allow_new_versions=allow_new_versions)
+    if study.layout.completed_file.is_file():
+        print(f"sbmoe: study {study.name!r} is complete ({study.layout.report_file}); nothing to run "
+              f"(`sbmoe report {study.layout.root}` rebuilds its report)", flush=True)
+        return 0
+    if on_cluster:           # every node must see the study and its embedding cache, and have what trials ask
         check_shared_storage([study.layout.root, study.cache_dir])
+        check_cluster_resources(study)
     costs = say_forecast(study, cores_of(address)) if study.promote and study.budget_seconds() is not None else None
-    prepare_study(study, resume)
+    prepare_study(study, identity)
     init_ray(address, ray_cpus(study) + 1, study.train.scaling.dashboard)
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     tracker.start_study(study_params(study))
@@ -58,7 +67,22 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     if study.promote and not failed:
         failed = run_finetune(study, tracker, proxy, started, cores_of(address), costs) is None
     tracker.finish("FAILED" if failed else "FINISHED")
+    if not failed:
+        study.layout.completed_file.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     return 1 if failed else 0
+
+
+def check_cluster_resources(study: StudyConfig) -> None:
+    """What one worker of each stage asks for, against the cluster's largest node."""
+    from sbmoe_ray.runtime.cluster import check_resources
+
+    s, ft = study.train.scaling, study.finetune
+    requests = {f"config.train.scaling.cpus_per_worker={s.cpus_per_worker}, use_gpu={s.use_gpu}":
+                (s.cpus_per_worker, float(s.use_gpu))}
+    if study.promote:
+        requests[f"config.finetune.cpus_per_worker={ft.cpus_per_worker}, use_gpu={ft.use_gpu}"] = \
+            (ft.cpus_per_worker, float(ft.use_gpu))
+    check_resources(requests)
 
 
 def rebuild_report(study_dir: Path) -> Path:
@@ -120,8 +144,6 @@ def say_forecast(study: StudyConfig, cores: int):
 def study_params(study: StudyConfig) -> dict[str, Any]:
     """What the study's parent run records: its definition, its data (checksums, identical-id rule), the
     software it ran with and the precision chosen here."""
-    import json
-
     from sbmoe_ray.data.provenance import dataset_provenance
     from sbmoe_ray.runtime.environment import environment
     from sbmoe_ray.runtime.precision import explain, resolve_precision

@@ -1,8 +1,8 @@
-"""Before any work: every check that can fail cheaply, the study's definition recorded, then the caches.
+"""Before stage 1, after the cheap checks (:mod:`sbmoe_ray.stages.checks`): the embedding caches, then the
+study's record (its identity and config, written when it begins).
 
-Nothing here starts Ray. A study folder that is not writable, a resumed study whose search differs, a
-missing dataset, split or model, an unknown loss: each answers in one message before the embedding
-caches are built (minutes for the default study's corpora) and before stage 1 starts.
+Nothing here starts Ray. The default study's caches take minutes to build the first time (each corpus
+encoded once per base model family, shared by every study under the same storage path).
 """
 
 from __future__ import annotations
@@ -16,63 +16,24 @@ from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.train.config import TrainConfig
 
 
-def check_writable(study: StudyConfig) -> None:
-    folder = study.layout.root
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"config.storage_path={study.storage_path!r}: not writable ({exc.strerror}); "
-                          "choose a folder you can write to") from None
-
-
-def check_fingerprint(study: StudyConfig, resume: bool) -> dict:
-    """The study's fingerprint, refused if a study of this name exists with another search."""
-    path, current = study.layout.fingerprint_file, json.loads(json.dumps(study.fingerprint()))
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved != current:
-            flat = lambda d: {**d.get("space", {}), "objective": d.get("objective")}     # noqa: E731
-            changed = sorted(k for k, v in flat(current).items() if flat(saved).get(k) != v)
-            raise ConfigError(f"config.name={study.name!r}: a study of that name exists in {study.layout.root} with a "
-                              f"different search space ({', '.join(changed)} differ); pick another name, or "
-                              "restore its settings to resume it")
-    elif resume:
-        raise ConfigError(f"--resume: no study named {study.name!r} in {study.layout.root.parent}")
-    return current
-
-
-def prepare_study(study: StudyConfig, resume: bool = False) -> None:
-    """Every check that can fail cheaply, then the embedding caches; the study's fingerprint and config
-    are written last (a refused study writes nothing)."""
-    from sbmoe_ray.model.backbones import hidden_size
+def prepare_study(study: StudyConfig, identity: dict) -> None:
+    """The embedding caches (after :func:`sbmoe_ray.stages.checks.check_study`), then the study's identity
+    and config, written once when the study begins (a resume keeps the record of its first run, or adds the
+    package versions ``--allow-new-versions`` accepted)."""
     from sbmoe_ray.train import prepare
 
-    check_writable(study)
-    fingerprint = check_fingerprint(study, resume)
-    locate_large_collections(study)
     stage, examples = study.proxy_stage(), []
     for base_model in study.space["base_model"]:
-        hidden_size(base_model)                       # clear error for an unknown or unreachable model
         params = {"base_model": base_model, "num_experts": max(study.space["num_experts"]), "top_k": 1}
         examples.append(stage.trial_config(params, "prepare"))
     fill_shared_caches(examples)
     for example in examples:
-        prepare(example)                              # datasets, splits, and the embedding cache
-    study.layout.fingerprint_file.write_text(json.dumps(fingerprint, indent=2))
-    study.layout.config_file.write_text(json.dumps(asdict(study), indent=2, default=str))
-
-
-def locate_large_collections(study: StudyConfig) -> None:
-    """The large test collections are found (downloaded when absent) before any work: an offline machine
-    without them fails now, not after stage 2."""
-    from sbmoe_ray.data.collections import expand_names
-    from sbmoe_ray.data.root import locate_dataset
-
-    for name in expand_names(study.train.data.large_test_datasets):
-        print(f"[prepare] large test collection {name}: {locate_dataset(name, study.train.data.data_dir)}", flush=True)
+        prepare(example, where="config.train")       # datasets, splits, and the embedding cache
+    layout = study.layout
+    if not layout.fingerprint_file.is_file() or json.loads(layout.fingerprint_file.read_text()) != identity:
+        layout.fingerprint_file.write_text(json.dumps(identity, indent=2))
+    if not layout.config_file.is_file():
+        layout.config_file.write_text(json.dumps(asdict(study), indent=2, default=str))
 
 
 def fill_shared_caches(configs: list[TrainConfig]) -> None:

@@ -168,6 +168,13 @@ class StudyConfig(ConfigBase):
                               "(its chosen configurations and baselines); set promote >= 1, or test a checkpoint "
                               "with `sbmoe evaluate --sharded`")
         if self.promote:
+            bases = len(self.space["base_model"])
+            offered = (self.proxy.num_trials - bases) // bases     # SB-MoE configurations a base model gets
+            if self.promote > offered:
+                raise ConfigError(f"{where}.promote={self.promote}: more than stage 1 offers: proxy.num_trials="
+                                  f"{self.proxy.num_trials} over {bases} base model(s), less their baselines, is "
+                                  f"{offered} configuration(s) each; set promote <= {offered}, or raise "
+                                  "proxy.num_trials")
             if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
                 raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs "
                                   "finetune.validation_retrieval_docs > 0")

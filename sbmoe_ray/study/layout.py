@@ -3,7 +3,8 @@
 A study of name N under ``storage_path`` S lives in ``S/N``::
 
     study_config.json      the config it ran with (sbmoe report rebuilds the report from it)
-    fingerprint.json       what defines the search: a study resumed under the same name must keep it
+    fingerprint.json       its identity: every setting and package version a resumed study must keep
+    completed.json         written when every trial finished: a re-run answers "complete", touching nothing
     mlflow_runs.json       the MLflow run ids of the study (parent) and of its stages
     proxy/                 stage 1: tune/ (Ray Tune's experiment), runs/<trial id>/ (one run folder a trial),
                            finished/<configuration>-r<replicate> (the trial id whose results file holds it)
@@ -62,6 +63,10 @@ class StudyLayout:
     @property
     def fingerprint_file(self) -> Path:
         return self.root / "fingerprint.json"
+
+    @property
+    def completed_file(self) -> Path:
+        return self.root / "completed.json"
 
     @property
     def mlflow_runs_file(self) -> Path:

@@ -18,7 +18,7 @@ from sbmoe_ray.analysis.records import group_key
 from sbmoe_ray.evaluation.metrics import final_metrics, metric_key
 from sbmoe_ray.study.points import TrialPoint
 from sbmoe_ray.study.space import BY_NAME, PARAMS, label
-from sbmoe_ray.tracking.store import flatten, metric_entities
+from sbmoe_ray.tracking.store import artifact_location, flatten, metric_entities
 
 
 class StudyTracker:
@@ -54,7 +54,9 @@ class StudyTracker:
 
     def experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment)
-        return experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
+        if experiment:
+            return experiment.experiment_id
+        return self.client.create_experiment(self.experiment, artifact_location=artifact_location(self.tracking_uri))
 
     def start_study(self, params: dict[str, Any]) -> str:
         """The study's parent run: created with ``params`` (nested: flattened), or set RUNNING again."""
@@ -146,6 +148,12 @@ class StudyTracker:
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
         self.log_metric_batch(run_id, metric_entities(metrics, step))
 
+    def log_summary(self, run_id: str, metrics: dict[str, Any]) -> None:
+        """A summary (a stage's statistics, the study's answer): a metric the run already holds with this
+        value is not logged again, so a resumed study that repeats a summary leaves the record as it was."""
+        held = self.client.get_run(run_id).data.metrics
+        self.log_metric_batch(run_id, [m for m in metric_entities(metrics, 0) if held.get(m.key) != m.value])
+
     def log_metric_batch(self, run_id: str, batch: list) -> None:
         for start in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[start: start + 500])
@@ -167,7 +175,7 @@ class StudyTracker:
                     values[metric_key(c.dataset, f"{name}_ndcg@10")] = value
         for trial_id, values in metrics.items():
             if trial_id in runs:
-                self.log_metrics(runs[trial_id], values)
+                self.log_summary(runs[trial_id], values)
 
     def log_trial_files(self, files: dict[str, list[Path]]) -> None:
         """Attach files (the results file, the figures the report wrote) to each trial's run, by trial id."""
@@ -189,7 +197,7 @@ class StudyTracker:
                     metrics[f"{short(answer['base_model'])}.{metric_key(dataset, name)}"] = c[name]
         for model, a in (agreement or {}).items():
             metrics.update({f"{short(model)}.{k}": a[k] for k in ("kendall_tau", "spearman_rho")})
-        self.log_metrics(parent, metrics)
+        self.log_summary(parent, metrics)
 
     def log_report(self, report_dir: Path) -> None:
         """Attach the study report (markdown, PNGs, summary.json) to the parent run."""
@@ -201,7 +209,7 @@ class StudyTracker:
         run = self.runs["stages"].get(self.stage)
         if run:
             if metrics:
-                self.log_metrics(run, metrics)
+                self.log_summary(run, metrics)
             for stray in self.client.search_runs([self.experiment_id()], f"tags.mlflow.parentRunId = '{run}' "
                                                  "and attributes.status = 'RUNNING'", max_results=1000):
                 self.client.set_terminated(stray.info.run_id, "KILLED")

@@ -39,6 +39,15 @@ def check_tracking_uri(uri: str) -> None:
                       "(the ./mlruns file store is refused by MLflow 3)")
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside an embedded store (``<db folder>/mlartifacts``, an absolute
+    location recorded in the experiment, so the UI finds them from any folder), not the working directory's
+    ``./mlruns`` (MLflow's default for a database store); an MLflow server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested values as MLflow params: dotted keys, values as text of at most 500 characters."""
     out = {}

@@ -55,23 +55,22 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
                    run=replace(cfg.run, storage_path=str(Path(cfg.run.storage_path).resolve())))
 
 
-def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, list[BeirDataset]]:
-    """Everything that can fail cheaply, before Ray starts: config, loss, datasets, model files, then the
-    cache entries of a frozen encoder. Returns the resolved config (:func:`resolved`) and the test sets."""
-    from sbmoe_ray.model.backbones import hidden_size
-    from sbmoe_ray.model.losses import build_loss
+def prepare(cfg: TrainConfig, quiet: bool = False, where: str = "config") -> tuple[TrainConfig, list[BeirDataset]]:
+    """Everything that can fail cheaply, before Ray starts (:mod:`sbmoe_ray.train.checks`: config, datasets,
+    loss, model files), then the cache entries of a frozen encoder. Returns the resolved config
+    (:func:`resolved`) and the test sets. ``where`` names the config as the user wrote it."""
+    from sbmoe_ray.train.checks import check_train_config
     from sbmoe_ray.train.inputs import embedding_cache, split_pairs
 
-    cfg.validate()
-    build_loss(cfg.loss.name, cfg.loss.temperature)
+    cfg.validate(where)
     cfg = resolved(cfg)
-    hidden_size(cfg.model.base_model)              # the base model exists (clear error otherwise)
+    check_train_config(cfg, where, local=False)    # GPUs: checked by the caller, where they are visible
     train = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
     tests = [load_dataset(name, cfg.data.test_split, cfg.data.data_dir) for name in cfg.data.test_datasets]
-    validation = zero_shot_validation(cfg)        # loaded here: a missing set fails before any work
+    validation = zero_shot_validation(cfg)
     pairs = len(split_pairs(cfg, train)[0])
     if cfg.route != "zero_shot" and pairs < cfg.optim.batch_size:
-        raise ConfigError(f"config.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
+        raise ConfigError(f"{where}.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
                           f"pairs of {cfg.data.train_dataset!r} ({cfg.data.train_split})")
     if not quiet:
         print(f"[{cfg.run.name}] {cfg.route} route, {explain(cfg.memory.precision, cfg.scaling.device_type)}",
@@ -112,7 +111,7 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
     train = TRAINERS["zero_shot" if cfg.route == "zero_shot" else "in_process" if cfg.in_process else "ray_train"]
     best, best_metrics, last = train(cfg, address=address, callbacks=callbacks, on_epoch=on_epoch)
     clock.append(time.time())
-    validation = zero_shot_validation(cfg)        # loaded here: a missing set fails before any work
+    validation = zero_shot_validation(cfg)
     test = evaluate_best(best, cfg, tests + validation)
     if validation:             # the best checkpoint's zero-shot validation score: an objective, not a test
         best_metrics = {**best_metrics, ZERO_SHOT_METRIC: test.pop().metrics.means["ndcg@10"]}

@@ -22,17 +22,18 @@ pytestmark = [pytest.mark.slow]
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("study")
-    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 88)}
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 88),
+            "other": synthetic_dataset(root / "other", 40)}
 
 
 def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, assets):
     # Relative storage and tracking paths, as in studies/experts_sweep.yaml: trials run in their own
     # trial folder, so the driver must make every path absolute before handing the config over.
-    # A zero-shot validation set makes it a two-objective search (here the synthetic set's test split
-    # stands in for another collection's dev split).
+    # A zero-shot validation set makes it a two-objective search (here another synthetic set's test split
+    # stands in for another collection's dev split; the test set itself would be refused: it never chooses).
     config = write_study(tmp_path, assets, storage_path="studies", tracking_uri="sqlite:///mlflow.db",
                          **{"proxy.num_trials": 3, "proxy.seeds": 2,
-                            "train.data.zero_shot_validation": str(assets["data"]),
+                            "train.data.zero_shot_validation": str(assets["other"]),
                             "train.data.zero_shot_validation_split": "test"})
     proc = sweep(config, cwd=tmp_path)
     output = finish(proc, 600)

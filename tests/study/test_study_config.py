@@ -58,13 +58,13 @@ def test_bad_study_input_stops_before_ray_with_one_message(name, tmp_path, asset
     assert not list((tmp_path / "studies").glob("*/fingerprint.json"))        # nothing recorded
 
 
-def test_a_different_search_under_an_existing_name_is_refused(tmp_path, assets, capsys):
+def test_a_study_recorded_by_an_older_version_is_refused_not_mixed(tmp_path, assets, capsys):
     study = tmp_path / "studies" / "tiny-study"
     study.mkdir(parents=True)
     (study / "fingerprint.json").write_text(json.dumps({"space": {"num_experts": [0, 9]}}))
     assert main(["study", "--config", str(write_study(tmp_path, assets))]) == 2
     err = capsys.readouterr().err
-    assert "exists" in err and "different search space" in err and not ray.is_initialized()
+    assert "exists" in err and "older sbmoe-ray" in err and not ray.is_initialized()
 
 
 def test_every_preset_loads_and_is_named_by_the_cli(capsys):

@@ -1,0 +1,158 @@
+"""Bad input against an existing study: one message naming the key (or file:line) within seconds, before any
+cache, forecast or Ray, and the study's files and its MLflow store byte for byte as they were.
+
+The existing study is a real record: its identity and config as a first run writes them (the code's own
+functions), and its MLflow parent and stage runs in a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import socket
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import ray
+
+from sbmoe_ray.cli import main
+from sbmoe_ray.config import load_config
+from sbmoe_ray.study.config import StudyConfig
+from sbmoe_ray.study.identity import check_identity, identity
+
+from helpers import save_tiny_model, synthetic_dataset, write_study
+
+ANSWER_SECONDS = 8.0        # well under the first expensive step (the caches; a study's first Ray start is ~10 s)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("bad")
+    data = synthetic_dataset(root / "data", 88)
+    latin = shutil.copytree(data, root / "latin1")
+    qrels = latin / "qrels" / "test.tsv"
+    lines = qrels.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"\t1", b"\t1\xe9")          # a Latin-1 byte on line 3
+    qrels.write_bytes(b"\n".join(lines))
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": data, "latin1": latin}
+
+
+@pytest.fixture
+def existing(tmp_path, assets, monkeypatch):
+    """A study as its first run leaves it (identity, config, MLflow parent and stage runs), unchanged by a
+    refused run; the data root is an empty folder (a data root is written to only by a download)."""
+    from sbmoe_ray.tracking import StudyTracker
+
+    monkeypatch.setenv("SBMOE_DATA_DIR", str(tmp_path / "data-root"))
+    (tmp_path / "data-root").mkdir()
+    config = write_study(tmp_path, assets)
+    study = load_config(StudyConfig, config).resolved()
+    study.layout.root.mkdir(parents=True)
+    study.layout.fingerprint_file.write_text(json.dumps(identity(study), indent=2))
+    study.layout.config_file.write_text(json.dumps(asdict(study), indent=2, default=str))
+    tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file)
+    tracker.start_study({"name": study.name})
+    tracker.for_stage("proxy", "stage 1: proxy")
+    return config, study
+
+
+def snapshot(tmp_path: Path) -> dict[str, str]:
+    """Every file under the test's folder (the study, its storage, the MLflow store, the data root) by hash."""
+    return {str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name != "study.yaml"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one message must say)
+    "a changed setting": (["--set", "train.optim.epochs=4", "--set", "train.optim.batch_size=4"],
+                          r"train\.optim\.batch_size: 8 -> 4\n  train\.optim\.epochs: 2 -> 4"),
+    "a changed search": (["--set", "space.moe_lr=[0.001, 0.1]"], r"space\.moe_lr: \[0\.001, 0\.01\] -> \[0\.001, 0\.1\]"),
+    "no cluster at --address": (["--address", "127.0.0.1:{port}"],
+                                r"--address='127\.0\.0\.1:\d+': no Ray cluster answers there"),
+    "GPUs on a machine without": (["--set", "name=gpu", "--set", "train.scaling.use_gpu=true"],
+                                  r"config\.train\.scaling\.use_gpu=True: this machine has no GPU"),
+    "training on the test split": (["--set", "name=leak", "--set", "train.data.train_split=test"],
+                                   r"config\.train\.data\.test_datasets\[0\]='data' \(test\) is the same split"),
+    "a typo in the last test set": (["--set", "name=typo", "--set", "train.data.test_datasets=[{data}, cisii]"],
+                                    r"config\.train\.data\.test_datasets\[1\]='cisii': dataset 'cisii' not found"),
+    "a byte that is not UTF-8": (["--set", "name=latin", "--set", "train.data.test_datasets=[{latin1}]"],
+                                 r"latin1/qrels/test\.tsv:3: not UTF-8 \(byte b'\\xe9' at column \d+\)"),
+    "a name with a trailing space": (["--set", "name=space", "--set", "train.data.test_datasets=['scifact ']"],
+                                     r"test_datasets\[0\]='scifact ': dataset 'scifact ': neither a dataset name"),
+    "a value set as a section": (["--set", "proxy.num_trials.n=2"],
+                                 r"config\.proxy\.num_trials=4 is a value, not a section"),
+    "promote beyond stage 1": (["--set", "name=more", "--set", "promote=9"],
+                               r"config\.promote=9: more than stage 1 offers.*set promote <= 3"),
+    "a misspelt loss": (["--set", "name=loss", "--set", "train.loss.name=in_batch_negative"],
+                        r"config\.train\.loss\.name='in_batch_negative': no such loss; did you mean 'in_batch_negatives'"),
+    "an unknown base model, offline": (["--set", "name=model", "--set", "space.base_model=[minilm-l4]"],
+                                       r"config\.space\.base_model\[0\]='minilm-l4'.*Did you mean 'minilm-l3'"),
+    "--resume of a missing study": (["--set", "name=nope", "--resume"], r"--resume: no study named 'nope'"),
+    "an unwritable storage path": (["--set", "name=ro", "--set", "storage_path=/proc/forbidden"],
+                                   r"config\.storage_path=.*not writable"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_answers_in_seconds_naming_the_key_and_leaves_the_study_as_it_was(name, tmp_path, assets, existing,
+                                                                                    capsys):
+    config, study = existing
+    before = snapshot(tmp_path)
+    arguments, message = CASES[name]
+    arguments = [a.format(port=free_port(), data=assets["data"], latin1=assets["latin1"]) for a in arguments]
+    started = time.monotonic()
+    code = main(["study", "--config", str(config), *arguments])
+    seconds = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err, err[-3000:]
+    assert re.search(message, err, re.S), err[-3000:]
+    assert seconds < ANSWER_SECONDS, f"answered after {seconds:.1f} s"
+    assert not ray.is_initialized()
+    assert snapshot(tmp_path) == before                     # nothing written, nothing rewritten, no folder left
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["tiny-study"]
+
+
+def test_evaluate_and_train_check_their_outputs_and_devices_before_any_work(tmp_path, assets, capsys):
+    evaluate = ["evaluate", "--model", str(assets["model"]), "--dataset", str(assets["data"])]
+    train = tmp_path / "train.yaml"
+    train.write_text(f"model: {{base_model: {assets['model']}}}\ndata: {{train_dataset: {assets['data']}}}\n")
+    for arguments, message in (
+            ([*evaluate, "--output", "/proc/forbidden/out.json"], r"--output='/proc/forbidden': not writable"),
+            ([*evaluate, "--device", "cuda"], r"--device='cuda': this machine has no GPU"),
+            ([*evaluate, "--batch-size", "0"], r"--batch-size=0: must be a positive integer"),
+            (["train", "--config", str(train), "--set", "run.storage_path=/proc/forbidden"],
+             r"config\.run\.storage_path='/proc/forbidden': not writable")):
+        started = time.monotonic()
+        assert main(arguments) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err, err[-2000:]
+        assert time.monotonic() - started < ANSWER_SECONDS
+
+
+def test_a_new_package_version_is_refused_unless_accepted_and_then_recorded(existing):
+    _, study = existing
+    saved = json.loads(study.layout.fingerprint_file.read_text())
+    older = {**saved, "versions": {**saved["versions"], "torch": "1.0.0"}}
+    with pytest.raises(Exception, match=r"(?s)other package versions:\n  torch: \"1\.0\.0\" -> .*--allow-new-versions"):
+        check_identity(study, older)
+    accepted = check_identity(study, older, allow_new_versions=True)
+    assert accepted["versions"] == saved["versions"] and accepted["earlier_versions"] == [older["versions"]]
+    assert check_identity(replace(study, proxy=replace(study.proxy, max_concurrent=3)), saved) == saved  # may change
+
+
+def test_a_complete_study_run_again_answers_complete_and_touches_nothing(tmp_path, existing, capsys):
+    config, study = existing
+    study.layout.completed_file.write_text("{}")
+    before = snapshot(tmp_path)
+    assert main(["study", "--config", str(config)]) == 0
+    assert "is complete" in capsys.readouterr().out and not ray.is_initialized()
+    assert snapshot(tmp_path) == before
