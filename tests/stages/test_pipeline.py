@@ -38,3 +38,19 @@ def test_sbmoe_study_runs_stage_one_to_its_report_and_mlflow_runs(tmp_path, asse
     (parent,) = [r for r in found if r.data.tags["sbmoe.kind"] == "study"]
     dataset = str(assets["data"])
     assert len(parent.data.params[f"dataset.{dataset}.sha256"]) == 16 and "version.ray" in parent.data.params
+    # Artifacts beside the store (the report is on the parent run), not in the working directory's ./mlruns.
+    assert parent.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert list((tmp_path / "mlartifacts").rglob("report.md"))
+
+    # The finished study run again: with another setting it is refused, listing the change; as it was, it is
+    # complete. Either way its files and MLflow store stay byte for byte as they were.
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name != "study.yaml"}
+
+    before = snapshot()
+    capsys.readouterr()
+    assert main(["study", "--config", str(config), "--set", "train.optim.epochs=4"]) == 2
+    assert "train.optim.epochs: 1 -> 4" in capsys.readouterr().err
+    assert main(["study", "--config", str(config)]) == 0
+    assert "is complete" in capsys.readouterr().out and not ray.is_initialized()
+    assert snapshot() == before
