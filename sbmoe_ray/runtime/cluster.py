@@ -36,7 +36,11 @@ def init_ray(address: str | None, cpus_needed: float, dashboard: bool = True) ->
     address = cluster_address(address)
     if address:
         check_address(address)
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as exc:
+            raise ConfigError(f"--address={address!r}: no Ray cluster to connect to ({exc}); start one (ray start "
+                              "--head), or leave --address out to run on a local Ray") from None
         return
     # Ray Train copies this variable from the driver's environment to its controller.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")

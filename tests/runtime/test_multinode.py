@@ -1,6 +1,7 @@
 """Studies on a multi-node Ray cluster on loopback (Ray's own ``cluster_utils.Cluster``): a worker node is
-removed mid-study and the study still finishes, the affected trial resuming from its checkpoint; and a
-storage path that one node cannot see (that node runs in its own mount namespace) is refused."""
+removed mid-study and the study still finishes, the affected trial resuming from its checkpoint; a storage
+path that one node cannot see (that node runs in its own mount namespace) is refused, and so is a worker
+that asks for more than any node has."""
 
 from __future__ import annotations
 
@@ -115,6 +116,12 @@ def test_storage_that_a_node_cannot_see_is_refused(tmp_path, assets):
         assert proc.returncode == 2, output[-3000:]
         assert "cannot see this folder" in output and "local to the driver's machine" in output, output[-3000:]
         assert not (storage / "tiny-study" / "tune").exists()                # refused before any trial
+        # A worker asks for a GPU no node has: refused before any trial (it would stay PENDING for ever).
+        gpu = write_study(tmp_path, assets, storage_path=str(tmp_path / "seen"), **{"train.scaling.use_gpu": True})
+        proc = sweep(gpu, "--address", cluster.address)
+        output = finish(proc, 300)
+        assert proc.returncode == 2 and "config.train.scaling.cpus_per_worker=0.5, use_gpu=True: a worker needs 1 " \
+            "GPU(s), and no node of the cluster has that many" in output, output[-3000:]
         # Without an address, a local Ray of our own starts, although this cluster is recorded as the
         # machine's current one (plain ray.init() would join it).
         code = ("import ray; from sbmoe_ray.runtime.cluster import init_ray; init_ray(None, 1); "
