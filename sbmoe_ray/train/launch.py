@@ -21,7 +21,7 @@ from sbmoe_ray.data.beir import BeirDataset, load_dataset
 from sbmoe_ray.data.root import data_root
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluation.metrics import ZERO_SHOT_METRIC
-from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray
+from sbmoe_ray.runtime.cluster import check_resources, check_shared_storage, cluster_address, init_ray
 from sbmoe_ray.runtime.precision import explain, resolve_precision
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, RESULTS_FILE, TrainConfig
 from sbmoe_ray.train.testing import evaluate_best
@@ -105,6 +105,9 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
         cfg.validate()
         init_ray(address, 0)
         check_shared_storage([Path(cfg.run.storage_path).resolve(), cfg.cache_dir.resolve()])
+        s = cfg.scaling
+        check_resources({f"config.scaling.cpus_per_worker={s.cpus_per_worker}, use_gpu={s.use_gpu}":
+                         (s.cpus_per_worker, float(s.use_gpu))})
     clock = [time.time()]
     cfg, tests = prepare(cfg)
     clock.append(time.time())

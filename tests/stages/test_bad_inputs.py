@@ -38,7 +38,10 @@ def assets(tmp_path_factory, tokenizer):
     lines = qrels.read_bytes().split(b"\n")
     lines[2] = lines[2].replace(b"\t1", b"\t1\xe9")          # a Latin-1 byte on line 3
     qrels.write_bytes(b"\n".join(lines))
-    return {"model": save_tiny_model(root / "model", tokenizer), "data": data, "latin1": latin}
+    overlap = shutil.copytree(data, root / "overlap")              # its test split judges a training query
+    with open(overlap / "qrels" / "test.tsv", "a") as f:
+        f.write("q0\td0\t1\n")
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": data, "latin1": latin, "overlap": overlap}
 
 
 @pytest.fixture
@@ -82,6 +85,10 @@ CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one
                                   r"config\.train\.scaling\.use_gpu=True: this machine has no GPU"),
     "training on the test split": (["--set", "name=leak", "--set", "train.data.train_split=test"],
                                    r"config\.train\.data\.test_datasets\[0\]='data' \(test\) is the same split"),
+    "a test split sharing training queries": (
+        ["--set", "name=shared", "--set", "train.data.train_dataset={overlap}", "--set",
+         "train.data.test_datasets=[{overlap}]"],
+        r"test_datasets\[0\]='overlap' \(test\) shares 1 of its 9 queries \(e\.g\. \['q0'\]\) with the data that trains"),
     "a typo in the last test set": (["--set", "name=typo", "--set", "train.data.test_datasets=[{data}, cisii]"],
                                     r"config\.train\.data\.test_datasets\[1\]='cisii': dataset 'cisii' not found"),
     "a byte that is not UTF-8": (["--set", "name=latin", "--set", "train.data.test_datasets=[{latin1}]"],
@@ -108,7 +115,8 @@ def test_bad_input_answers_in_seconds_naming_the_key_and_leaves_the_study_as_it_
     config, study = existing
     before = snapshot(tmp_path)
     arguments, message = CASES[name]
-    arguments = [a.format(port=free_port(), data=assets["data"], latin1=assets["latin1"]) for a in arguments]
+    arguments = [a.format(port=free_port(), data=assets["data"], latin1=assets["latin1"],
+                          overlap=assets["overlap"]) for a in arguments]
     started = time.monotonic()
     code = main(["study", "--config", str(config), *arguments])
     seconds = time.monotonic() - started
