@@ -19,11 +19,16 @@ def git_commit() -> str:
         return "unknown"
 
 
-def environment() -> dict[str, object]:
+def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """The installed version of each of ``packages`` (those not installed are left out)."""
     versions = {}
-    for package in PACKAGES:
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             pass
-    return {"version": versions, "git_commit": git_commit(), "python": sys.version.split()[0]}
+    return versions
+
+
+def environment() -> dict[str, object]:
+    return {"version": package_versions(), "git_commit": git_commit(), "python": sys.version.split()[0]}

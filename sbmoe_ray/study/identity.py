@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from importlib import metadata
 from typing import Any
 
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.runtime.environment import package_versions
 
 # Settings a resumed study may change: they decide where files are and how many trials run at once, not what
 # a trial computes. Everything else a study config holds is its identity.
@@ -44,18 +44,8 @@ def settings_of(study) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)}
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for package in VERSIONED:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
 def identity(study) -> dict[str, Any]:
-    return {"settings": settings_of(study), "versions": versions()}
+    return {"settings": settings_of(study), "versions": package_versions(VERSIONED)}
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
