@@ -197,3 +197,38 @@ def study(seeds: int = 3, seed: int = 0) -> list:
             records.append(record(f"t{i}-s{s}", 3, scores, objective=1.0 - shift + rng.gauss(0, 0.01), seed=s,
                                   lr=10.0 ** -(i + 2)))
     return records
+
+
+def bad_input_assets(root: Path, tokenizer) -> dict[str, Path]:
+    """A tiny model and data, and two broken copies of the data: a Latin-1 byte on line 3 of its test qrels
+    (``latin1``), and a test split that judges a training query (``overlap``)."""
+    data = synthetic_dataset(root / "data", 88)
+    latin = shutil.copytree(data, root / "latin1")
+    qrels = latin / "qrels" / "test.tsv"
+    lines = qrels.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"\t1", b"\t1\xe9")
+    qrels.write_bytes(b"\n".join(lines))
+    overlap = shutil.copytree(data, root / "overlap")
+    with open(overlap / "qrels" / "test.tsv", "a") as f:
+        f.write("q0\td0\t1\n")
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": data, "latin1": latin, "overlap": overlap}
+
+
+def record_existing_study(config: Path):
+    """The study of ``config`` as its first run records it: its identity and config (the code's own functions),
+    its MLflow parent and stage runs in the config's store. Returns the resolved StudyConfig."""
+    from dataclasses import asdict
+
+    from sbmoe_ray.config import load_config
+    from sbmoe_ray.study.config import StudyConfig
+    from sbmoe_ray.study.identity import identity
+    from sbmoe_ray.tracking import StudyTracker
+
+    study = load_config(StudyConfig, config).resolved()
+    study.layout.root.mkdir(parents=True)
+    study.layout.fingerprint_file.write_text(json.dumps(identity(study), indent=2))
+    study.layout.config_file.write_text(json.dumps(asdict(study), indent=2, default=str))
+    tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file)
+    tracker.start_study({"name": study.name})
+    tracker.for_stage("proxy", "stage 1: proxy")
+    return study

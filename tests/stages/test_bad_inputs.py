@@ -10,57 +10,35 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import socket
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import ray
 
 from sbmoe_ray.cli import main
-from sbmoe_ray.config import load_config
-from sbmoe_ray.study.config import StudyConfig
-from sbmoe_ray.study.identity import check_identity, identity
+from sbmoe_ray.study.identity import check_identity
 
-from helpers import save_tiny_model, synthetic_dataset, write_study
+from helpers import bad_input_assets, record_existing_study, write_study
 
 ANSWER_SECONDS = 8.0        # well under the first expensive step (the caches; a study's first Ray start is ~10 s)
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("bad")
-    data = synthetic_dataset(root / "data", 88)
-    latin = shutil.copytree(data, root / "latin1")
-    qrels = latin / "qrels" / "test.tsv"
-    lines = qrels.read_bytes().split(b"\n")
-    lines[2] = lines[2].replace(b"\t1", b"\t1\xe9")          # a Latin-1 byte on line 3
-    qrels.write_bytes(b"\n".join(lines))
-    overlap = shutil.copytree(data, root / "overlap")              # its test split judges a training query
-    with open(overlap / "qrels" / "test.tsv", "a") as f:
-        f.write("q0\td0\t1\n")
-    return {"model": save_tiny_model(root / "model", tokenizer), "data": data, "latin1": latin, "overlap": overlap}
+    return bad_input_assets(tmp_path_factory.mktemp("bad"), tokenizer)
 
 
 @pytest.fixture
 def existing(tmp_path, assets, monkeypatch):
-    """A study as its first run leaves it (identity, config, MLflow parent and stage runs), unchanged by a
-    refused run; the data root is an empty folder (a data root is written to only by a download)."""
-    from sbmoe_ray.tracking import StudyTracker
-
+    """A study as its first run leaves it; the data root is an empty folder (a data root is written to only
+    by a download)."""
     monkeypatch.setenv("SBMOE_DATA_DIR", str(tmp_path / "data-root"))
     (tmp_path / "data-root").mkdir()
     config = write_study(tmp_path, assets)
-    study = load_config(StudyConfig, config).resolved()
-    study.layout.root.mkdir(parents=True)
-    study.layout.fingerprint_file.write_text(json.dumps(identity(study), indent=2))
-    study.layout.config_file.write_text(json.dumps(asdict(study), indent=2, default=str))
-    tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file)
-    tracker.start_study({"name": study.name})
-    tracker.for_stage("proxy", "stage 1: proxy")
-    return config, study
+    return config, record_existing_study(config)
 
 
 def snapshot(tmp_path: Path) -> dict[str, str]:
