@@ -21,14 +21,17 @@ from sbmoe_ray.train import checks
 
 
 def check_study(study: StudyConfig, resume: bool = False, local: bool = True,
-                allow_new_versions: bool = False) -> dict:
-    """The identity to record once the study's preparation succeeds; raises on the first problem found."""
+                allow_new_versions: bool = False) -> dict | None:
+    """The identity to record once the study's preparation succeeds, or None when the study is complete (its
+    identity matches, and there is nothing to check or run); raises on the first problem found."""
     layout = study.layout
     saved = json.loads(layout.fingerprint_file.read_text()) if layout.fingerprint_file.is_file() else None
     identity = check_identity(study, saved, allow_new_versions)
     if saved is None and resume:
         raise ConfigError(f"--resume: no study named {study.name!r} in {layout.root.parent}; run it without "
                           "--resume to start it")
+    if saved is not None and layout.completed_file.is_file():
+        return None
     from sbmoe_ray.tracking import check_tracking_uri
 
     check_tracking_uri(study.tracking_uri)

@@ -50,7 +50,7 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     if on_cluster:
         init_ray(address, 0)
     identity = check_study(study, resume, local=not on_cluster, allow_new_versions=allow_new_versions)
-    if study.layout.completed_file.is_file():
+    if identity is None:
         print(f"sbmoe: study {study.name!r} is complete ({study.layout.report_file}); nothing to run "
               f"(`sbmoe report {study.layout.root}` rebuilds its report)", flush=True)
         return 0
