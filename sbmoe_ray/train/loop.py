@@ -18,17 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbmoe_ray.data.beir import identical_id_queries
-from sbmoe_ray.evaluation.dense import exact_search
-from sbmoe_ray.evaluation.metrics import evaluate_run
 from sbmoe_ray.model.bi_encoder import BiEncoder
+from sbmoe_ray.model.losses import build_loss
 from sbmoe_ray.model.moe import ExpertLoad
-from sbmoe_ray.runtime.precision import autocast
 from sbmoe_ray.train.config import TrainConfig
 from sbmoe_ray.train.inputs import PairData, Pairs, epoch_batches, token_count
 from sbmoe_ray.train.routes import ROUTES, Route, Step, objective_for
 from sbmoe_ray.train.session import RayTrainSession, log_progress, save_checkpoint
 from sbmoe_ray.train.step import all_sum
+from sbmoe_ray.train.validation import validation_metrics, validation_ndcg
 
 
 def seed_everything(seed: int) -> None:
@@ -52,41 +50,37 @@ def build_optimizer(model: BiEncoder, cfg: TrainConfig):
 
 
 def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, cfg: TrainConfig, rank: int,
-              world: int, epoch: int, optimizer=None, scheduler=None) -> dict[str, Any]:
-    """One pass over ``pairs``: training when an optimizer is given, else validation (no gradient)."""
-    training = optimizer is not None
+              world: int, epoch: int, optimizer, scheduler) -> dict[str, Any]:
+    """One training pass over ``pairs`` in full global batches (the last partial batch is dropped);
+    validation is :func:`sbmoe_ray.train.validation.validation_metrics`."""
     bare = getattr(model, "module", model)
     load = ExpertLoad.empty(bare.head.num_experts) if bare.head is not None else None
-    global_batch = cfg.optim.batch_size if training else min(cfg.optim.batch_size, len(pairs) // world * world)
-    batches = (epoch_batches(len(pairs), global_batch, rank, world, cfg.run.seed, epoch, shuffle=training)
-               if global_batch else [])
-    if training and cfg.optim.max_steps_per_epoch:
+    batches = epoch_batches(len(pairs), cfg.optim.batch_size, rank, world, cfg.run.seed, epoch)
+    if cfg.optim.max_steps_per_epoch:
         batches = batches[: cfg.optim.max_steps_per_epoch]
     sums, step_seconds = torch.zeros(3, dtype=torch.float64), []          # loss, accuracy, steps
     tokens = np.zeros(2, dtype=np.int64)                                  # tokens, texts encoded
-    model.train(training)
+    model.train(True)
     start = time.perf_counter()
     for index in batches:
         step_start = time.perf_counter()
         queries = data.query_input([pairs[i][0] for i in index])
         passages = data.passage_input([pairs[i][1] for i in index])
         tokens += np.add(token_count(queries), token_count(passages))
-        if training:
-            optimizer.zero_grad(set_to_none=True)
-        out, loss, accuracy = step(model, queries, passages, training)
-        if training:
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        out, loss, accuracy = step(model, queries, passages, True)
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
         sums += torch.tensor([loss.item(), accuracy.item(), 1.0], dtype=torch.float64)
         if load is not None:
             load.update(out.routing)
         step_seconds.append(time.perf_counter() - step_start)
     seconds = time.perf_counter() - start
-    metrics = _epoch_metrics(sums, load, step_seconds, seconds, len(batches), cfg, world, training,
+    metrics = _epoch_metrics(sums, load, step_seconds, seconds, len(batches), cfg, world,
                              next(bare.parameters()).device)
-    if training and tokens[0]:
+    if tokens[0]:
         metrics.update(_utilisation(bare, tokens, seconds, cfg))
     return metrics
 
@@ -102,43 +96,19 @@ def _utilisation(model: BiEncoder, tokens: np.ndarray, seconds: float, cfg: Trai
             "train_utilisation": utilisation(flops, seconds, cfg.memory.precision, device)}
 
 
-def _epoch_metrics(sums, load, step_seconds, seconds, steps_run, cfg, world, training, device) -> dict[str, Any]:
-    """Losses and accuracy averaged over every worker's steps, timing, and the merged expert load."""
+def _epoch_metrics(sums, load, step_seconds, seconds, steps_run, cfg, world, device) -> dict[str, Any]:
+    """The training loss and accuracy averaged over every worker's steps, timing, and the merged expert load."""
     sums = all_sum(sums.to(device), world).cpu()
-    prefix = "train" if training else "val"
     steps = max(sums[2].item(), 1.0)
-    metrics = {f"{prefix}_loss": sums[0].item() / steps, f"{prefix}_accuracy": sums[1].item() / steps}
-    if training:
-        metrics.update(train_seconds=seconds, pairs_per_second=steps_run * cfg.optim.batch_size / max(seconds, 1e-9),
-                       step_seconds_median=float(np.median(step_seconds)) if step_seconds else float("nan"))
-        if device.type == "cuda":
-            metrics["cuda_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    metrics = {"train_loss": sums[0].item() / steps, "train_accuracy": sums[1].item() / steps,
+               "train_seconds": seconds, "pairs_per_second": steps_run * cfg.optim.batch_size / max(seconds, 1e-9),
+               "step_seconds_median": float(np.median(step_seconds)) if step_seconds else float("nan")}
+    if device.type == "cuda":
+        metrics["cuda_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if load is not None:
         merged = ExpertLoad.from_tensor(all_sum(load.to_tensor().to(device), world).cpu())
-        metrics.update({f"{prefix}_load.{k}": v for k, v in merged.summary().items()})
+        metrics.update({f"train_load.{k}": v for k, v in merged.summary().items()})
     return metrics
-
-
-@torch.inference_mode()
-def validation_ndcg(model: BiEncoder, data: PairData, cfg: TrainConfig, device: torch.device) -> float:
-    """nDCG@10 of the held-out queries against their positives plus ``validation_retrieval_docs`` others."""
-    query_ids = sorted({q for q, _ in data.validation})
-    positives = {d for _, d in data.validation}
-    others = sorted(set(data.dataset.corpus) - positives)
-    sample = random.Random(cfg.data.split_seed).sample(others, min(cfg.data.validation_retrieval_docs, len(others)))
-    doc_ids, size = sorted(positives) + sample, cfg.memory.eval_batch_size
-    model.eval()
-
-    def embed(ids: list[str], to_input) -> np.ndarray:
-        parts = []
-        for start in range(0, len(ids), size):
-            with autocast(device.type, cfg.memory.precision):
-                parts.append(model.embed_inputs(to_input(ids[start: start + size]))[0].float().cpu())
-        return torch.cat(parts).numpy()
-
-    run = exact_search(embed(doc_ids, data.passage_input), doc_ids, embed(query_ids, data.query_input), query_ids, k=10)
-    drop = identical_id_queries(data.dataset, cfg.data.identical_ids.get(data.dataset.name, "auto"))
-    return evaluate_run({q: data.dataset.qrels[q] for q in query_ids}, run, ignore_identical_ids=drop).means["ndcg@10"]
 
 
 def train_worker(cfg: TrainConfig, session, route: Route) -> None:
@@ -156,15 +126,16 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
     model = session.wrap(model)
     bare = getattr(model, "module", model)
     step = route.step(cfg, objective_for(cfg, rank, world), device)
+    criterion = build_loss(cfg.loss.name, cfg.loss.temperature)        # validation: the loss alone
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_start", epoch=epoch, device=str(device))
         trained = run_epoch(model, step, data, data.train, cfg, rank, world, epoch, optimizer, scheduler)
         metrics = {"epoch": epoch, **trained}
-        if data.validation:
-            metrics.update(run_epoch(model, step, data, data.validation, cfg, rank, world, epoch))
-            if cfg.data.validation_retrieval_docs:   # every rank computes it: cheap, and no rank waits idle
+        if data.validation:            # every rank computes it on the same pairs: no rank waits idle
+            metrics.update(validation_metrics(bare, data, criterion, cfg, device))
+            if cfg.data.validation_retrieval_docs:
                 metrics["val_ndcg@10"] = validation_ndcg(bare, data, cfg, device)
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_end", epoch=epoch, metrics=metrics)

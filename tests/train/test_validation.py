@@ -1,0 +1,53 @@
+"""The validation objective counts every held-out pair once, whatever the batch size, the chunking or the
+load-balancing coefficient, and equals the loss taken directly over all held-out pairs (the reference)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
+from sbmoe_ray.model.losses import InBatchNegativesLoss
+from sbmoe_ray.train.config import TrainConfig
+from sbmoe_ray.train.inputs import PairData
+from sbmoe_ray.train.validation import validation_metrics
+
+
+def held_out(num_queries: int = 13, hidden: int = 16):
+    """A head-only SB-MoE bi-encoder and cached pooled embeddings of 13 held-out queries, one with 2 positives."""
+    torch.manual_seed(0)
+    config = ModelConfig(base_model="none", num_experts=3, top_k=1, max_length=32, pooling="mean", normalize=True)
+    model = build_bi_encoder(config, hidden_size=hidden).eval()
+    queries = {f"q{i}": torch.randn(hidden) for i in range(num_queries)}
+    docs = {f"d{i}": torch.randn(hidden) for i in range(num_queries + 1)}
+    pairs = [(f"q{i}", f"d{i}") for i in range(num_queries)] + [("q0", f"d{num_queries}")]
+    data = PairData([], pairs, lambda ids: torch.stack([queries[i] for i in ids]),
+                    lambda ids: torch.stack([docs[i] for i in ids]), dataset=None)
+    return model, data
+
+
+def test_every_held_out_pair_counts_once_and_equals_the_loss_over_all_of_them():
+    model, data = held_out()
+    criterion = InBatchNegativesLoss(0.05)
+    cfg = TrainConfig()
+    metrics = validation_metrics(model, data, criterion, cfg, torch.device("cpu"))
+    assert metrics["val_pairs"] == 14 and metrics["val_queries"] == 13       # 14 is no multiple of batch 64 or 4
+    with torch.inference_mode():
+        q = model.embed_inputs(data.query_input([q for q, _ in data.validation]))[0]
+        d = model.embed_inputs(data.passage_input([d for _, d in data.validation]))[0]
+        reference, accuracy = criterion(q, d)
+    assert abs(metrics["val_loss"] - reference.item()) < 1e-6 and metrics["val_accuracy"] == accuracy.item()
+    assert 0.0 <= metrics["val_load.load_cv"] and "val_load.load_max_over_mean" in metrics
+
+
+def test_the_objective_does_not_depend_on_batch_size_chunks_or_the_load_balancing_coefficient():
+    model, data = held_out()
+    criterion, cpu = InBatchNegativesLoss(0.05), torch.device("cpu")
+    base = TrainConfig()
+    values = set()
+    for batch, chunk, balance in ((64, 32, 0.01), (4, 3, 0.0), (8, 1, 1.0)):
+        cfg = replace(base, optim=replace(base.optim, batch_size=batch),
+                      memory=replace(base.memory, eval_batch_size=chunk), loss=replace(base.loss, load_balancing=balance))
+        values.add(round(validation_metrics(model, data, criterion, cfg, cpu)["val_loss"], 6))
+    assert len(values) == 1
