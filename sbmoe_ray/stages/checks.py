@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from sbmoe_ray.errors import ConfigError, DataError, SbmoeError
@@ -36,7 +37,7 @@ def check_study(study: StudyConfig, resume: bool = False, local: bool = True,
 
     check_tracking_uri(study.tracking_uri)
     with removed_if_refused(layout.root):
-        checks.check_writable(study.layout.root, "config.storage_path")
+        checks.check_writable(layout.root, "config.storage_path")
         check_inputs(study, local)
     return identity
 
@@ -75,17 +76,14 @@ def check_large_collections(study: StudyConfig) -> None:
         print(f"[prepare] large test collection {name}: {path}", flush=True)
 
 
-class removed_if_refused:
-    """A context: the folders of ``path`` that did not exist on entry are removed again when the body raises
-    a :class:`SbmoeError` (a refused study leaves no empty study folder, nor its parents)."""
-
-    def __init__(self, path: Path) -> None:
-        self.first_new = next((p for p in [path, *path.parents][::-1] if not p.exists()), None)
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if kind is not None and issubclass(kind, SbmoeError) and self.first_new is not None:
-            shutil.rmtree(self.first_new, ignore_errors=True)
-        return False
+@contextmanager
+def removed_if_refused(path: Path):
+    """The folders of ``path`` that did not exist on entry are removed again when the body raises a
+    :class:`SbmoeError` (a refused study leaves no empty study folder, nor its parents)."""
+    first_new = next((p for p in [path, *path.parents][::-1] if not p.exists()), None)
+    try:
+        yield
+    except SbmoeError:
+        if first_new is not None:
+            shutil.rmtree(first_new, ignore_errors=True)
+        raise

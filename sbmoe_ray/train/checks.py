@@ -79,15 +79,20 @@ def check_base_model(name: str, key: str) -> None:
         raise ModelLoadError(f"{key}={name!r}: {exc}") from None
 
 
-def check_gpus(use_gpu: bool, key: str) -> None:
-    """A local run that asks for GPUs on a machine that has none would wait for them forever."""
-    if not use_gpu:
-        return
+def _no_gpu() -> str | None:
+    """Why this machine has no GPU for torch (None: it has one)."""
     import torch
 
-    if not torch.cuda.is_available():
-        build = "a CPU build of torch" if torch.version.cuda is None else "no CUDA device visible"
-        raise ConfigError(f"{key}=True: this machine has no GPU for it ({build}); set {key}: false, or run "
+    if torch.cuda.is_available():
+        return None
+    return "a CPU build of torch" if torch.version.cuda is None else "no CUDA device visible"
+
+
+def check_gpus(use_gpu: bool, key: str) -> None:
+    """A local run that asks for GPUs on a machine that has none would wait for them forever."""
+    reason = _no_gpu() if use_gpu else None
+    if reason:
+        raise ConfigError(f"{key}=True: this machine has no GPU for it ({reason}); set {key}: false, or run "
                           "on a machine or Ray cluster with GPUs (--address)")
 
 
@@ -99,9 +104,9 @@ def check_device(device: str, key: str) -> None:
         kind = torch.device(device).type
     except RuntimeError:
         raise ConfigError(f"{key}={device!r}: not a torch device; use cpu, cuda or cuda:N") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        build = "a CPU build of torch" if torch.version.cuda is None else "no CUDA device visible"
-        raise ConfigError(f"{key}={device!r}: this machine has no GPU ({build}); use cpu")
+    reason = _no_gpu() if kind == "cuda" else None
+    if reason:
+        raise ConfigError(f"{key}={device!r}: this machine has no GPU ({reason}); use cpu")
 
 
 def check_writable(folder: Path, key: str) -> None:

@@ -19,6 +19,7 @@ import pytest
 import ray
 
 from sbmoe_ray.cli import main
+from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.study.identity import check_identity
 
 from helpers import bad_input_assets, record_existing_study, write_study
@@ -128,7 +129,7 @@ def test_a_new_package_version_is_refused_unless_accepted_and_then_recorded(exis
     _, study = existing
     saved = json.loads(study.layout.fingerprint_file.read_text())
     older = {**saved, "versions": {**saved["versions"], "torch": "1.0.0"}}
-    with pytest.raises(Exception, match=r"(?s)other package versions:\n  torch: \"1\.0\.0\" -> .*--allow-new-versions"):
+    with pytest.raises(ConfigError, match=r"(?s)other package versions:\n  torch: \"1\.0\.0\" -> .*--allow-new-versions"):
         check_identity(study, older)
     accepted = check_identity(study, older, allow_new_versions=True)
     assert accepted["versions"] == saved["versions"] and accepted["earlier_versions"] == [older["versions"]]
