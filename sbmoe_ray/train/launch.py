@@ -132,8 +132,11 @@ def fit(cfg: TrainConfig, address: str | None = None, callbacks: list | None = N
 
 
 def train_nothing(cfg: TrainConfig, **_) -> tuple[None, dict[str, Any], None]:
-    """The ``zero_shot`` path: the base model is tested as it is."""
-    return None, {}, None
+    """The ``zero_shot`` path: the base model is tested as it is, and validated as every trained run is
+    (its objective competes with theirs: a study can answer "no head")."""
+    from sbmoe_ray.train.validation import base_model_validation
+
+    return None, base_model_validation(cfg), None
 
 
 def train_in_process(cfg: TrainConfig, on_epoch=None, **_) -> tuple[Path, dict[str, Any], Path]:

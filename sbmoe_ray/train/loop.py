@@ -26,7 +26,7 @@ from sbmoe_ray.train.inputs import PairData, Pairs, epoch_batches, token_count
 from sbmoe_ray.train.routes import ROUTES, Route, Step, objective_for
 from sbmoe_ray.train.session import RayTrainSession, log_progress, save_checkpoint
 from sbmoe_ray.train.step import all_sum
-from sbmoe_ray.train.validation import validation_metrics, validation_ndcg
+from sbmoe_ray.train.validation import validate
 
 
 def seed_everything(seed: int) -> None:
@@ -134,9 +134,7 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
         trained = run_epoch(model, step, data, data.train, cfg, rank, world, epoch, optimizer, scheduler)
         metrics = {"epoch": epoch, **trained}
         if data.validation:            # every rank computes it on the same pairs: no rank waits idle
-            metrics.update(validation_metrics(bare, data, criterion, cfg, device))
-            if cfg.data.validation_retrieval_docs:
-                metrics["val_ndcg@10"] = validation_ndcg(bare, data, cfg, device)
+            metrics.update(validate(bare, data, criterion, cfg, device))
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_end", epoch=epoch, metrics=metrics)
             print(f"[{cfg.run.name}] epoch {epoch + 1}/{cfg.optim.epochs}  train_loss {metrics['train_loss']:.4f}  "

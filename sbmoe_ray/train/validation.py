@@ -13,7 +13,9 @@ positive, the others being its negatives (in-batch negatives with the whole vali
 The number does not depend on the batch size, the chunking or the worker count (every worker computes it
 on the same pairs), and carries no load-balancing term; the router's balance is reported beside it
 (``val_load.*``). ``validation_ndcg`` is the retrieval view: nDCG@10 of the held-out queries over their
-positives plus ``data.validation_retrieval_docs`` sampled documents.
+positives plus ``data.validation_retrieval_docs`` sampled documents. :func:`validate` is both, as every
+epoch reports them; :func:`base_model_validation` gives the same numbers for the untrained base model (the
+``zero_shot`` baseline), so a study can answer "no head" when validation prefers it.
 """
 
 from __future__ import annotations
@@ -78,3 +80,27 @@ def validation_ndcg(model: BiEncoder, data: PairData, cfg: TrainConfig, device: 
     run = exact_search(embed(doc_ids, data.passage_input), doc_ids, embed(query_ids, data.query_input), query_ids, k=10)
     drop = identical_id_queries(data.dataset, cfg.data.identical_ids.get(data.dataset.name, "auto"))
     return evaluate_run({q: data.dataset.qrels[q] for q in query_ids}, run, ignore_identical_ids=drop).means["ndcg@10"]
+
+
+def validate(model: BiEncoder, data: PairData, criterion: torch.nn.Module, cfg: TrainConfig,
+             device: torch.device) -> dict[str, Any]:
+    """Every validation metric of a run at this point: the loss view, and nDCG@10 when configured."""
+    metrics = validation_metrics(model, data, criterion, cfg, device)
+    if cfg.data.validation_retrieval_docs:
+        metrics["val_ndcg@10"] = validation_ndcg(model, data, cfg, device)
+    return metrics
+
+
+def base_model_validation(cfg: TrainConfig) -> dict[str, Any]:
+    """The validation metrics of the base model as it is (the ``zero_shot`` route: nothing trains), on the
+    same held-out pairs and with the same loss as every trained configuration."""
+    from sbmoe_ray.model.losses import build_loss
+    from sbmoe_ray.train.routes import ROUTES
+
+    device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    route = ROUTES["cached_head" if cfg.uses_cache else "live"]
+    data = route.inputs(cfg, device)
+    if not data.validation:
+        return {}
+    model = route.model(cfg).to(device)
+    return validate(model, data, build_loss(cfg.loss.name, cfg.loss.temperature), cfg, device)

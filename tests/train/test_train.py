@@ -4,6 +4,7 @@ and the frozen-encoder cache path against the live frozen encoder."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -189,7 +190,7 @@ def test_an_in_process_run_resumes_from_its_last_checkpoint(assets, tmp_path):
 
 @pytest.mark.slow
 def test_frozen_cache_path_equals_the_live_frozen_encoder(assets, tmp_path):
-    settings = dict(encoder_lr=0.0, num_workers=1, cpus_per_worker=2.0)
+    settings = dict(encoder_lr=0.0, num_workers=1, cpus_per_worker=2.0, validation_retrieval_docs=20)
     cached = fit(config(assets, tmp_path, name="cached", **settings))
     live = fit(config(assets, tmp_path, name="live", embedding_cache=False, **settings))
     w_cached, w_live = weights(cached.last_checkpoint), weights(live.last_checkpoint)
@@ -201,9 +202,10 @@ def test_frozen_cache_path_equals_the_live_frozen_encoder(assets, tmp_path):
     assert len(cache_files) == 3        # corpus (train = test), train queries, test queries
 
 
-def test_the_zero_shot_path_tests_the_base_model_cached_or_live_alike(assets, tmp_path):
-    """A frozen encoder without experts trains nothing: fit tests the base model as it is."""
-    settings = dict(encoder_lr=0.0, num_workers=1, cpus_per_worker=2.0)
+def test_the_zero_shot_path_tests_and_validates_the_base_model_cached_or_live_alike(assets, tmp_path):
+    """A frozen encoder without experts trains nothing: fit tests the base model as it is, and gives it the
+    validation objective every trained run has (so a study can prefer it)."""
+    settings = dict(encoder_lr=0.0, num_workers=1, cpus_per_worker=2.0, validation_retrieval_docs=20)
     cfg = config(assets, tmp_path, name="zero-cached", **settings)
     cfg = replace(cfg, model=replace(cfg.model, num_experts=0))
     cached = fit(cfg)
@@ -213,6 +215,9 @@ def test_the_zero_shot_path_tests_the_base_model_cached_or_live_alike(assets, tm
     assert cached.test[0].metrics.means == pytest.approx(live.test[0].metrics.means, abs=1e-6)
     saved = json.loads((cached.config.run_dir / "results.json").read_text())
     assert saved["route"] == "zero_shot" and saved["test"][0]["metrics"]["ndcg@10"] == cached.test[0].metrics.means["ndcg@10"]
+    assert math.isfinite(cached.best_metrics["val_loss"]) and cached.best_metrics["val_pairs"] > 0
+    assert cached.best_metrics["val_loss"] == pytest.approx(live.best_metrics["val_loss"], abs=1e-5)
+    assert cached.best_metrics["val_ndcg@10"] == pytest.approx(live.best_metrics["val_ndcg@10"], abs=1e-6)
 
 
 def test_evaluation_sharded_tests_a_run_in_shards_with_the_single_process_metrics(assets, tmp_path):
