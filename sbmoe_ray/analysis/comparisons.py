@@ -1,19 +1,22 @@
-"""SB-MoE configurations against their base model's baseline: paired differences, intervals, corrected p.
+"""SB-MoE configurations against their base model's baseline: Δ over queries and seeds, equivalence, power.
 
-Per dataset and SB-MoE configuration (all its replicates, :class:`~sbmoe_ray.analysis.records.ConfigGroup`):
+Per dataset and SB-MoE configuration (all its replicates, :class:`~sbmoe_ray.analysis.records.ConfigGroup`),
+against its base model's baseline group (all *its* replicates):
 
-* Δ: the mean over test queries of (configuration − baseline), each query's metric first averaged over
-  the replicates (training seeds) of each side;
-* its 95 % confidence interval and the two-sided p-value of a paired t-test over those queries
-  (``scipy.stats.ttest_rel``; the test the paper uses), and the effect size d_z = mean(diff) / sd(diff);
-* the spread over training seeds: Δ of each replicate against the baseline's mean, and, with two or more
-  seeds, the 95 % t-interval of their mean (``scipy.stats.ttest_1samp``). The query interval says how
-  sure we are for these queries; the seed interval how much another training run would move Δ. A
-  difference worth claiming has both intervals away from 0.
+* Δ: the mean over test queries of (configuration − baseline), each query's metric averaged over each
+  side's replicates (training seeds);
+* its 95 % interval and two-sided p with queries and seeds counted together
+  (:func:`sbmoe_ray.analysis.inference.combined`: the pooled seed variance of the base model's
+  configurations on that test set, for both arms), and the query-only interval and p of the paired t-test
+  (``scipy.stats.ttest_rel``, the test the SB-MoE paper uses) beside it;
+* TOST against ``analysis.margin`` and the minimum detectable effect at ``analysis.power``;
+* the verdict: ``better`` / ``worse`` (adjusted p < α, both arms with >= 3 seeds), ``equivalent``
+  (adjusted TOST p < α, same seeds rule), ``seed variance not estimated`` (an arm has < 3 seeds: nothing
+  is claimed on query evidence alone), else ``inconclusive``.
 
-A study makes many such comparisons (every configuration it tried, on every test set), so p is adjusted
-over all of them: Holm–Bonferroni by default (family-wise error), Benjamini–Hochberg as an option (false
-discovery rate), both from ``statsmodels``.
+The confirmatory family (:mod:`sbmoe_ray.study.claims`) is the chosen configuration per base model on every
+test set; p and TOST p are adjusted over it (Holm by default, statsmodels). Every other comparison is
+``exploratory``, adjusted over its own family, and never part of the answer.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
-from sbmoe_ray.analysis.records import ConfigGroup, baselines, best_group
-from sbmoe_ray.study.space import label
+from sbmoe_ray.analysis.inference import MIN_SEEDS, SeedVariance, combined
+from sbmoe_ray.analysis.records import ConfigGroup, baselines
+from sbmoe_ray.study.claims import ClaimsConfig
 
 CORRECTIONS = {"holm": "Holm-Bonferroni", "fdr_bh": "Benjamini-Hochberg"}
+CONFIRMATORY, EXPLORATORY = "confirmatory", "exploratory"
 
 
 @dataclass
@@ -38,16 +43,28 @@ class Comparison:
     baseline_mean: float
     moe_mean: float
     delta: float
-    ci_low: float
+    ci_low: float               # queries and seeds together
     ci_high: float
     p_raw: float
     p_adjusted: float
-    effect_size: float          # d_z: mean(diff) / sd(diff)
+    effect_size: float          # d_z over queries: mean(diff) / sd(diff)
     queries: int
-    seeds: int
-    delta_per_seed: list[float] = field(default_factory=list)
-    seed_ci_low: float = math.nan     # 95 % t-interval of the mean Δ over seeds (NaN with one seed)
-    seed_ci_high: float = math.nan
+    seeds: int                  # replicates of the configuration
+    baseline_seeds: int = 1
+    query_ci_low: float = math.nan    # the paired t-test over queries alone (seeds ignored)
+    query_ci_high: float = math.nan
+    query_p: float = math.nan
+    se: float = math.nan
+    df: float = math.nan
+    seed_df: int = 0            # degrees of freedom of the pooled seed variance (0: none estimated)
+    seeds_estimated: bool = False
+    tost_p: float = math.nan
+    tost_p_adjusted: float = math.nan
+    margin: float = math.nan
+    mde: float = math.nan       # minimum detectable |Δ| at the declared power
+    family: str = EXPLORATORY
+    verdict: str = ""
+    delta_per_seed: list[float] = field(default_factory=list)   # each replicate against the baseline's mean
     trial_ids: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -55,7 +72,7 @@ class Comparison:
 
 
 def paired(baseline: dict[str, float], moe: dict[str, float]) -> tuple[float, float, float, float, float, int]:
-    """Δ, 95 % interval, p (paired t) and d_z over the queries both runs scored."""
+    """Δ, 95 % interval, p (paired t over queries) and d_z over the queries both runs scored."""
     common = sorted(set(baseline) & set(moe))
     diff = np.array([moe[q] - baseline[q] for q in common])
     if len(common) < 2:
@@ -69,16 +86,6 @@ def paired(baseline: dict[str, float], moe: dict[str, float]) -> tuple[float, fl
     return float(diff.mean()), float(low), float(high), p, float(diff.mean() / sd) if sd > 0 else 0.0, len(common)
 
 
-def seed_interval(deltas: list[float]) -> tuple[float, float]:
-    """95 % t-interval of the mean of the per-seed Δ; NaN with fewer than two seeds."""
-    if len(deltas) < 2:
-        return math.nan, math.nan
-    if np.ptp(deltas) == 0:
-        return float(deltas[0]), float(deltas[0])
-    low, high = stats.ttest_1samp(deltas, 0.0).confidence_interval(0.95)
-    return float(low), float(high)
-
-
 def adjust(p_values: list[float], correction: str = "holm") -> list[float]:
     """p-values adjusted over the family (statsmodels ``multipletests``)."""
     from statsmodels.stats.multitest import multipletests
@@ -88,56 +95,57 @@ def adjust(p_values: list[float], correction: str = "holm") -> list[float]:
     return [float(p) for p in multipletests(p_values, method=correction)[1]]
 
 
-def compare(group: ConfigGroup, base: ConfigGroup, dataset: str, metric: str = "ndcg@10") -> Comparison:
-    """One configuration against its baseline on one dataset (p not yet adjusted)."""
+def seed_variances(groups: list[ConfigGroup], datasets: list[str], metric: str = "ndcg@10"
+                   ) -> dict[tuple[str, str], SeedVariance]:
+    """Per (base model, dataset): the seed variance pooled over the base model's configurations."""
+    out = {}
+    for model in {g.base_model for g in groups}:
+        for dataset in datasets:
+            out[(model, dataset)] = SeedVariance.pooled(
+                [[r.mean(dataset, metric) for r in g.records] for g in groups if g.base_model == model])
+    return out
+
+
+def compare(group: ConfigGroup, base: ConfigGroup, dataset: str, seed: SeedVariance, claims: ClaimsConfig,
+            metric: str = "ndcg@10") -> Comparison:
+    """One configuration against its baseline on one dataset (p not yet adjusted, no verdict yet)."""
+    base_runs = [r.per_query(dataset, metric) for r in base.records]
+    mine = [r.per_query(dataset, metric) for r in group.records]
+    estimate = combined(mine, base_runs, seed)
     base_queries = base.per_query(dataset, metric)
-    delta, low, high, p, d_z, n = paired(base_queries, group.per_query(dataset, metric))
-    per_seed = []
-    for record in group.records:
-        mine = record.per_query(dataset, metric)
-        common = [q for q in base_queries if q in mine]
-        per_seed.append(float(np.mean([mine[q] - base_queries[q] for q in common])))
-    seed_low, seed_high = seed_interval(per_seed)
+    _, q_low, q_high, q_p, d_z, _ = paired(base_queries, group.per_query(dataset, metric))
+    per_seed = [float(np.mean([run[q] - base_queries[q] for q in base_queries if q in run])) for run in mine]
     return Comparison(group.base_model, group.key, dataset, base.mean(dataset, metric), group.mean(dataset, metric),
-                      delta, low, high, p, p, d_z, n, len(group.records), per_seed, seed_low, seed_high,
-                      [r.trial_id for r in group.records])
+                      estimate.delta, estimate.low, estimate.high, estimate.p, estimate.p, d_z, estimate.queries,
+                      len(mine), len(base_runs), q_low, q_high, q_p, estimate.se, estimate.df, seed.df,
+                      estimate.seeds_estimated, estimate.tost(claims.margin), math.nan, claims.margin,
+                      estimate.mde(claims.alpha, claims.power), delta_per_seed=per_seed,
+                      trial_ids=[r.trial_id for r in group.records])
 
 
-def compare_groups(groups: list[ConfigGroup], datasets: list[str], metric: str = "ndcg@10",
-                   correction: str = "holm") -> list[Comparison]:
-    """Every SB-MoE configuration that has a baseline, on every dataset, p adjusted over all of them."""
-    paired_baselines, rows = baselines(groups), []
+def verdict(row: Comparison, alpha: float) -> str:
+    if not row.seeds_estimated:
+        return f"seed variance not estimated (< {MIN_SEEDS} seeds per arm)"
+    if row.p_adjusted < alpha:
+        return "better" if row.delta > 0 else "worse"
+    if row.tost_p_adjusted < alpha:
+        return f"equivalent within ±{row.margin:g}"
+    return f"inconclusive (detectable: ±{row.mde:.3f})"
+
+
+def compare_groups(groups: list[ConfigGroup], datasets: list[str], claimed: set[str], claims: ClaimsConfig,
+                   metric: str = "ndcg@10") -> list[Comparison]:
+    """Every SB-MoE configuration that has a baseline, on every dataset; ``claimed``: the keys of the
+    configurations the answer is about (the confirmatory family), adjusted apart from the rest."""
+    paired_baselines, seeds, rows = baselines(groups), seed_variances(groups, datasets, metric), []
     for group in groups:
         base = paired_baselines.get(group.base_model)
         if not group.is_baseline and base is not None:
-            rows += [compare(group, base, dataset, metric) for dataset in datasets]
-    for row, p_adjusted in zip(rows, adjust([r.p_raw for r in rows], correction)):
-        row.p_adjusted = p_adjusted
+            rows += [compare(group, base, d, seeds[(group.base_model, d)], claims, metric) for d in datasets]
+    for family in (CONFIRMATORY, EXPLORATORY):
+        members = [r for r in rows if (r.group in claimed) == (family == CONFIRMATORY)]
+        for row, p, tost in zip(members, adjust([r.p_raw for r in members], claims.correction),
+                                adjust([r.tost_p for r in members], claims.correction)):
+            row.family, row.p_adjusted, row.tost_p_adjusted = family, p, tost
+            row.verdict = verdict(row, claims.alpha)
     return rows
-
-
-def study_summary(groups: list[ConfigGroup], comparisons: list[Comparison], datasets: list[str], mode: str,
-                  objective: str, budget: dict, correction: str = "holm") -> dict:
-    """The stage's answer per base model, machine-readable (``report/summary.json``): the configuration
-    chosen by its mean validation objective over seeds, and its test comparison with the baseline on every
-    dataset (from ``comparisons``: :func:`compare_groups` over the same groups). ``budget``: what the stage
-    spent (configurations, seeds, epochs)."""
-    by_key = {(c.group, c.dataset): c for c in comparisons}
-    answers = []
-    for base_model in sorted({g.base_model for g in groups}):
-        mine = [g for g in groups if g.base_model == base_model]
-        chosen = best_group(mine, mode)
-        if chosen is None:
-            continue
-        answers.append({"base_model": base_model, "configurations": len(mine), "chosen": {
-            "group": chosen.key, "config": label(chosen.params), "params": chosen.params, "seeds": chosen.seeds,
-            "trial_ids": [r.trial_id for r in chosen.records], objective: chosen.objective},
-            "datasets": {d: by_key[(chosen.key, d)].to_dict() for d in datasets if (chosen.key, d) in by_key}})
-    trials = sum(len(g.records) for g in groups)
-    return {"objective": objective, "budget": {**budget, "configurations": len(groups), "trials": trials},
-            "comparisons": len(comparisons), "correction": correction,
-            "method": (f"per query, the metric averaged over each side's seeds; paired t-test over test queries "
-                       f"(scipy), 95 % interval of the mean difference; p adjusted over all {len(comparisons)} "
-                       f"SB-MoE-vs-baseline comparisons ({CORRECTIONS[correction]}, statsmodels); seed interval: "
-                       "95 % t-interval of the per-seed differences"),
-            "per_base_model": answers}

@@ -10,8 +10,8 @@ record and writes it back (:meth:`TrialRecord.write`).
 A stage with n seeds runs each configuration n times with other training seeds (the validation split
 stays fixed): each replicate is its own trial, and :class:`ConfigGroup` gathers the replicates of one
 configuration. Answers are about groups: the configuration chosen by its mean validation objective
-(:func:`best_group`), compared with its base model's baseline group (:func:`baselines`). Nothing here
-imports Ray, torch or MLflow.
+(:func:`best_group`; :func:`preferred_group` lets the baseline win), compared with its base model's
+baseline group (:func:`baselines`). Nothing here imports Ray, torch or MLflow.
 """
 
 from __future__ import annotations
@@ -166,12 +166,21 @@ def baselines(groups: list[ConfigGroup]) -> dict[str, ConfigGroup]:
     return {g.base_model: g for g in groups if g.is_baseline}
 
 
+def _best(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
+    ranked = [g for g in groups if not math.isnan(g.objective)]
+    if not ranked:
+        return None
+    return min(ranked, key=lambda g: g.objective) if mode == "min" else max(ranked, key=lambda g: g.objective)
+
+
 def best_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
     """The SB-MoE configuration with the best mean validation objective (never a test metric)."""
-    moe = [g for g in groups if not g.is_baseline and not math.isnan(g.objective)]
-    if not moe:
-        return None
-    return min(moe, key=lambda g: g.objective) if mode == "min" else max(moe, key=lambda g: g.objective)
+    return _best([g for g in groups if not g.is_baseline], mode)
+
+
+def preferred_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
+    """The configuration validation prefers, the baseline included: the answer to "SB-MoE at all?"."""
+    return _best(groups, mode)
 
 
 def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:

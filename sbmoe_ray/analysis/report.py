@@ -1,12 +1,13 @@
 """A study's report, written by one function (:func:`write_report`) at the end of each stage and by
 ``sbmoe report``: ``<study>/report/report.md`` with its figures, and ``summary.json``.
 
-Stage 1 (the proxy): the answer per base model (the configuration chosen by its mean validation objective
-over seeds, its test comparison with the baseline with query and seed intervals, corrected for all
-comparisons: :mod:`sbmoe_ray.analysis.comparisons`), the budget and which differences survive, heatmaps,
+Stage 1 (the proxy): the answer per base model (what validation prefers, the SB-MoE configuration chosen by
+its mean validation objective over seeds, and its test comparison with the baseline: Δ with queries and
+seeds counted together, TOST, the minimum detectable effect and a verdict, over the confirmatory family:
+:mod:`sbmoe_ray.analysis.comparisons`), the method and its A/A calibration, heatmaps,
 the Pareto front (with a zero-shot validation set), parameter importances and the chosen configurations'
 expert load. Stage 2 (fine-tuning): every fine-tuned configuration with both stages' objectives, the
-budget's plan, the proxy check (Kendall's τ, Spearman's ρ, a verdict) and the test comparison of the
+budget's plan, the proxy check (Kendall's τ with exact p, top-k recall, regret, a verdict) and the test comparison of the
 configuration stage 2 chose against plain fine-tuning. Everything comes from the stages' results
 (:mod:`sbmoe_ray.analysis.result`); nothing is read back from disk.
 """
@@ -25,7 +26,7 @@ from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.layout import StudyLayout
 from sbmoe_ray.study.space import BY_NAME
 
-SUMMARY_COLUMNS = ("base", "moe", "Δ", "CI", "seed CI", "p", "p adj")
+SUMMARY_COLUMNS = ("base", "moe", "Δ", "CI", "query-only CI", "p adj", "TOST p adj", "MDE", "verdict")
 
 
 def _interval(low: float, high: float) -> str:
@@ -33,19 +34,22 @@ def _interval(low: float, high: float) -> str:
 
 
 def summary_rows(summary: dict, datasets: list[str]) -> list[dict[str, Any]]:
-    """Per base model: baseline and the SB-MoE configuration chosen by the objective (mean over seeds),
-    Δ nDCG@10 with its query and seed intervals, raw and adjusted p."""
+    """Per base model: what validation prefers, the SB-MoE configuration it chose, and per dataset Δ nDCG@10
+    with its combined (queries and seeds) and query-only intervals, adjusted p and TOST p, the minimum
+    detectable effect and the verdict."""
     rows = []
     for answer in summary["per_base_model"]:
         chosen = answer["chosen"]
-        row = {"base_model": answer["base_model"], "best": chosen["config"], "seeds": len(chosen["seeds"])}
+        row = {"base_model": answer["base_model"], "validation prefers": answer.get("preferred", "sb-moe"),
+               "best": chosen["config"], "seeds": len(chosen["seeds"])}
         for dataset in datasets:
             c = answer["datasets"].get(dataset)
             if c:
                 row.update({f"{dataset} base": c["baseline_mean"], f"{dataset} moe": c["moe_mean"],
                             f"{dataset} Δ": c["delta"], f"{dataset} CI": _interval(c["ci_low"], c["ci_high"]),
-                            f"{dataset} seed CI": _interval(c["seed_ci_low"], c["seed_ci_high"]),
-                            f"{dataset} p": c["p_raw"], f"{dataset} p adj": c["p_adjusted"]})
+                            f"{dataset} query-only CI": _interval(c["query_ci_low"], c["query_ci_high"]),
+                            f"{dataset} p adj": c["p_adjusted"], f"{dataset} TOST p adj": c["tost_p_adjusted"],
+                            f"{dataset} MDE": c["mde"], f"{dataset} verdict": c["verdict"]})
         rows.append(row)
     return rows
 
@@ -58,7 +62,8 @@ def markdown_table(rows: list[dict[str, Any]], header: list[str]) -> list[str]:
 
 
 def answer_table(summary: dict, datasets: list[str]) -> list[str]:
-    header = ["base_model", "best", "seeds", *[f"{d} {c}" for d in datasets for c in SUMMARY_COLUMNS]]
+    header = ["base_model", "validation prefers", "best", "seeds",
+              *[f"{d} {c}" for d in datasets for c in SUMMARY_COLUMNS]]
     return markdown_table(summary_rows(summary, datasets), header)
 
 
@@ -68,15 +73,29 @@ def budget_line(summary: dict) -> str:
             f"{b['trials']} trials of {b['epochs']} epoch(s) each.")
 
 
-def surviving(summary: dict, alpha: float = 0.05) -> str:
-    """One sentence: which chosen configurations' differences survive the correction at ``alpha`` (and
-    whether their seed interval also stays on one side of 0)."""
-    kept = [f"{a['base_model']} on {d} ({c['delta']:+.3f}"
-            + ("" if math.isnan(c["seed_ci_low"]) or c["seed_ci_low"] * c["seed_ci_high"] > 0
-               else ", but its seed interval includes 0") + ")"
-            for a in summary["per_base_model"] for d, c in a["datasets"].items() if c["p_adjusted"] < alpha]
-    return (f"{budget_line(summary)} Method: {summary['method']}. Differences of the chosen configurations that "
-            f"survive the correction at {alpha}: " + (", ".join(kept) if kept else "none") + ".")
+def aa_line(summary: dict) -> str:
+    """The A/A calibration: how often each test rejects replicate i against replicate j of one configuration."""
+    aa = summary.get("aa_check")
+    if not aa or not aa["pairs"]:
+        return "A/A check: no configuration has two replicates; the inference is not calibrated on this study."
+    return (f"A/A check ({aa['pairs']} pairs of replicates of the same configuration, every configuration and test "
+            f"set, where every rejection is false): at α = {aa['alpha']:g} the combined test rejects "
+            f"{aa['combined_rate']:.1%}, the query-only paired t-test {aa['query_only_rate']:.1%}.")
+
+
+def surviving(summary: dict) -> str:
+    """One paragraph: the method, the calibration, and what the confirmatory family lets the answer claim."""
+    alpha, claims = summary.get("alpha", 0.05), []
+    for a in summary["per_base_model"]:
+        for d, c in a["datasets"].items():
+            claims.append(f"{a['base_model']} on {d}: {c['verdict']} (Δ {c['delta']:+.3f})")
+    unestimated = any("not estimated" in c for c in claims)
+    return (f"{budget_line(summary)} Method: {summary['method']}. {aa_line(summary)} Confirmatory family: the "
+            f"chosen SB-MoE configuration per base model on every test set ({summary.get('confirmatory', 0)} "
+            f"comparisons, α = {alpha:g}); every other comparison is exploratory. "
+            + ("; ".join(claims) if claims else "No comparison") + "."
+            + (" Where the seed variance is not estimated nothing is claimed: the query intervals alone ignore "
+               "how much another training run moves Δ." if unestimated else ""))
 
 
 def identical_ids_line(records: list[TrialRecord]) -> str:
@@ -144,12 +163,10 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
     rows = [{**r, f"stage 1 {study.proxy.objective}": r["stage1_objective"], f"stage 2 {objective2}":
              r["stage2_objective"], "stage 2 val nDCG@10": r["stage2_val_ndcg@10"]} for r in result.configurations]
     lines += markdown_table(rows, header)
-    lines += ["", "Does the proxy rank like fine-tuning? (Kendall's τ with its exact p and Spearman's ρ over the "
-              "promoted and control configurations, 95 % percentile bootstrap intervals over configurations)", ""]
-    for a in result.agreement.values():
-        lines.append(f"- τ = {a['kendall_tau']:+.2f} {_ci(a['kendall_tau_ci'])} (p = {a['kendall_tau_p']:.2g}), "
-                     f"ρ = {a['spearman_rho']:+.2f} {_ci(a['spearman_rho_ci'])} over {a['configurations']} "
-                     f"configurations. {a['verdict']}")
+    lines += ["", "Does the proxy rank like fine-tuning? (Kendall's τ with its exact p over the promoted and control "
+              "configurations, Spearman's ρ, top-k recall of the promoted among stage 2's top k, regret of the "
+              "proxy's first pick in stage 2's objective)", ""]
+    lines += [agreement_line(a) for a in result.agreement.values()]
     lines += ["", "![stage agreement](stage_agreement.png)", "", "Test nDCG@10 of the configuration chosen by stage 2 "
               "against plain fine-tuning (mean over seeds; p adjusted over this stage's comparisons):", ""]
     return lines + answer_table(result.summary, datasets)
@@ -157,7 +174,16 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
 
 def _ci(interval: list[float]) -> str:
     low, high = interval
-    return "[n/a]" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]"
+    return "" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]"
+
+
+def agreement_line(a: dict[str, Any]) -> str:
+    """One base model's proxy check: τ with its exact p (an interval only where the bootstrap means something)."""
+    quality = (f", top-{a['k']} recall {a['top_k_recall']:.2f}, regret {a['regret']:.4f}"
+               if "k" in a and not math.isnan(a["top_k_recall"]) else "")
+    return (f"- τ = {a['kendall_tau']:+.2f}{_ci(a['kendall_tau_ci'])} (exact p = {a['kendall_tau_p']:.2g}), "
+            f"ρ = {a['spearman_rho']:+.2f}{_ci(a['spearman_rho_ci'])} over {a['configurations']} configurations"
+            f"{quality}. {a['verdict']}")
 
 
 def write_report(study: StudyConfig, proxy: StageResult, finetune: FinetuneResult | None = None) -> None:

@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sbmoe_ray.analysis.agreement import rank_agreement, verdict
-from sbmoe_ray.analysis.comparisons import Comparison, compare_groups, study_summary
+from sbmoe_ray.analysis.agreement import decision_quality, rank_agreement, verdict
+from sbmoe_ray.analysis.answer import claimed_keys, study_summary
+from sbmoe_ray.analysis.comparisons import Comparison, compare_groups
 from sbmoe_ray.analysis.pareto import pareto_summary
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, group_key, group_trials, nan_mean
 from sbmoe_ray.study.config import StudyConfig
@@ -53,8 +54,9 @@ def analyze_proxy(study: StudyConfig, records: list[TrialRecord], failed: int = 
     """Stage 1: every configuration against its baseline on the test sets, the configuration chosen by the
     mean validation objective, and (with a zero-shot validation set) the Pareto front."""
     groups, datasets, mode = group_trials(records), study.test_names, study.proxy_stage().mode
-    comparisons = compare_groups(groups, datasets)
-    summary = study_summary(groups, comparisons, datasets, mode, study.proxy.objective, study.budget())
+    comparisons = compare_groups(groups, datasets, claimed_keys(groups, mode), study.analysis)
+    summary = study_summary(groups, comparisons, datasets, mode, study.proxy.objective, study.budget(),
+                            study.analysis)
     if study.train.data.zero_shot_validation:
         summary["pareto"] = pareto_summary(groups, mode, datasets)
     return StageResult("proxy", records, groups, comparisons, summary, failed)
@@ -66,15 +68,14 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
     """Stage 2: the tested configurations against plain fine-tuning on every final test set, and the
     proxy check over the promoted and control configurations."""
     groups, ft = group_trials(records), study.finetune
-    tested = [g for g in groups if g.tested]
-    comparisons = compare_groups(tested, study.final_test_names)
+    tested, mode = [g for g in groups if g.tested], study.finetune_stage().mode
+    comparisons = compare_groups(tested, study.final_test_names, claimed_keys(tested, mode), study.analysis)
     budget = {"configurations_planned": len(promotions), "seeds": seeds, "epochs": ft.epochs,
               "workers": ft.num_workers, "encoder_lr": ft.encoder_lr}
-    summary = study_summary(tested, comparisons, study.final_test_names, study.finetune_stage().mode, ft.objective,
-                            budget)
+    summary = study_summary(tested, comparisons, study.final_test_names, mode, ft.objective, budget, study.analysis)
     rows = configuration_rows(promotions, {g.key: g for g in groups})
-    return FinetuneResult("finetune", records, groups, comparisons, summary, 0, rows, agreements(rows), seconds,
-                          seeds, seeds_why, plan, plan_text)
+    return FinetuneResult("finetune", records, groups, comparisons, summary, 0, rows,
+                          agreements(rows, mode, study.analysis.alpha), seconds, seeds, seeds_why, plan, plan_text)
 
 
 def configuration_rows(promotions: list[Promotion], groups: dict[str, ConfigGroup]) -> list[dict[str, Any]]:
@@ -91,15 +92,17 @@ def configuration_rows(promotions: list[Promotion], groups: dict[str, ConfigGrou
     return rows
 
 
-def agreements(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per base model: τ and ρ between the stages over its promoted and control configurations."""
+def agreements(rows: list[dict[str, Any]], mode: str, alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+    """Per base model: τ and ρ between the stages over its promoted and control configurations, and how
+    good the proxy's promotion was as a decision (top-k recall, regret)."""
     out = {}
     for base_model in sorted({r["base_model"] for r in rows}):
-        pairs = [(r["stage1_objective"], r["stage2_objective"]) for r in rows if r["base_model"] == base_model
-                 and r["role"] != "baseline" and not math.isnan(r["stage1_objective"])
-                 and not math.isnan(r["stage2_objective"])]
-        agreement = rank_agreement([p[0] for p in pairs], [p[1] for p in pairs])
-        out[base_model] = {**agreement, "verdict": verdict(agreement, base_model)}
+        mine = [r for r in rows if r["base_model"] == base_model and r["role"] != "baseline"
+                and not math.isnan(r["stage1_objective"]) and not math.isnan(r["stage2_objective"])]
+        agreement = rank_agreement([r["stage1_objective"] for r in mine], [r["stage2_objective"] for r in mine])
+        promoted = sum(r["role"] == "promoted" for r in mine)
+        out[base_model] = {**agreement, **decision_quality(mine, promoted, mode),
+                           "verdict": verdict(agreement, base_model, alpha)}
     return out
 
 

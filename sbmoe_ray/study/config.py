@@ -20,6 +20,7 @@ from sbmoe_ray.config import ConfigBase
 from sbmoe_ray.data.root import data_root, dataset_name
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.limits import non_negative_int, optional, setting
+from sbmoe_ray.study.claims import ClaimsConfig
 from sbmoe_ray.study.layout import StudyLayout
 from sbmoe_ray.study.policy import per_hardware, resolve
 from sbmoe_ray.study.space import PARAMS, apply, default_space
@@ -63,6 +64,7 @@ class StudyConfig(ConfigBase):
     # Minutes for the whole command; stage 2 is planned to fit (sbmoe_ray/stages/budget.py): a number, one per
     # kind of hardware (sbmoe_ray/study/policy.py), or null (no plan: stage 2 as configured)
     budget_minutes: float | dict | None = setting(None, _BUDGET)
+    analysis: ClaimsConfig = setting(factory=ClaimsConfig)   # what the answer may claim (sbmoe_ray/study/claims.py)
 
     def budget_seconds(self) -> float | None:
         """The budget in seconds for this machine (None: no budget)."""

@@ -170,8 +170,9 @@ class StudyTracker:
             for trial_id, own in zip(c.trial_ids, c.delta_per_seed):
                 values = metrics.setdefault(trial_id, {})
                 for name, value in (("delta", c.delta), ("ci_low", c.ci_low), ("ci_high", c.ci_high),
-                                    ("seed_ci_low", c.seed_ci_low), ("seed_ci_high", c.seed_ci_high),
-                                    ("p_value", c.p_raw), ("p_adjusted", c.p_adjusted), ("delta_this_seed", own)):
+                                    ("query_ci_low", c.query_ci_low), ("query_ci_high", c.query_ci_high),
+                                    ("p_value", c.p_raw), ("p_adjusted", c.p_adjusted), ("tost_p", c.tost_p_adjusted),
+                                    ("mde", c.mde), ("delta_this_seed", own)):
                     values[metric_key(c.dataset, f"{name}_ndcg@10")] = value
         for trial_id, values in metrics.items():
             if trial_id in runs:
@@ -190,11 +191,16 @@ class StudyTracker:
         its Δ, intervals and p (stage 1's ``summary``), and stage 2's rank check (τ, ρ)."""
         parent, metrics, short = self.runs["parent"], {}, BY_NAME["base_model"].show
         for answer in summary["per_base_model"]:
-            self.client.set_tag(parent, f"sbmoe.chosen.{short(answer['base_model'])}", answer["chosen"]["config"])
+            model = short(answer["base_model"])
+            self.client.set_tag(parent, f"sbmoe.chosen.{model}", answer["chosen"]["config"])
+            self.client.set_tag(parent, f"sbmoe.preferred.{model}", answer["preferred"])
             for dataset, c in answer["datasets"].items():
-                for name in ("baseline_mean", "moe_mean", "delta", "ci_low", "ci_high", "seed_ci_low", "seed_ci_high",
-                             "p_raw", "p_adjusted"):
-                    metrics[f"{short(answer['base_model'])}.{metric_key(dataset, name)}"] = c[name]
+                self.client.set_tag(parent, f"sbmoe.{model}.{metric_key(dataset, 'verdict')}", c["verdict"])
+                for name in ("baseline_mean", "moe_mean", "delta", "ci_low", "ci_high", "query_ci_low",
+                             "query_ci_high", "p_raw", "p_adjusted", "tost_p_adjusted", "mde"):
+                    metrics[f"{model}.{metric_key(dataset, name)}"] = c[name]
+        if summary.get("aa_check"):
+            metrics.update({f"aa_check.{k}": summary["aa_check"][k] for k in ("combined_rate", "query_only_rate")})
         for model, a in (agreement or {}).items():
             metrics.update({f"{short(model)}.{k}": a[k] for k in ("kendall_tau", "spearman_rho")})
         self.log_summary(parent, metrics)

@@ -1,7 +1,7 @@
-"""Comparisons with the baseline: Δ, interval and p equal scipy's paired t-test on the seed-averaged
-queries; the seed interval is scipy's one-sample t-interval of the per-seed Δ; adjusted p-values are
-statsmodels' own and never below the raw ones; the configuration is chosen by its mean validation objective
-over seeds; the study's machine-readable summary has its schema."""
+"""Comparisons with the baseline: the query-only interval equals scipy's paired t-test on the seed-averaged
+queries and the combined one is wider; adjusted p-values are statsmodels' over the confirmatory family,
+apart from the exploratory rest; one seed per arm claims nothing; the answer can be "the baseline" when
+validation prefers it; the summary has its schema and its A/A check."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from sbmoe_ray.analysis.comparisons import compare_groups, paired, study_summary
+from sbmoe_ray.analysis.answer import claimed_keys, study_summary
+from sbmoe_ray.analysis.comparisons import CONFIRMATORY, EXPLORATORY, compare_groups, paired
 from sbmoe_ray.analysis.records import group_trials
+from sbmoe_ray.study.claims import ClaimsConfig
 
-from helpers import study
+from helpers import record, study
 
 BUDGET = {"configurations_planned": 4, "seeds": 3, "epochs": 2}
+CLAIMS = ClaimsConfig()
 
 
 def test_the_paired_difference_is_scipys_t_test():
@@ -34,48 +37,66 @@ def test_replicates_are_grouped_by_configuration_and_averaged_per_query():
     groups = group_trials(study())
     assert [len(g.records) for g in groups] == [3, 3, 3, 3] and [g.seeds for g in groups][1] == [0, 1, 2]
     g = groups[1]
-    q = "q7"
-    assert g.per_query("a")[q] == pytest.approx(sum(r.per_query("a")[q] for r in g.records) / 3)
+    assert g.per_query("a")["q7"] == pytest.approx(sum(r.per_query("a")["q7"] for r in g.records) / 3)
 
 
-def test_the_comparison_over_seeds_is_scipys_on_seed_means_with_a_seed_interval():
+def test_the_query_only_interval_is_scipys_and_the_combined_one_counts_the_seeds_too():
     groups = group_trials(study())
-    comparison = compare_groups(groups, ["a"])[1]                    # shift 0.05 vs the baseline
+    comparison = compare_groups(groups, ["a"], set(), CLAIMS)[1]               # shift 0.05 vs the baseline
     base, moe = groups[0].per_query("a"), groups[2].per_query("a")
     reference = stats.ttest_rel([moe[q] for q in base], [base[q] for q in base])
-    assert comparison.p_raw == pytest.approx(reference.pvalue) and comparison.seeds == 3
+    assert comparison.query_p == pytest.approx(reference.pvalue) and comparison.seeds == 3
+    assert (comparison.query_ci_low, comparison.query_ci_high) == pytest.approx(tuple(reference.confidence_interval()))
+    assert comparison.delta == pytest.approx(sum(moe[q] - base[q] for q in base) / len(base))
+    assert comparison.ci_high - comparison.ci_low > comparison.query_ci_high - comparison.query_ci_low
+    assert comparison.seed_df == 8 and comparison.seeds_estimated     # 4 configurations x (3 - 1)
     per_seed = [sum(r.per_query("a")[q] - base[q] for q in base) / len(base) for r in groups[2].records]
     assert comparison.delta_per_seed == pytest.approx(per_seed)
-    low, high = stats.ttest_1samp(per_seed, 0.0).confidence_interval(0.95)
-    assert (comparison.seed_ci_low, comparison.seed_ci_high) == pytest.approx((low, high))
     assert comparison.trial_ids == ["t1-s0", "t1-s1", "t1-s2"]
 
 
 @pytest.mark.parametrize("correction", ["holm", "fdr_bh"])
-def test_adjusted_p_values_are_the_librarys_and_never_below_the_raw_ones(correction):
-    comparisons = compare_groups(group_trials(study()), ["a", "b"], correction=correction)
-    assert len(comparisons) == 6                                     # 3 configurations x 2 datasets
-    raw = [c.p_raw for c in comparisons]
-    assert [c.p_adjusted for c in comparisons] == pytest.approx(list(multipletests(raw, method=correction)[1]))
-    assert all(c.p_adjusted >= c.p_raw for c in comparisons)
-
-
-def test_the_summary_names_the_configuration_chosen_by_mean_validation_and_its_test_comparison():
+def test_p_values_are_adjusted_over_the_confirmatory_family_apart_from_the_exploratory_rest(correction):
     groups = group_trials(study())
-    summary = study_summary(groups, compare_groups(groups, ["a", "b"]), ["a", "b"], mode="min", objective="val_loss",
-                            budget=BUDGET)
-    assert summary["comparisons"] == 6 and summary["correction"] == "holm"
+    claimed = claimed_keys(groups, "min")
+    comparisons = compare_groups(groups, ["a", "b"], claimed, ClaimsConfig(correction=correction))
+    assert len(comparisons) == 6                                     # 3 configurations x 2 datasets
+    for family, size in ((CONFIRMATORY, 2), (EXPLORATORY, 4)):
+        members = [c for c in comparisons if c.family == family]
+        assert len(members) == size
+        raw = [c.p_raw for c in members]
+        assert [c.p_adjusted for c in members] == pytest.approx(list(multipletests(raw, method=correction)[1]))
+    assert all(c.p_adjusted >= c.p_raw and c.tost_p_adjusted >= c.tost_p for c in comparisons)
+
+
+def test_the_summary_names_the_configuration_chosen_by_mean_validation_and_its_confirmatory_comparison():
+    groups = group_trials(study())
+    comparisons = compare_groups(groups, ["a", "b"], claimed_keys(groups, "min"), CLAIMS)
+    summary = study_summary(groups, comparisons, ["a", "b"], "min", "val_loss", BUDGET, CLAIMS)
+    assert summary["comparisons"] == 6 and summary["confirmatory"] == 2 and summary["correction"] == "holm"
     assert summary["budget"] == {**BUDGET, "configurations": 4, "trials": 12}
     (answer,) = summary["per_base_model"]
     assert answer["chosen"]["trial_ids"] == ["t2-s0", "t2-s1", "t2-s2"]   # lowest mean validation loss
-    assert answer["chosen"]["seeds"] == [0, 1, 2]
+    assert answer["preferred"] == "sb-moe" and answer["chosen"]["seeds"] == [0, 1, 2]
     for c in answer["datasets"].values():
-        assert set(c) >= {"baseline_mean", "moe_mean", "delta", "ci_low", "ci_high", "p_raw", "p_adjusted",
-                          "effect_size", "queries", "seeds", "seed_ci_low", "seed_ci_high", "delta_per_seed"}
-        assert c["ci_low"] <= c["delta"] <= c["ci_high"] and c["p_adjusted"] >= c["p_raw"]
-        assert c["seed_ci_low"] <= c["delta"] <= c["seed_ci_high"]
+        assert c["family"] == CONFIRMATORY and c["verdict"] == "better"   # shift 0.2 on 40 queries, 3 seeds
+        assert c["ci_low"] <= c["delta"] <= c["ci_high"] and c["mde"] > 0
+    assert summary["aa_check"]["pairs"] == 4 * 2 * 3                       # 4 configurations, 2 sets, 3 pairs
 
 
-def test_one_seed_has_no_seed_interval():
-    (c, *_), = [compare_groups(group_trials(study(seeds=1)), ["a"])]
-    assert c.seeds == 1 and c.seed_ci_low != c.seed_ci_low           # NaN
+def test_one_seed_per_arm_claims_nothing_on_query_evidence_alone():
+    groups = group_trials(study(seeds=1))
+    comparisons = compare_groups(groups, ["a"], claimed_keys(groups, "min"), CLAIMS)
+    chosen = next(c for c in comparisons if c.family == CONFIRMATORY)
+    assert chosen.query_p < 1e-6 and chosen.seed_df == 0                  # a large shift, one seed
+    assert chosen.verdict.startswith("seed variance not estimated")
+
+
+def test_a_study_whose_baseline_validates_best_answers_baseline():
+    queries = {d: {f"q{i}": random.Random(i).random() for i in range(20)} for d in ("a",)}
+    records = [record(f"b{s}", 0, queries, objective=0.5, seed=s) for s in range(3)]
+    records += [record(f"t-s{s}", 3, queries, objective=0.9, seed=s) for s in range(3)]
+    groups = group_trials(records)
+    comparisons = compare_groups(groups, ["a"], claimed_keys(groups, "min"), CLAIMS)
+    (answer,) = study_summary(groups, comparisons, ["a"], "min", "val_loss", BUDGET, CLAIMS)["per_base_model"]
+    assert answer["preferred"] == "baseline" and answer["baseline_objective"] == 0.5

@@ -26,8 +26,10 @@ def test_stage_one_report_renders_the_result_and_links_only_figures_it_wrote(tmp
     layout = config.layout
     text = layout.report_file.read_text()
     answer = proxy.summary["per_base_model"][0]
-    assert f"| m | {answer['chosen']['config']} | 2 |" in text
+    assert f"| m | sb-moe | {answer['chosen']['config']} | 2 |" in text
     assert f"{answer['datasets']['a']['delta']:.4f}" in text and "Holm-Bonferroni" in text
+    assert "seed variance not estimated" in text and "nothing is claimed" in text          # 2 seeds per arm
+    assert "A/A check (8 pairs" in text and answer["datasets"]["a"]["verdict"] in text
     linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert "heatmap_a.png" in linked and all((layout.report_dir / name).is_file() for name in linked)
     assert json.loads(layout.summary_file.read_text()) == json.loads(json.dumps(proxy.summary, default=str))
