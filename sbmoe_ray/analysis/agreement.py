@@ -94,6 +94,7 @@ def verdict(agreement: dict[str, Any], base_model: str, alpha: float = 0.05) -> 
         return (f"{base_model}: the proxy does not rank like fine-tuning (τ = {tau:+.2f} over {n} configurations): "
                 "do not trust it for this base model; choose by stage 2.")
     if p < alpha:
-        return f"{base_model}: the proxy ranks like fine-tuning (τ = {tau:+.2f}, exact p = {p:.2g}): it can be trusted here."
+        return (f"{base_model}: the proxy ranks like fine-tuning (τ = {tau:+.2f}, exact p = {p:.2g}): it can be "
+                "trusted here.")
     return (f"{base_model}: the proxy agrees with fine-tuning on these {n} configurations (τ = {tau:+.2f}, exact "
             f"p = {p:.2g}): not significant; more controls (finetune.controls) would settle it.")

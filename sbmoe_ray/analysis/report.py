@@ -7,8 +7,8 @@ seeds counted together, TOST, the minimum detectable effect and a verdict, over 
 :mod:`sbmoe_ray.analysis.comparisons`), the method and its A/A calibration, heatmaps,
 the Pareto front (with a zero-shot validation set), parameter importances and the chosen configurations'
 expert load. Stage 2 (fine-tuning): every fine-tuned configuration with both stages' objectives, the
-budget's plan, the proxy check (Kendall's τ with exact p, top-k recall, regret, a verdict) and the test comparison of the
-configuration stage 2 chose against plain fine-tuning. Everything comes from the stages' results
+budget's plan, the proxy check (Kendall's τ with exact p, top-k recall, regret, a verdict) and the test
+comparison of the configuration stage 2 chose against plain fine-tuning. Everything comes from the stages' results
 (:mod:`sbmoe_ray.analysis.result`); nothing is read back from disk.
 """
 
@@ -22,6 +22,7 @@ from sbmoe_ray.analysis import figures
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
 from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
+from sbmoe_ray.analysis.test_sets import role_line
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.layout import StudyLayout
 from sbmoe_ray.study.space import BY_NAME
@@ -37,7 +38,7 @@ def summary_rows(summary: dict, datasets: list[str]) -> list[dict[str, Any]]:
     """Per base model: what validation prefers, the SB-MoE configuration it chose, and per dataset Δ nDCG@10
     with its combined (queries and seeds) and query-only intervals, adjusted p and TOST p, the minimum
     detectable effect and the verdict."""
-    rows = []
+    rows, roles = [], summary.get("test_sets", {})
     for answer in summary["per_base_model"]:
         chosen = answer["chosen"]
         row = {"base_model": answer["base_model"], "validation prefers": answer.get("preferred", "sb-moe"),
@@ -49,9 +50,13 @@ def summary_rows(summary: dict, datasets: list[str]) -> list[dict[str, Any]]:
                             f"{dataset} Δ": c["delta"], f"{dataset} CI": _interval(c["ci_low"], c["ci_high"]),
                             f"{dataset} query-only CI": _interval(c["query_ci_low"], c["query_ci_high"]),
                             f"{dataset} p adj": c["p_adjusted"], f"{dataset} TOST p adj": c["tost_p_adjusted"],
-                            f"{dataset} MDE": c["mde"], f"{dataset} verdict": c["verdict"]})
+                            f"{dataset} MDE": c["mde"], f"{dataset} verdict": c["verdict"] + _role(roles, dataset)})
         rows.append(row)
     return rows
+
+
+def _role(roles: dict, dataset: str) -> str:
+    return " (validated, not zero-shot)" if roles.get(dataset, {}).get("role") == "validated" else ""
 
 
 def markdown_table(rows: list[dict[str, Any]], header: list[str]) -> list[str]:
@@ -115,7 +120,8 @@ def proxy_section(study: StudyConfig, proxy: StageResult, layout: StudyLayout) -
              f"{len(records)} finished trials; objective `{study.proxy.objective}` ({mode}) on the held-out "
              f"validation split of `{study.train.data.train_dataset}`; test metrics below.", ""]
     if records:
-        lines += [identical_ids_line(records), "", surviving(summary), ""]
+        roles = role_line(summary["test_sets"], study.train.data.zero_shot_validation)
+        lines += [identical_ids_line(records), "", roles, "", surviving(summary), ""]
     if summary["per_base_model"]:
         lines += [*answer_table(summary, datasets), ""]
     if any(not g.is_baseline for g in groups):

@@ -19,6 +19,7 @@ from sbmoe_ray.analysis.answer import claimed_keys, study_summary
 from sbmoe_ray.analysis.comparisons import Comparison, compare_groups
 from sbmoe_ray.analysis.pareto import pareto_summary
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, group_key, group_trials, nan_mean
+from sbmoe_ray.analysis.test_sets import describe_test_sets
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion
 from sbmoe_ray.study.space import label
@@ -57,6 +58,7 @@ def analyze_proxy(study: StudyConfig, records: list[TrialRecord], failed: int = 
     comparisons = compare_groups(groups, datasets, claimed_keys(groups, mode), study.analysis)
     summary = study_summary(groups, comparisons, datasets, mode, study.proxy.objective, study.budget(),
                             study.analysis)
+    summary["test_sets"] = describe_test_sets(study.train.data)
     if study.train.data.zero_shot_validation:
         summary["pareto"] = pareto_summary(groups, mode, datasets)
     return StageResult("proxy", records, groups, comparisons, summary, failed)
