@@ -241,3 +241,14 @@ def split_by_query(pairs: list[tuple[str, str]], validation_fraction: float,
     train = [p for p in pairs if p[0] not in held_out]
     validation = [p for p in pairs if p[0] in held_out]
     return train, validation
+
+
+def validation_half(pairs: list[tuple[str, str]], part: str, seed: int) -> list[tuple[str, str]]:
+    """The pairs of one of two disjoint halves of the held-out queries (``promotion``: the first, larger
+    half of a seeded shuffle; ``selection``: the rest), or all of them (``all``)."""
+    if part == "all":
+        return pairs
+    query_ids = sorted({qid for qid, _ in pairs})
+    random.Random(f"{seed}:halves").shuffle(query_ids)
+    first = set(query_ids[: (len(query_ids) + 1) // 2])
+    return [p for p in pairs if (p[0] in first) == (part == "promotion")]

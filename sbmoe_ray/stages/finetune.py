@@ -27,6 +27,7 @@ from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finet
 from sbmoe_ray.stages.budget import BudgetPlan, load_or_plan, plan_stage2, read_plan
 from sbmoe_ray.stages.costs import ModelCosts
 from sbmoe_ray.stages.progress import ProgressCallback
+from sbmoe_ray.stages.proxy import controls
 from sbmoe_ray.stages.promotion import load_or_promote, promotions, read_promotions
 from sbmoe_ray.stages.test_phase import test_phase
 from sbmoe_ray.stages.trial import trainable
@@ -56,7 +57,8 @@ def promote(study: StudyConfig, proxy: StageResult) -> list[Promotion]:
     settings = {"promote": study.promote, "controls": study.finetune.controls, "seed": study.proxy.seed,
                 "seeds": study.finetune.replicates()[0]}
     return load_or_promote(study.layout.promotions_file, settings, lambda: promotions(
-        proxy.groups, study.proxy_stage().mode, study.promote, study.finetune.controls, study.proxy.seed))
+        proxy.groups, study.proxy_stage().mode, study.promote, study.finetune.controls, study.proxy.seed,
+        controls(study)))
 
 
 def planned(study: StudyConfig, entries: list[Promotion], plan: BudgetPlan | None

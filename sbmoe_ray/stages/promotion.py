@@ -5,9 +5,11 @@ The main job is a two-fidelity study. Stage 1, the proxy, trains SB-MoE heads on
 for a few configurations only. Per base model stage 2 takes
 
 * the top ``promote`` configurations by the stage-1 objective (mean over seeds),
-* ``controls`` configurations drawn at random (seeded) from the rest of stage 1, so that the rank check
-  below is not made among winners only (low-fidelity proxies can rank configurations wrongly: a frozen
-  backbone is such a proxy),
+* ``controls`` configurations drawn uniformly from the search space and run in stage 1 like the others
+  (:func:`sbmoe_ray.study.space.space_draws`, enqueued by :mod:`sbmoe_ray.stages.proxy`), so that the
+  rank check below is made neither among winners only nor among TPE's range-restricted picks (low-fidelity
+  proxies can rank configurations wrongly: a frozen backbone is such a proxy); where a drawn one is also
+  a top one it is promoted, and no other replaces it,
 * the base model's plain fine-tuning baseline (``num_experts = 0``).
 
 The choice depends only on stage 1's finished results and the study's seed, and is written once
@@ -38,14 +40,24 @@ def rank(groups: list[ConfigGroup], mode: str) -> list[ConfigGroup]:
     return sorted(moe, key=lambda g: (sign * g.objective, g.key))
 
 
-def promotions(groups: list[ConfigGroup], mode: str, promote: int, controls: int, seed: int) -> list[Promotion]:
-    """Per base model: its top ``promote`` configurations, ``controls`` random others, and its baseline."""
+def drawn(group: ConfigGroup, points: list[dict[str, Any]]) -> bool:
+    """Whether a configuration is one of the points drawn from the space (Optuna parameters)."""
+    return any(all(group.params.get(k) == v for k, v in p.items() if k != "baseline") for p in points)
+
+
+def promotions(groups: list[ConfigGroup], mode: str, promote: int, controls: int, seed: int,
+               points: list[dict[str, Any]] | None = None) -> list[Promotion]:
+    """Per base model: its top ``promote`` configurations, its controls (the ``points`` drawn from the
+    space; without points, ``controls`` random others of stage 1), and its baseline."""
     entries = []
     for base_model in sorted({g.base_model for g in groups}):
         ranked = rank([g for g in groups if g.base_model == base_model], mode)
         top, rest = ranked[:promote], sorted(ranked[promote:], key=lambda g: g.key)
-        drawn = random.Random(f"{seed}:{base_model}").sample(rest, min(controls, len(rest)))
-        for role, chosen in (("promoted", top), ("control", sorted(drawn, key=lambda g: g.key))):
+        if points is not None:
+            drawn_here = [g for g in rest if drawn(g, points)]
+        else:
+            drawn_here = random.Random(f"{seed}:{base_model}").sample(rest, min(controls, len(rest)))
+        for role, chosen in (("promoted", top), ("control", sorted(drawn_here, key=lambda g: g.key))):
             entries += [Promotion(base_model, role, g.params, g.key, g.objective, tuple(r.trial_id for r in g.records))
                         for g in chosen]
         entries.append(Promotion(base_model, "baseline", {"base_model": base_model, "num_experts": 0}))

@@ -1,7 +1,8 @@
 """Stage 1, the proxy: Optuna TPE inside Ray Tune over the search space, a frozen encoder, seconds a trial.
 
 For each base model a baseline is enqueued first (``num_experts = 0``: the zero-shot model when the
-encoder is frozen), so every SB-MoE trial has a paired baseline (:mod:`sbmoe_ray.study.space`). Only a
+encoder is frozen), so every SB-MoE trial has a paired baseline (:mod:`sbmoe_ray.study.space`), and then
+stage 2's ``finetune.controls`` configurations drawn uniformly from the space (not from TPE's picks). Only a
 trial's final report is told to Optuna as COMPLETE: a trial stopped early by ASHA is told as PRUNED, so
 its partial value never biases TPE. With ``proxy.seeds = n`` Tune's ``Repeater`` runs each suggested
 configuration n times (replicate r trains with seed ``train.run.seed + r``) and tells Optuna the mean
@@ -31,7 +32,7 @@ from sbmoe_ray.analysis.result import StageResult, analyze_proxy
 from sbmoe_ray.stages.progress import ProgressCallback
 from sbmoe_ray.stages.trial import trainable, trials_in_process
 from sbmoe_ray.study.config import StudyConfig
-from sbmoe_ray.study.space import define_space
+from sbmoe_ray.study.space import define_space, space_draws
 from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
 
 
@@ -70,14 +71,22 @@ def baselines(study: StudyConfig) -> list[dict[str, Any]]:
     return [{"base_model": m, "baseline": 1} for m in study.space["base_model"]]
 
 
+def controls(study: StudyConfig) -> list[dict[str, Any]]:
+    """Stage 2's controls, drawn from the space and enqueued in stage 1 (with a stage 2 only)."""
+    if not study.promote or not study.finetune.controls:
+        return []
+    return [p for m in study.space["base_model"]
+            for p in space_draws(study.space, m, study.finetune.controls, study.proxy.seed)]
+
+
 def searcher(study: StudyConfig) -> FinalResultOptunaSearch:
-    """Seeded TPE (Optuna) over the study's space, each base model's baseline enqueued first; two
-    objectives (Optuna multi-objective TPE) with a zero-shot validation set."""
+    """Seeded TPE (Optuna) over the study's space, each base model's baseline and stage 2's controls
+    enqueued first; two objectives (Optuna multi-objective TPE) with a zero-shot validation set."""
     names, modes = list(study.proxy_objectives), list(study.proxy_objectives.values())
     return FinalResultOptunaSearch(space=functools.partial(define_space, space=study.space),
                                    metric=names if len(names) > 1 else names[0],
                                    mode=modes if len(modes) > 1 else modes[0],
-                                   points_to_evaluate=baselines(study) or None,
+                                   points_to_evaluate=baselines(study) + controls(study) or None,
                                    sampler=optuna.samplers.TPESampler(seed=study.proxy.seed))
 
 

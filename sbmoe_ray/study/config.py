@@ -122,16 +122,23 @@ class StudyConfig(ConfigBase):
                         memory=replace(study.train.memory, cache_dir=str(study.cache_dir)))
         return replace(study, train=train, tracking_uri=uri)
 
+    def _half(self, train: TrainConfig, part: str) -> TrainConfig:
+        """With a stage 2, each stage validates on its own half of the held-out queries: stage 2 is not
+        ranked on the queries that promoted its candidates."""
+        return replace(train, data=replace(train.data, validation_part=part)) if self.promote else train
+
     def proxy_stage(self) -> StageConfig:
-        """Stage 1 as its trials see it: the train template as it is, ranked by ``proxy.objective``."""
-        return StageConfig("proxy", str(self.layout.proxy.folder), self.train, self.proxy.objective, self.proxy.asha,
-                           str(self.cache_dir))
+        """Stage 1 as its trials see it: the train template (validated on the promotion half of the held-out
+        queries when there is a stage 2), ranked by ``proxy.objective``."""
+        return StageConfig("proxy", str(self.layout.proxy.folder), self._half(self.train, "promotion"),
+                           self.proxy.objective, self.proxy.asha, str(self.cache_dir))
 
     def finetune_stage(self) -> StageConfig:
         """Stage 2 as its trials see it: the train template with the encoder trained (``finetune.encoder_lr``)
-        on ``finetune.num_workers`` Ray Train workers, ranked by ``finetune.objective``; no test sets while
+        on ``finetune.num_workers`` Ray Train workers, ranked by ``finetune.objective`` on the selection half
+        of the held-out queries; no test sets while
         training (the chosen configurations are tested afterwards)."""
-        ft, train = self.finetune, self.train
+        ft, train = self.finetune, self._half(self.train, "selection")
         optim = replace(train.optim, encoder_lr=ft.encoder_lr, freeze_encoder=False, epochs=ft.epochs)
         cfg = replace(train, optim=optim,
                       data=replace(train.data, test_datasets=[], large_test_datasets=[], zero_shot_validation=None,
@@ -170,13 +177,13 @@ class StudyConfig(ConfigBase):
                               "(its chosen configurations and baselines); set promote >= 1, or test a checkpoint "
                               "with `sbmoe evaluate --sharded`")
         if self.promote:
-            bases = len(self.space["base_model"])
-            offered = (self.proxy.num_trials - bases) // bases     # SB-MoE configurations a base model gets
+            bases, drawn = len(self.space["base_model"]), self.finetune.controls
+            offered = (self.proxy.num_trials - bases) // bases - drawn   # searched SB-MoE configurations each
             if self.promote > offered:
                 raise ConfigError(f"{where}.promote={self.promote}: more than stage 1 offers: proxy.num_trials="
-                                  f"{self.proxy.num_trials} over {bases} base model(s), less their baselines, is "
-                                  f"{offered} configuration(s) each; set promote <= {offered}, or raise "
-                                  "proxy.num_trials")
+                                  f"{self.proxy.num_trials} over {bases} base model(s), less their baselines and "
+                                  f"{drawn} control(s) drawn from the space, is {offered} searched configuration(s) "
+                                  f"each; set promote <= {max(offered, 0)}, or raise proxy.num_trials")
             if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
                 raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs "
                                   "finetune.validation_retrieval_docs > 0")

@@ -168,3 +168,23 @@ def label(params: dict[str, Any], seed: int | None = None) -> str:
     else:
         text = " ".join(p.show(params[p.name]) for p in PARAMS if p.name in params)
     return text if seed is None else f"{text} s{seed}"
+
+
+def space_draws(space: dict[str, Any], base_model: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` SB-MoE configurations of ``base_model`` drawn uniformly from the space (Optuna's seeded
+    RandomSampler over the same define-by-run), as Optuna parameters: stage 2's controls, enqueued in stage 1
+    so that the proxy check is not made among TPE's picks only (a range-restricted sample)."""
+    import zlib
+
+    import optuna
+
+    sub = {**space, "base_model": [base_model], "num_experts": [v for v in space["num_experts"] if v > 0]}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=zlib.crc32(f"{seed}:{base_model}".encode())))
+    draws = []
+    for _ in range(n):
+        trial = study.ask()
+        define_space(trial, sub)
+        study.tell(trial, 0.0)
+        draws.append({"base_model": base_model, **trial.params})
+    return draws

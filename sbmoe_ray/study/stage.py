@@ -40,8 +40,9 @@ class ProxyConfig(ConfigBase):
 @dataclass
 class FinetuneConfig(ConfigBase):
     """Stage 2: the promoted configurations fine-tuned with their encoder on Ray Train workers."""
-    controls: int = setting(2, non_negative_int)      # per base model, random others from stage 1 (4 configs with
-    #                                                   the 2 promoted: the fewest with a rank-check interval)
+    # Per base model, configurations drawn from the space (run in stage 1 too): with the 2 promoted, 6, the fewest
+    # where the proxy check's exact p can go below 0.05 for an imperfect ordering (sbmoe_ray/analysis/agreement.py)
+    controls: int = setting(4, non_negative_int)
     # Replicates of each stage-2 configuration: a number, or one per kind of hardware (sbmoe_ray/study/policy.py)
     seeds: int | dict = setting(2, _SEEDS)
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr

@@ -63,6 +63,10 @@ class DataConfig(ConfigBase):
     validation_fraction: float = setting(0.05, unit_interval)
     split_seed: int = setting(0, non_negative_int)  # the validation split (and its retrieval sample): fixed
     #                                       while run.seed varies over a study's replicates
+    # Which held-out queries validate: all, or one of two disjoint halves (a two-stage study promotes on the
+    # "promotion" half and ranks stage 2 on the "selection" half, so stage 2 is not chosen on the queries
+    # that promoted its candidates); training pairs are the same for all three.
+    validation_part: str = setting("all", one_of("all", "promotion", "selection"))
     validation_retrieval_docs: int = setting(0, non_negative_int)  # > 0: each epoch, nDCG@10 of the held-out
     #                                       queries over their positives plus this many random documents
     # A held-out collection (e.g. nfcorpus, its dev split): the best checkpoint's nDCG@10 on it is reported as

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sbmoe_ray.data.beir import BeirDataset, load_dataset, split_by_query, training_pairs
+from sbmoe_ray.data.beir import BeirDataset, load_dataset, split_by_query, training_pairs, validation_half
 from sbmoe_ray.evaluation.dense import EncodeSettings
 from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
 from sbmoe_ray.model.backbones import load_tokenizer
@@ -35,7 +35,8 @@ def epoch_batches(num_pairs: int, global_batch: int, rank: int, world: int, seed
 def split_pairs(cfg: TrainConfig, dataset: BeirDataset) -> tuple[Pairs, Pairs]:
     """Training and validation (query, positive) pairs; the split is by query and depends on
     ``data.split_seed`` only, so the replicates of a study (other ``run.seed``) validate on the same queries."""
-    return split_by_query(training_pairs(dataset.qrels), cfg.data.validation_fraction, cfg.data.split_seed)
+    train, validation = split_by_query(training_pairs(dataset.qrels), cfg.data.validation_fraction, cfg.data.split_seed)
+    return train, validation_half(validation, cfg.data.validation_part, cfg.data.split_seed)
 
 
 @dataclass

@@ -34,3 +34,33 @@ def test_promotions_are_written_once_and_read_back_as_they_were(tmp_path):
     assert json.dumps([e.to_dict() for e in again]) == json.dumps([e.to_dict() for e in first]) and len(first) == 4
     with pytest.raises(ConfigError, match=r"stage 2 of this study was started with controls=1"):
         load_or_promote(path, {**settings, "controls": 2}, lambda: [])
+
+
+def test_controls_are_drawn_from_the_space_and_enqueued_in_stage_one_before_tpe_searches():
+    from sbmoe_ray.stages.proxy import baselines, controls
+    from sbmoe_ray.study.config import StudyConfig
+    from sbmoe_ray.study.space import define_space
+
+    study = StudyConfig.from_dict({"name": "c", "promote": 1, "finetune": {"controls": 3}})
+    points = controls(study)
+    assert len(points) == 3 * len(study.space["base_model"]) and points == controls(study)     # seeded
+    assert all(p["num_experts"] > 0 and study.space["moe_lr"][0] <= p["moe_lr"] <= study.space["moe_lr"][1]
+               for p in points)
+    assert controls(StudyConfig.from_dict({"name": "c", "promote": 0})) == []                    # no stage 2
+    # Each point is a valid Optuna configuration of the space (what points_to_evaluate enqueues).
+    import optuna
+
+    for point in baselines(study) + points:
+        trial = optuna.trial.FixedTrial(point)
+        define_space(trial, study.space)
+        assert trial.params == point
+
+
+def test_stage_two_takes_its_controls_from_the_drawn_points_not_from_the_search():
+    groups = group_trials(proxy_trials(n=8, seeds=1))
+    drawn = [g for g in groups if not g.is_baseline][5:7]
+    points = [{"baseline": 0, **g.params} for g in drawn]
+    entries = promotions(groups, "min", promote=2, controls=2, seed=0, points=points)
+    chosen = {e.stage1_group for e in entries if e.role == "control"}
+    top = {e.stage1_group for e in entries if e.role == "promoted"}
+    assert chosen == {g.key for g in drawn} - top and len(top) == 2
