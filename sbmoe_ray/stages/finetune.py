@@ -24,15 +24,17 @@ from ray import tune
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
+from sbmoe_ray.analysis.routing import routing_metrics
 from sbmoe_ray.stages.budget import BudgetPlan, load_or_plan, plan_stage2, read_plan
 from sbmoe_ray.stages.costs import ModelCosts
 from sbmoe_ray.stages.progress import ProgressCallback
-from sbmoe_ray.stages.proxy import controls
 from sbmoe_ray.stages.promotion import load_or_promote, promotions, read_promotions
+from sbmoe_ray.stages.proxy import controls
 from sbmoe_ray.stages.test_phase import test_phase
 from sbmoe_ray.stages.trial import trainable
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion, TrialPoint
+from sbmoe_ray.study.space import BY_NAME
 from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
 
 
@@ -124,7 +126,8 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
     stage.log_stage_result(result)
     write_report(study, proxy, result)
     estimate = {f"plan_{k}_seconds": v for k, v in plan.estimate_s.items()} if plan else {}
-    stage.finish_stage({"seconds": time.monotonic() - stage_started, **estimate})
+    routing = routing_metrics(result.summary.get("routing", {}), BY_NAME["base_model"].show)
+    stage.finish_stage({"seconds": time.monotonic() - stage_started, **estimate, **routing})
     tracker.log_answer(proxy.summary, result.agreement)
     tracker.log_report(study.layout.report_dir)
     for a in result.agreement.values():

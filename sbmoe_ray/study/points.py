@@ -41,8 +41,8 @@ class TrialPoint:
 @dataclass(frozen=True)
 class Promotion:
     """What stage 1 hands stage 2 for one configuration: its base model, why it is fine-tuned (``promoted``:
-    among the top by the stage-1 objective; ``control``: drawn from the space (or at random from the rest); ``baseline``: plain
-    fine-tuning), its parameters, and where it came from in stage 1."""
+    among the top by the stage-1 objective; ``control``: drawn from the space (or at random from the rest);
+    ``baseline``: plain fine-tuning), its parameters, and where it came from in stage 1."""
 
     base_model: str
     role: str

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sbmoe_ray.analysis.test_sets import relevant_documents, role_line, shared_relevant, describe_test_sets
+from sbmoe_ray.analysis.test_sets import describe_test_sets, relevant_documents, role_line, shared_relevant
 from sbmoe_ray.data.beir import load_dataset
 from sbmoe_ray.train.config import DataConfig
 
