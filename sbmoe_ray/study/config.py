@@ -183,7 +183,8 @@ class StudyConfig(ConfigBase):
                 raise ConfigError(f"{where}.promote={self.promote}: more than stage 1 offers: proxy.num_trials="
                                   f"{self.proxy.num_trials} over {bases} base model(s), less their baselines and "
                                   f"{drawn} control(s) drawn from the space, is {offered} searched configuration(s) "
-                                  f"each; set promote <= {max(offered, 0)}, or raise proxy.num_trials")
+                                  f"each; raise proxy.num_trials to >= {bases * (1 + self.promote + drawn)}, or "
+                                  f"lower promote (or finetune.controls) to fit")
             if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
                 raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs "
                                   "finetune.validation_retrieval_docs > 0")

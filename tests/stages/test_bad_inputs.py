@@ -77,7 +77,7 @@ CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one
     "a value set as a section": (["--set", "proxy.num_trials.n=2"],
                                  r"config\.proxy\.num_trials=4 is a value, not a section"),
     "promote beyond stage 1": (["--set", "name=more", "--set", "promote=9"],
-                               r"config\.promote=9: more than stage 1 offers.*set promote <= 3"),
+                               r"config\.promote=9: more than stage 1 offers.*raise proxy\.num_trials to >= 14"),
     "a misspelt loss": (["--set", "name=loss", "--set", "train.loss.name=in_batch_negative"],
                         r"config\.train\.loss\.name='in_batch_negative': no such loss; did you mean 'in_batch_negatives'"),
     "an unknown base model, offline": (["--set", "name=model", "--set", "space.base_model=[minilm-l4]"],
