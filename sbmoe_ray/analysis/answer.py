@@ -13,6 +13,7 @@ from __future__ import annotations
 from sbmoe_ray.analysis.comparisons import CONFIRMATORY, CORRECTIONS, Comparison, seed_variances
 from sbmoe_ray.analysis.inference import MIN_SEEDS, aa_check
 from sbmoe_ray.analysis.records import ConfigGroup, baselines, best_group, preferred_group
+from sbmoe_ray.analysis.routing import routing_summary
 from sbmoe_ray.study.claims import ClaimsConfig
 from sbmoe_ray.study.space import label
 
@@ -49,12 +50,13 @@ def study_summary(groups: list[ConfigGroup], comparisons: list[Comparison], data
     that configuration's confirmatory comparisons with the baseline on every dataset. ``budget``: what the
     stage spent (configurations, seeds, epochs)."""
     by_key = {(c.group, c.dataset): c for c in comparisons if c.family == CONFIRMATORY}
-    answers, paired = [], baselines(groups)
+    answers, paired, chosen_keys = [], baselines(groups), {}
     for base_model in sorted({g.base_model for g in groups}):
         mine = [g for g in groups if g.base_model == base_model]
         chosen, preferred, base = best_group(mine, mode), preferred_group(mine, mode), paired.get(base_model)
         if chosen is None:
             continue
+        chosen_keys[base_model] = chosen.key
         answers.append({"base_model": base_model, "configurations": len(mine),
                         "preferred": "baseline" if preferred is not None and preferred.is_baseline else "sb-moe",
                         "baseline_objective": base.objective if base is not None else float("nan"),
@@ -69,4 +71,4 @@ def study_summary(groups: list[ConfigGroup], comparisons: list[Comparison], data
             "comparisons": len(comparisons), "confirmatory": family, "correction": claims.correction,
             "alpha": claims.alpha, "margin": claims.margin, "method": method_text(claims, family),
             "aa_check": aa_rates(groups, datasets, claims.alpha) if all(g.tested for g in groups) else None,
-            "per_base_model": answers}
+            "per_base_model": answers, "routing": routing_summary(groups, chosen_keys, datasets)}

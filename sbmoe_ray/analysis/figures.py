@@ -8,7 +8,9 @@
 * Optuna's fANOVA parameter importances for the objective per base model (over configurations, mean over
   seeds; pooled over base models the losses' scales would make ``base_model`` the only answer);
 * the proxy check: stage 1's objective against stage 2's, per base model;
-* the in-domain vs zero-shot Pareto front (:mod:`sbmoe_ray.analysis.pareto`).
+* the in-domain vs zero-shot Pareto front (:mod:`sbmoe_ray.analysis.pareto`);
+* routing of the chosen configurations: query and relevant document in the same expert, against chance
+  (:mod:`sbmoe_ray.analysis.routing`).
 """
 
 from __future__ import annotations
@@ -168,6 +170,28 @@ def agreement_figure(rows: list[dict[str, Any]], objective: str, objective2: str
         ax.set_xlabel(f"stage 1 (proxy) {objective}", fontsize=8)
         ax.set_ylabel(f"stage 2 (fine-tuned) {objective2}", fontsize=8)
         ax.set_title(model, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def routing_figure(routing: dict[str, dict[str, Any]]):
+    """Per base model's chosen configuration: how often a query and its relevant document share the top-1
+    expert on each test set, against chance (independent pairing); None without recorded routing."""
+    if not routing:
+        return None
+    fig, axes = plt.subplots(1, len(routing), squeeze=False, figsize=(4.4 * len(routing), 3.2))
+    for ax, (model, r) in zip(axes[0], routing.items()):
+        names = list(r["datasets"])
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [r["datasets"][d]["same_expert"] for d in names], 0.4, label="query & relevant doc")
+        ax.bar(x + 0.2, [r["datasets"][d]["chance"] for d in names], 0.4, color="tab:gray", label="chance")
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("same top-1 expert", fontsize=8)
+        nmi = "n/a" if math.isnan(r["nmi"]) else f"{r['nmi']:.2f}"
+        ax.set_title(f"{model}\nNMI(expert, collection) {nmi}, effective experts {r['effective_experts']:.1f}"
+                     f"/{r['num_experts']}", fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

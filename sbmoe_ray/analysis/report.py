@@ -22,6 +22,7 @@ from sbmoe_ray.analysis import figures
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
 from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
+from sbmoe_ray.analysis.routing import routing_lines
 from sbmoe_ray.analysis.test_sets import role_line
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.layout import StudyLayout
@@ -146,6 +147,16 @@ def proxy_section(study: StudyConfig, proxy: StageResult, layout: StudyLayout) -
             figures.save(fig, folder / name)
             lines += [f"## Expert load of the chosen {answer['base_model']} configuration", "",
                       f"![expert load]({name})", ""]
+    return lines + routing_section(summary.get("routing", {}), folder, "routing.png")
+
+
+def routing_section(routing: dict, folder, name: str) -> list[str]:
+    """Co-routing against chance, expert vs collection, agreement across seeds and collapse (with a figure)."""
+    lines = ["## Routing of the chosen configurations", "", *routing_lines(routing), ""]
+    fig = figures.routing_figure(routing)
+    if fig is not None:
+        figures.save(fig, folder / name)
+        lines += [f"![routing]({name})", ""]
     return lines
 
 
@@ -175,7 +186,8 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
     lines += [agreement_line(a) for a in result.agreement.values()]
     lines += ["", "![stage agreement](stage_agreement.png)", "", "Test nDCG@10 of the configuration chosen by stage 2 "
               "against plain fine-tuning (mean over seeds; p adjusted over this stage's comparisons):", ""]
-    return lines + answer_table(result.summary, datasets)
+    lines += answer_table(result.summary, datasets) + [""]
+    return lines + routing_section(result.summary.get("routing", {}), layout.report_dir, "routing_finetune.png")
 
 
 def _ci(interval: list[float]) -> str:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from sbmoe_ray.data.beir import BeirDataset, identical_id_queries
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluation.metrics import RetrievalMetrics, Run, evaluate_run
+from sbmoe_ray.evaluation.routing import empty_assignments, record_top1, routing_summary
 from sbmoe_ray.model.bi_encoder import BiEncoder
 from sbmoe_ray.model.moe import ExpertLoad
 from sbmoe_ray.runtime.precision import autocast
@@ -71,8 +72,10 @@ def pad_batch(batch: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Te
 @torch.inference_mode()
 def encode(model: BiEncoder, tokenizer, texts: Sequence[str], settings: EncodeSettings, desc: str = "encode",
            expert_load: ExpertLoad | None = None,
-           forward: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, object]] | None = None) -> np.ndarray:
-    """Embed ``texts`` (float32, in input order). ``forward`` defaults to ``model.embed`` (pooled + head)."""
+           forward: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, object]] | None = None,
+           top1: np.ndarray | None = None) -> np.ndarray:
+    """Embed ``texts`` (float32, in input order). ``forward`` defaults to ``model.embed`` (pooled + head);
+    ``top1``, if given, receives each text's top-1 expert (:mod:`sbmoe_ray.evaluation.routing`)."""
     model.eval()
     forward = forward or (lambda batch: model.embed(batch["input_ids"], batch["attention_mask"]))
     ids, order = tokenize_sorted(tokenizer, texts, settings.max_length)
@@ -89,6 +92,7 @@ def encode(model: BiEncoder, tokenizer, texts: Sequence[str], settings: EncodeSe
             out[index] = emb.float().cpu().numpy()
             if expert_load is not None and routing is not None:
                 expert_load.update(routing)
+            record_top1(top1, index, routing)
             bar.update(len(index))
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
@@ -115,6 +119,7 @@ class EvaluationResult:
     device: str = "cpu"                    # where the encoder ran
     identical_ids: dict = field(default_factory=dict)   # the rule and how many queries it dropped a doc for
     search: dict = field(default_factory=dict)          # sharded path: index, recall@100 of an approximate one
+    routing: dict = field(default_factory=dict)         # top-1 experts and query-document co-routing (heads only)
 
     def to_dict(self, per_query: bool = True) -> dict:
         result = {"dataset": self.dataset, "split": self.split, "num_queries": self.metrics.num_queries,
@@ -124,6 +129,9 @@ class EvaluationResult:
             result["search"] = self.search
         if self.expert_load is not None:
             result["corpus_expert_load"] = self.expert_load.summary()
+        if self.routing:   # the per-item assignments only with the per-query scores (not in Tune's reports)
+            result["routing"] = self.routing if per_query else {
+                k: v for k, v in self.routing.items() if k not in ("doc_top1", "query_top1")}
         if per_query:
             result["per_query"] = self.metrics.per_query
         return result
@@ -134,15 +142,24 @@ def _empty_load(model: BiEncoder) -> ExpertLoad | None:
 
 
 def _search_and_score(dataset: BeirDataset, doc_emb: np.ndarray, query_emb: np.ndarray, load: ExpertLoad | None,
-                      seconds: dict[str, float], k: int, device: str, identical_ids: str) -> EvaluationResult:
+                      seconds: dict[str, float], k: int, device: str, identical_ids: str,
+                      top1: tuple[np.ndarray, np.ndarray] | None = None) -> EvaluationResult:
     start = time.perf_counter()
-    run = exact_search(doc_emb, list(dataset.corpus), query_emb, list(dataset.queries), k)
+    doc_ids, query_ids = list(dataset.corpus), list(dataset.queries)
+    run = exact_search(doc_emb, doc_ids, query_emb, query_ids, k)
     seconds["search"] = time.perf_counter() - start
     dropped = identical_id_queries(dataset, identical_ids)
     metrics = evaluate_run(dataset.qrels, run, ignore_identical_ids=dropped)
     seconds["total"] = sum(seconds.values())
+    routing = (routing_summary(dataset.qrels, doc_ids, top1[0], query_ids, top1[1], load.num_experts)
+               if top1 is not None and load is not None else {})
     return EvaluationResult(dataset.name, dataset.split, metrics, load, seconds, device,
-                            {"rule": identical_ids, "queries": len(dropped)})
+                            {"rule": identical_ids, "queries": len(dropped)}, routing=routing)
+
+
+def _top1_arrays(model: BiEncoder, dataset: BeirDataset) -> tuple[np.ndarray, np.ndarray] | None:
+    docs = empty_assignments(model, len(dataset.corpus))
+    return None if docs is None else (docs, empty_assignments(model, len(dataset.queries)))
 
 
 def evaluate(model: BiEncoder, tokenizer, dataset: BeirDataset, settings: EncodeSettings,
@@ -150,19 +167,20 @@ def evaluate(model: BiEncoder, tokenizer, dataset: BeirDataset, settings: Encode
     """Encode corpus and judged queries, search exactly, and score the ranking against the qrels
     (``identical_ids``: the dataset's rule, :func:`sbmoe_ray.data.beir.identical_id_queries`)."""
     settings.validate(max_positions=getattr(model.backbone.config, "max_position_embeddings", None))
-    load = _empty_load(model)
+    load, top1 = _empty_load(model), _top1_arrays(model, dataset)
     start = time.perf_counter()
     doc_emb = encode(model, tokenizer, [d.full_text for d in dataset.corpus.values()], settings,
-                     desc=f"{dataset.name} corpus", expert_load=load)
+                     desc=f"{dataset.name} corpus", expert_load=load, top1=top1 and top1[0])
     encoded = time.perf_counter()
-    query_emb = encode(model, tokenizer, list(dataset.queries.values()), settings, desc=f"{dataset.name} queries")
+    query_emb = encode(model, tokenizer, list(dataset.queries.values()), settings, desc=f"{dataset.name} queries",
+                       top1=top1 and top1[1])
     seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
-    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, settings.device, identical_ids)
+    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, settings.device, identical_ids, top1)
 
 
 @torch.inference_mode()
 def project_pooled(model: BiEncoder, pooled: np.ndarray, batch_size: int = 4096,
-                   expert_load: ExpertLoad | None = None) -> np.ndarray:
+                   expert_load: ExpertLoad | None = None, top1: np.ndarray | None = None) -> np.ndarray:
     """Apply the head (and normalisation) to pooled embeddings of a frozen encoder."""
     model.eval()
     parts = []
@@ -171,16 +189,17 @@ def project_pooled(model: BiEncoder, pooled: np.ndarray, batch_size: int = 4096,
         parts.append(emb.float().numpy())
         if expert_load is not None and routing is not None:
             expert_load.update(routing)
+        record_top1(top1, slice(start, start + batch_size), routing)
     return np.concatenate(parts) if parts else np.empty((0, model.hidden_size), dtype=np.float32)
 
 
 def evaluate_pooled(model: BiEncoder, dataset: BeirDataset, doc_pooled: np.ndarray, query_pooled: np.ndarray,
                     k: int = RANKING_DEPTH, identical_ids: str = "auto") -> EvaluationResult:
     """:func:`evaluate` for a frozen encoder, from cached pooled embeddings (corpus and query order)."""
-    load = _empty_load(model)
+    load, top1 = _empty_load(model), _top1_arrays(model, dataset)
     start = time.perf_counter()
-    doc_emb = project_pooled(model, doc_pooled, expert_load=load)
+    doc_emb = project_pooled(model, doc_pooled, expert_load=load, top1=top1 and top1[0])
     encoded = time.perf_counter()
-    query_emb = project_pooled(model, query_pooled)
+    query_emb = project_pooled(model, query_pooled, top1=top1 and top1[1])
     seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
-    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, "cpu", identical_ids)
+    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, "cpu", identical_ids, top1)

@@ -43,8 +43,11 @@ def metric_key(dataset: str, metric: str) -> str:
 
 def final_metrics(test: list[dict[str, Any]]) -> dict[str, float]:
     """Every test metric of a trial by its per-dataset name, and an approximate index's recall@100 against
-    exact search where one answered (``<dataset>.search_recall@100``)."""
+    exact search where one answered (``<dataset>.search_recall@100``), and for a model with experts how often a
+    query and its relevant document share the top-1 expert, against chance (``<dataset>.routing_same_expert``)."""
     metrics = {metric_key(r["dataset"], m): v for r in test for m, v in r["metrics"].items()}
+    metrics.update({metric_key(r["dataset"], f"routing_{k}"): r["routing"][k] for r in test
+                    for k in ("same_expert", "chance") if k in r.get("routing", {})})
     return {**metrics, **{metric_key(r["dataset"], "search_recall@100"): r["search"]["recall@100"]
                           for r in test if "recall@100" in r.get("search", {})}}
 

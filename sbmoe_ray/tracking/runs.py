@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe_ray.analysis.records import group_key
+from sbmoe_ray.analysis.routing import routing_metrics
 from sbmoe_ray.evaluation.metrics import final_metrics, metric_key
 from sbmoe_ray.study.points import TrialPoint
 from sbmoe_ray.study.space import BY_NAME, PARAMS, label
@@ -201,6 +202,7 @@ class StudyTracker:
                     metrics[f"{model}.{metric_key(dataset, name)}"] = c[name]
         if summary.get("aa_check"):
             metrics.update({f"aa_check.{k}": summary["aa_check"][k] for k in ("combined_rate", "query_only_rate")})
+        metrics.update(routing_metrics(summary.get("routing", {}), short))
         for model, a in (agreement or {}).items():
             metrics.update({f"{short(model)}.{k}": a[k] for k in ("kendall_tau", "spearman_rho")})
         self.log_summary(parent, metrics)
