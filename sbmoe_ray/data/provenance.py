@@ -22,3 +22,18 @@ def dataset_provenance(data: Any) -> dict[str, dict[str, str]]:
         out[name] = {"split": split, "sha256": fingerprint_files(dataset_files(path, split))[:16],
                      "identical_ids": f"{rule}: {len(dropped)} queries drop their own id"}
     return out
+
+
+def dataset_uses(data: Any) -> list[dict[str, str]]:
+    """Each (dataset, split) a study's runs read, with its role (``train``, ``validation``: the held-out part
+    of the training split, ``test``), the sha256 of its files (16 hex digits) and where it lies; plain
+    records, so that they travel with a pickled tracker (what MLflow shows as a run's dataset inputs)."""
+    uses = [(data.train_dataset, data.train_split, "train"), (data.train_dataset, data.train_split, "validation")]
+    uses += [(name, data.test_split, "test") for name in data.test_datasets]
+    out = []
+    for name, split, context in uses:
+        path = locate_dataset(name, data.data_dir)
+        out.append({"name": f"{Path(name).name}/{split}" + (" (held out)" if context == "validation" else ""),
+                    "digest": fingerprint_files(dataset_files(path, split))[:16], "source": str(path),
+                    "split": split, "context": context})
+    return out

@@ -37,6 +37,7 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     again to retry it)."""
     started = time.monotonic() if started is None else started      # the budget counts from here
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
+    from sbmoe_ray.data.provenance import dataset_uses
     from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray
     from sbmoe_ray.stages.checks import check_study
     from sbmoe_ray.stages.finetune import run_finetune
@@ -61,7 +62,7 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     prepare_study(study, identity)
     init_ray(address, ray_cpus(study) + 1, study.train.scaling.dashboard)
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
-    tracker.start_study(study_params(study))
+    tracker.start_study(study_params(study), dataset_uses(study.train.data))
     proxy = run_proxy(study, tracker)
     failed = proxy.failed > 0
     if study.promote and not failed:

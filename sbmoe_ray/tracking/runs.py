@@ -20,18 +20,21 @@ from sbmoe_ray.evaluation.metrics import final_metrics, metric_key
 from sbmoe_ray.study.points import TrialPoint
 from sbmoe_ray.study.space import BY_NAME, PARAMS, label
 from sbmoe_ray.tracking.store import artifact_location, flatten, metric_entities
+from sbmoe_ray.tracking.views import EXPERIMENT_KIND, dataset_inputs, report_html, start_system_metrics, tags_of
 
 
 class StudyTracker:
     def __init__(self, tracking_uri: str, experiment: str, runs_file: Path, seed: int = 0) -> None:
         self.tracking_uri, self.experiment, self.runs_file = tracking_uri, experiment, Path(runs_file)
         self.seed = seed                          # replicate r trains with seed + r
+        self.system_metrics_interval = 10.0       # seconds between a stage run's system-metrics samples
         self.stage: str | None = None             # trial runs nest under this stage's run (for_stage)
-        self._client = self._runs = self._trials = None
+        self.datasets: list[dict[str, str]] = []  # dataset inputs of every trial run (data.provenance.dataset_uses)
+        self._client = self._runs = self._trials = self._monitor = None
         self._points: dict[str, dict[tuple, str]] = {}     # stage -> (group, seed) -> run id
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": None, "_trials": None, "_points": {}}
+        return {**self.__dict__, "_client": None, "_runs": None, "_trials": None, "_points": {}, "_monitor": None}
 
     @property
     def client(self):
@@ -56,33 +59,41 @@ class StudyTracker:
     def experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment:
+            if experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND:   # made before it was tagged
+                self.client.set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
             return experiment.experiment_id
-        return self.client.create_experiment(self.experiment, artifact_location=artifact_location(self.tracking_uri))
+        return self.client.create_experiment(self.experiment, artifact_location=artifact_location(self.tracking_uri),
+                                             tags={"mlflow.experimentKind": EXPERIMENT_KIND})
 
-    def start_study(self, params: dict[str, Any]) -> str:
-        """The study's parent run: created with ``params`` (nested: flattened), or set RUNNING again."""
+    def start_study(self, params: dict[str, Any], datasets: list[dict[str, str]] | None = None) -> str:
+        """The study's parent run: created with ``params`` (nested: flattened) and its ``datasets`` as MLflow
+        dataset inputs (also on every trial run), or set RUNNING again."""
+        self.datasets = datasets or []
         if self.runs["parent"]:
             self.client.update_run(self.runs["parent"], status="RUNNING")
             return self.runs["parent"]
         run_id = self.client.create_run(self.experiment_id(), run_name=self.experiment,
-                                        tags={"sbmoe.kind": "study"}).info.run_id
+                                        tags=tags_of({"sbmoe.kind": "study"})).info.run_id
         self._log_params(run_id, flatten(params))
+        self.client.log_inputs(run_id, dataset_inputs(self.datasets))
         self.runs["parent"] = run_id
         self._save_runs()
         return run_id
 
     def for_stage(self, stage: str, title: str) -> StudyTracker:
         """A tracker whose trial runs nest under the stage's run (a child of the parent run), created once
-        and set RUNNING again on a resume."""
+        and set RUNNING again on a resume; the run records this node's system metrics until the stage ends."""
         if stage in self.runs["stages"]:
             self.client.update_run(self.runs["stages"][stage], status="RUNNING")
         else:
-            run = self.client.create_run(self.experiment_id(), run_name=title, tags={
-                "mlflow.parentRunId": self.runs["parent"], "sbmoe.kind": "stage", "sbmoe.stage": stage})
+            run = self.client.create_run(self.experiment_id(), run_name=title, tags=tags_of({
+                "mlflow.parentRunId": self.runs["parent"], "sbmoe.kind": "stage", "sbmoe.stage": stage}))
             self.runs["stages"][stage] = run.info.run_id
             self._save_runs()
         staged = copy.copy(self)
         staged.stage, staged._trials, staged._points = stage, None, {}
+        staged._monitor = start_system_metrics(self.runs["stages"][stage], self.tracking_uri,
+                                               self.system_metrics_interval)
         return staged
 
     def trial_runs(self, stage: str | None = None) -> dict[str, str]:
@@ -131,7 +142,9 @@ class StudyTracker:
             if point.stage1_trials:
                 tags["sbmoe.promoted_from_trial"] = point.stage1_trials[0]
                 tags["sbmoe.promoted_from"] = self.trial_runs("proxy").get(point.stage1_trials[0], "")
-        run_id = self.client.create_run(self.experiment_id(), run_name=label(point.params, seed), tags=tags).info.run_id
+        run_id = self.client.create_run(self.experiment_id(), run_name=label(point.params, seed),
+                                        tags=tags_of(tags)).info.run_id
+        self.client.log_inputs(run_id, dataset_inputs(self.datasets))
         # Every search parameter on every run ("n/a" where a baseline has none), so MLflow's compare view
         # shows the same columns for all trials.
         self._log_params(run_id, flatten({**{q.name: "n/a" for q in PARAMS}, **point.params, "seed": seed}))
@@ -208,13 +221,18 @@ class StudyTracker:
         self.log_summary(parent, metrics)
 
     def log_report(self, report_dir: Path) -> None:
-        """Attach the study report (markdown, PNGs, summary.json) to the parent run."""
+        """Attach the study report (markdown, PNGs, summary.json, and ``report.html``: the page with its
+        figures embedded, which MLflow's artifact view shows with its pictures) to the parent run."""
+        self.client.log_text(self.runs["parent"], report_html(report_dir / "report.md"), "report/report.html")
         self.client.log_artifacts(self.runs["parent"], str(report_dir), artifact_path="report")
 
     def finish_stage(self, metrics: dict[str, Any] | None = None, status: str = "FINISHED") -> None:
         """End the stage's run; a trial run still RUNNING now (its trial was killed, and the resumed stage
         never ran that configuration x seed again) ends KILLED."""
         run = self.runs["stages"].get(self.stage)
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         if run:
             if metrics:
                 self.log_summary(run, metrics)
