@@ -33,6 +33,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     output = Path(args.output)
     check_writable(output.parent, "--output")        # before the evaluation: its results must have a place
+    if args.trec_dir:
+        check_writable(Path(args.trec_dir), "--trec-dir")
     check_device(args.device, "--device")
     config = ModelConfig(base_model=args.model, max_length=args.max_length).resolved()
     precision = resolve_precision(args.precision, args.device)
@@ -58,6 +60,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     output.write_text(json.dumps({"model": args.model, "model_config": vars(config), "precision": precision,
                                   "results": [r.to_dict() for r in results]}, indent=2))
     print(f"wrote {output}")
+    if args.trec_dir:
+        from sbmoe_ray.evaluation.trec import write_trec
+
+        for r in (r for r in results if r.run is not None):
+            print(f"wrote {write_trec(r.run, Path(args.trec_dir) / f'{Path(r.dataset).name}.trec', args.model)}")
 
 
 def _evaluate_sharded(args: argparse.Namespace, config, settings) -> list:
@@ -187,6 +194,8 @@ def _evaluate_parser(sub) -> None:
                     help="auto: bf16 where native (a GPU, a CPU with AVX-512 BF16/AMX), else fp32")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", default="results/evaluate.json")
+    ev.add_argument("--trec-dir", default=None, help="also write each dataset's ranking there as a TREC run file "
+                    "(<dataset>.trec, top 100; trec_eval, ranx and ir_measures read it)")
     ev.add_argument("--sharded", action="store_true", help="encode each corpus in shards over Ray workers and "
                     "search shard by shard (large collections; --dataset beir-13 names the paper's 13)")
     ev.add_argument("--workers", type=int, default=2, help="--sharded: encoding tasks in flight")

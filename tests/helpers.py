@@ -232,3 +232,8 @@ def record_existing_study(config: Path):
     tracker.start_study({"name": study.name})
     tracker.for_stage("proxy", "stage 1: proxy")
     return study
+
+
+def trec_qrels(beir_qrels) -> list[str]:
+    """A BEIR qrels TSV (header; query, document, relevance) as TREC qrels lines (query 0 document relevance)."""
+    return ["{} 0 {} {}".format(*line.split("\t")) for line in open(beir_qrels).read().splitlines()[1:]]

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from sbmoe_ray.data.beir import BeirDataset, identical_id_queries
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.evaluation.metrics import RetrievalMetrics, Run, evaluate_run
+from sbmoe_ray.evaluation.metrics import RetrievalMetrics, Run, drop_identical, evaluate_run, ranked
 from sbmoe_ray.evaluation.routing import empty_assignments, record_top1, routing_summary
 from sbmoe_ray.model.bi_encoder import BiEncoder
 from sbmoe_ray.model.moe import ExpertLoad
@@ -120,6 +120,7 @@ class EvaluationResult:
     identical_ids: dict = field(default_factory=dict)   # the rule and how many queries it dropped a doc for
     search: dict = field(default_factory=dict)          # sharded path: index, recall@100 of an approximate one
     routing: dict = field(default_factory=dict)         # top-1 experts and query-document co-routing (heads only)
+    run: Run | None = None                              # the top 100 as scored (a TREC run file; not in to_dict)
 
     def to_dict(self, per_query: bool = True) -> dict:
         result = {"dataset": self.dataset, "split": self.split, "num_queries": self.metrics.num_queries,
@@ -154,7 +155,8 @@ def _search_and_score(dataset: BeirDataset, doc_emb: np.ndarray, query_emb: np.n
     routing = (routing_summary(dataset.qrels, doc_ids, top1[0], query_ids, top1[1], load.num_experts)
                if top1 is not None and load is not None else {})
     return EvaluationResult(dataset.name, dataset.split, metrics, load, seconds, device,
-                            {"rule": identical_ids, "queries": len(dropped)}, routing=routing)
+                            {"rule": identical_ids, "queries": len(dropped)}, routing=routing,
+                            run=ranked(drop_identical(run, dropped), RANKING_DEPTH - 1))
 
 
 def _top1_arrays(model: BiEncoder, dataset: BeirDataset) -> tuple[np.ndarray, np.ndarray] | None:

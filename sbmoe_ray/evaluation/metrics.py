@@ -62,21 +62,27 @@ class RetrievalMetrics:
         return len(next(iter(self.per_query.values()), {}))
 
 
-def _top(run: Run, k: int) -> Run:
-    # trec_eval's order: score descending, ties by document id descending.
+def ranked(run: Run, k: int) -> Run:
+    """Each query's top ``k`` in trec_eval's order: score descending, ties by document id descending."""
     return {qid: dict(sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)[:k])
             for qid, docs in run.items()}
 
 
+def drop_identical(run: Run, ignore_identical_ids: bool | set[str] = True) -> Run:
+    """``run`` without a document whose id is the query's, for every query (True, BEIR's default), none
+    (False), or the queries in a set (a per-dataset rule)."""
+    if ignore_identical_ids is False:
+        return run
+    drop = set(run) if ignore_identical_ids is True else ignore_identical_ids
+    return {qid: {did: s for did, s in docs.items() if did != qid} if qid in drop else docs
+            for qid, docs in run.items()}
+
+
 def evaluate_run(qrels: Qrels, run: Run, ignore_identical_ids: bool | set[str] = True) -> RetrievalMetrics:
-    """Metrics of ``run``; ``ignore_identical_ids``: drop a document whose id is the query's, for every
-    query (True, BEIR's default), none (False), or the queries in a set (a per-dataset rule)."""
-    if ignore_identical_ids is not False:
-        drop = set(run) if ignore_identical_ids is True else ignore_identical_ids
-        run = {qid: {did: s for did, s in docs.items() if did != qid} if qid in drop else docs
-               for qid, docs in run.items()}
+    """Metrics of ``run`` after the identical-id rule (:func:`drop_identical`)."""
+    run = drop_identical(run, ignore_identical_ids)
     full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map_cut.100", "P.1"}).evaluate(run)
-    top10 = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(_top(run, 10))
+    top10 = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(ranked(run, 10))
     per_query: dict[str, dict[str, float]] = {}
     for name, measure in METRICS.items():
         source = top10 if measure == "recip_rank" else full

@@ -30,7 +30,7 @@ from sbmoe_ray.stages.costs import ModelCosts
 from sbmoe_ray.stages.progress import ProgressCallback
 from sbmoe_ray.stages.promotion import load_or_promote, promotions, read_promotions
 from sbmoe_ray.stages.proxy import controls
-from sbmoe_ray.stages.test_phase import test_phase
+from sbmoe_ray.stages.test_phase import test_phase, trec_files
 from sbmoe_ray.stages.trial import trainable
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion, TrialPoint
@@ -122,6 +122,7 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
         return None
     records = load_trials(study.layout.finetune)
     test_phase(study, records, None if study.finetune.use_gpu else cores)
+    stage.log_trial_files(trec_files(records))
     result = result_of(study, proxy, records, promoted, plan)
     stage.log_stage_result(result)
     write_report(study, proxy, result)

@@ -6,8 +6,8 @@ over seeds) and each base model's plain fine-tuning are tested, from their best 
 as many at once as the cores hold their threads (two 2-thread encodings on 2 cores run 9 % slower than one
 after the other: ``bench/oversubscription.py``). Then the large collections
 (``data.large_test_datasets``, smallest first), encoded in shards by W tasks at a time. Each result is
-added to its trial's record and written to its results file as it arrives: a tested trial is skipped on
-resume.
+added to its trial's record and written to its results file as it arrives, and its ranking to a TREC run
+file (:func:`sbmoe_ray.study.layout.trec_run_file`): a tested trial is skipped on resume.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, baselines, best_group, group_trials
 from sbmoe_ray.data.beir import load_dataset
 from sbmoe_ray.data.collections import expand_names, load_topics
+from sbmoe_ray.evaluation.trec import write_trec
 from sbmoe_ray.study.config import StudyConfig
+from sbmoe_ray.study.layout import trec_run_file
 from sbmoe_ray.study.space import label
 from sbmoe_ray.train.config import TrainConfig
 from sbmoe_ray.train.testing import evaluate_remote, evaluation_cpus, sharded_evaluation
@@ -73,9 +75,19 @@ def evaluation_config(study: StudyConfig, record: TrialRecord) -> tuple[TrainCon
 
 
 def add_results(record: TrialRecord, results: list) -> None:
-    """Add test results to a trial's record and write it to its results file."""
+    """Add test results to a trial's record and write it to its results file; each ranking (where the
+    evaluation kept one) to the trial's TREC run file for that test set."""
+    for result in results:
+        if result.run is not None:
+            write_trec(result.run, trec_run_file(record.file, result.dataset), label(record.params, record.seed))
     record.test = record.test + [r.to_dict() for r in results]
     record.write()
+
+
+def trec_files(records: list[TrialRecord]) -> dict[str, list[Path]]:
+    """Per tested trial id, the TREC run files the test phase wrote (to attach to its MLflow run)."""
+    files = {r.trial_id: [trec_run_file(r.file, t["dataset"]) for t in r.test] for r in records if r.test}
+    return {k: [p for p in v if p.is_file()] for k, v in files.items()}
 
 
 def _progress(what: str, done: int, total: int, record: TrialRecord, started: float) -> None:

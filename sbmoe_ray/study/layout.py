@@ -13,7 +13,8 @@ A study of name N under ``storage_path`` S lives in ``S/N``::
     trial_figures/         each trial's expert-load figure (logged to its MLflow run)
 
 A trial's run folder is the training run's (:mod:`sbmoe_ray.train`: ``results.json``, ``progress.jsonl``,
-checkpoints). The frozen-encoder embedding cache is shared by every study under ``S``
+checkpoints), and for a trial the test phase tested, ``trec/<test set>.trec``: its TREC run files. The
+frozen-encoder embedding cache is shared by every study under ``S``
 (``S/embedding_cache``, :attr:`sbmoe_ray.study.config.StudyConfig.cache_dir`).
 """
 
@@ -50,6 +51,11 @@ class StageLayout:
     def results_files(self) -> list[Path]:
         """Every finished trial's results file, by trial id."""
         return sorted(self.runs.glob(f"*/{RESULTS_FILE}"))
+
+
+def trec_run_file(results_file: Path | str, dataset: str) -> Path:
+    """A tested trial's TREC run file for one test set, in the trial's run folder beside its results file."""
+    return Path(results_file).parent / "trec" / f"{Path(dataset).name}.trec"
 
 
 @dataclass(frozen=True)

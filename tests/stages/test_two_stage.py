@@ -9,12 +9,13 @@ import signal
 import time
 
 import pytest
+import pytrec_eval
 from mlflow.tracking import MlflowClient
 
 from sbmoe_ray.analysis.records import group_key, group_trials, load_trials
-from sbmoe_ray.study.layout import StudyLayout
+from sbmoe_ray.study.layout import StudyLayout, trec_run_file
 
-from helpers import finish, sweep, synthetic_dataset, write_study
+from helpers import finish, sweep, synthetic_dataset, trec_qrels, write_study
 from test_study import assets  # noqa: F401 (the module fixture)
 
 pytestmark = [pytest.mark.slow]
@@ -85,6 +86,15 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
         assert result["search"]["index"] == "exact (sharded)" and result["search"]["shards"] > 1
         assert [t["dataset"] for t in record.test] == ["data", "large"]
     assert all(not r.test for r in stage2 if r.group not in tested)
+    # Each tested trial's TREC run file, scored by pytrec_eval's own parsers, gives its recorded nDCG@10.
+    qrels = pytrec_eval.parse_qrel(trec_qrels(assets["data"] / "qrels" / "test.tsv"))
+    for record in (r for r in stage2 if r.test):
+        trec = trec_run_file(record.file, "data")
+        run = pytrec_eval.parse_run(open(trec))
+        scored = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+        recorded = next(t for t in record.test if t["dataset"] == "data")["metrics"]["ndcg@10"]
+        assert sum(v["ndcg_cut_10"] for v in scored.values()) / len(scored) == pytest.approx(recorded, abs=1e-4)
+        assert not trec_run_file(record.file, "large").exists()               # sharded: no ranking kept
 
     summary = json.loads((study_dir / "report" / "summary.json").read_text())["finetune"]
     (agreement,) = summary["agreement"].values()
@@ -112,3 +122,12 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
             assert run.data.tags["sbmoe.promoted_from"] == source.info.run_id
             assert source.data.tags["sbmoe.group"] == run.data.tags["sbmoe.group"]
     assert any(k.endswith("kendall_tau") for k in parent.data.metrics)
+    # What the MLflow UI shows: the training view, the report as a page, datasets and source on every trial,
+    # the tested trials' run files, system metrics on the stage runs.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "report/report.html" in [f.path for f in client.list_artifacts(parent.info.run_id, "report")]
+    for run in trials:
+        assert run.data.tags["mlflow.source.name"] == "sbmoe" and len(run.inputs.dataset_inputs) == 3
+        if run.data.tags["sbmoe.trial_id"] in {r.trial_id for r in stage2 if r.test}:
+            assert "data.trec" in [f.path for f in client.list_artifacts(run.info.run_id)]
+    assert all(any(m.startswith("system/") for m in r.data.metrics) for r in stages.values())
