@@ -43,6 +43,7 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     from sbmoe_ray.stages.finetune import run_finetune
     from sbmoe_ray.stages.prepare import prepare_study
     from sbmoe_ray.stages.proxy import run_proxy
+    from sbmoe_ray.stages.publish import publish_models
     from sbmoe_ray.tracking import StudyTracker
 
     # Every cheap check before any work (before a local Ray starts; on a cluster, right after connecting);
@@ -63,10 +64,13 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     init_ray(address, ray_cpus(study) + 1, study.train.scaling.dashboard)
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     tracker.start_study(study_params(study), dataset_uses(study.train.data))
-    proxy = run_proxy(study, tracker)
+    final = proxy = run_proxy(study, tracker)
     failed = proxy.failed > 0
     if study.promote and not failed:
-        failed = run_finetune(study, tracker, proxy, started, cores_of(address), costs) is None
+        final = run_finetune(study, tracker, proxy, started, cores_of(address), costs)
+        failed = final is None
+    if not failed:
+        publish_models(study, tracker, final)
     tracker.finish("FAILED" if failed else "FINISHED")
     if not failed:
         study.layout.completed_file.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))

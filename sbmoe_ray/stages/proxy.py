@@ -34,10 +34,15 @@ from sbmoe_ray.stages.trial import trainable, trials_in_process
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.space import define_space, space_draws
 from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
+from sbmoe_ray.tracking.optuna_journal import mirror
 
 
 class FinalResultOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna only final results as COMPLETE."""
+    """OptunaSearch that tells Optuna only final results as COMPLETE, and mirrors each finished trial into
+    an Optuna journal file for optuna-dashboard (:mod:`sbmoe_ray.tracking.optuna_journal`)."""
+
+    journal: str | None = None        # the journal file (None: no mirror)
+    journal_name: str = "proxy"
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # With seeds, Tune's Repeater passes only {objective: mean over the replicates}: final by construction.
@@ -46,6 +51,9 @@ class FinalResultOptunaSearch(OptunaSearch):
         elif result is not None and math.isnan(result.get("objective", float("nan"))):
             result = None          # zero-shot baseline: nothing trained, nothing to tell TPE
         super().on_trial_complete(trial_id, result, error)
+        if self.journal and trial_id in self._ot_trials:
+            trial = self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number]
+            mirror(self.journal, self.journal_name, [d.name.lower() for d in self._ot_study.directions], trial)
 
 
 class MeanRepeater(Repeater):
@@ -83,11 +91,13 @@ def searcher(study: StudyConfig) -> FinalResultOptunaSearch:
     """Seeded TPE (Optuna) over the study's space, each base model's baseline and stage 2's controls
     enqueued first; two objectives (Optuna multi-objective TPE) with a zero-shot validation set."""
     names, modes = list(study.proxy_objectives), list(study.proxy_objectives.values())
-    return FinalResultOptunaSearch(space=functools.partial(define_space, space=study.space),
-                                   metric=names if len(names) > 1 else names[0],
-                                   mode=modes if len(modes) > 1 else modes[0],
-                                   points_to_evaluate=baselines(study) + controls(study) or None,
-                                   sampler=optuna.samplers.TPESampler(seed=study.proxy.seed))
+    search = FinalResultOptunaSearch(space=functools.partial(define_space, space=study.space),
+                                     metric=names if len(names) > 1 else names[0],
+                                     mode=modes if len(modes) > 1 else modes[0],
+                                     points_to_evaluate=baselines(study) + controls(study) or None,
+                                     sampler=optuna.samplers.TPESampler(seed=study.proxy.seed))
+    search.journal, search.journal_name = str(study.layout.proxy.optuna_journal), f"{study.name}-proxy"
+    return search
 
 
 def proxy_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:

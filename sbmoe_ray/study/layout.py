@@ -7,9 +7,11 @@ A study of name N under ``storage_path`` S lives in ``S/N``::
     completed.json         written when every trial finished: a re-run answers "complete", touching nothing
     mlflow_runs.json       the MLflow run ids of the study (parent) and of its stages
     proxy/                 stage 1: tune/ (Ray Tune's experiment), runs/<trial id>/ (one run folder a trial),
+                           optuna-journal.log (the search for optuna-dashboard),
                            finished/<configuration>-r<replicate> (the trial id whose results file holds it)
     finetune/              stage 2: the same, and promoted.json (what it fine-tunes), plan.json (the budget's plan)
     report/                report.md, summary.json and its figures
+    models/<base>-<role>/  the chosen configuration and the baseline as sentence-transformers folders
     trial_figures/         each trial's expert-load figure (logged to its MLflow run)
 
 A trial's run folder is the training run's (:mod:`sbmoe_ray.train`: ``results.json``, ``progress.jsonl``,
@@ -41,6 +43,11 @@ class StageLayout:
     @property
     def runs(self) -> Path:
         return self.folder / "runs"
+
+    @property
+    def optuna_journal(self) -> Path:
+        """The search's finished trials for ``optuna-dashboard <file>`` (:mod:`sbmoe_ray.tracking.optuna_journal`)."""
+        return self.folder / "optuna-journal.log"
 
     def finished_file(self, group: str, replicate: int) -> Path:
         """Names the trial whose results file holds this (configuration, replicate): the source of truth on
@@ -112,3 +119,8 @@ class StudyLayout:
     @property
     def trial_figures(self) -> Path:
         return self.root / "trial_figures"
+
+    def model_folder(self, base_model: str, role: str) -> Path:
+        """The sentence-transformers export of a base model's chosen configuration (``role`` "chosen") or
+        of its baseline (``"baseline"``): what the study logs as an MLflow model and registers."""
+        return self.root / "models" / f"{Path(base_model).name}-{role}"

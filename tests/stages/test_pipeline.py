@@ -7,6 +7,7 @@ import json
 
 import pytest
 import ray
+from mlflow.tracking import MlflowClient
 
 from sbmoe_ray.cli import main
 from sbmoe_ray.study.layout import StudyLayout
@@ -41,6 +42,17 @@ def test_sbmoe_study_runs_stage_one_to_its_report_and_mlflow_runs(tmp_path, asse
     # Artifacts beside the store (the report is on the parent run), not in the working directory's ./mlruns.
     assert parent.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     assert list((tmp_path / "mlartifacts").rglob("report.md"))
+    # The answer's models: registered with aliases on their trials' runs, and exported for sentence-transformers.
+    client, name = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), f"tiny-study-{assets['model'].name}"
+    answer = summary["per_base_model"][0]
+    trial_runs = {r.data.tags["sbmoe.trial_id"]: r.info.run_id for r in found if "sbmoe.trial_id" in r.data.tags}
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.run_id == trial_runs[answer["chosen"]["trial_ids"][0]]
+    assert client.get_model_version_by_alias(name, "baseline").run_id != champion.run_id
+    exported = main(["export", str(layout.root), "--out", str(tmp_path / "exported")])
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert exported == 0 and "tiny-study" in card and answer["chosen"]["config"] in card
+    assert (layout.model_folder(answer["base_model"], "chosen") / "modules.json").is_file()
 
     # The finished study run again: with another setting it is refused, listing the change; as it was, it is
     # complete. Either way its files and MLflow store stay byte for byte as they were.

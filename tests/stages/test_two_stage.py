@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from sbmoe_ray.analysis.records import group_key, group_trials, load_trials
 from sbmoe_ray.study.layout import StudyLayout, trec_run_file
+from sbmoe_ray.tracking.optuna_journal import KEY, journal_study
 
 from helpers import finish, sweep, synthetic_dataset, trec_qrels, write_study
 from test_study import assets  # noqa: F401 (the module fixture)
@@ -68,6 +69,10 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert json.loads(promoted_file.read_text()) == promoted                     # promoted once, kept
     assert {p: p.stat().st_mtime for p in (study_dir / "proxy" / "runs").glob("*/results.json")} == stage1_mtimes
 
+    # optuna-dashboard's journal: each stage-1 configuration once, after a SIGKILL and two resumes.
+    journal = journal_study(StudyLayout(study_dir).proxy.optuna_journal, "tiny-study-proxy", ["minimize"]).trials
+    keys = [t.user_attrs[KEY] for t in journal]
+    assert len(keys) == len(set(keys)) == len(group_trials(load_trials(StudyLayout(study_dir).proxy)))
     # The promoted set is the top of stage 1 (mean validation loss over its seeds).
     stage1 = [g for g in group_trials(load_trials(StudyLayout(study_dir).proxy)) if not g.is_baseline]
     top = [g.key for g in sorted(stage1, key=lambda g: g.objective)[:2]]
