@@ -12,7 +12,8 @@ chosen SB-MoE configuration (every replicate's test evaluations, :mod:`sbmoe_ray
   the SB-MoE paper's hypothesis is that experts specialise by domain (Sokli et al. 2025, arXiv 2510.15683);
 * **agreement across seeds**: the adjusted Rand index of the documents' top-1 experts between replicates
   (expert numbers are arbitrary per run, so the partition is compared, not the labels; 0 = chance, 1 = the
-  same partition), mean over pairs of replicates;
+  same partition), mean over pairs of replicates; undefined where a replicate sends every document to one
+  expert (two such "partitions" agree trivially: scikit-learn returns 1);
 * **collapse**: effective number of experts exp(H(top-1 share)) over all test documents, the largest
   share, and experts that no document chose.
 
@@ -55,7 +56,7 @@ def seed_agreement(replicates: list[dict[str, dict[str, Any]]], dataset: str) ->
     """Mean adjusted Rand index of the documents' top-1 experts over pairs of replicates (NaN below two)."""
     from sklearn.metrics import adjusted_rand_score
 
-    runs = [r[dataset]["doc_top1"] for r in replicates if dataset in r]
+    runs = [r[dataset]["doc_top1"] for r in replicates if dataset in r and len(set(r[dataset]["doc_top1"])) > 1]
     scores = [adjusted_rand_score(a, b) for a, b in itertools.combinations(runs, 2)]
     return float(np.mean(scores)) if scores else math.nan
 
@@ -103,9 +104,12 @@ def routing_lines(summary: dict[str, Any]) -> list[str]:
     for base_model, r in summary.items():
         per = "; ".join(f"{d}: same expert {v['same_expert']:.2f} vs chance {v['chance']:.2f} "
                         f"(lift {v['lift']:.2f}), seed ARI {_fmt(v['seed_ari'])}" for d, v in r["datasets"].items())
+        collapsed = " **Collapsed: one expert takes every test document** (the head acts as one dense adapter)." \
+            if r["max_share"] >= 0.999 else ""
         lines.append(f"- {base_model} ({r['replicates']} replicate(s)): expert vs collection MI {_fmt(r['mi_bits'])} "
                      f"bits (NMI {_fmt(r['nmi'])}); effective experts {r['effective_experts']:.2f} of "
-                     f"{r['num_experts']}, largest share {r['max_share']:.2f}, unused {r['unused_experts']}. {per}.")
+                     f"{r['num_experts']}, largest share {r['max_share']:.2f}, unused (mean over replicates) "
+                     f"{r['unused_experts']:.1f}.{collapsed} {per}.")
     return lines
 
 

@@ -54,6 +54,9 @@ def test_expert_vs_collection_is_sklearns_mutual_information_and_collapse_is_cou
     assert collapsed["effective_experts"] == pytest.approx(1.0) and collapsed["unused_experts"] == 3
     assert collapsed["max_share"] == 1.0 and collapsed["nmi"] == pytest.approx(0.0)
     assert math.isnan(collapsed["datasets"]["a"]["seed_ari"])                 # one replicate: no agreement
+    both = group_routing(group_trials(_records([{"a": [2] * 60, "b": [2] * 40}] * 2, [1.0, 1.0]))[0], ["a", "b"])
+    assert math.isnan(both["datasets"]["a"]["seed_ari"])        # two collapsed replicates agree only trivially
+    assert "Collapsed: one expert takes every test document" in routing_lines({"m": both})[0]
 
 
 def test_the_summary_is_about_the_chosen_configuration_and_reads_as_lines_and_metrics():
@@ -62,6 +65,7 @@ def test_the_summary_is_about_the_chosen_configuration_and_reads_as_lines_and_me
     assert list(summary) == ["m"] and summary["m"]["replicates"] == 3
     assert "same expert 0.60 vs chance 0.25" in routing_lines(summary)[0]
     metrics = routing_metrics(summary, str)
+    assert "Collapsed" not in routing_lines(summary)[0]
     assert metrics["routing.m.a.same_expert"] == pytest.approx(0.6) and "routing.m.nmi" in metrics
     assert routing_summary(groups, {"m": "missing"}, ["a"]) == {}
     assert "no expert assignments" in routing_lines({})[0]
