@@ -4,8 +4,12 @@ Starts ``mlflow server`` on 127.0.0.1 over the study's tracking store, waits for
 
 * ``--compare``: the compare-runs page of one base model's SB-MoE trial runs (every seed), the parallel
   coordinates set to ``num_experts``, ``top_k``, ``moe_lr`` -> test nDCG@10 of ``--dataset``;
-* ``--parent``: the study's parent run with its report (``report/report.md`` among its artifacts),
+* ``--parent``: the study's parent run with its report (``report/report.html``: the page with its figures),
 * ``--stages``: the experiment's run list with the parent, its stage runs and stage 2's trials expanded,
+* ``--experiments``: the experiments list (the study's in MLflow's model-training view),
+* ``--trial``: a tested stage-2 trial's run page (its dataset inputs, source, registered model),
+* ``--system``: stage 2's run, its system metrics tab,
+* ``--models``: the registered model of ``--base-model`` with its aliases,
 
 each with MLflow's assistant panel closed. Needs Chromium (Debian: ``apt-get install chromium``) and
 ``pip install playwright`` (no browser download: it drives the system Chromium).
@@ -83,8 +87,17 @@ def compare_view(page, url: str, experiment_id: str, runs: list[str], metric: st
 
 
 def parent_view(page, url: str, experiment_id: str, parent: str, output: str) -> None:
-    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{parent}/artifacts/report/report.md")
-    page.get_by_text("report.md").first.wait_for(timeout=60_000)
+    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{parent}/artifacts/report/report.html")
+    page.get_by_text("report.html").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(4000)
+    close_assistant(page)
+    page.screenshot(path=output)
+
+
+def page_view(page, url: str, path: str, wait_text: str, output: str) -> None:
+    """Any page of the UI, once ``wait_text`` shows."""
+    page.goto(f"{url}/#/{path}")
+    page.get_by_text(wait_text).first.wait_for(timeout=60_000)
     page.wait_for_timeout(3000)
     close_assistant(page)
     page.screenshot(path=output)
@@ -122,6 +135,10 @@ def main() -> None:
     parser.add_argument("--compare", default=str(HERE / "mlflow-compare.png"))
     parser.add_argument("--parent", default=str(HERE / "mlflow-parent.png"))
     parser.add_argument("--stages", default=str(HERE / "mlflow-stages.png"))
+    parser.add_argument("--experiments", default=str(HERE / "mlflow-experiments.png"))
+    parser.add_argument("--trial", default=str(HERE / "mlflow-trial.png"))
+    parser.add_argument("--system", default=str(HERE / "mlflow-system-metrics.png"))
+    parser.add_argument("--models", default=str(HERE / "mlflow-models.png"))
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     args = parser.parse_args()
 
@@ -137,6 +154,9 @@ def main() -> None:
         [eid], f"tags.`sbmoe.kind` = 'trial' and params.base_model = '{args.base_model}' and params.num_experts != '0'",
         max_results=500)]
     parent = client.search_runs([eid], "tags.`sbmoe.kind` = 'study'")[0].info.run_id
+    stage2 = client.search_runs([eid], "tags.`sbmoe.kind` = 'stage' and tags.`sbmoe.stage` = 'finetune'")
+    registered = f"{args.experiment}-{args.base_model}"
+    champion = client.get_model_version_by_alias(registered, "champion")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", args.backend_store_uri,
@@ -150,11 +170,18 @@ def main() -> None:
             compare_view(page, url, eid, runs, f"{args.dataset}.ndcg_at_10", args.compare)
             parent_view(page, url, eid, parent, args.parent)
             stages_view(page, url, eid, args.experiment, "stage 2: fine-tuning (encoder + SB-MoE head)", args.stages)
+            page_view(page, url, "experiments", args.experiment, args.experiments)
+            page_view(page, url, f"experiments/{eid}/runs/{champion.run_id}", "Datasets", args.trial)
+            if stage2:
+                page_view(page, url, f"experiments/{eid}/runs/{stage2[0].info.run_id}/system-metrics", "system",
+                          args.system)
+            page_view(page, url, f"models/{registered}", "champion", args.models)
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)          # the server and the workers it started
         server.wait(timeout=30)
-    print(f"wrote {args.compare} ({len(runs)} {args.base_model} SB-MoE runs), {args.parent} and {args.stages}")
+    print(f"wrote {args.compare} ({len(runs)} {args.base_model} SB-MoE runs), {args.parent}, {args.stages}, "
+          f"{args.experiments}, {args.trial}, {args.system} and {args.models}")
 
 
 if __name__ == "__main__":
