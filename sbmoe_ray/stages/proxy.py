@@ -53,7 +53,11 @@ class FinalResultOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
         if self.journal and trial_id in self._ot_trials:
             trial = self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number]
-            mirror(self.journal, self.journal_name, [d.name.lower() for d in self._ot_study.directions], trial)
+            try:                   # a view for optuna-dashboard: it must never stop the search
+                mirror(self.journal, self.journal_name, [d.name.lower() for d in self._ot_study.directions], trial)
+            except Exception as exc:  # noqa: BLE001
+                print(f"sbmoe: warning: {self.journal}: trial not mirrored for optuna-dashboard ({exc})",
+                      file=sys.stderr)
 
 
 class MeanRepeater(Repeater):

@@ -78,7 +78,7 @@ def add_results(record: TrialRecord, results: list) -> None:
     """Add test results to a trial's record and write it to its results file; each ranking (where the
     evaluation kept one) to the trial's TREC run file for that test set."""
     for result in results:
-        if result.run is not None:
+        if getattr(result, "run", None) is not None:
             write_trec(result.run, trec_run_file(record.file, result.dataset), label(record.params, record.seed))
     record.test = record.test + [r.to_dict() for r in results]
     record.write()

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 KEY = "sbmoe.configuration"
@@ -29,6 +30,20 @@ def journal_study(path: Path | str, name: str, directions: list[str]) -> optuna.
     return optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
 
 
+def _distributions(trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    """The trial's distributions, with a one-value categorical where its value lies outside its own (an
+    enqueued point: the baseline's ``baseline=1`` under the define-by-run ``IntDistribution(0, 0)``)."""
+    out = {}
+    for name, distribution in trial.distributions.items():
+        value = trial.params[name]
+        try:
+            inside = distribution._contains(distribution.to_internal_repr(value))
+        except (ValueError, TypeError):
+            inside = False
+        out[name] = distribution if inside else CategoricalDistribution([value])
+    return out
+
+
 def mirror(path: Path | str, name: str, directions: list[str], trial: FrozenTrial) -> bool:
     """Add a finished trial to the journal unless its configuration is there; whether it was added."""
     if not trial.state.is_finished():
@@ -38,7 +53,7 @@ def mirror(path: Path | str, name: str, directions: list[str], trial: FrozenTria
     if any(t.user_attrs.get(KEY) == key for t in study.get_trials(deepcopy=False)):
         return False
     study.add_trial(optuna.trial.create_trial(
-        params=trial.params, distributions=trial.distributions, state=trial.state,
+        params=trial.params, distributions=_distributions(trial), state=trial.state,
         values=trial.values if trial.state == TrialState.COMPLETE else None,
         user_attrs={**trial.user_attrs, KEY: key}))
     return True

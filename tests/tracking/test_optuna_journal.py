@@ -46,3 +46,13 @@ def test_a_running_trial_is_not_mirrored_and_two_objectives_keep_both_values(tmp
     mirrored = journal_study(path, "two", ["minimize", "maximize"])
     assert [t.values for t in mirrored.trials] == [t.values for t in search.trials[:3]]
     assert len(mirrored.best_trials) >= 1
+
+
+def test_an_enqueued_point_outside_its_distribution_is_mirrored_as_it_ran(tmp_path):
+    search = optuna.create_study()
+    search.enqueue_trial({"baseline": 1})                         # as the study enqueues each base model's baseline
+    trial = search.ask()
+    trial.suggest_int("baseline", 0, 0)                            # the define-by-run space of an SB-MoE trial
+    search.tell(trial, state=TrialState.PRUNED)
+    assert mirror(tmp_path / "j.log", "s", ["minimize"], search.trials[0])
+    assert journal_study(tmp_path / "j.log", "s", ["minimize"]).trials[0].params == {"baseline": 1}
