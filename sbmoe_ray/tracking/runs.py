@@ -19,8 +19,9 @@ from sbmoe_ray.analysis.routing import routing_metrics
 from sbmoe_ray.evaluation.metrics import final_metrics, metric_key
 from sbmoe_ray.study.points import TrialPoint
 from sbmoe_ray.study.space import BY_NAME, PARAMS, label
+from sbmoe_ray.tracking import views
 from sbmoe_ray.tracking.store import artifact_location, flatten, metric_entities
-from sbmoe_ray.tracking.views import EXPERIMENT_KIND, dataset_inputs, report_html, start_system_metrics, tags_of
+from sbmoe_ray.tracking.views import EXPERIMENT_KIND, dataset_inputs, report_html, tags_of
 
 
 class StudyTracker:
@@ -92,7 +93,7 @@ class StudyTracker:
             self._save_runs()
         staged = copy.copy(self)
         staged.stage, staged._trials, staged._points = stage, None, {}
-        staged._monitor = start_system_metrics(self.runs["stages"][stage], self.tracking_uri,
+        staged._monitor = views.start_system_metrics(self.runs["stages"][stage], self.tracking_uri,
                                                self.system_metrics_interval)
         return staged
 
@@ -231,7 +232,7 @@ class StudyTracker:
         never ran that configuration x seed again) ends KILLED."""
         run = self.runs["stages"].get(self.stage)
         if self._monitor is not None:
-            self._monitor.finish()
+            views.stop_system_metrics(self._monitor)
             self._monitor = None
         if run:
             if metrics:

@@ -64,6 +64,15 @@ def start_system_metrics(run_id: str, tracking_uri: str, interval: float = 10.0)
     return monitor
 
 
+def stop_system_metrics(monitor) -> None:
+    """Stop the monitor, then log one last sample: a stage shorter than the sampling interval (a resumed
+    stage with nothing left to do, a tiny test study) still shows its node's state when it ended."""
+    monitor.finish()
+    monitor.collect_metrics()
+    monitor.publish_metrics(monitor.aggregate_metrics())
+    monitor.mlflow_logger.flush()
+
+
 def report_html(report_file: Path) -> str:
     """The markdown report as one HTML page, its PNGs embedded (what MLflow's artifact view renders)."""
     import markdown

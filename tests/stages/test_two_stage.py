@@ -79,7 +79,9 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert [e["stage1_group"] for e in promoted["entries"] if e["role"] == "promoted"] == top
     # Stage 2: every (configuration, seed) trained exactly once, on 2 Ray Train workers.
     stage2 = load_trials(StudyLayout(study_dir).finetune)
-    assert len(stage2) == len(promoted["entries"]) * 2 == 8
+    roles = [e["role"] for e in promoted["entries"]]      # a drawn control among the top 2 is promoted instead
+    assert roles.count("promoted") == 2 and roles.count("control") <= 1 and roles.count("baseline") == 1
+    assert len(stage2) == len(promoted["entries"]) * 2
     assert sorted(group_key(e["params"]) for e in promoted["entries"]) == sorted({r.group for r in stage2})
     assert all(r.route == "live" for r in stage2)
     assert all(json.loads(open(r.file).read())["config"]["scaling"]["num_workers"] == 2 for r in stage2)
@@ -103,7 +105,8 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
 
     summary = json.loads((study_dir / "report" / "summary.json").read_text())["finetune"]
     (agreement,) = summary["agreement"].values()
-    assert agreement["configurations"] == 3 and -1 <= agreement["kendall_tau"] <= 1
+    assert agreement["configurations"] == len(promoted["entries"]) - 1
+    assert len(promoted["entries"]) - 1 < 3 or -1 <= agreement["kendall_tau"] <= 1
     assert "Stage 2" in (study_dir / "report" / "report.md").read_text()
     (answer,) = summary["test"]["per_base_model"]
     assert set(answer["datasets"]) == {"data", "large"}
@@ -118,7 +121,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert set(stages) == {"proxy", "finetune"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in stages.values())
     trials = [r for r in runs if r.data.tags.get("sbmoe.kind") == "trial"]
-    assert len(trials) == len(stage1_mtimes) + 8                                  # no duplicate after resumes
+    assert len(trials) == len(stage1_mtimes) + len(stage2)                        # no duplicate after resumes
     by_trial_id = {r.data.tags["sbmoe.trial_id"]: r for r in trials}
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == stages[run.data.tags["sbmoe.stage"]].info.run_id
