@@ -8,7 +8,7 @@ Starts ``mlflow server`` on 127.0.0.1 over the study's tracking store, waits for
 * ``--stages``: the experiment's run list with the parent, its stage runs and stage 2's trials expanded,
 * ``--experiments``: the experiments list (the study's in MLflow's model-training view),
 * ``--trial``: a tested stage-2 trial's run page (its dataset inputs, source, registered model),
-* ``--system``: stage 2's run, its system metrics tab,
+* ``--system``: stage 2's run (stage 1's without a stage 2), its system metrics tab,
 * ``--models``: the registered model of ``--base-model`` with its aliases,
 
 each with MLflow's assistant panel closed. Needs Chromium (Debian: ``apt-get install chromium``) and
@@ -35,6 +35,9 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).parent
+# MLflow 3's sidebar toggle (GenAI / Model training) is a per-browser preference (localStorage
+# `mlflow.workflowType`, default GenAI) that the URL overrides; the experiment's own tag sets its page.
+ML = "?workflowType=machine_learning"
 
 
 def free_port() -> int:
@@ -87,7 +90,7 @@ def compare_view(page, url: str, experiment_id: str, runs: list[str], metric: st
 
 
 def parent_view(page, url: str, experiment_id: str, parent: str, output: str) -> None:
-    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{parent}/artifacts/report/report.html")
+    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{parent}/artifacts/report/report.html{ML}")
     page.get_by_text("report.html").first.wait_for(timeout=60_000)
     page.wait_for_timeout(4000)
     close_assistant(page)
@@ -96,7 +99,7 @@ def parent_view(page, url: str, experiment_id: str, parent: str, output: str) ->
 
 def page_view(page, url: str, path: str, wait_text: str, output: str) -> None:
     """Any page of the UI, once ``wait_text`` shows."""
-    page.goto(f"{url}/#/{path}")
+    page.goto(f"{url}/#/{path}{ML}")
     page.get_by_text(wait_text).first.wait_for(timeout=60_000)
     page.wait_for_timeout(3000)
     close_assistant(page)
@@ -111,7 +114,7 @@ def expand(page, run_name: str) -> None:
 
 
 def stages_view(page, url: str, experiment_id: str, study: str, stage: str, output: str) -> None:
-    page.goto(f"{url}/#/experiments/{experiment_id}/runs")
+    page.goto(f"{url}/#/experiments/{experiment_id}/runs{ML}")
     page.get_by_text(study, exact=True).first.wait_for(timeout=60_000)
     page.wait_for_timeout(2000)
     close_assistant(page)
@@ -154,8 +157,9 @@ def main() -> None:
         [eid], f"tags.`sbmoe.kind` = 'trial' and params.base_model = '{args.base_model}' and params.num_experts != '0'",
         max_results=500)]
     parent = client.search_runs([eid], "tags.`sbmoe.kind` = 'study'")[0].info.run_id
-    stage2 = client.search_runs([eid], "tags.`sbmoe.kind` = 'stage' and tags.`sbmoe.stage` = 'finetune'")
-    registered = f"{args.experiment}-{args.base_model}"
+    stages = {r.data.tags["sbmoe.stage"]: r.info.run_id for r in client.search_runs([eid], "tags.`sbmoe.kind` = 'stage'")}
+    stage_run = stages.get("finetune") or stages.get("proxy")
+    registered = f"{args.experiment}-{Path(args.base_model).name}"
     champion = client.get_model_version_by_alias(registered, "champion")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -172,9 +176,7 @@ def main() -> None:
             stages_view(page, url, eid, args.experiment, "stage 2: fine-tuning (encoder + SB-MoE head)", args.stages)
             page_view(page, url, "experiments", args.experiment, args.experiments)
             page_view(page, url, f"experiments/{eid}/runs/{champion.run_id}", "Datasets", args.trial)
-            if stage2:
-                page_view(page, url, f"experiments/{eid}/runs/{stage2[0].info.run_id}/system-metrics", "system",
-                          args.system)
+            page_view(page, url, f"experiments/{eid}/runs/{stage_run}/system-metrics", "system", args.system)
             page_view(page, url, f"models/{registered}", "champion", args.models)
             browser.close()
     finally:
