@@ -23,7 +23,8 @@ from dataclasses import replace
 
 import torch
 
-from sbmoe_ray.data.beir import load_dataset, split_by_query, training_pairs
+from sbmoe_ray.data.beir import load_dataset, training_pairs
+from sbmoe_ray.data.splits import split_by_query
 from sbmoe_ray.model.backbones import resolve_model
 from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit, resolved

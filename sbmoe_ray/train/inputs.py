@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sbmoe_ray.data.beir import BeirDataset, load_dataset, split_by_query, training_pairs, validation_half
+from sbmoe_ray.data.beir import BeirDataset, load_dataset, training_pairs
+from sbmoe_ray.data.splits import split_by_query, validation_half
 from sbmoe_ray.evaluation.dense import EncodeSettings
 from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
 from sbmoe_ray.model.backbones import load_tokenizer

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from sbmoe_ray.data import root
-from sbmoe_ray.data.beir import load_dataset, split_by_query, training_pairs
+from sbmoe_ray.data.beir import load_dataset, training_pairs
+from sbmoe_ray.data.splits import split_by_query
 from sbmoe_ray.errors import DataError
 
 from helpers import write_beir
