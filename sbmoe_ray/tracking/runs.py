@@ -19,7 +19,7 @@ from sbmoe_ray.analysis.routing import routing_metrics
 from sbmoe_ray.evaluation.metrics import final_metrics, metric_key
 from sbmoe_ray.study.points import TrialPoint
 from sbmoe_ray.study.space import BY_NAME, PARAMS, label
-from sbmoe_ray.tracking import views
+from sbmoe_ray.tracking import system_metrics
 from sbmoe_ray.tracking.store import artifact_location, flatten, metric_entities
 from sbmoe_ray.tracking.views import EXPERIMENT_KIND, dataset_inputs, report_html, tags_of
 
@@ -83,7 +83,7 @@ class StudyTracker:
 
     def for_stage(self, stage: str, title: str) -> StudyTracker:
         """A tracker whose trial runs nest under the stage's run (a child of the parent run), created once
-        and set RUNNING again on a resume; the run records this node's system metrics until the stage ends."""
+        and set RUNNING again on a resume; the run records every node's system metrics until the stage ends."""
         if stage in self.runs["stages"]:
             self.client.update_run(self.runs["stages"][stage], status="RUNNING")
         else:
@@ -93,7 +93,7 @@ class StudyTracker:
             self._save_runs()
         staged = copy.copy(self)
         staged.stage, staged._trials, staged._points = stage, None, {}
-        staged._monitor = views.start_system_metrics(self.runs["stages"][stage], self.tracking_uri,
+        staged._monitor = system_metrics.start(self.runs["stages"][stage], self.tracking_uri,
                                                self.system_metrics_interval)
         return staged
 
@@ -232,7 +232,7 @@ class StudyTracker:
         never ran that configuration x seed again) ends KILLED."""
         run = self.runs["stages"].get(self.stage)
         if self._monitor is not None:
-            views.stop_system_metrics(self._monitor)
+            system_metrics.stop(self._monitor)
             self._monitor = None
         if run:
             if metrics:

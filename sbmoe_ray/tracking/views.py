@@ -11,8 +11,7 @@ metrics on the stage runs, and the report as one self-contained HTML page.
   :mod:`sbmoe_ray.data.provenance`), source, and a context tag (``train``, ``validation``, ``test``), shown in
   the Dataset column and on each run's page. The held-out validation split is part of the training
   dataset's file, so it is a second input with the same digest.
-* System metrics: MLflow's own ``SystemMetricsMonitor`` (psutil; pynvml where a GPU is), per node id,
-  resuming its step count when a resumed study logs into the same run again.
+* System metrics: :mod:`sbmoe_ray.tracking.system_metrics` (every node of a cluster).
 * MLflow renders a markdown artifact's relative image links as text; an HTML artifact with the figures
   embedded (base64) shows as a page with its pictures.
 """
@@ -23,7 +22,6 @@ import base64
 import functools
 import json
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -50,27 +48,6 @@ def dataset_inputs(records: list[dict[str, str]]) -> list:
     return [DatasetInput(Dataset(r["name"], r["digest"], "local", json.dumps({"uri": r["source"]}),
                                  profile=json.dumps({"split": r["split"]})),
                          [InputTag("mlflow.data.context", r["context"])]) for r in records]
-
-
-def start_system_metrics(run_id: str, tracking_uri: str, interval: float = 10.0):
-    """MLflow's system-metrics monitor on ``run_id`` for this node (resuming its steps); None if unavailable."""
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-    except ImportError:                     # pragma: no cover - psutil is a dependency
-        return None
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
-                                   resume_logging=True, node_id=socket.gethostname(), tracking_uri=tracking_uri)
-    monitor.start()
-    return monitor
-
-
-def stop_system_metrics(monitor) -> None:
-    """Stop the monitor, then log one last sample: a stage shorter than the sampling interval (a resumed
-    stage with nothing left to do, a tiny test study) still shows its node's state when it ended."""
-    monitor.finish()
-    monitor.collect_metrics()
-    monitor.publish_metrics(monitor.aggregate_metrics())
-    monitor.mlflow_logger.flush()
 
 
 def report_html(report_file: Path) -> str:
