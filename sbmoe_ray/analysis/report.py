@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from sbmoe_ray.analysis import figures
+from sbmoe_ray.analysis.curves import curve_lines, curve_rows, learning_curves_figure
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
 from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
@@ -169,7 +170,8 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
     lines = ["", "## Stage 2: fine-tuning the promoted configurations", "",
              f"Per base model the top {study.promote} stage-1 configurations, {ft.controls} random control(s) and "
              f"plain fine-tuning{' (fewer where the budget said so, below)' if dropped else ''}, each fine-tuned "
-             f"with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) for {ft.epochs} epoch(s) on "
+             f"with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) for at most {ft.epochs} epoch(s) "
+             f"({f'early stop after {ft.patience} without improvement' if ft.patience else 'no early stopping'}) on "
              f"{ft.num_workers} Ray Train workers, {result.seeds} seed(s) ({result.seeds_why}); ranked by "
              f"`{objective2}` (mean over seeds). Time: "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items()) + ".", ""]
@@ -187,7 +189,19 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
     lines += ["", "![stage agreement](stage_agreement.png)", "", "Test nDCG@10 of the configuration chosen by stage 2 "
               "against plain fine-tuning (mean over seeds; p adjusted over this stage's comparisons):", ""]
     lines += answer_table(result.summary, datasets) + [""]
+    lines += curves_section(result, study.finetune_stage().mode, objective2, layout.report_dir)
     return lines + routing_section(result.summary.get("routing", {}), layout.report_dir, "routing_finetune.png")
+
+
+def curves_section(result: FinetuneResult, mode: str, metric: str, folder) -> list[str]:
+    """Stage 2's learning curves: how each run ended, where it flattened, and the figure."""
+    roles = {r["group"]: (r["base_model"], r["role"]) for r in result.configurations if "group" in r}
+    rows = curve_rows(result.records, roles, metric, mode)
+    if not rows:
+        return []
+    figures.save(learning_curves_figure(result.records, roles, metric), folder / "learning_curves.png")
+    return ["## Stage 2 learning curves", "", *curve_lines(rows, metric), "",
+            "![learning curves](learning_curves.png)", ""]
 
 
 def _ci(interval: list[float]) -> str:

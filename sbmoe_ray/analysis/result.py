@@ -87,6 +87,7 @@ def configuration_rows(promotions: list[Promotion], groups: dict[str, ConfigGrou
         group = groups.get(group_key(entry.params))
         records = group.records if group else []
         rows.append({"base_model": entry.base_model, "role": entry.role, "config": label(entry.params),
+                     "group": group_key(entry.params),
                      "stage1_objective": entry.stage1_objective,
                      "stage2_objective": group.objective if group else math.nan,
                      "stage2_val_ndcg@10": nan_mean(r.best_metrics.get("val_ndcg@10", math.nan) for r in records),

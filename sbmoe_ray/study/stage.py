@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe_ray.config import ConfigBase
-from sbmoe_ray.limits import non_negative_int, one_of, positive, positive_int, setting
+from sbmoe_ray.limits import non_negative_int, one_of, optional, positive, positive_int, setting
 from sbmoe_ray.study.policy import per_hardware, resolve
 from sbmoe_ray.study.space import apply
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
+from sbmoe_ray.train.stopping import SCHEDULES
 
 OBJECTIVES = ("val_loss", "val_accuracy", "val_ndcg@10")
 
@@ -46,7 +47,12 @@ class FinetuneConfig(ConfigBase):
     # Replicates of each stage-2 configuration: a number, or one per kind of hardware (sbmoe_ray/study/policy.py)
     seeds: int | dict = setting(2, _SEEDS)
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
+    # Trained to convergence: validated every epoch, stopped after `patience` epochs without improving the
+    # objective, at most `epochs`; the best checkpoint is tested (sbmoe_ray/train/stopping.py)
     epochs: int = setting(1, positive_int)
+    patience: int | None = setting(None, optional(positive_int))
+    warmup_steps: int = setting(0, non_negative_int)
+    schedule: str = setting("constant", one_of(*SCHEDULES))
     objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
     validation_retrieval_docs: int = setting(500, non_negative_int)   # val_ndcg@10: positives + this many docs
     num_workers: int = setting(2, positive_int)       # data-parallel Ray Train workers per trial

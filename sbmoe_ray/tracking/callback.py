@@ -1,6 +1,7 @@
 """The Tune callback that logs each trial into its MLflow run while the stage runs.
 
-Params and per-epoch and final metrics go into each trial's nested run (files are attached at the end of
+Params and per-epoch and final metrics go into each trial's nested run, at the optimizer step each epoch
+ended on (learning curves against steps; older records: the epoch) (files are attached at the end of
 the stage, from what the report wrote: :meth:`sbmoe_ray.tracking.runs.StudyTracker.log_trial_files`).
 Epoch metrics are buffered and written in one request at most every ``flush_seconds`` and at the trial's
 end: a trial of seconds costs four requests, a long trial still shows its epochs as it goes. Ray's stock
@@ -36,9 +37,10 @@ class MlflowStudyCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         pending = self._pending.setdefault(trial.trial_id, [])
-        step = int(result.get("epochs_done", 0))
+        epochs = int(result.get("epochs_done", 0))
+        step = int(result.get("steps_done") or epochs)        # learning curves against optimizer steps
         if not result.get("final"):
-            self._logged.setdefault(trial.trial_id, set()).add(step)
+            self._logged.setdefault(trial.trial_id, set()).add(epochs)
         elif result.get("history"):                 # epochs that were not reported one by one
             pending += self._unreported_epochs(trial.trial_id, json.loads(result["history"]))
         pending += metric_entities(result, step=step)
@@ -49,7 +51,8 @@ class MlflowStudyCallback(tune.Callback):
         """The epochs of a trial's final report that it did not report one by one."""
         logged = self._logged.get(trial_id, set())
         return [m for row in history if row["epoch"] + 1 not in logged
-                for m in metric_entities({**row, "epochs_done": row["epoch"] + 1}, step=row["epoch"] + 1)]
+                for m in metric_entities({**row, "epochs_done": row["epoch"] + 1},
+                                         step=int(row.get("steps_done") or row["epoch"] + 1))]
 
     def _flush(self, trial) -> None:
         batch = self._pending.pop(trial.trial_id, [])

@@ -37,6 +37,7 @@ from sbmoe_ray.limits import (
 )
 from sbmoe_ray.model.config import ModelConfig
 from sbmoe_ray.runtime.precision import PRECISIONS
+from sbmoe_ray.train.stopping import SCHEDULES
 
 
 def _rules(value) -> str | None:
@@ -84,14 +85,20 @@ class DataConfig(ConfigBase):
 
 @dataclass
 class OptimConfig(ConfigBase):
-    epochs: int = setting(1, positive_int)
-    max_steps_per_epoch: int | None = setting(None, optional(positive_int))   # smoke runs, benchmarks
+    epochs: int = setting(1, positive_int)            # the cap; early stopping (patience) may end sooner
+    # An "epoch" of at most this many random batches: the validation interval on a large collection; smoke runs
+    max_steps_per_epoch: int | None = setting(None, optional(positive_int))
     batch_size: int = setting(64, positive_int)     # global: split evenly over the workers
     encoder_lr: float = setting(1e-6, non_negative)  # paper: 1e-6 for the encoder ...
     moe_lr: float = setting(1e-4, non_negative)      # ... and 1e-4 for the SB-MoE block
     freeze_encoder: bool = False                     # also implied by encoder_lr == 0
     weight_decay: float = setting(0.01, non_negative)
-    warmup_steps: int = setting(0, non_negative_int)
+    warmup_steps: int = setting(0, non_negative_int)    # linear warm-up, in optimizer steps
+    schedule: str = setting("constant", one_of(*SCHEDULES))   # after warm-up, over the capped run
+    # Stop after this many validations without an improvement of run.checkpoint_metric by > min_delta;
+    # null: train every epoch (sbmoe_ray/train/stopping.py)
+    patience: int | None = setting(None, optional(positive_int))
+    min_delta: float = setting(0.0, non_negative)
     grad_clip: float = setting(1.0, non_negative)    # max gradient norm; 0 disables clipping
     attention_dropout: float | None = setting(0.0, optional(unit_interval))  # on attention probabilities
     #                                       while training; null keeps the base model's (0.1 for BERT),

@@ -1,10 +1,11 @@
 """The training loop of one worker, top to bottom: seed, inputs, model, optimizer, resume; then per epoch
-train, validate, checkpoint and report.
+train, validate, checkpoint and report, until early stopping or the epoch cap.
 
 It is the same loop on every route and in every session: the route (:mod:`sbmoe_ray.train.routes`) gives the
 inputs, the model and the step; the session (:mod:`sbmoe_ray.train.session`) gives rank, device, resume
-and reporting. AdamW with two learning rates (encoder, SB-MoE block), optional linear warm-up, gradient
-clipping (Sokli et al. 2025 train with AdamW, the encoder at a much lower rate than the block).
+and reporting. AdamW with two learning rates (encoder, SB-MoE block), linear warm-up then a schedule, gradient
+clipping (Sokli et al. 2025 train with AdamW, the encoder at a much lower rate than the block); when to stop
+and the schedule are :mod:`sbmoe_ray.train.stopping`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import torch
 from sbmoe_ray.model.bi_encoder import BiEncoder
 from sbmoe_ray.model.losses import build_loss
 from sbmoe_ray.model.moe import ExpertLoad
-from sbmoe_ray.train.config import TrainConfig
+from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
 from sbmoe_ray.train.inputs import PairData, Pairs, epoch_batches, token_count
 from sbmoe_ray.train.routes import ROUTES, Route, Step, objective_for
 from sbmoe_ray.train.session import RayTrainSession, log_progress, save_checkpoint
 from sbmoe_ray.train.step import all_sum
+from sbmoe_ray.train.stopping import EarlyStopping, lr_multiplier
 from sbmoe_ray.train.validation import validate
 
 
@@ -35,18 +37,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: BiEncoder, cfg: TrainConfig):
-    """AdamW over the trained encoder (``encoder_lr``) and the SB-MoE block (``moe_lr``), and its schedule."""
+def build_optimizer(model: BiEncoder, cfg: TrainConfig, total_steps: int = 0):
+    """AdamW over the trained encoder (``encoder_lr``) and the SB-MoE block (``moe_lr``), and its schedule
+    over ``total_steps`` (:func:`sbmoe_ray.train.stopping.lr_multiplier`)."""
     groups = []
     if model.backbone is not None and not model.frozen_encoder:
         groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.encoder_lr, "name": "encoder"})
     if model.head is not None:
         groups.append({"params": list(model.head.parameters()), "lr": cfg.optim.moe_lr, "name": "sbmoe"})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
-    warmup = cfg.optim.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        optimizer, lr_multiplier(cfg.optim.schedule, cfg.optim.warmup_steps, total_steps))
     return optimizer, scheduler
+
+
+def steps_per_epoch(num_pairs: int, cfg: TrainConfig) -> int:
+    """Optimizer steps of one epoch: its full global batches, at most ``optim.max_steps_per_epoch``."""
+    return min(num_pairs // cfg.optim.batch_size, cfg.optim.max_steps_per_epoch or num_pairs)
 
 
 def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, cfg: TrainConfig, rank: int,
@@ -112,14 +119,18 @@ def _epoch_metrics(sums, load, step_seconds, seconds, steps_run, cfg, world, dev
 
 
 def train_worker(cfg: TrainConfig, session, route: Route) -> None:
-    """The training loop of one worker: restore, then per epoch train, validate, checkpoint, report."""
+    """The training loop of one worker: restore, then per epoch train, validate, checkpoint, report, until
+    the early-stopping criterion or the epoch cap (:mod:`sbmoe_ray.train.stopping`)."""
     rank, world, device = session.rank, session.world, session.device
     seed_everything(cfg.run.seed)
     data = route.inputs(cfg, device)
     # On the device before the optimizer exists: a restored optimizer state follows its parameters' device.
     model = route.model(cfg).to(device)
-    optimizer, scheduler = build_optimizer(model, cfg)
-    start_epoch = session.resume(model, optimizer, scheduler)
+    steps = steps_per_epoch(len(data.train), cfg)
+    optimizer, scheduler = build_optimizer(model, cfg, steps * cfg.optim.epochs)
+    metric = cfg.run.checkpoint_metric
+    stopper = EarlyStopping(metric, CHECKPOINT_METRICS[metric], cfg.optim.patience, cfg.optim.min_delta)
+    start_epoch = session.resume(model, optimizer, scheduler, stopper)
     if start_epoch and rank == 0:
         print(f"[{cfg.run.name}] resuming from the checkpoint of epoch {start_epoch}/{cfg.optim.epochs} in "
               f"{cfg.run_dir}", flush=True)
@@ -129,23 +140,36 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
     criterion = build_loss(cfg.loss.name, cfg.loss.temperature)        # validation: the loss alone
 
     for epoch in range(start_epoch, cfg.optim.epochs):
+        if stopper.exhausted:              # a run resumed after it had stopped: nothing left to train
+            break
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_start", epoch=epoch, device=str(device))
         trained = run_epoch(model, step, data, data.train, cfg, rank, world, epoch, optimizer, scheduler)
-        metrics = {"epoch": epoch, **trained}
+        metrics = {"epoch": epoch, "steps_done": (epoch + 1) * steps, **trained}
         if data.validation:            # every rank computes it on the same pairs: no rank waits idle
             metrics.update(validate(bare, data, criterion, cfg, device))
+        stop = stopper.update(epoch, metrics)
+        metrics.update({"since_best": stopper.since_best, "stopped_early": float(stop)})
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_end", epoch=epoch, metrics=metrics)
-            print(f"[{cfg.run.name}] epoch {epoch + 1}/{cfg.optim.epochs}  train_loss {metrics['train_loss']:.4f}  "
-                  f"val_loss {metrics.get('val_loss', float('nan')):.4f}  {metrics['pairs_per_second']:.1f} pairs/s"
-                  + (f"  {metrics['train_tflops']:.3f} TFLOP/s per worker = {100 * metrics['train_utilisation']:.0f}% "
-                     f"of its {cfg.memory.precision} matmul ceiling" if "train_utilisation" in metrics else ""),
-                  flush=True)
+            _print_epoch(cfg, metrics, stopper.reason() if stop else "")
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
-                save_checkpoint(Path(folder), bare, cfg, optimizer, scheduler, epoch)
+                save_checkpoint(Path(folder), bare, cfg, optimizer, scheduler, epoch, stopper)
             session.report(metrics, Path(folder) if rank == 0 else None)
+        if stop:
+            break
+
+
+def _print_epoch(cfg: TrainConfig, metrics: dict[str, Any], stopped: str) -> None:
+    """The epoch's log line: losses, speed, and utilisation against the hardware's matmul ceiling."""
+    print(f"[{cfg.run.name}] epoch {metrics['epoch'] + 1}/{cfg.optim.epochs} (step {metrics['steps_done']})  "
+          f"train_loss {metrics['train_loss']:.4f}  val_loss {metrics.get('val_loss', float('nan')):.4f}  "
+          f"{metrics['pairs_per_second']:.1f} pairs/s"
+          + (f"  {metrics['train_tflops']:.3f} TFLOP/s per worker = {100 * metrics['train_utilisation']:.0f}% "
+             f"of its {cfg.memory.precision} matmul ceiling" if "train_utilisation" in metrics else "")
+          + (f"\n[{cfg.run.name}] early stop: {stopped}; the best checkpoint is the one tested" if stopped else ""),
+          flush=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -30,15 +30,17 @@ TRAIN_STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.jsonl"
 
 
-def save_checkpoint(folder: Path, model: BiEncoder, cfg: TrainConfig, optimizer, scheduler, epoch: int) -> None:
+def save_checkpoint(folder: Path, model: BiEncoder, cfg: TrainConfig, optimizer, scheduler, epoch: int,
+                    stopper=None) -> None:
     save_model(model, cfg.model, folder)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "stopping": stopper.state_dict() if stopper is not None else None,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
                folder / TRAIN_STATE_FILE)
 
 
-def restore_checkpoint(folder: Path, model: BiEncoder, optimizer, scheduler) -> int:
-    """Load weights, optimizer, scheduler and RNG state; return the epoch to start from."""
+def restore_checkpoint(folder: Path, model: BiEncoder, optimizer, scheduler, stopper=None) -> int:
+    """Load weights, optimizer, scheduler, early-stopping and RNG state; return the epoch to start from."""
     state = torch.load(folder / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
     load_weights(model, folder)
     optimizer.load_state_dict(state["optimizer"])
@@ -46,6 +48,8 @@ def restore_checkpoint(folder: Path, model: BiEncoder, optimizer, scheduler) -> 
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
+    if stopper is not None:
+        stopper.load_state_dict(state.get("stopping"))
     return state["epoch"] + 1
 
 
@@ -84,14 +88,14 @@ class RayTrainSession:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
 
-    def resume(self, model: BiEncoder, optimizer, scheduler) -> int:
+    def resume(self, model: BiEncoder, optimizer, scheduler, stopper=None) -> int:
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if not checkpoint:
             return 0
         with checkpoint.as_directory() as folder:
-            return restore_checkpoint(Path(folder), model, optimizer, scheduler)
+            return restore_checkpoint(Path(folder), model, optimizer, scheduler, stopper)
 
     def wrap(self, model: BiEncoder) -> torch.nn.Module:
         import ray.train.torch
@@ -149,9 +153,9 @@ class InProcessSession:
         self.device = torch.device(device_for(cfg.scaling.use_gpu))
         self.checkpoints, self.on_epoch = LocalCheckpoints(cfg), on_epoch
 
-    def resume(self, model: BiEncoder, optimizer, scheduler) -> int:
+    def resume(self, model: BiEncoder, optimizer, scheduler, stopper=None) -> int:
         latest = self.checkpoints.latest()
-        return restore_checkpoint(latest[0], model, optimizer, scheduler) if latest else 0
+        return restore_checkpoint(latest[0], model, optimizer, scheduler, stopper) if latest else 0
 
     def wrap(self, model: BiEncoder) -> torch.nn.Module:
         return model

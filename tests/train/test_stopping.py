@@ -1,0 +1,73 @@
+"""Fine-tuning stops on its declared criterion: patience on the validation objective (the best checkpoint is
+the one tested, a resumed run that had stopped trains nothing more), the epoch cap otherwise; the learning
+rate warms up, then follows its schedule to zero at the capped run's last step."""
+
+from __future__ import annotations
+
+import pytest
+
+from sbmoe_ray.model.bi_encoder import ModelConfig
+from sbmoe_ray.train import TrainConfig, fit, read_progress
+from sbmoe_ray.train.stopping import EarlyStopping, lr_multiplier
+
+from helpers import save_tiny_model, synthetic_dataset, with_settings
+
+
+def test_patience_stops_after_that_many_validations_without_an_improvement_beyond_min_delta():
+    stopper = EarlyStopping("val_loss", "min", patience=2, min_delta=0.01)
+    losses = [1.0, 0.9, 0.895, 0.92, 0.5]          # 0.895 improves by less than min_delta
+    stops = [stopper.update(epoch, {"val_loss": v}) for epoch, v in enumerate(losses[:4])]
+    assert stops == [False, False, False, True] and stopper.best_epoch == 1 and stopper.best == 0.9
+    maximised = EarlyStopping("val_ndcg@10", "max", patience=1)
+    assert [maximised.update(e, {"val_ndcg@10": v}) for e, v in enumerate([0.3, 0.4, 0.4])] == [False, False, True]
+    never = EarlyStopping("val_loss", "min", patience=None)
+    assert not any(never.update(e, {"val_loss": 1.0}) for e in range(10))
+    restored = EarlyStopping("val_loss", "min", patience=2, min_delta=0.01)
+    restored.load_state_dict(stopper.state_dict())
+    assert restored.exhausted and restored.best_epoch == 1
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_the_learning_rate_warms_up_then_follows_its_schedule_to_the_last_step(schedule):
+    factor = lr_multiplier(schedule, warmup=4, total=20)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(4) == 1.0
+    end = factor(20)
+    assert end == (1.0 if schedule == "constant" else pytest.approx(0.0, abs=1e-9))
+    if schedule != "constant":
+        middle = factor(12)
+        assert middle == pytest.approx(0.5)                 # linear and cosine both pass 0.5 half-way
+        assert factor(8) > middle > factor(16)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("stopping")
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 48)}
+
+
+def config(assets, tmp_path, **overrides) -> TrainConfig:
+    model = ModelConfig(base_model=str(assets["model"]), num_experts=3, top_k=1, max_length=32, noisy_gating=False)
+    base = with_settings(TrainConfig(model=model), train_dataset=str(assets["data"]),
+                         test_datasets=[str(assets["data"])], epochs=6, batch_size=8, query_max_length=16,
+                         encoder_lr=0.0, moe_lr=1e-2, precision="fp32", validation_fraction=0.2,
+                         storage_path=str(tmp_path / "store"), num_workers=1, name="stopping")
+    return with_settings(base, **overrides)
+
+
+def test_a_run_stops_on_patience_tests_its_best_checkpoint_and_a_resumed_stopped_run_trains_no_more(assets, tmp_path):
+    # min_delta larger than any change: no epoch after the first improves, so patience 2 stops after epoch 3.
+    stopped = fit(config(assets, tmp_path, patience=2, min_delta=10.0))
+    assert [row["epoch"] for row in stopped.history] == [0, 1, 2]
+    assert [row["stopped_early"] for row in stopped.history] == [0.0, 0.0, 1.0]
+    assert [row["since_best"] for row in stopped.history] == [0, 1, 2]
+    assert [row["steps_done"] for row in stopped.history] == [4, 8, 12]         # 38 pairs // 8 a step
+    losses = [row["val_loss"] for row in stopped.history]
+    best_epoch = losses.index(min(losses))
+    assert stopped.best_metrics["epoch"] == best_epoch                         # the best checkpoint is tested
+    assert stopped.best_checkpoint.endswith(f"checkpoint_epoch_{best_epoch:04d}")
+    again = fit(config(assets, tmp_path, patience=2, min_delta=10.0))
+    starts = [e["epoch"] for e in read_progress(again.config.run_dir) if e["event"] == "epoch_start"]
+    assert starts == [0, 1, 2] and again.best_metrics == stopped.best_metrics
+    capped = fit(config(assets, tmp_path, name="capped", epochs=4))                # no patience: the cap
+    assert [row["epoch"] for row in capped.history] == [0, 1, 2, 3]
