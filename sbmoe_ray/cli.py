@@ -1,4 +1,5 @@
-"""The ``sbmoe`` command line: ``study`` (the main job), ``train``, ``evaluate``, ``report``, ``export``."""
+"""The ``sbmoe`` command line: ``study`` (the main job), ``train``, ``evaluate``, ``report``, ``export``,
+``derive``."""
 
 from __future__ import annotations
 
@@ -222,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbmoe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sbmoe-ray {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    from sbmoe_ray.derive.command import add_derive_parser
     from sbmoe_ray.export.command import add_export_parser
 
-    for add in (_study_parser, _evaluate_parser, _train_and_report_parsers, add_export_parser):
+    for add in (_study_parser, _evaluate_parser, _train_and_report_parsers, add_export_parser, add_derive_parser):
         add(sub)
     return parser
 

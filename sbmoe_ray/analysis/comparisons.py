@@ -32,7 +32,7 @@ from sbmoe_ray.analysis.records import ConfigGroup, baselines
 from sbmoe_ray.study.claims import ClaimsConfig
 
 CORRECTIONS = {"holm": "Holm-Bonferroni", "fdr_bh": "Benjamini-Hochberg"}
-CONFIRMATORY, EXPLORATORY = "confirmatory", "exploratory"
+CONFIRMATORY, EXPLORATORY, ATTRIBUTION = "confirmatory", "exploratory", "attribution"
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Comparison:
     verdict: str = ""
     delta_per_seed: list[float] = field(default_factory=list)   # each replicate against the baseline's mean
     trial_ids: list[str] = field(default_factory=list)
+    against: str = "baseline"   # or an attribution control: dense_adapter, random_routing
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,9 +144,14 @@ def compare_groups(groups: list[ConfigGroup], datasets: list[str], claimed: set[
         if not group.is_baseline and base is not None:
             rows += [compare(group, base, d, seeds[(group.base_model, d)], claims, metric) for d in datasets]
     for family in (CONFIRMATORY, EXPLORATORY):
-        members = [r for r in rows if (r.group in claimed) == (family == CONFIRMATORY)]
-        for row, p, tost in zip(members, adjust([r.p_raw for r in members], claims.correction),
-                                adjust([r.tost_p for r in members], claims.correction)):
-            row.family, row.p_adjusted, row.tost_p_adjusted = family, p, tost
-            row.verdict = verdict(row, claims.alpha)
+        adjust_family([r for r in rows if (r.group in claimed) == (family == CONFIRMATORY)], family, claims)
     return rows
+
+
+def adjust_family(members: list[Comparison], family: str, claims: ClaimsConfig) -> None:
+    """p and TOST p adjusted over one family, and each member's verdict."""
+    for row, p, tost in zip(members, adjust([r.p_raw for r in members], claims.correction),
+                            adjust([r.tost_p for r in members], claims.correction)):
+        row.family, row.p_adjusted, row.tost_p_adjusted = family, p, tost
+        row.verdict = verdict(row, claims.alpha)
+

@@ -127,6 +127,12 @@ class ConfigGroup:
         return self.params["num_experts"] == 0
 
     @property
+    def arm(self) -> str | None:
+        """The attribution control this configuration is (``dense_adapter``, ``random_routing``), if any:
+        never a candidate for the answer, only what the answer is compared with."""
+        return self.params.get("arm")
+
+    @property
     def seeds(self) -> list[int]:
         return [r.seed for r in self.records]
 
@@ -175,12 +181,12 @@ def _best(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
 
 def best_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
     """The SB-MoE configuration with the best mean validation objective (never a test metric)."""
-    return _best([g for g in groups if not g.is_baseline], mode)
+    return _best([g for g in groups if not g.is_baseline and not g.arm], mode)
 
 
 def preferred_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
     """The configuration validation prefers, the baseline included: the answer to "SB-MoE at all?"."""
-    return _best(groups, mode)
+    return _best([g for g in groups if not g.arm], mode)
 
 
 def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from sbmoe_ray.analysis import figures
+from sbmoe_ray.analysis.attribution import attribution_lines
 from sbmoe_ray.analysis.curves import curve_lines, curve_rows, learning_curves_figure
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
 from sbmoe_ray.analysis.records import TrialRecord
@@ -186,20 +187,33 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
               "configurations, Spearman's ρ, top-k recall of the promoted among stage 2's top k, regret of the "
               "proxy's first pick in stage 2's objective)", ""]
     lines += [agreement_line(a) for a in result.agreement.values()]
-    lines += ["", "![stage agreement](stage_agreement.png)", "", "Test nDCG@10 of the configuration chosen by stage 2 "
-              "against plain fine-tuning (mean over seeds; p adjusted over this stage's comparisons):", ""]
+    lines += ["", "![stage agreement](stage_agreement.png)", "", confirmation_line(result.training_seeds), "",
+              "Test nDCG@10 of the configuration chosen by stage 2 against plain fine-tuning (mean over seeds; p "
+              "adjusted over this stage's comparisons):", ""]
     lines += answer_table(result.summary, datasets) + [""]
+    lines += attribution_lines(result.summary.get("attribution", {}))
     lines += curves_section(result, study.finetune_stage().mode, objective2, layout.report_dir)
     return lines + routing_section(result.summary.get("routing", {}), layout.report_dir, "routing_finetune.png")
+
+
+def confirmation_line(seeds: dict[str, list[int]]) -> str:
+    """Which replicates the test numbers below come from."""
+    if not seeds.get("confirmation"):
+        return ("Tested: the replicates stage 2 chose on (training seeds "
+                f"{seeds.get('selection')}); not confirmed on fresh seeds, so their luck in validation may carry "
+                "into the test Δ (set finetune.confirm_seeds).")
+    return (f"Tested: the chosen configuration, the baseline and the controls trained again on fresh seeds "
+            f"{seeds['confirmation']}, never used for selection (stage 2 chose on seeds {seeds['selection']}).")
 
 
 def curves_section(result: FinetuneResult, mode: str, metric: str, folder) -> list[str]:
     """Stage 2's learning curves: how each run ended, where it flattened, and the figure."""
     roles = {r["group"]: (r["base_model"], r["role"]) for r in result.configurations if "group" in r}
-    rows = curve_rows(result.records, roles, metric, mode)
+    records = [*result.records, *result.confirmed]
+    rows = curve_rows(records, roles, metric, mode)
     if not rows:
         return []
-    figures.save(learning_curves_figure(result.records, roles, metric), folder / "learning_curves.png")
+    figures.save(learning_curves_figure(records, roles, metric), folder / "learning_curves.png")
     return ["## Stage 2 learning curves", "", *curve_lines(rows, metric), "",
             "![learning curves](learning_curves.png)", ""]
 

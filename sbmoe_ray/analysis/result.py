@@ -16,12 +16,13 @@ from typing import Any
 
 from sbmoe_ray.analysis.agreement import decision_quality, rank_agreement, verdict
 from sbmoe_ray.analysis.answer import claimed_keys, study_summary
+from sbmoe_ray.analysis.attribution import attribution_comparisons, attribution_summary
 from sbmoe_ray.analysis.comparisons import Comparison, compare_groups
 from sbmoe_ray.analysis.pareto import pareto_summary
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, group_key, group_trials, nan_mean
 from sbmoe_ray.analysis.test_sets import describe_test_sets
 from sbmoe_ray.study.config import StudyConfig
-from sbmoe_ray.study.points import Promotion
+from sbmoe_ray.study.points import Promotion, seeds_used
 from sbmoe_ray.study.space import label
 
 
@@ -44,11 +45,13 @@ class FinetuneResult(StageResult):
     seeds_why: str = ""
     plan: dict[str, Any] | None = None     # the budget's plan (stages.budget.BudgetPlan), if any
     plan_text: str | None = None           # ... in one sentence
+    confirmed: list[TrialRecord] = field(default_factory=list)   # the fresh-seed replicates (tested), if any
+    training_seeds: dict[str, list[int]] = field(default_factory=dict)   # selection and confirmation seeds
 
     def summary_entry(self) -> dict[str, Any]:
         """Stage 2 in ``summary.json``."""
         return {"configurations": self.configurations, "agreement": self.agreement, "seconds": self.seconds,
-                "plan": self.plan, "seeds": self.seeds, "test": self.summary}
+                "plan": self.plan, "seeds": self.seeds, "training_seeds": self.training_seeds, "test": self.summary}
 
 
 def analyze_proxy(study: StudyConfig, records: list[TrialRecord], failed: int = 0) -> StageResult:
@@ -66,18 +69,24 @@ def analyze_proxy(study: StudyConfig, records: list[TrialRecord], failed: int = 
 
 def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions: list[Promotion], seeds: int,
                      seeds_why: str, seconds: dict[str, float], plan: dict | None = None,
-                     plan_text: str | None = None) -> FinetuneResult:
-    """Stage 2: the tested configurations against plain fine-tuning on every final test set, and the
-    proxy check over the promoted and control configurations."""
+                     plan_text: str | None = None, confirmed: list[TrialRecord] | None = None) -> FinetuneResult:
+    """Stage 2: the tested configurations (the confirmation's fresh replicates where it ran) against plain
+    fine-tuning on every final test set, and the proxy check over the promoted and control configurations
+    (on the selection replicates)."""
     groups, ft = group_trials(records), study.finetune
-    tested, mode = [g for g in groups if g.tested], study.finetune_stage().mode
+    tested, mode = [g for g in group_trials(confirmed or records) if g.tested], study.finetune_stage().mode
     comparisons = compare_groups(tested, study.final_test_names, claimed_keys(tested, mode), study.analysis)
     budget = {"configurations_planned": len(promotions), "seeds": seeds, "epochs": ft.epochs,
               "workers": ft.num_workers, "encoder_lr": ft.encoder_lr}
     summary = study_summary(tested, comparisons, study.final_test_names, mode, ft.objective, budget, study.analysis)
+    summary["attribution"] = attribution_summary(summary["per_base_model"], attribution_comparisons(
+        tested, study.final_test_names, mode, study.analysis))
     rows = configuration_rows(promotions, {g.key: g for g in groups})
+    used = seeds_used(study.train.run.seed, seeds, len({r.seed for r in confirmed or []}))
+    summary["training_seeds"] = used
     return FinetuneResult("finetune", records, groups, comparisons, summary, 0, rows,
-                          agreements(rows, mode, study.analysis.alpha), seconds, seeds, seeds_why, plan, plan_text)
+                          agreements(rows, mode, study.analysis.alpha), seconds, seeds, seeds_why, plan, plan_text,
+                          confirmed or [], used)
 
 
 def configuration_rows(promotions: list[Promotion], groups: dict[str, ConfigGroup]) -> list[dict[str, Any]]:
@@ -115,10 +124,14 @@ def stage_seconds(records: list[TrialRecord]) -> float:
     return max(s["end"] for s in spans) - min(s["start"] for s in spans) if spans else math.nan
 
 
-def study_times(proxy: list[TrialRecord], finetune: list[TrialRecord]) -> dict[str, float]:
-    """Where a two-stage study's time went: each stage's trials (first start to last end) and the test
-    phase (the sum of its evaluations' own time: encoding, search, scoring; not its wall time when
-    evaluations run side by side)."""
-    return {"stage 1": stage_seconds(proxy), "stage 2 training": stage_seconds(finetune),
-            "test evaluations (summed; several run at once where resources allow)":
-                sum(t.get("seconds", {}).get("total", 0.0) for r in finetune for t in r.test)}
+def study_times(proxy: list[TrialRecord], finetune: list[TrialRecord],
+                confirmed: list[TrialRecord] = ()) -> dict[str, float]:
+    """Where a two-stage study's time went: each stage's trials (first start to last end), the confirmation's,
+    and the test phase (the sum of its evaluations' own time: encoding, search, scoring; not its wall time
+    when evaluations run side by side)."""
+    times = {"stage 1": stage_seconds(proxy), "stage 2 training": stage_seconds(finetune)}
+    if confirmed:
+        times["confirmation training"] = stage_seconds(confirmed)
+    times["test evaluations (summed; several run at once where resources allow)"] = sum(
+        t.get("seconds", {}).get("total", 0.0) for r in [*finetune, *confirmed] for t in r.test)
+    return times

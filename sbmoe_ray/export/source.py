@@ -70,7 +70,8 @@ def from_study(folder: Path, base_model: str | None, baseline: bool = False) -> 
         raise ConfigError(f"{folder}: the study has no answer yet ({layout.summary_file} is missing); run it to "
                           "its report first")
     stage, answer = _answer(json.loads(layout.summary_file.read_text()), base_model, folder)
-    records = {r.trial_id: r for r in map(TrialRecord.read, layout.stage(stage).results_files()) if r}
+    files = layout.stage(stage).results_files() + (layout.confirm.results_files() if stage == "finetune" else [])
+    records = {r.trial_id: r for r in map(TrialRecord.read, files) if r}
     record = pick(answer, list(records.values()), baseline)
     if record is None:
         raise ConfigError(f"{folder}: no tested {'baseline' if baseline else 'chosen'} trial of {answer['base_model']}")

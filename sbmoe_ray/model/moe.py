@@ -24,6 +24,12 @@ Design choices, and why they differ from the authors' code:
   the zero-shot model rather than from a randomly perturbed one, while the gate still gets gradient.
 * **The noise projection is a trained parameter** (it is a registered sub-module; the authors' optimiser
   leaves it out). The Switch-Transformer load-balancing loss lives in :mod:`sbmoe_ray.model.losses`.
+* **Random routing, the control** (``routing="random"``; the authors' code has one): no gate is learned. Each
+  input goes to the top-k experts of a fixed random projection of itself (a buffer drawn at initialisation
+  and saved with the weights), the k chosen weighted equally. The routing is input-dependent and the same
+  for a query and a document that lie close, but nothing about it is trained: the same experts and
+  parameters as the learned block, without the learned assignment. A gain that survives against it is
+  a gain of learned routing (issue 22's attribution controls).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.model.config import ACTIVATION_NAMES, InferenceTopK, validate_moe_settings
+from sbmoe_ray.model.config import ACTIVATION_NAMES, ROUTINGS, InferenceTopK, validate_moe_settings
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 assert sorted(ACTIVATIONS) == list(ACTIVATION_NAMES)
@@ -56,16 +62,22 @@ class SBMoE(nn.Module):
 
     def __init__(self, hidden_size: int, num_experts: int, top_k: int = 1, expert_hidden: int | None = None,
                  activation: str = "relu", noisy_gating: bool = True, inference_top_k: InferenceTopK = None,
-                 expert_init_std: float = 0.02) -> None:
+                 expert_init_std: float = 0.02, routing: str = "learned") -> None:
         super().__init__()
         validate_moe_settings(num_experts, top_k, inference_top_k, activation)
+        if routing not in ROUTINGS:
+            raise ConfigError(f"routing={routing!r}: allowed values are {ROUTINGS}")
         if num_experts < 1:
             raise ConfigError(f"num_experts={num_experts}: an SBMoE block needs >= 1 expert")
         expert_hidden = expert_hidden or hidden_size // 2
         self.num_experts, self.top_k, self.inference_top_k = num_experts, top_k, inference_top_k
         self.gate = nn.Sequential(nn.Linear(hidden_size, hidden_size // 2), nn.ReLU(),
                                   nn.Linear(hidden_size // 2, num_experts))
-        self.noise = nn.Linear(hidden_size, num_experts) if noisy_gating else None
+        self.noise = nn.Linear(hidden_size, num_experts) if noisy_gating and routing == "learned" else None
+        self.random_routing = routing == "random"
+        if self.random_routing:
+            self.gate = None
+            self.register_buffer("projection", torch.randn(hidden_size, num_experts))
         self.experts = nn.ModuleList(
             nn.Sequential(nn.Linear(hidden_size, expert_hidden), ACTIVATIONS[activation](),
                           nn.Linear(expert_hidden, hidden_size))
@@ -80,6 +92,8 @@ class SBMoE(nn.Module):
         return self.num_experts if self.inference_top_k == "all" else self.inference_top_k
 
     def route(self, x: torch.Tensor) -> Routing:
+        if self.random_routing:
+            return self._random_route(x)
         logits = self.gate(x).float()
         if self.training and self.noise is not None:
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x).float())
@@ -88,6 +102,14 @@ class SBMoE(nn.Module):
         topk = probs.topk(k, dim=-1).indices
         kept = torch.zeros_like(probs).scatter(-1, topk, 1.0) * probs
         weights = kept / kept.sum(dim=-1, keepdim=True).detach()
+        return Routing(probs=probs, topk=topk, weights=weights)
+
+    def _random_route(self, x: torch.Tensor) -> Routing:
+        """The top-k experts of a fixed random projection of ``x``, weighted equally; uniform probabilities."""
+        k = self.active_k()
+        topk = (x.float() @ self.projection).topk(k, dim=-1).indices
+        probs = torch.full((x.shape[0], self.num_experts), 1.0 / self.num_experts, device=x.device)
+        weights = torch.zeros_like(probs).scatter(-1, topk, 1.0 / k)
         return Routing(probs=probs, topk=topk, weights=weights)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:

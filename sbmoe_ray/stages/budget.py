@@ -7,8 +7,11 @@ the study measures what stage 2 costs here (:mod:`sbmoe_ray.stages.costs`) and, 
 exceeds the time left of the budget, drops stage-2 work, least needed first: replicates beyond the
 first, then per base model (in turn) its entries from the end of the order ``promoted #1, control #1,
 promoted #2, control #2, ...`` (so the rank check keeps a control as long as it has three
-configurations). The baseline and the top configuration of each base model always run: they are the
-answer. The plan (costs, estimate, what was dropped) is written once (``<study>/finetune/plan.json``):
+configurations), then the attribution controls (random routing before the dense adapter: the dense
+adapter decides whether a gain is the experts'). The baseline and the top configuration of each base
+model always run: they are the answer. Breadth is traded, never depth: every run kept trains to its
+declared stopping criterion, and the report says, per claim, what the dropped runs would have settled.
+The plan (costs, estimate, what was dropped) is written once (``<study>/finetune/plan.json``):
 a resumed study runs exactly the planned stage 2. The large collections are not in the estimate.
 """
 
@@ -24,6 +27,9 @@ from typing import Any
 from sbmoe_ray.stages.costs import ModelCosts, measured_costs
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion
+from sbmoe_ray.study.space import ARMS
+
+ARM_ROLES = tuple(ARMS.values())
 
 
 @dataclass
@@ -38,17 +44,22 @@ class BudgetPlan:
     costs: dict[str, dict[str, float]]    # per base model (ModelCosts as a dict)
     cores: int
     dropped_seeds: int | None = None      # the seeds asked for, when replicates beyond the first were dropped
+    confirm_seeds: int = 0                # fresh confirmation seeds kept
+    dropped_confirm: int | None = None    # the confirmation seeds asked for, when some were dropped
 
     def summary_line(self) -> str:
         est = self.estimate_s
         head = (f"[plan] budget {self.budget_s / 60:.0f} min, {self.spent_s / 60:.1f} min spent; stage 2 estimated "
                 f"{est['training'] / 60:.1f} min training + {est['test'] / 60:.1f} min test phase = "
                 f"{est['total'] / 60:.1f} min in all")
-        if not self.dropped and not self.dropped_seeds:
+        head += f"; {self.confirm_seeds} fresh confirmation seed(s)"
+        if not self.dropped and not self.dropped_seeds and not self.dropped_confirm:
             return head + ": everything fits"
         gone = ", ".join(f"{e.base_model} {e.role} {e.stage1_group or 'baseline'}" for e in self.dropped)
         return head + "; dropped to fit: " + "; ".join(
-            ([f"replicates beyond {self.seeds}"] if self.dropped_seeds else []) + ([gone] if gone else [])) + \
+            ([f"replicates beyond {self.seeds}"] if self.dropped_seeds else []) + ([gone] if gone else [])
+            + ([f"confirmation seeds beyond {self.confirm_seeds} (of {self.dropped_confirm})"]
+               if self.dropped_confirm else [])) + \
             (" (over the budget even so: the baseline and the top configuration always run)"
              if est["total"] > self.budget_s else "")
 
@@ -76,7 +87,9 @@ def priority(entries: list[Promotion]) -> list[Promotion]:
         promoted = [e for e in entries if e.base_model == model and e.role == "promoted"]
         controls = [e for e in entries if e.base_model == model and e.role == "control"]
         order = [e for i in range(max(len(promoted), len(controls))) for e in (promoted[i:i + 1] + controls[i:i + 1])]
-        per_model[model] = order[1:][::-1]            # the top promoted configuration is never dropped
+        arms = [e for role in ("random routing", "dense adapter") for e in entries
+                if e.base_model == model and e.role == role]
+        per_model[model] = order[1:][::-1] + arms      # the top promoted configuration is never dropped
     droppable = []
     while any(per_model.values()):
         for model in sorted(per_model):
@@ -86,25 +99,35 @@ def priority(entries: list[Promotion]) -> list[Promotion]:
 
 
 def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts], budget_s: float,
-              spent_s: float, cores: int) -> BudgetPlan:
-    """Drop stage-2 work, least needed first, until the estimate fits the budget (see the module)."""
+              spent_s: float, cores: int, confirm: int = 0) -> BudgetPlan:
+    """Drop stage-2 work, least needed first, until the estimate fits the budget (see the module); the
+    fresh confirmation seeds (``confirm``) go last, one at a time."""
     kept, dropped, asked = list(entries), [], None
 
-    def estimate(kept: list[Promotion], seeds: int) -> dict[str, float]:
-        training = sum(costs[e.base_model].trial_s for e in kept) * seeds
-        models = {e.base_model for e in kept}      # the test phase runs as many at once as the cores hold
-        test = sum(2 * seeds * costs[m].test_s / max(1, cores // costs[m].eval_threads) for m in models)
+    def estimate(kept: list[Promotion], seeds: int, confirm: int) -> dict[str, float]:
+        # Tested (and confirmed): each base model's chosen configuration and baseline, and its attribution
+        # controls kept; as many evaluations at once as the cores hold.
+        tested = {m: 2 + sum(e.base_model == m and e.role in ARM_ROLES for e in kept)
+                  for m in {e.base_model for e in kept}}
+        training = sum(costs[e.base_model].trial_s for e in kept) * seeds + sum(
+            n * confirm * costs[m].trial_s for m, n in tested.items())
+        test = sum(n * (confirm or seeds) * costs[m].test_s / max(1, cores // costs[m].eval_threads)
+                   for m, n in tested.items())
         return {"training": training, "test": test, "total": spent_s + training + test}
 
-    if estimate(kept, seeds)["total"] > budget_s and seeds > 1:
+    if estimate(kept, seeds, confirm)["total"] > budget_s and seeds > 1:
         asked, seeds = seeds, 1
     for entry in priority(entries):
-        if estimate(kept, seeds)["total"] <= budget_s:
+        if estimate(kept, seeds, confirm)["total"] <= budget_s:
             break
         kept.remove(entry)
         dropped.append(entry)
-    return BudgetPlan(budget_s, spent_s, seeds, kept, dropped, estimate(kept, seeds),
-                      {m: asdict(c) for m, c in costs.items()}, cores, asked)
+    asked_confirm = confirm
+    while confirm and estimate(kept, seeds, confirm)["total"] > budget_s:
+        confirm -= 1
+    return BudgetPlan(budget_s, spent_s, seeds, kept, dropped, estimate(kept, seeds, confirm),
+                      {m: asdict(c) for m, c in costs.items()}, cores, asked, confirm,
+                      asked_confirm if confirm < asked_confirm else None)
 
 
 def read_plan(path: Path) -> BudgetPlan | None:
@@ -130,7 +153,8 @@ def plan_stage2(study: StudyConfig, entries: list[Promotion], seeds: int, starte
     """Plan stage 2 within ``study.budget_seconds()`` from each base model's costs (measured here now unless
     the forecast measured them); the time spent counts from ``started`` (``time.monotonic()``)."""
     costs = costs or measured_costs(study, {e.base_model for e in entries}, cores)
-    return make_plan(entries, seeds, costs, study.budget_seconds(), time.monotonic() - started, cores)
+    return make_plan(entries, seeds, costs, study.budget_seconds(), time.monotonic() - started, cores,
+                     study.finetune.confirm_seeds)
 
 
 @dataclass
@@ -162,7 +186,9 @@ def forecast(study: StudyConfig, cores: int) -> Forecast:
     entries = [Promotion(m, role, {}, f"{role} #{i + 1}") for m in models
                for role, n in (("promoted", study.promote), ("control", study.finetune.controls)) for i in range(n)]
     entries += [Promotion(m, "baseline", {}) for m in models]
+    entries += [Promotion(m, ARMS[arm], {}) for m in models for arm in study.finetune.attribution]
     seeds, costs = study.finetune.replicates()[0], measured_costs(study, models, cores)
-    full = make_plan(entries, seeds, costs, math.inf, 0.0, cores).estimate_s["total"]
-    least = make_plan(entries, seeds, costs, 0.0, 0.0, cores).estimate_s["total"]
+    confirm = study.finetune.confirm_seeds
+    full = make_plan(entries, seeds, costs, math.inf, 0.0, cores, confirm).estimate_s["total"]
+    least = make_plan(entries, seeds, costs, 0.0, 0.0, cores, confirm).estimate_s["total"]
     return Forecast(full, least, study.budget_seconds(), costs)

@@ -26,6 +26,7 @@ from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
 from sbmoe_ray.analysis.routing import routing_metrics
 from sbmoe_ray.stages.budget import BudgetPlan, load_or_plan, plan_stage2, read_plan
+from sbmoe_ray.stages.confirm import confirmation_entries, run_confirmation
 from sbmoe_ray.stages.costs import ModelCosts
 from sbmoe_ray.stages.progress import ProgressCallback
 from sbmoe_ray.stages.promotion import load_or_promote, promotions, read_promotions
@@ -38,9 +39,10 @@ from sbmoe_ray.study.space import BY_NAME
 from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
 
 
-def finetune_tuner(study: StudyConfig, points: list[TrialPoint], callbacks: list) -> tune.Tuner:
-    """Stage 2's Tuner: a grid over the promoted points (restored when interrupted)."""
-    stage, folder = study.finetune_stage(), study.layout.finetune
+def finetune_tuner(study: StudyConfig, points: list[TrialPoint], callbacks: list, confirm: bool = False) -> tune.Tuner:
+    """Stage 2's Tuner (or its confirmation's): a grid over the points (restored when interrupted)."""
+    stage = study.confirm_stage() if confirm else study.finetune_stage()
+    folder = study.layout.confirm if confirm else study.layout.finetune
     space = {"point": tune.grid_search([p.grid_value() for p in points])}
     if tune.Tuner.can_restore(str(folder.tune)):
         # The space again: a Tuner killed before its first trial restores without one (one empty trial).
@@ -57,10 +59,10 @@ def finetune_tuner(study: StudyConfig, points: list[TrialPoint], callbacks: list
 def promote(study: StudyConfig, proxy: StageResult) -> list[Promotion]:
     """The stage-2 configurations, chosen once from stage 1's result (read back on resume)."""
     settings = {"promote": study.promote, "controls": study.finetune.controls, "seed": study.proxy.seed,
-                "seeds": study.finetune.replicates()[0]}
+                "seeds": study.finetune.replicates()[0], "attribution": study.finetune.attribution}
     return load_or_promote(study.layout.promotions_file, settings, lambda: promotions(
         proxy.groups, study.proxy_stage().mode, study.promote, study.finetune.controls, study.proxy.seed,
-        controls(study)))
+        controls(study), study.finetune.attribution))
 
 
 def planned(study: StudyConfig, entries: list[Promotion], plan: BudgetPlan | None
@@ -84,12 +86,18 @@ def budget_plan(study: StudyConfig, entries: list[Promotion], started: float, co
 
 
 def result_of(study: StudyConfig, proxy: StageResult, records: list[TrialRecord], entries: list[Promotion],
-              plan: BudgetPlan | None) -> FinetuneResult:
-    """Stage 2's result from its trials' records (tested), with where the study's time went."""
+              plan: BudgetPlan | None, confirmed: list[TrialRecord] | None = None) -> FinetuneResult:
+    """Stage 2's result from its trials' records and, when it confirmed, its confirmation's (the tested ones),
+    with where the study's time went."""
     entries, seeds, why = planned(study, entries, plan)
-    seconds = study_times(proxy.records, records)
+    seconds = study_times(proxy.records, records, confirmed or [])
     return analyze_finetune(study, records, entries, seeds, why, seconds, plan and plan.to_dict(),
-                            plan and plan.sentence(seconds["stage 2 training"]))
+                            plan and plan.sentence(seconds["stage 2 training"]), confirmed)
+
+
+def confirm_seeds(study: StudyConfig, plan: BudgetPlan | None) -> int:
+    """Fresh seeds for the confirmation: as configured, or as the budget's plan kept."""
+    return study.finetune.confirm_seeds if plan is None else plan.confirm_seeds
 
 
 def rebuild(study: StudyConfig, proxy: StageResult) -> FinetuneResult | None:
@@ -98,7 +106,8 @@ def rebuild(study: StudyConfig, proxy: StageResult) -> FinetuneResult | None:
         return None
     entries = read_promotions(study.layout.promotions_file)
     plan = read_plan(study.layout.plan_file)
-    return result_of(study, proxy, load_trials(study.layout.finetune), entries, plan)
+    confirmed = load_trials(study.layout.confirm) if confirm_seeds(study, plan) else None
+    return result_of(study, proxy, load_trials(study.layout.finetune), entries, plan, confirmed)
 
 
 def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, started: float, cores: int,
@@ -120,10 +129,18 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
               "again to retry them", file=sys.stderr)
         stage.finish_stage(status="FAILED")
         return None
-    records = load_trials(study.layout.finetune)
-    test_phase(study, records, None if study.finetune.use_gpu else cores)
-    stage.log_trial_files(trec_files(records))
-    result = result_of(study, proxy, records, promoted, plan)
+    records, cores = load_trials(study.layout.finetune), None if study.finetune.use_gpu else cores
+    confirmed = None
+    if confirm_seeds(study, plan):
+        chosen = confirmation_entries(entries, records, study.finetune_stage().mode)
+        confirmed = run_confirmation(study, tracker, chosen, confirm_seeds(study, plan), cores)
+        if confirmed is None:
+            stage.finish_stage(status="FAILED")
+            return None
+    else:
+        test_phase(study, records, cores)
+        stage.log_trial_files(trec_files(records))
+    result = result_of(study, proxy, records, promoted, plan, confirmed)
     stage.log_stage_result(result)
     write_report(study, proxy, result)
     estimate = {f"plan_{k}_seconds": v for k, v in plan.estimate_s.items()} if plan else {}

@@ -10,7 +10,12 @@ for a few configurations only. Per base model stage 2 takes
   rank check below is made neither among winners only nor among TPE's range-restricted picks (low-fidelity
   proxies can rank configurations wrongly: a frozen backbone is such a proxy); where a drawn one is also
   a top one it is promoted, and no other replaces it,
-* the base model's plain fine-tuning baseline (``num_experts = 0``).
+* the base model's plain fine-tuning baseline (``num_experts = 0``),
+* the attribution controls ``finetune.attribution`` of the top configuration (issue 22: any trained head lifts
+  a weak encoder, so a gain over plain fine-tuning alone is not the experts'): the **dense adapter**, the
+  same head with one expert (``N = 1``, ``k = 1``: a residual MLP at the same learning rate), and **random
+  routing**, the same head whose routing is a fixed random projection (:mod:`sbmoe_ray.model.moe`). They
+  are never candidates for the answer, only what it is compared with.
 
 The choice depends only on stage 1's finished results and the study's seed, and is written once
 (``<study>/finetune/promoted.json``), so a resumed study promotes exactly what it would have promoted.
@@ -29,8 +34,9 @@ from typing import Any
 from sbmoe_ray.analysis.records import ConfigGroup
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.study.points import Promotion
+from sbmoe_ray.study.space import ARMS
 
-ROLES = ("promoted", "control", "baseline")
+ROLES = ("promoted", "control", "baseline", "dense adapter", "random routing")
 
 
 def rank(groups: list[ConfigGroup], mode: str) -> list[ConfigGroup]:
@@ -45,10 +51,20 @@ def drawn(group: ConfigGroup, points: list[dict[str, Any]]) -> bool:
     return any(all(group.params.get(k) == v for k, v in p.items() if k != "baseline") for p in points)
 
 
+def attribution_arms(base_model: str, top: ConfigGroup, arms: list[str]) -> list[Promotion]:
+    """The attribution controls of the top configuration: its dense adapter, its random routing."""
+    entries = []
+    for arm in arms:
+        params = {**top.params, "arm": arm, **({"num_experts": 1, "top_k": 1} if arm == "dense_adapter" else {})}
+        entries.append(Promotion(base_model, ARMS[arm], params, top.key))
+    return entries
+
+
 def promotions(groups: list[ConfigGroup], mode: str, promote: int, controls: int, seed: int,
-               points: list[dict[str, Any]] | None = None) -> list[Promotion]:
+               points: list[dict[str, Any]] | None = None, arms: list[str] = ()) -> list[Promotion]:
     """Per base model: its top ``promote`` configurations, its controls (the ``points`` drawn from the
-    space; without points, ``controls`` random others of stage 1), and its baseline."""
+    space; without points, ``controls`` random others of stage 1), its baseline, and the attribution
+    ``arms`` of its top configuration."""
     entries = []
     for base_model in sorted({g.base_model for g in groups}):
         ranked = rank([g for g in groups if g.base_model == base_model], mode)
@@ -61,6 +77,7 @@ def promotions(groups: list[ConfigGroup], mode: str, promote: int, controls: int
             entries += [Promotion(base_model, role, g.params, g.key, g.objective, tuple(r.trial_id for r in g.records))
                         for g in chosen]
         entries.append(Promotion(base_model, "baseline", {"base_model": base_model, "num_experts": 0}))
+        entries += attribution_arms(base_model, top[0], list(arms)) if top else []
     return entries
 
 

@@ -30,11 +30,13 @@ def publish_models(study: StudyConfig, tracker: StudyTracker, result: StageResul
     from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.tracking.models import ALIASES, log_retriever, registered_name
 
-    runs, versions = tracker.trial_runs(result.name), {}
+    runs = {k: v for stage in ("finetune", "confirm") if result.name == "finetune"
+            for k, v in tracker.trial_runs(stage).items()} or tracker.trial_runs(result.name)
+    versions = {}
     for answer in result.summary["per_base_model"]:
         name = registered_name(study.name, answer["base_model"])
         for role in ("chosen", "baseline"):
-            record = pick(answer, result.records, baseline=role == "baseline")
+            record = pick(answer, [*result.records, *getattr(result, "confirmed", [])], baseline=role == "baseline")
             if record is None or record.trial_id not in runs:
                 continue
             if _registered(study.tracking_uri, name, ALIASES[role], runs[record.trial_id]):

@@ -1,4 +1,5 @@
-"""The end of stage 2: the configuration it chose and the baseline of each base model, tested on every test set.
+"""The end of stage 2: the configuration it chose, the baseline and the attribution controls of each base model,
+tested on every test set.
 
 A stage-2 trial trains and validates only: re-encoding a test corpus after fine-tuning is the dominant cost
 on a CPU (SciFact ~90 s with native bf16), so only what stage 2 chose (by ``finetune.objective``, mean
@@ -34,13 +35,19 @@ def chosen_groups(records: list[TrialRecord], mode: str) -> dict[str, tuple[Conf
             for m in sorted({g.base_model for g in groups})}
 
 
+def tested_groups(records: list[TrialRecord], mode: str) -> list[ConfigGroup]:
+    """What the test phase tests: per base model the chosen configuration, the baseline, and the attribution
+    controls (:mod:`sbmoe_ray.stages.promotion`) that the chosen one is compared with."""
+    picked = [g for pair in chosen_groups(records, mode).values() for g in pair if g is not None]
+    return picked + [g for g in group_trials(records) if g.arm]
+
+
 def test_phase(study: StudyConfig, records: list[TrialRecord], cores: int | None = None) -> None:
     """Test the chosen configurations' and the baselines' replicates (``records``: stage 2's trials, updated
     in place), as many at once as ``cores`` hold their threads (all at once when None)."""
     import ray
 
-    todo = [r for pair in chosen_groups(records, study.finetune_stage().mode).values() for g in pair if g is not None
-            for r in g.records]
+    todo = [r for g in tested_groups(records, study.finetune_stage().mode) for r in g.records]
     jobs = [(r, *evaluation_config(study, r)) for r in todo if not r.test]
     pending, started, total = {}, time.monotonic(), len(jobs)
     while jobs or pending:

@@ -22,6 +22,7 @@ from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.limits import non_negative_int, optional, setting
 from sbmoe_ray.study.claims import ClaimsConfig
 from sbmoe_ray.study.layout import StudyLayout
+from sbmoe_ray.study.points import CONFIRM_OFFSET
 from sbmoe_ray.study.policy import per_hardware, resolve
 from sbmoe_ray.study.space import PARAMS, apply, default_space
 from sbmoe_ray.study.stage import FinetuneConfig, ProxyConfig, StageConfig
@@ -149,6 +150,11 @@ class StudyConfig(ConfigBase):
                       run=replace(train.run, checkpoint_metric=ft.objective))
         return StageConfig("finetune", str(self.layout.finetune.folder), cfg, ft.objective, False, str(self.cache_dir))
 
+    def confirm_stage(self) -> StageConfig:
+        """Stage 2's confirmation as its trials see it: stage 2's settings, its own folder; its trials are the
+        replicates ``CONFIRM_OFFSET + i`` (seeds never used for selection: :mod:`sbmoe_ray.stages.confirm`)."""
+        return replace(self.finetune_stage(), name="confirm", folder=str(self.layout.confirm.folder))
+
     def rules(self, where: str) -> None:
         self.space = {**default_space(), **{k: _numbers(v) for k, v in self.space.items()}}
         unknown = sorted(set(self.space) - {p.name for p in PARAMS})
@@ -186,6 +192,9 @@ class StudyConfig(ConfigBase):
                                   f"{drawn} control(s) drawn from the space, is {offered} searched configuration(s) "
                                   f"each; raise proxy.num_trials to >= {bases * (1 + self.promote + drawn)}, or "
                                   f"lower promote (or finetune.controls) to fit")
+            if self.finetune.replicates()[0] >= CONFIRM_OFFSET:
+                raise ConfigError(f"{where}.finetune.seeds={self.finetune.replicates()[0]}: must be < {CONFIRM_OFFSET} "
+                                  "(the confirmation's fresh seeds start there); use fewer seeds")
             if self.finetune.objective == "val_ndcg@10" and not self.finetune.validation_retrieval_docs:
                 raise ConfigError(f"{where}.finetune.objective='val_ndcg@10': needs "
                                   "finetune.validation_retrieval_docs > 0")

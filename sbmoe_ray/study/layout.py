@@ -10,6 +10,7 @@ A study of name N under ``storage_path`` S lives in ``S/N``::
                            optuna-journal.log (the search for optuna-dashboard),
                            finished/<configuration>-r<replicate> (the trial id whose results file holds it)
     finetune/              stage 2: the same, and promoted.json (what it fine-tunes), plan.json (the budget's plan)
+    confirm/               stage 2's confirmation: its choice, baseline and controls trained again on fresh seeds
     report/                report.md, summary.json and its figures
     models/<base>-<role>/  the chosen configuration and the baseline as sentence-transformers folders
     trial_figures/         each trial's expert-load figure (logged to its MLflow run)
@@ -27,7 +28,8 @@ from pathlib import Path
 
 from sbmoe_ray.train.config import RESULTS_FILE
 
-STAGES = ("proxy", "finetune")          # stage 1 and stage 2, by name: in code, folders, MLflow and the report
+# stage 1, stage 2 and its confirmation, by name: in code, folders, MLflow and the report
+STAGES = ("proxy", "finetune", "confirm")
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,12 @@ class StudyLayout:
     def finetune(self) -> StageLayout:
         return StageLayout(self.root / "finetune")
 
+    @property
+    def confirm(self) -> StageLayout:
+        return StageLayout(self.root / "confirm")
+
     def stage(self, name: str) -> StageLayout:
-        return {"proxy": self.proxy, "finetune": self.finetune}[name]
+        return {"proxy": self.proxy, "finetune": self.finetune, "confirm": self.confirm}[name]
 
     @property
     def promotions_file(self) -> Path:

@@ -14,6 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REPLICATE_KEY = "__trial_index__"       # ray.tune.search.repeater.TRIAL_INDEX: the replicate's index
+# Stage 2's confirmation replicates are 1000, 1001, ... (selection: 0 .. finetune.seeds - 1), so their training
+# seeds (run.seed + replicate) never meet the seeds stage 2 chose on (sbmoe_ray/stages/confirm.py)
+CONFIRM_OFFSET = 1000
+
+
+def seeds_used(first_seed: int, selection: int, confirmation: int) -> dict[str, list[int]]:
+    """The training seeds of selection and of confirmation (disjoint), for ``summary.json``."""
+    return {"selection": [first_seed + r for r in range(selection)],
+            "confirmation": [first_seed + CONFIRM_OFFSET + r for r in range(confirmation)]}
 
 
 @dataclass(frozen=True)

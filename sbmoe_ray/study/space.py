@@ -153,11 +153,18 @@ def define_space(trial, space: dict[str, Any]) -> dict[str, Any] | None:
     return constants or None
 
 
+# Stage 2's attribution controls (sbmoe_ray/stages/promotion.py): a configuration's params carry ``arm``.
+ARMS = {"dense_adapter": "dense adapter", "random_routing": "random routing"}
+
+
 def apply(cfg: TrainConfig, params: dict[str, Any]) -> TrainConfig:
-    """The trial's config: each sampled (or fixed) parameter applied to the study's template."""
+    """The trial's config: each sampled (or fixed) parameter applied to the study's template (a random-routing
+    control also routes at random)."""
     for param in PARAMS:
         if param.name in params:
             cfg = param.apply(cfg, params[param.name])
+    if params.get("arm") == "random_routing":
+        cfg = _model(cfg, routing="random")
     return cfg
 
 
@@ -167,6 +174,8 @@ def label(params: dict[str, Any], seed: int | None = None) -> str:
         text = f"{BY_NAME['base_model'].show(params['base_model'])} baseline"
     else:
         text = " ".join(p.show(params[p.name]) for p in PARAMS if p.name in params)
+    if params.get("arm"):
+        text += f" ({ARMS[params['arm']]})"
     return text if seed is None else f"{text} s{seed}"
 
 

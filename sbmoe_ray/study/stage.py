@@ -16,11 +16,16 @@ from typing import Any
 from sbmoe_ray.config import ConfigBase
 from sbmoe_ray.limits import non_negative_int, one_of, optional, positive, positive_int, setting
 from sbmoe_ray.study.policy import per_hardware, resolve
-from sbmoe_ray.study.space import apply
+from sbmoe_ray.study.space import ARMS, apply
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
 from sbmoe_ray.train.stopping import SCHEDULES
 
 OBJECTIVES = ("val_loss", "val_accuracy", "val_ndcg@10")
+
+
+def _arms(value) -> str | None:
+    ok = isinstance(value, list) and all(v in ARMS for v in value) and len(set(value)) == len(value)
+    return None if ok else f"a list of distinct values from {list(ARMS)} ([] for none)"
 
 
 _SEEDS = per_hardware(positive_int, "{native_bf16: 2, otherwise: 1}")
@@ -44,13 +49,19 @@ class FinetuneConfig(ConfigBase):
     # Per base model, configurations drawn from the space (run in stage 1 too): with the 2 promoted, 6, the fewest
     # where the proxy check's exact p can go below 0.05 for an imperfect ordering (sbmoe_ray/analysis/agreement.py)
     controls: int = setting(4, non_negative_int)
+    # Attribution controls of the top configuration, trained and tested beside the chosen one: a gain is
+    # credited to the experts only when it survives against the dense adapter (sbmoe_ray/stages/promotion.py)
+    attribution: list[str] = setting(factory=lambda: list(ARMS), check=lambda v: _arms(v))
     # Replicates of each stage-2 configuration: a number, or one per kind of hardware (sbmoe_ray/study/policy.py)
     seeds: int | dict = setting(2, _SEEDS)
+    # After stage 2 chooses, its choice, the baseline and the attribution controls trained again on this many
+    # fresh seeds (never used for selection), and only those tested; 0: the selection replicates are tested
+    confirm_seeds: int = setting(3, non_negative_int)
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
     # Trained to convergence: validated every epoch, stopped after `patience` epochs without improving the
     # objective, at most `epochs`; the best checkpoint is tested (sbmoe_ray/train/stopping.py)
-    epochs: int = setting(1, positive_int)
-    patience: int | None = setting(None, optional(positive_int))
+    epochs: int = setting(8, positive_int)
+    patience: int | None = setting(2, optional(positive_int))
     warmup_steps: int = setting(0, non_negative_int)
     schedule: str = setting("constant", one_of(*SCHEDULES))
     objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
@@ -74,7 +85,7 @@ class FinetuneConfig(ConfigBase):
 @dataclass
 class StageConfig(ConfigBase):
     """One stage as its trials see it: the training template, where its trials write, how it ranks them."""
-    name: str = "proxy"                    # proxy (stage 1) or finetune (stage 2)
+    name: str = "proxy"                    # proxy (stage 1), finetune (stage 2) or confirm (its fresh seeds)
     folder: str = ""                       # <study>/<name>: its tune/ and runs/
     train: TrainConfig = setting(factory=TrainConfig)
     objective: str = setting("val_loss", one_of(*OBJECTIVES))

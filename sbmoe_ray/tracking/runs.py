@@ -177,8 +177,8 @@ class StudyTracker:
         """A stage's result on its trials' runs (:class:`sbmoe_ray.analysis.result.StageResult`): each tested
         trial's test metrics, and on each replicate of a compared configuration its Δ nDCG@10, intervals,
         raw and adjusted p (the configuration's) and its own Δ."""
-        runs, metrics = self.trial_runs(), {}
-        for record in result.records:
+        runs, metrics = {k: v for stage in self.runs["stages"] for k, v in self.trial_runs(stage).items()}, {}
+        for record in [*result.records, *getattr(result, "confirmed", [])]:
             if record.test:
                 metrics[record.trial_id] = final_metrics(record.test)
         for c in result.comparisons:

@@ -174,3 +174,23 @@ def test_in_batch_negatives_loss_matches_its_formula():
     expected = -torch.stack([scores[i].log_softmax(0)[i + 1] for i in range(3)]).mean()
     torch.testing.assert_close(loss, expected)
     assert accuracy.item() == pytest.approx(float((scores.argmax(1) == torch.arange(3) + 1).float().mean()))
+
+
+def test_random_routing_learns_no_gate_routes_by_a_fixed_projection_and_reloads_the_same():
+    torch.manual_seed(0)
+    block = SBMoE(16, num_experts=4, top_k=2, routing="random")
+    assert block.gate is None and block.noise is None
+    x = torch.randn(32, 16)
+    block.train()
+    first = block.route(x)
+    again = block.route(x)
+    assert torch.equal(first.topk, again.topk)                       # no noise: the same input, the same experts
+    assert torch.allclose(first.weights.sum(-1), torch.ones(32)) and set(first.weights.unique().tolist()) == {0.0, 0.5}
+    assert len(set(first.topk[:, 0].tolist())) > 1                    # input-dependent
+    out, _ = block(x)
+    out.sum().backward()
+    assert all(p.grad is not None for p in block.experts.parameters())
+    assert "projection" not in dict(block.named_parameters())
+    reloaded = SBMoE(16, num_experts=4, top_k=2, routing="random")
+    reloaded.load_state_dict(block.state_dict())
+    assert torch.equal(reloaded.route(x).topk, first.topk)

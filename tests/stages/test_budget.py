@@ -56,3 +56,29 @@ def test_a_plan_is_written_and_read_back_as_it_was():
     again = BudgetPlan.from_dict(plan.to_dict())
     assert again == plan and again.summary_line() == plan.summary_line()
     assert "replicates beyond 1" in plan.sentence(600.0) and "then took 10.0 min" in plan.sentence(600.0)
+
+
+def with_arms(models=("a", "b")) -> list[Promotion]:
+    return entries(models) + [Promotion(m, role, {}, f"{m}p1") for m in models
+                              for role in ("dense adapter", "random routing")]
+
+
+def test_attribution_controls_are_dropped_after_the_proxy_checks_breadth_random_routing_first():
+    order = [(e.base_model, e.role) for e in priority(with_arms())]
+    assert [e.stage1_group for e in priority(with_arms())][:6] == ["ac2", "bc2", "ap2", "bp2", "ac1", "bc1"]
+    assert order[6:] == [("a", "random routing"), ("b", "random routing"), ("a", "dense adapter"),
+                         ("b", "dense adapter")]
+
+
+def test_confirmation_seeds_are_planned_trained_and_tested_and_go_last_one_at_a_time():
+    plan = make_plan(with_arms(), 1, costs(), budget_s=10_000, spent_s=0, cores=2, confirm=3)
+    # 2 models: 7 selection runs each, then (chosen + baseline + 2 controls) x 3 fresh seeds trained and tested
+    assert plan.confirm_seeds == 3 and plan.dropped_confirm is None
+    assert plan.estimate_s["training"] == 2 * 7 * 60.0 + 2 * 4 * 3 * 60.0
+    assert plan.estimate_s["test"] == 2 * 4 * 3 * 120.0 / 2
+    tight = make_plan(with_arms(), 1, costs(), budget_s=2 * 2 * 60.0 + 2 * 2 * 2 * 60.0 + 2 * 2 * 2 * 120.0 / 2,
+                      spent_s=0, cores=2, confirm=3)
+    assert {e.role for e in tight.kept} == {"promoted", "baseline"}        # every droppable entry went first
+    assert tight.confirm_seeds == 2 and tight.dropped_confirm == 3
+    assert "confirmation seeds beyond 2 (of 3)" in tight.summary_line()
+    assert BudgetPlan.from_dict(tight.to_dict()) == tight

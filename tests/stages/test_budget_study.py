@@ -32,9 +32,10 @@ def test_a_study_over_its_budget_fine_tunes_the_planned_configurations_only_and_
     plan = json.loads((stage2_dir / "plan.json").read_text())
     promoted = json.loads((stage2_dir / "promoted.json").read_text())["entries"]
     # 2 promoted, the 1 control drawn from the space unless it ranks among the top 2 (then it is promoted and
-    # nothing replaces it), and the baseline
+    # nothing replaces it), the baseline, and the top configuration's attribution controls
     roles = [e["role"] for e in promoted]
-    assert roles.count("promoted") == 2 and roles.count("control") <= 1 and roles[-1] == "baseline"
+    assert roles.count("promoted") == 2 and roles.count("control") <= 1
+    assert roles[-3:] == ["baseline", "dense adapter", "random routing"]      # the attribution controls, dropped
     assert plan["seeds"] == 1
     assert [e["role"] for e in plan["kept"]] == ["promoted", "baseline"]
     assert plan["kept"][0]["stage1_group"] == promoted[0]["stage1_group"]

@@ -1,5 +1,6 @@
-"""The two-stage main job end to end on tiny models: 2 Ray Train workers in stage 2, MLflow nesting, SIGKILL
-between the stages and inside a stage-2 fine-tuning, then resume to the same answer."""
+"""The two-stage main job end to end on tiny models: 2 Ray Train workers in stage 2, early stopping, the
+attribution controls, confirmation on fresh seeds, MLflow nesting, SIGKILL between the stages and inside a
+confirmation fine-tuning, then resume to the same answer."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
         "promote": 2, "proxy.num_trials": 5, "proxy.max_concurrent": 1, "space.num_experts": [0, 2, 3],
         "train.data.large_test_datasets": [str(large)],
         "train.evaluation": {"shard_rows": 25, "encode_workers": 2},
-        "finetune": {"controls": 1, "seeds": 2, "encoder_lr": 1e-4, "epochs": 2, "num_workers": 2, "max_concurrent": 2,
+        "finetune": {"controls": 1, "seeds": 1, "confirm_seeds": 2, "encoder_lr": 1e-4, "epochs": 3, "patience": 1,
+                     "warmup_steps": 2,
+                     "schedule": "linear", "num_workers": 2, "max_concurrent": 2,
                      "cpus_per_worker": 0.5, "validation_retrieval_docs": 20}})
     study_dir = tmp_path / "studies" / "tiny-study"
     stage2_dir = study_dir / "finetune"
@@ -51,10 +54,11 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     promoted = json.loads(promoted_file.read_text())
     stage1_mtimes = {p: p.stat().st_mtime for p in (study_dir / "proxy" / "runs").glob("*/results.json")}
 
-    # 2. killed inside a stage-2 fine-tuning (a run with epochs started and no results yet)
+    # 2. killed inside a confirmation fine-tuning (a run with epochs started and no results yet): it resumes
+    # like any stage-2 trial (the same Tuner, its own folder)
     def inside_finetuning() -> bool:
         return any(p.read_text().count("epoch_start") >= 1 and not (p.parent / "results.json").exists()
-                   for p in (stage2_dir / "runs").glob("*/progress.jsonl"))
+                   for p in (study_dir / "confirm" / "runs").glob("*/progress.jsonl"))
 
     proc = sweep(config)
     assert _wait(proc, inside_finetuning), proc.communicate(timeout=60)[0][-3000:]
@@ -81,21 +85,36 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     stage2 = load_trials(StudyLayout(study_dir).finetune)
     roles = [e["role"] for e in promoted["entries"]]      # a drawn control among the top 2 is promoted instead
     assert roles.count("promoted") == 2 and roles.count("control") <= 1 and roles.count("baseline") == 1
-    assert len(stage2) == len(promoted["entries"]) * 2
+    assert len(stage2) == len(promoted["entries"])
     assert sorted(group_key(e["params"]) for e in promoted["entries"]) == sorted({r.group for r in stage2})
     assert all(r.route == "live" for r in stage2)
     assert all(json.loads(open(r.file).read())["config"]["scaling"]["num_workers"] == 2 for r in stage2)
-    tested = {r.group for r in stage2 if r.test}
-    assert len(tested) == 2 and group_key({"base_model": promoted["entries"][0]["base_model"], "num_experts": 0}) in tested
+    # Confirmation: the chosen configuration, the baseline and both controls trained again on 2 fresh seeds,
+    # disjoint from the selection seed; only those are tested.
+    confirmed = load_trials(StudyLayout(study_dir).confirm)
+    assert not any(r.test for r in stage2) and all(r.test for r in confirmed)
+    assert sorted(r.seed for r in confirmed) == sorted([1000, 1001] * 4)
+    assert not {r.seed for r in confirmed} & {r.seed for r in stage2}
+    tested = {r.group for r in confirmed}
+    arms = {e["role"]: e for e in promoted["entries"] if e["role"] in ("dense adapter", "random routing")}
+    assert len(tested) == 4 and group_key({"base_model": promoted["entries"][0]["base_model"], "num_experts": 0}) in tested
+    assert {group_key(e["params"]) for e in arms.values()} < tested               # the controls are tested too
+    configs = {r.group: json.loads(open(r.file).read())["config"]["model"] for r in stage2}
+    assert configs[group_key(arms["dense adapter"]["params"])]["num_experts"] == 1
+    assert configs[group_key(arms["random routing"]["params"])]["routing"] == "random"
+    # Early stopping: every run ended on its patience or at the cap of 3 epochs, its steps counted.
+    for record in stage2 + confirmed:
+        assert len(record.history) == 3 or record.history[-1]["stopped_early"] == 1.0
+        assert [row["steps_done"] for row in record.history] == [
+            (i + 1) * record.history[0]["steps_done"] for i in range(len(record.history))]
     # Only the tested trials reach the large collection, each once, encoded in shards and searched exactly.
-    for record in (r for r in stage2 if r.test):
+    for record in confirmed:
         (result,) = [t for t in record.test if t["dataset"] == "large"]
         assert result["search"]["index"] == "exact (sharded)" and result["search"]["shards"] > 1
         assert [t["dataset"] for t in record.test] == ["data", "large"]
-    assert all(not r.test for r in stage2 if r.group not in tested)
     # Each tested trial's TREC run file, scored by pytrec_eval's own parsers, gives its recorded nDCG@10.
     qrels = pytrec_eval.parse_qrel(trec_qrels(assets["data"] / "qrels" / "test.tsv"))
-    for record in (r for r in stage2 if r.test):
+    for record in confirmed:
         trec = trec_run_file(record.file, "data")
         run = pytrec_eval.parse_run(open(trec))
         scored = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
@@ -105,11 +124,19 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
 
     summary = json.loads((study_dir / "report" / "summary.json").read_text())["finetune"]
     (agreement,) = summary["agreement"].values()
-    assert agreement["configurations"] == len(promoted["entries"]) - 1
-    assert len(promoted["entries"]) - 1 < 3 or -1 <= agreement["kendall_tau"] <= 1
-    assert "Stage 2" in (study_dir / "report" / "report.md").read_text()
+    assert agreement["configurations"] == len(promoted["entries"]) - 3          # not the baseline, not the arms
+    assert len(promoted["entries"]) - 3 < 3 or -1 <= agreement["kendall_tau"] <= 1
+    report = (study_dir / "report" / "report.md").read_text()
+    assert "Stage 2" in report and "Attribution" in report and "learning_curves.png" in report
     (answer,) = summary["test"]["per_base_model"]
-    assert set(answer["datasets"]) == {"data", "large"}
+    assert set(answer["datasets"]) == {"data", "large"} and answer["chosen"]["seeds"] == [1000, 1001]
+    assert summary["training_seeds"] == {"selection": [0], "confirmation": [1000, 1001]}
+    assert answer["chosen"]["group"] not in {group_key(e["params"]) for e in arms.values()}
+    (attribution,) = summary["test"]["attribution"].values()
+    assert sorted((r["against"], r["dataset"]) for r in attribution["rows"]) == [
+        ("dense_adapter", "data"), ("dense_adapter", "large"), ("random_routing", "data"), ("random_routing", "large")]
+    assert all(r["family"] == "attribution" and r["group"] == answer["chosen"]["group"] for r in attribution["rows"])
+    assert set(attribution["credit"]) == {"data", "large"}
 
     # MLflow: parent -> one run per stage -> trial runs; stage-2 runs name the stage-1 run they came from.
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -118,10 +145,10 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
     (parent,) = [r for r in runs if r.data.tags.get("sbmoe.kind") == "study"]
     stages = {r.data.tags["sbmoe.stage"]: r for r in runs if r.data.tags.get("sbmoe.kind") == "stage"}
-    assert set(stages) == {"proxy", "finetune"}
+    assert set(stages) == {"proxy", "finetune", "confirm"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in stages.values())
     trials = [r for r in runs if r.data.tags.get("sbmoe.kind") == "trial"]
-    assert len(trials) == len(stage1_mtimes) + len(stage2)                        # no duplicate after resumes
+    assert len(trials) == len(stage1_mtimes) + len(stage2) + len(confirmed)      # no duplicate after resumes
     by_trial_id = {r.data.tags["sbmoe.trial_id"]: r for r in trials}
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == stages[run.data.tags["sbmoe.stage"]].info.run_id
@@ -136,6 +163,6 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert "report/report.html" in [f.path for f in client.list_artifacts(parent.info.run_id, "report")]
     for run in trials:
         assert run.data.tags["mlflow.source.name"] == "sbmoe" and len(run.inputs.dataset_inputs) == 3
-        if run.data.tags["sbmoe.trial_id"] in {r.trial_id for r in stage2 if r.test}:
+        if run.data.tags["sbmoe.trial_id"] in {r.trial_id for r in confirmed}:
             assert "data.trec" in [f.path for f in client.list_artifacts(run.info.run_id)]
     assert all(any(m.startswith("system/") for m in r.data.metrics) for r in stages.values())

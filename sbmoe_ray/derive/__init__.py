@@ -1,0 +1,1 @@
+"""Base encoders derived on this machine (``sbmoe derive``): a layer cut of a larger encoder, distilled."""
