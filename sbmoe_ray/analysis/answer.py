@@ -29,7 +29,7 @@ def aa_rates(groups: list[ConfigGroup], datasets: list[str], alpha: float, metri
     configuration, every configuration and test set (the null holds for each pair)."""
     seeds, replicates, variances = seed_variances(groups, datasets, metric), {}, {}
     for group in (g for g in groups if len(g.records) >= 2):
-        for dataset in datasets:
+        for dataset in (d for d in datasets if group.tested_on(d)):
             replicates[(group.key, dataset)] = [r.per_query(dataset, metric) for r in group.records]
             variances[(group.key, dataset)] = seeds[(group.base_model, dataset)]
     return aa_check(replicates, variances, alpha)

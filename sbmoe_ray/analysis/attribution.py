@@ -31,7 +31,7 @@ def attribution_comparisons(groups: list[ConfigGroup], datasets: list[str], mode
         chosen = best_group(mine, mode)
         for control in (g for g in mine if g.arm and g.tested and chosen is not None):
             rows += [replace(compare(chosen, control, d, seeds[(model, d)], claims, metric), against=control.arm)
-                     for d in datasets]
+                     for d in datasets if control.tested_on(d) and chosen.tested_on(d)]
     adjust_family(rows, ATTRIBUTION, claims)
     return rows
 

@@ -103,7 +103,8 @@ def seed_variances(groups: list[ConfigGroup], datasets: list[str], metric: str =
     for model in {g.base_model for g in groups}:
         for dataset in datasets:
             out[(model, dataset)] = SeedVariance.pooled(
-                [[r.mean(dataset, metric) for r in g.records] for g in groups if g.base_model == model])
+                [[r.mean(dataset, metric) for r in g.records] for g in groups
+                 if g.base_model == model and g.tested_on(dataset)])
     return out
 
 
@@ -142,7 +143,8 @@ def compare_groups(groups: list[ConfigGroup], datasets: list[str], claimed: set[
     for group in groups:
         base = paired_baselines.get(group.base_model)
         if not group.is_baseline and base is not None:
-            rows += [compare(group, base, d, seeds[(group.base_model, d)], claims, metric) for d in datasets]
+            rows += [compare(group, base, d, seeds[(group.base_model, d)], claims, metric) for d in datasets
+                     if group.tested_on(d) and base.tested_on(d)]
     for family in (CONFIRMATORY, EXPLORATORY):
         adjust_family([r for r in rows if (r.group in claimed) == (family == CONFIRMATORY)], family, claims)
     return rows

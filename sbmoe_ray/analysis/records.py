@@ -146,6 +146,10 @@ class ConfigGroup:
         """Whether every replicate has test results (stage 2 tests only what it chose, and the baselines)."""
         return all(r.test for r in self.records)
 
+    def tested_on(self, dataset: str) -> bool:
+        """Whether every replicate was tested on ``dataset`` (the controls skip the large collections)."""
+        return bool(self.records) and all(any(t["dataset"] == dataset for t in r.test) for r in self.records)
+
     def mean(self, dataset: str, metric: str = "ndcg@10") -> float:
         """The test metric's mean over the replicates."""
         return sum(r.mean(dataset, metric) for r in self.records) / len(self.records)

@@ -59,7 +59,7 @@ def test_phase(study: StudyConfig, records: list[TrialRecord], cores: int | None
         record = pending.pop(ref)
         add_results(record, ray.get(ref))
         _progress("test", total - len(jobs) - len(pending), total, record, started)
-    large_test_phase(study, todo)
+    large_test_phase(study, [r for r in todo if not r.params.get("arm")])    # the controls: test sets only
 
 
 def large_test_phase(study: StudyConfig, todo: list[TrialRecord]) -> None:
