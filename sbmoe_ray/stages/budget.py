@@ -8,8 +8,9 @@ exceeds the time left of the budget, drops stage-2 work, least needed first: rep
 first, then per base model (in turn) its entries from the end of the order ``promoted #1, control #1,
 promoted #2, control #2, ...`` (so the rank check keeps a control as long as it has three
 configurations), then the attribution controls (random routing before the dense adapter: the dense
-adapter decides whether a gain is the experts'). The baseline and the top configuration of each base
-model always run: they are the answer. Breadth is traded, never depth: every run kept trains to its
+adapter decides whether a gain is the experts'), then confirmation seeds one at a time, then whole base models
+(the last listed first: its stage-1 answer stands alone). The first base model's baseline and top
+configuration always run: they are the answer. Breadth is traded, never depth: every run kept trains to its
 declared stopping criterion, and the report says, per claim, what the dropped runs would have settled.
 The plan (costs, estimate, what was dropped) is written once (``<study>/finetune/plan.json``):
 a resumed study runs exactly the planned stage 2. The large collections are not in the estimate.
@@ -60,7 +61,7 @@ class BudgetPlan:
             ([f"replicates beyond {self.seeds}"] if self.dropped_seeds else []) + ([gone] if gone else [])
             + ([f"confirmation seeds beyond {self.confirm_seeds} (of {self.dropped_confirm})"]
                if self.dropped_confirm else [])) + \
-            (" (over the budget even so: the baseline and the top configuration always run)"
+            (" (over the budget even so: the first base model's baseline and top configuration always run)"
              if est["total"] > self.budget_s else "")
 
     def sentence(self, took_s: float) -> str:
@@ -125,6 +126,11 @@ def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts]
     asked_confirm = confirm
     while confirm and estimate(kept, seeds, confirm)["total"] > budget_s:
         confirm -= 1
+    models = sorted({e.base_model for e in kept}, key=[e.base_model for e in entries].index)
+    while len(models) > 1 and estimate(kept, seeds, confirm)["total"] > budget_s:
+        last = models.pop()                                                # a whole base model, the last first
+        gone = [e for e in kept if e.base_model == last]
+        kept, dropped = [e for e in kept if e not in gone], dropped + gone
     return BudgetPlan(budget_s, spent_s, seeds, kept, dropped, estimate(kept, seeds, confirm),
                       {m: asdict(c) for m, c in costs.items()}, cores, asked, confirm,
                       asked_confirm if confirm < asked_confirm else None)
@@ -172,7 +178,7 @@ class Forecast:
     def summary_line(self) -> str:
         return (f"[plan] before stage 1: stage 2 and its test phase estimated {self.full_s / 60:.0f} min as "
                 f"configured, "
-                f"{self.least_s / 60:.0f} min at the least (the baseline and the top configuration of each base model, "
+                f"{self.least_s / 60:.0f} min at the least (the first base model's baseline and top configuration, "
                 f"1 seed); budget {self.budget_s / 60:.0f} min for the whole command, the caches and stage 1 first")
 
 

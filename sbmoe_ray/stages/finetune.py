@@ -110,6 +110,19 @@ def rebuild(study: StudyConfig, proxy: StageResult) -> FinetuneResult | None:
     return result_of(study, proxy, load_trials(study.layout.finetune), entries, plan, confirmed)
 
 
+def confirm_and_test(study: StudyConfig, tracker: StudyTracker, stage: StudyTracker, records: list[TrialRecord],
+                     entries: list[Promotion], plan: BudgetPlan | None, cores: int | None):
+    """Test what stage 2 chose: its confirmation's fresh replicates (their records; False if one failed), or,
+    without confirmation seeds, the selection replicates themselves (None)."""
+    if confirm_seeds(study, plan):
+        chosen = confirmation_entries(entries, records, study.finetune_stage().mode)
+        confirmed = run_confirmation(study, tracker, chosen, confirm_seeds(study, plan), cores)
+        return False if confirmed is None else confirmed
+    test_phase(study, records, cores)
+    stage.log_trial_files(trec_files(records))
+    return None
+
+
 def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, started: float, cores: int,
                  costs: dict[str, ModelCosts] | None = None) -> FinetuneResult | None:
     """Stage 2: promote, plan (if a budget is set), fine-tune, test what it chose, check the proxy, report;
@@ -129,17 +142,12 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
               "again to retry them", file=sys.stderr)
         stage.finish_stage(status="FAILED")
         return None
-    records, cores = load_trials(study.layout.finetune), None if study.finetune.use_gpu else cores
-    confirmed = None
-    if confirm_seeds(study, plan):
-        chosen = confirmation_entries(entries, records, study.finetune_stage().mode)
-        confirmed = run_confirmation(study, tracker, chosen, confirm_seeds(study, plan), cores)
-        if confirmed is None:
-            stage.finish_stage(status="FAILED")
-            return None
-    else:
-        test_phase(study, records, cores)
-        stage.log_trial_files(trec_files(records))
+    records = load_trials(study.layout.finetune)
+    confirmed = confirm_and_test(study, tracker, stage, records, entries, plan,
+                                 None if study.finetune.use_gpu else cores)
+    if confirmed is False:
+        stage.finish_stage(status="FAILED")
+        return None
     result = result_of(study, proxy, records, promoted, plan, confirmed)
     stage.log_stage_result(result)
     write_report(study, proxy, result)
