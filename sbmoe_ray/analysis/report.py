@@ -21,6 +21,7 @@ from typing import Any
 from sbmoe_ray.analysis import figures
 from sbmoe_ray.analysis.attribution import attribution_lines
 from sbmoe_ray.analysis.curves import curve_lines, curve_rows, learning_curves_figure
+from sbmoe_ray.analysis.evidence import evidence_lines
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
 from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
@@ -192,6 +193,7 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
               "adjusted over this stage's comparisons):", ""]
     lines += answer_table(result.summary, datasets) + [""]
     lines += attribution_lines(result.summary.get("attribution", {}))
+    lines += evidence_lines(result.summary, result.agreement, result.plan, result.training_seeds)
     lines += curves_section(result, study.finetune_stage().mode, objective2, layout.report_dir)
     return lines + routing_section(result.summary.get("routing", {}), layout.report_dir, "routing_finetune.png")
 

@@ -43,3 +43,18 @@ def test_the_chosen_configuration_is_compared_with_each_control_and_never_chosen
     assert summary["m"]["credit"]["d"].startswith("a gain of a trained head, not shown to be the experts'")
     text = "\n".join(attribution_lines(summary))
     assert "| m | d | dense adapter |" in text and "random routing" in text
+
+
+def test_the_report_says_which_claims_the_remaining_evidence_cannot_settle_and_what_would():
+    from sbmoe_ray.analysis.evidence import evidence_lines
+
+    summary = {"per_base_model": [{"base_model": "m"}],
+               "attribution": {"m": {"credit": {"d": "a gain of the SB-MoE head, not attributed: no dense-adapter "
+                                                     "control was tested (dropped by the budget)"}}}}
+    plan = {"costs": {"m": {"trial_s": 600.0}}}
+    text = "\n".join(evidence_lines(summary, {"m": {"configurations": 3}}, plan, {"selection": [0], "confirmation": []}))
+    assert "no interval over seeds (1 seed(s) per arm, 3 needed)" in text and "~40 min more" in text
+    assert "proxy check not settled (3 configurations" in text and "without the dense adapter" in text
+    settled = evidence_lines({"per_base_model": [{"base_model": "m"}]}, {"m": {"configurations": 6}}, plan,
+                             {"selection": [0], "confirmation": [1000, 1001, 1002]})
+    assert settled == []

@@ -1,0 +1,43 @@
+"""What the evidence that remains supports, per claim, and what would settle what it does not.
+
+A budget trades breadth, never depth (:mod:`sbmoe_ray.stages.budget`): a small machine runs fewer arms,
+seeds and configurations, each trained to convergence. Each claim the report could make then either has its
+evidence or does not, and the reader should see which, and what it would take: the proxy check needs at
+least 5 configurations for an exact p below 0.05; an interval over seeds needs at least 3 seeds per arm;
+crediting the experts needs the dense adapter. Costs come from the plan's own measurements on this machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sbmoe_ray.analysis.inference import MIN_SEEDS
+
+
+def _minutes(plan: dict | None, model: str, trials: int) -> str:
+    costs = (plan or {}).get("costs", {}).get(model)
+    return f", ~{trials * costs['trial_s'] / 60:.0f} min more of training here" if costs else ""
+
+
+def evidence_lines(summary: dict[str, Any], agreement: dict[str, dict], plan: dict | None,
+                   training_seeds: dict[str, list[int]]) -> list[str]:
+    """One line per base model and kind of claim whose evidence is missing, with what would settle it."""
+    lines = []
+    seeds = len(training_seeds.get("confirmation") or training_seeds.get("selection") or [])
+    for answer in summary.get("per_base_model", []):
+        model = answer["base_model"]
+        if seeds < MIN_SEEDS:
+            lines.append(f"- {model}: no interval over seeds ({seeds} seed(s) per arm, {MIN_SEEDS} needed): set "
+                         f"finetune.confirm_seeds: {MIN_SEEDS} (budget_minutes: null or a larger budget"
+                         f"{_minutes(plan, model, 2 * (MIN_SEEDS - seeds))}), or run the paper_grade preset")
+        check = agreement.get(model, {})
+        if check and check.get("configurations", 0) < 5:
+            lines.append(f"- {model}: proxy check not settled ({check.get('configurations', 0)} configurations, "
+                         f"5 needed for p < 0.05): raise finetune.controls or the budget"
+                         f"{_minutes(plan, model, 5 - check.get('configurations', 0))}")
+        credit = summary.get("attribution", {}).get(model, {}).get("credit", {})
+        if any("no dense-adapter control" in text for text in credit.values()):
+            lines.append(f"- {model}: a gain cannot be credited to the experts without the dense adapter: keep "
+                         f"finetune.attribution: [dense_adapter, ...] within the budget"
+                         f"{_minutes(plan, model, max(seeds, 1))}")
+    return ["What the remaining evidence cannot settle, and what would:", "", *lines, ""] if lines else []
