@@ -78,8 +78,10 @@ def answer_table(summary: dict, datasets: list[str]) -> list[str]:
 
 def budget_line(summary: dict) -> str:
     b = summary["budget"]
+    steps = (f" (at most {b['steps_cap']} optimizer steps; trials ran {b['steps_run']['min']}-{b['steps_run']['max']})"
+             if b.get("steps_cap") else "")
     return (f"Budget: {b['configurations']} configurations (baselines included) x {b['seeds']} seed(s) = "
-            f"{b['trials']} trials of {b['epochs']} epoch(s) each.")
+            f"{b['trials']} trials of {'at most ' if steps else ''}{b['epochs']} epoch(s) each{steps}.")
 
 
 def aa_line(summary: dict) -> str:

@@ -76,8 +76,12 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
     groups, ft = group_trials(records), study.finetune
     tested, mode = [g for g in group_trials(confirmed or records) if g.tested], study.finetune_stage().mode
     comparisons = compare_groups(tested, study.final_test_names, claimed_keys(tested, mode), study.analysis)
+    ran = [r.history[-1].get("steps_done", 0) for r in [*records, *(confirmed or [])] if r.history]
+    per_epoch = max((r.history[0].get("steps_done", 0) for r in records if r.history), default=0)
     budget = {"configurations_planned": len(promotions), "seeds": seeds, "epochs": ft.epochs,
-              "workers": ft.num_workers, "encoder_lr": ft.encoder_lr}
+              "workers": ft.num_workers, "encoder_lr": ft.encoder_lr,
+              "steps_cap": ft.epochs * per_epoch,
+              "steps_run": {"min": min(ran, default=0), "max": max(ran, default=0)}}
     summary = study_summary(tested, comparisons, study.final_test_names, mode, ft.objective, budget, study.analysis)
     summary["attribution"] = attribution_summary(summary["per_base_model"], attribution_comparisons(
         tested, study.final_test_names, mode, study.analysis))

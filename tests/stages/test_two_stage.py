@@ -35,7 +35,7 @@ def _wait(proc, condition, timeout: float = 500) -> bool:
 def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_same_answer(tmp_path, assets):
     large = synthetic_dataset(tmp_path / "large", 30)      # a "large" collection: tested in shards, at the end
     config = write_study(tmp_path, assets, **{
-        "promote": 2, "proxy.num_trials": 5, "proxy.max_concurrent": 1, "space.num_experts": [0, 2, 3],
+        "promote": 1, "proxy.num_trials": 5, "proxy.max_concurrent": 1, "space.num_experts": [0, 2, 3],
         "train.data.large_test_datasets": [str(large)],
         "train.evaluation": {"shard_rows": 25, "encode_workers": 2},
         "finetune": {"controls": 1, "seeds": 1, "confirm_seeds": 2, "encoder_lr": 1e-4, "epochs": 3, "patience": 1,
@@ -61,7 +61,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
                    for p in (study_dir / "confirm" / "runs").glob("*/progress.jsonl"))
 
     proc = sweep(config)
-    assert _wait(proc, inside_finetuning), proc.communicate(timeout=60)[0][-3000:]
+    assert _wait(proc, inside_finetuning, 1200), proc.communicate(timeout=60)[0][-3000:]
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -79,12 +79,12 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert len(keys) == len(set(keys)) == len(group_trials(load_trials(StudyLayout(study_dir).proxy)))
     # The promoted set is the top of stage 1 (mean validation loss over its seeds).
     stage1 = [g for g in group_trials(load_trials(StudyLayout(study_dir).proxy)) if not g.is_baseline]
-    top = [g.key for g in sorted(stage1, key=lambda g: g.objective)[:2]]
+    top = [g.key for g in sorted(stage1, key=lambda g: g.objective)[:1]]
     assert [e["stage1_group"] for e in promoted["entries"] if e["role"] == "promoted"] == top
     # Stage 2: every (configuration, seed) trained exactly once, on 2 Ray Train workers.
     stage2 = load_trials(StudyLayout(study_dir).finetune)
-    roles = [e["role"] for e in promoted["entries"]]      # a drawn control among the top 2 is promoted instead
-    assert roles.count("promoted") == 2 and roles.count("control") <= 1 and roles.count("baseline") == 1
+    roles = [e["role"] for e in promoted["entries"]]      # a drawn control that is the top is promoted instead
+    assert roles.count("promoted") == 1 and roles.count("control") <= 1 and roles.count("baseline") == 1
     assert len(stage2) == len(promoted["entries"])
     assert sorted(group_key(e["params"]) for e in promoted["entries"]) == sorted({r.group for r in stage2})
     assert all(r.route == "live" for r in stage2)
