@@ -126,21 +126,33 @@ def empty_mlflow_store() -> Path:
 
 
 def sweep(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
-    """``sbmoe study --config CONFIG ...`` in a process group of its own (a test may SIGKILL the group)."""
-    return subprocess.Popen([sys.executable, "-m", "sbmoe_ray.cli", "study", "--config", str(config), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            **kwargs)
+    """``sbmoe study --config CONFIG ...`` in a process group of its own (a test may SIGKILL the group), its
+    output into a file (``printed``): a pipe nobody reads while a test polls would fill and block the study."""
+    import tempfile
+
+    log = tempfile.NamedTemporaryFile("w", prefix="sbmoe-study-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "sbmoe_ray.cli", "study", "--config", str(config), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+    proc.log = Path(log.name)
+    log.close()
+    return proc
+
+
+def printed(proc: subprocess.Popen) -> str:
+    """What a study started by :func:`sweep` has printed so far."""
+    return proc.log.read_text(errors="replace")
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> str:
     """The study's output once it has ended; past ``timeout`` its process group is killed and the test fails
     with what the study had printed (a hung study then says where it hung)."""
     try:
-        return proc.communicate(timeout=timeout)[0]
+        proc.wait(timeout=timeout)
+        return printed(proc)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        output = proc.communicate(timeout=60)[0]
-        pytest.fail(f"the study ran past {timeout} s; its last output:\n{output[-6000:]}")
+        proc.wait(timeout=60)
+        pytest.fail(f"the study ran past {timeout} s; its last output:\n{printed(proc)[-6000:]}")
 
 
 def runs(tmp_path: Path, experiment: str = "tiny-study"):

@@ -121,7 +121,7 @@ def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tm
             killed = True
             break
         time.sleep(0.2)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     assert killed, "the study finished before it could be interrupted"
     finished_before = {p.parent.name: p.stat().st_mtime for p in (proxy_dir / "runs").glob("*/results.json")}
     starts_before = {p.parent.name: p.read_text().count("epoch_start") for p in (proxy_dir / "runs").glob("*/progress.jsonl")}

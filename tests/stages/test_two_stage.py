@@ -17,7 +17,7 @@ from sbmoe_ray.analysis.records import group_key, group_trials, load_trials
 from sbmoe_ray.study.layout import StudyLayout, trec_run_file
 from sbmoe_ray.tracking.optuna_journal import KEY, journal_study
 
-from helpers import finish, sweep, synthetic_dataset, trec_qrels, write_study
+from helpers import finish, printed, sweep, synthetic_dataset, trec_qrels, write_study
 from test_study import assets  # noqa: F401 (the module fixture)
 
 pytestmark = [pytest.mark.slow]
@@ -48,9 +48,9 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
 
     # 1. killed between the stages: as soon as stage 2's promotions are written
     proc = sweep(config)
-    assert _wait(proc, promoted_file.is_file), proc.communicate(timeout=60)[0][-3000:]
+    assert _wait(proc, promoted_file.is_file), printed(proc)[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     promoted = json.loads(promoted_file.read_text())
     stage1_mtimes = {p: p.stat().st_mtime for p in (study_dir / "proxy" / "runs").glob("*/results.json")}
 
@@ -61,10 +61,10 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
                    for p in (study_dir / "confirm" / "runs").glob("*/progress.jsonl"))
 
     proc = sweep(config)
-    assert _wait(proc, inside_finetuning, 1200), proc.communicate(timeout=60)[0][-3000:]
+    assert _wait(proc, inside_finetuning, 1200), printed(proc)[-3000:]
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
 
     # 3. resumed to the end
     proc = sweep(config)
