@@ -115,6 +115,11 @@ def distill(recipe: Recipe, texts: list[str], precision: str = "fp32", log=print
             loss.backward()
             optimizer.step()
             total += loss.item() * len(rows)
+            done, todo = epoch * len(texts) + start + len(rows), recipe.epochs * len(texts)
+            if (start // recipe.batch_size) % 50 == 49:
+                elapsed = time.monotonic() - started
+                log(f"[derive] {done}/{todo} texts, MSE {loss.item():.2e} ({elapsed / 60:.1f} min; "
+                    f"~{elapsed / done * (todo - done) / 60:.1f} min left)")
         losses.append(total / len(texts))
         elapsed = time.monotonic() - started
         log(f"[derive] epoch {epoch + 1}/{recipe.epochs}: MSE to the teacher's embeddings {losses[-1]:.2e} "
