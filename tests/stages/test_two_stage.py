@@ -159,7 +159,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
             source = by_trial_id[run.data.tags["sbmoe.promoted_from_trial"]]
             assert run.data.tags["sbmoe.promoted_from"] == source.info.run_id
             assert source.data.tags["sbmoe.group"] == run.data.tags["sbmoe.group"]
-    assert any(k.endswith("kendall_tau") for k in parent.data.metrics)
+    assert agreement["configurations"] < 2 or any(k.endswith("kendall_tau") for k in parent.data.metrics)
     # What the MLflow UI shows: the training view, the report as a page, datasets and source on every trial,
     # the tested trials' run files, system metrics on the stage runs.
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
