@@ -69,11 +69,11 @@ def test_a_study_recorded_by_an_older_version_is_refused_not_mixed(tmp_path, ass
 
 def test_every_preset_loads_and_is_named_by_the_cli(capsys):
     names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-    assert names == ["experts_sweep", "finetune", "paper"]
+    assert names == ["experts_sweep", "finetune", "paper", "paper_grade"]
     for name in names:
         load_config(StudyConfig, PRESETS / f"{name}.yaml")
     assert main(["study", "--config", "no-such-preset"]) == 2
-    assert "presets are ['experts_sweep', 'finetune', 'paper']" in capsys.readouterr().err
+    assert "presets are ['experts_sweep', 'finetune', 'paper', 'paper_grade']" in capsys.readouterr().err
 
 
 def test_machine_policy_is_the_presets_not_a_library_default(monkeypatch):
