@@ -14,14 +14,11 @@ Train like any stage-2 trial (killed, they resume the same way: a Tuner of their
 
 from __future__ import annotations
 
-import sys
-
-from sbmoe_ray.analysis.records import TrialRecord, group_key, load_trials
-from sbmoe_ray.stages.progress import ProgressCallback
+from sbmoe_ray.analysis.records import TrialRecord, group_key
 from sbmoe_ray.stages.test_phase import test_phase, tested_groups, trec_files
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import CONFIRM_OFFSET, Promotion
-from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
+from sbmoe_ray.tracking import StudyTracker
 
 
 def confirmation_entries(entries: list[Promotion], records: list[TrialRecord], mode: str) -> list[Promotion]:
@@ -34,20 +31,15 @@ def run_confirmation(study: StudyConfig, tracker: StudyTracker, entries: list[Pr
                      cores: int | None) -> list[TrialRecord] | None:
     """Train ``entries`` on ``seeds`` fresh seeds (resumed when interrupted) and test them; their records, or
     None if a trial failed (run the study again to retry it)."""
-    from sbmoe_ray.stages.finetune import finetune_tuner
+    from sbmoe_ray.stages.finetune import fit_grid
 
     points = [e.point(CONFIRM_OFFSET + r) for e in entries for r in range(seeds)]
     print(f"\nstage 2, confirmation: {len(entries)} configurations (the chosen ones, baselines and controls) x "
           f"{seeds} fresh seed(s) = {len(points)} trials; only these are tested", flush=True)
     stage = tracker.for_stage("confirm", "stage 2: confirmation on fresh seeds")
-    callbacks = [MlflowStudyCallback(stage), ProgressCallback("confirm", len(points))]
-    failed = len(finetune_tuner(study, points, callbacks, confirm=True).fit().errors)
-    if failed:
-        print(f"{failed} confirmation trial(s) failed: see {study.layout.confirm.tune}/*/error.txt; run the study "
-              "again to retry them", file=sys.stderr)
-        stage.finish_stage(status="FAILED")
+    records = fit_grid(study, stage, points, confirm=True)
+    if records is None:
         return None
-    records = load_trials(study.layout.confirm)
     test_phase(study, records, cores)
     stage.log_trial_files(trec_files(records))
     stage.finish_stage()

@@ -56,6 +56,21 @@ def finetune_tuner(study: StudyConfig, points: list[TrialPoint], callbacks: list
                                   failure_config=tune.FailureConfig(max_failures=1)))
 
 
+def fit_grid(study: StudyConfig, stage: StudyTracker, points: list[TrialPoint], confirm: bool = False
+             ) -> list[TrialRecord] | None:
+    """Train ``points`` on stage 2's grid Tuner (or its confirmation's), resumed when interrupted; their
+    records, or None when a trial failed (the stage run then ends FAILED; run the study again to retry)."""
+    name, folder = ("confirm", study.layout.confirm) if confirm else ("finetune", study.layout.finetune)
+    callbacks = [MlflowStudyCallback(stage), ProgressCallback(name, len(points))]
+    failed = len(finetune_tuner(study, points, callbacks, confirm).fit().errors)
+    if failed:
+        print(f"{failed} {name} trial(s) failed: see {folder.tune}/*/error.txt; run the study again to retry them",
+              file=sys.stderr)
+        stage.finish_stage(status="FAILED")
+        return None
+    return load_trials(folder)
+
+
 def promote(study: StudyConfig, proxy: StageResult) -> list[Promotion]:
     """The stage-2 configurations, chosen once from stage 1's result (read back on resume)."""
     settings = {"promote": study.promote, "controls": study.finetune.controls, "seed": study.proxy.seed,
@@ -135,14 +150,9 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
           f"trials on {study.finetune.num_workers} Ray Train workers each", flush=True)
     stage = tracker.for_stage("finetune", "stage 2: fine-tuning (encoder + SB-MoE head)")
     stage_started = time.monotonic()
-    callbacks = [MlflowStudyCallback(stage), ProgressCallback("finetune", len(points))]
-    failed = len(finetune_tuner(study, points, callbacks).fit().errors)
-    if failed:
-        print(f"{failed} stage-2 trial(s) failed: see {study.layout.finetune.tune}/*/error.txt; run the study "
-              "again to retry them", file=sys.stderr)
-        stage.finish_stage(status="FAILED")
+    records = fit_grid(study, stage, points)
+    if records is None:
         return None
-    records = load_trials(study.layout.finetune)
     confirmed = confirm_and_test(study, tracker, stage, records, entries, plan,
                                  None if study.finetune.use_gpu else cores)
     if confirmed is False:
