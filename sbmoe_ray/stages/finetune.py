@@ -3,10 +3,12 @@ their encoder on Ray Train workers; the one it chooses tested against the baseli
 
 Per base model stage 2 fine-tunes what :mod:`sbmoe_ray.stages.promotion` picks from stage 1's result (the
 top ``promote`` by the stage-1 objective, ``finetune.controls`` random others, the plain fine-tuning
-baseline), each on ``finetune.num_workers`` Ray Train workers and replicated over ``finetune.seeds``
-(planned to ``budget_minutes`` where set: :mod:`sbmoe_ray.stages.budget`), then tests what it chose
-(:mod:`sbmoe_ray.stages.test_phase`) and checks the proxy: Kendall's τ and Spearman's ρ of the two stages'
-objectives over the promoted and control configurations (:mod:`sbmoe_ray.analysis.agreement`).
+baseline, the top one's attribution controls), each on ``finetune.num_workers`` Ray Train workers until
+its stopping criterion, replicated over ``finetune.seeds`` (planned to ``budget_minutes`` where set:
+:mod:`sbmoe_ray.stages.budget`); then trains what it chose again on fresh seeds and tests those
+(:mod:`sbmoe_ray.stages.confirm`, :mod:`sbmoe_ray.stages.test_phase`) and checks the proxy: Kendall's τ
+and Spearman's ρ of the two stages' objectives over the promoted and control configurations
+(:mod:`sbmoe_ray.analysis.agreement`).
 
 Head learning rate in stage 2: the promoted configuration's own ``moe_lr`` (the encoder's is
 ``finetune.encoder_lr``, 50-500x lower): the head's optimum on frozen features is the best estimate we
