@@ -130,4 +130,5 @@ def _other_nodes() -> list[tuple[str, Any]]:
             name = f"{name}-{node['NodeID'][:8]}"
         strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
         others.append((name, sampler.options(scheduling_strategy=strategy).remote()))
+    ray.get([actor.collect.remote() for _, actor in others], timeout=120)   # started (~2 s): sampling from now
     return others

@@ -34,13 +34,13 @@ def test_a_stage_run_on_a_cluster_records_each_nodes_system_metrics(tmp_path, cl
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("nodes")).info.run_id
     started = system_metrics.start(run_id, uri, interval=0.5)
-    time.sleep(8)                                            # a node's sampler takes seconds to start
+    time.sleep(5)
     system_metrics.stop(started)
     names = [m for m in client.get_run(run_id).data.metrics if m.endswith("/cpu_utilization_percentage")]
     nodes = {m.split("/")[1] for m in names}
     assert len(nodes) == 3, names                            # the driver's node and the two others
     for name in names:
-        assert len(client.get_metric_history(run_id, name)) >= 3, [(n, len(client.get_metric_history(run_id, n))) for n in names]
+        assert len(client.get_metric_history(run_id, name)) >= 2, [(n, len(client.get_metric_history(run_id, n))) for n in names]
     assert len(started.actors) == 2
     time.sleep(1)
     alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
