@@ -130,5 +130,9 @@ def _other_nodes() -> list[tuple[str, Any]]:
             name = f"{name}-{node['NodeID'][:8]}"
         strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
         others.append((name, sampler.options(scheduling_strategy=strategy).remote()))
-    ray.get([actor.collect.remote() for _, actor in others], timeout=120)   # started (~2 s): sampling from now
-    return others
+    # Started (~2 s) before sampling begins; a node whose sampler cannot start within a minute is left out.
+    refs = {actor.collect.remote(): (name, actor) for name, actor in others}
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=60) if refs else ([], [])
+    for ref in late:
+        ray.kill(refs[ref][1])
+    return [refs[ref] for ref in ready]
