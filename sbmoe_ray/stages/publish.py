@@ -30,9 +30,7 @@ def publish_models(study: StudyConfig, tracker: StudyTracker, result: StageResul
     from sbmoe_ray.model.backbones import load_tokenizer
     from sbmoe_ray.tracking.models import ALIASES, log_retriever, registered_name
 
-    runs = {k: v for stage in ("finetune", "confirm") if result.name == "finetune"
-            for k, v in tracker.trial_runs(stage).items()} or tracker.trial_runs(result.name)
-    versions = {}
+    runs, versions = tracker.all_trial_runs(), {}
     for answer in result.summary["per_base_model"]:
         name = registered_name(study.name, answer["base_model"])
         for role in ("chosen", "baseline"):

@@ -106,6 +106,10 @@ class StudyTracker:
             self._trials[stage] = self._children(self.runs["stages"].get(stage), self._points.setdefault(stage, {}))
         return self._trials[stage]
 
+    def all_trial_runs(self) -> dict[str, str]:
+        """Trial id -> run id over every stage (stage 2's results include its confirmation's trials)."""
+        return {k: v for stage in self.runs["stages"] for k, v in self.trial_runs(stage).items()}
+
     def _children(self, run_id: str | None, points: dict[tuple, str]) -> dict[str, str]:
         """Trial id -> run id of a stage run's trial runs, and ``(group, seed)`` -> run id of the same runs
         (into ``points``: a restored Tuner can give a finished configuration x seed a new
@@ -177,7 +181,7 @@ class StudyTracker:
         """A stage's result on its trials' runs (:class:`sbmoe_ray.analysis.result.StageResult`): each tested
         trial's test metrics, and on each replicate of a compared configuration its Δ nDCG@10, intervals,
         raw and adjusted p (the configuration's) and its own Δ."""
-        runs, metrics = {k: v for stage in self.runs["stages"] for k, v in self.trial_runs(stage).items()}, {}
+        runs, metrics = self.all_trial_runs(), {}
         for record in [*result.records, *getattr(result, "confirmed", [])]:
             if record.test:
                 metrics[record.trial_id] = final_metrics(record.test)
