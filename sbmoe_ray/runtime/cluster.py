@@ -123,3 +123,26 @@ def check_shared_storage(folders: list[Path], key: str = "storage_path") -> None
                 f"cannot see this folder ({', '.join(blind)}): it is local to the driver's machine. Put it on a "
                 "file system that every node mounts at the same path (NFS/EFS, e.g. /mnt/shared/studies; see "
                 "cluster.yaml)")
+
+
+def in_ray_job() -> bool:
+    """True in the driver of a job submitted with ``ray job submit`` (its supervisor sets this variable)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def check_job_paths(paths: dict[str, str | None]) -> None:
+    """In a submitted Ray job, refuse a relative path among ``paths`` (config key -> value).
+
+    A job's driver runs in a temporary copy of its ``--working-dir``, deleted with the job: a study, an MLflow
+    store or a cache written there is lost, and the next submission cannot resume it. Does nothing outside a job.
+    """
+    if not in_ray_job():
+        return
+    for key, value in paths.items():
+        local = value.removeprefix("sqlite:///") if value and value.startswith("sqlite:///") else value
+        if local and "://" not in local and not Path(local).is_absolute():
+            raise ConfigError(
+                f"{key}={value!r}: a relative path in a Ray job names the job's temporary working directory, "
+                "deleted when the job ends (nothing could resume it); give an absolute path on storage every "
+                "node mounts, e.g. --set storage_path=/mnt/shared/studies --set "
+                "tracking_uri=sqlite:////mnt/shared/mlflow.db (or an MLflow server: --tracking-uri http://...)")

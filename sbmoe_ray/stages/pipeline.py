@@ -38,7 +38,7 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     started = time.monotonic() if started is None else started      # the budget counts from here
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
     from sbmoe_ray.data.provenance import dataset_uses
-    from sbmoe_ray.runtime.cluster import check_shared_storage, cluster_address, init_ray
+    from sbmoe_ray.runtime.cluster import check_job_paths, check_shared_storage, cluster_address, init_ray
     from sbmoe_ray.stages.checks import check_study
     from sbmoe_ray.stages.finetune import run_finetune
     from sbmoe_ray.stages.prepare import prepare_study
@@ -48,6 +48,9 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
 
     # Every cheap check before any work (before a local Ray starts; on a cluster, right after connecting);
     # then the forecast, the embedding caches and the stages.
+    check_job_paths({"config.storage_path": study.storage_path, "config.tracking_uri": study.tracking_uri,
+                     "config.train.data.data_dir": study.train.data.data_dir,
+                     "config.train.memory.cache_dir": study.train.memory.cache_dir})
     study, on_cluster = study.resolved(), bool(cluster_address(address))
     if on_cluster:
         init_ray(address, 0)
