@@ -53,11 +53,11 @@ _BUDGET = optional(per_hardware(_minutes, "{native_bf16: 45, otherwise: 90}"))
 @dataclass
 class StudyConfig(ConfigBase):
     MOVED = MOVED
-    name: str = "experts-sweep"
-    storage_path: str = "results/studies"
+    name: str = "experts-sweep"  # the study's folder under storage_path, and its MLflow experiment
+    storage_path: str = "results/studies"  # studies, checkpoints, embedding caches (on a cluster: shared)
     # $MLFLOW_TRACKING_URI (a cluster head exports its server's), else the embedded store
     tracking_uri: str = setting(factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    space: dict[str, Any] = setting(factory=default_space)
+    space: dict[str, Any] = setting(factory=default_space)  # the search space (guides/search-space.md)
     proxy: ProxyConfig = setting(factory=ProxyConfig)
     train: TrainConfig = setting(factory=default_train)
     promote: int = setting(2, non_negative_int)        # per base model fine-tuned in stage 2; 0 = the proxy only

@@ -36,11 +36,11 @@ class ProxyConfig(ConfigBase):
     """Stage 1, the proxy: how the search runs (Optuna TPE inside Ray Tune)."""
     num_trials: int = setting(24, positive_int)       # configurations, including the enqueued baselines
     seeds: int = setting(1, positive_int)              # replicates of each configuration (other training seeds)
-    max_concurrent: int = setting(1, positive_int)
+    max_concurrent: int = setting(1, positive_int)  # trials at a time
     asha: bool = False                                 # early stopping on the per-epoch objective
-    asha_grace_epochs: int = setting(1, positive_int)
+    asha_grace_epochs: int = setting(1, positive_int)  # epochs before ASHA may stop a trial
     objective: str = setting("val_loss", one_of(*OBJECTIVES))   # a validation metric, never a test metric
-    seed: int = setting(0, non_negative_int)
+    seed: int = setting(0, non_negative_int)  # the sampler's seed (TPE, the drawn controls)
 
 
 @dataclass
@@ -61,15 +61,15 @@ class FinetuneConfig(ConfigBase):
     # Trained to convergence: validated every epoch, stopped after `patience` epochs without improving the
     # objective, at most `epochs`; the best checkpoint is tested (sbmoe_ray/train/stopping.py)
     epochs: int = setting(8, positive_int)
-    patience: int | None = setting(2, optional(positive_int))
-    warmup_steps: int = setting(0, non_negative_int)
-    schedule: str = setting("constant", one_of(*SCHEDULES))
+    patience: int | None = setting(2, optional(positive_int))  # validations without improvement
+    warmup_steps: int = setting(0, non_negative_int)  # linear warm-up, optimizer steps
+    schedule: str = setting("constant", one_of(*SCHEDULES))  # after warm-up, to 0 at the cap
     objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
     validation_retrieval_docs: int = setting(500, non_negative_int)   # val_ndcg@10: positives + this many docs
     num_workers: int = setting(2, positive_int)       # data-parallel Ray Train workers per trial
-    cpus_per_worker: float = setting(1.0, positive)
-    use_gpu: bool = False
-    max_concurrent: int = setting(1, positive_int)
+    cpus_per_worker: float = setting(1.0, positive)  # CPUs of each worker
+    use_gpu: bool = False  # one GPU under each worker (nccl)
+    max_concurrent: int = setting(1, positive_int)  # stage-2 trials at a time
 
     @property
     def device(self) -> str:

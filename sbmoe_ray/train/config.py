@@ -55,13 +55,13 @@ RESULTS_FILE = "results.json"          # <run_dir>/results.json: what fit() writ
 
 @dataclass
 class DataConfig(ConfigBase):
-    train_dataset: str = "scifact"
-    train_split: str = "train"
-    test_datasets: list[str] = setting(factory=lambda: ["scifact"])
-    test_split: str = "test"
+    train_dataset: str = "scifact"  # a BEIR name under the data root, or a folder
+    train_split: str = "train"  # its qrels/<split>.tsv gives the training pairs
+    test_datasets: list[str] = setting(factory=lambda: ["scifact"])  # names or folders
+    test_split: str = "test"  # qrels/<split>.tsv of each test set
     data_dir: str | None = None             # default: $SBMOE_DATA_DIR, else ~/.cache/sbmoe/beir
-    query_max_length: int = setting(64, positive_int)
-    validation_fraction: float = setting(0.05, unit_interval)
+    query_max_length: int = setting(64, positive_int)  # tokens of a query
+    validation_fraction: float = setting(0.05, unit_interval)  # training queries held out
     split_seed: int = setting(0, non_negative_int)  # the validation split (and its retrieval sample): fixed
     #                                       while run.seed varies over a study's replicates
     # Which held-out queries validate: all, or one of two disjoint halves (a two-stage study promotes on the
@@ -73,7 +73,7 @@ class DataConfig(ConfigBase):
     # A held-out collection (e.g. nfcorpus, its dev split): the best checkpoint's nDCG@10 on it is reported as
     # zs_val_ndcg@10, a second, zero-shot validation objective for a study (never a test set).
     zero_shot_validation: str | None = None
-    zero_shot_validation_split: str = "dev"
+    zero_shot_validation_split: str = "dev"  # its qrels split
     # Per test dataset (by name): drop a retrieved document whose id is the query's? "auto" decides from the
     # data (a query that is a corpus document: same id and same text), "drop" always (BEIR), "keep" never.
     identical_ids: dict[str, str] = setting(factory=dict, check=lambda v: _rules(v))
@@ -92,13 +92,13 @@ class OptimConfig(ConfigBase):
     encoder_lr: float = setting(1e-6, non_negative)  # paper: 1e-6 for the encoder ...
     moe_lr: float = setting(1e-4, non_negative)      # ... and 1e-4 for the SB-MoE block
     freeze_encoder: bool = False                     # also implied by encoder_lr == 0
-    weight_decay: float = setting(0.01, non_negative)
+    weight_decay: float = setting(0.01, non_negative)  # AdamW's
     warmup_steps: int = setting(0, non_negative_int)    # linear warm-up, in optimizer steps
     schedule: str = setting("constant", one_of(*SCHEDULES))   # after warm-up, over the capped run
     # Stop after this many validations without an improvement of run.checkpoint_metric by > min_delta;
     # null: train every epoch (sbmoe_ray/train/stopping.py)
     patience: int | None = setting(None, optional(positive_int))
-    min_delta: float = setting(0.0, non_negative)
+    min_delta: float = setting(0.0, non_negative)  # what counts as an improvement
     grad_clip: float = setting(1.0, non_negative)    # max gradient norm; 0 disables clipping
     attention_dropout: float | None = setting(0.0, optional(unit_interval))  # on attention probabilities
     #                                       while training; null keeps the base model's (0.1 for BERT),
@@ -108,27 +108,27 @@ class OptimConfig(ConfigBase):
 @dataclass
 class LossConfig(ConfigBase):
     name: str = "in_batch_negatives"       # a key of sbmoe_ray.model.losses.LOSSES (checked by launch.prepare)
-    temperature: float = setting(0.05, positive)
+    temperature: float = setting(0.05, positive)  # of the in-batch softmax
     load_balancing: float = setting(0.01, non_negative)  # Switch load-balancing coefficient; 0 disables it
 
 
 @dataclass
 class MemoryConfig(ConfigBase):
     precision: str = setting("auto", one_of(*PRECISIONS))  # auto: bf16 where native (GPU, AVX-512 BF16/AMX)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each layer in backward
     grad_cache_chunk: int = setting(0, non_negative_int)  # > 0: GradCache, encoding this many texts at a time
     embedding_cache: bool = True            # frozen encoder: train/evaluate from cached pooled embeddings
     cache_dir: str | None = None            # default <run.storage_path>/embedding_cache
-    eval_batch_size: int = setting(32, positive_int)
+    eval_batch_size: int = setting(32, positive_int)  # texts per encoding batch
 
 
 @dataclass
 class ScalingConfig(ConfigBase):
-    num_workers: int = setting(2, positive_int)
-    use_gpu: bool = False
-    cpus_per_worker: float = setting(1.0, positive)
+    num_workers: int = setting(2, positive_int)  # data-parallel Ray Train workers
+    use_gpu: bool = False  # one GPU per worker, nccl
+    cpus_per_worker: float = setting(1.0, positive)  # Ray CPUs (threads) each
     placement_strategy: str = setting("SPREAD", one_of(*PLACEMENT_STRATEGIES))  # across nodes
-    max_failures: int = setting(1, non_negative_int)
+    max_failures: int = setting(1, non_negative_int)  # worker restarts from the last checkpoint
     dashboard: bool = True                  # a local Ray's dashboard (with ray[default]); false saves ~0.2 GiB
     #                                         and ~3.5 s of CPU at start (bench: README, Tests); ASHA needs it
 
@@ -140,10 +140,10 @@ class ScalingConfig(ConfigBase):
 
 @dataclass
 class RunConfig(ConfigBase):
-    name: str = "sbmoe-train"
-    storage_path: str = "results/ray"
-    checkpoint_metric: str = setting("val_loss", one_of(*CHECKPOINT_METRICS))
-    seed: int = 0
+    name: str = "sbmoe-train"  # the run's folder under storage_path
+    storage_path: str = "results/ray"  # checkpoints and results.json
+    checkpoint_metric: str = setting("val_loss", one_of(*CHECKPOINT_METRICS))  # picks the tested checkpoint
+    seed: int = 0  # initialisation, gating noise, batch order
 
 
 @dataclass
