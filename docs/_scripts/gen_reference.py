@@ -117,7 +117,7 @@ def config_page() -> str:
            "on the command line: `--set section.key=value`. A bad value stops before anything runs, with",
            "`<file>:<line>: config.<section>.<key>=<value>: <rule>`.", ""]
     study = StudyConfig()
-    for prefix, cls, study_values, train_values in sections(StudyConfig, "", study, None):
+    for prefix, cls, study_values, _ in sections(StudyConfig, "", study, None):
         train = TrainConfig() if prefix.startswith("train") else None
         if train is not None and prefix != "train":
             for part in prefix.split(".")[1:]:
