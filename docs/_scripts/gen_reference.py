@@ -50,11 +50,15 @@ def field_comments(cls: type) -> dict[str, str]:
             above.insert(0, comments[n])
             n -= 1
         beside, n = [comments[number]] if number in comments else [], number + 1
-        while beside and n in comments and lines[n - 1].strip().startswith("#") and n - 1 < len(lines):
-            beside.append(comments[n])                     # a beside-comment continued on the next lines
+        while beside and n in comments and lines[n - 1].lstrip().startswith("#") and _indent(lines[n - 1]) > 4:
+            beside.append(comments[n])     # a beside-comment continued on the next lines (indented past the field)
             n += 1
         out[name] = " ".join(above + beside)
     return out
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
 
 
 def limit(field: dataclasses.Field) -> str:

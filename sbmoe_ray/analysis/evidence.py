@@ -41,3 +41,12 @@ def evidence_lines(summary: dict[str, Any], agreement: dict[str, dict], plan: di
                          f"finetune.attribution: [dense_adapter, ...] within the budget"
                          f"{_minutes(plan, model, max(seeds, 1))}")
     return ["What the remaining evidence cannot settle, and what would:", "", *lines, ""] if lines else []
+
+
+def not_run_lines(reason: str) -> list[str]:
+    """The report's stage-2 section when the budget could not hold even the least stage 2."""
+    return ["", "## Stage 2: not run", "",
+            f"{reason[0].upper()}{reason[1:]}.",
+            "", "So nothing here is about fine-tuning: the answer above is stage 1's (frozen encoder, trained heads), "
+            "the proxy is not checked against fine-tuning, no attribution control ran, and no configuration was "
+            "confirmed on fresh seeds."]

@@ -21,7 +21,7 @@ from typing import Any
 from sbmoe_ray.analysis import figures
 from sbmoe_ray.analysis.attribution import attribution_lines
 from sbmoe_ray.analysis.curves import curve_lines, curve_rows, learning_curves_figure
-from sbmoe_ray.analysis.evidence import evidence_lines
+from sbmoe_ray.analysis.evidence import evidence_lines, not_run_lines
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
 from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
@@ -236,12 +236,17 @@ def agreement_line(a: dict[str, Any]) -> str:
             f"{quality}. {a['verdict']}")
 
 
-def write_report(study: StudyConfig, proxy: StageResult, finetune: FinetuneResult | None = None) -> None:
-    """``<study>/report/report.md`` with its PNGs, and ``summary.json``: stage 1, and stage 2 once it ran."""
+def write_report(study: StudyConfig, proxy: StageResult, finetune: FinetuneResult | None = None,
+                 stage2_not_run: dict | None = None) -> None:
+    """``<study>/report/report.md`` with its PNGs, and ``summary.json``: stage 1, and stage 2 once it ran (or
+    why it did not: ``stage2_not_run``, ``{"reason": sentence, "plan": the budget's plan}``)."""
     layout = study.layout
     layout.report_dir.mkdir(parents=True, exist_ok=True)
     lines = proxy_section(study, proxy, layout)
     summary = dict(proxy.summary)
+    if stage2_not_run:
+        lines += not_run_lines(stage2_not_run["reason"])
+        summary["finetune"] = {"not_run": stage2_not_run}
     if finetune is not None:
         lines += finetune_section(study, finetune, layout)
         summary["finetune"] = finetune.summary_entry()

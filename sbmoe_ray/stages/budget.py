@@ -10,8 +10,10 @@ promoted #2, control #2, ...`` (so the rank check keeps a control as long as it 
 configurations), then the attribution controls (random routing before the dense adapter: the dense
 adapter decides whether a gain is the experts'), then confirmation seeds one at a time, then whole base models
 (the last listed first: its stage-1 answer stands alone). The first base model's baseline and top
-configuration always run: they are the answer. Breadth is traded, never depth: every run kept trains to its
-declared stopping criterion, and the report says, per claim, what the dropped runs would have settled.
+configuration are the least stage 2: when even they (trained to their epoch cap) and their test phase
+exceed the time left, stage 2 is not run at all, the answer is stage 1's, and the plan says what budget would
+run it. Breadth is traded, never depth: every run kept trains to its declared stopping criterion, and the
+report says, per claim, what the dropped runs would have settled.
 The plan (costs, estimate, what was dropped) is written once (``<study>/finetune/plan.json``):
 a resumed study runs exactly the planned stage 2. The large collections are not in the estimate.
 """
@@ -57,12 +59,24 @@ class BudgetPlan:
         if not self.dropped and not self.dropped_seeds and not self.dropped_confirm:
             return head + ": everything fits"
         gone = ", ".join(f"{e.base_model} {e.role} {e.stage1_group or 'baseline'}" for e in self.dropped)
+        if self.runs_nothing:
+            return (f"{head.replace('stage 2 estimated', 'the least stage 2 estimated')}: over the budget, so stage 2 "
+                    f"is not run and the answer is stage 1's (the least: the first base model's baseline and top "
+                    f"configuration, trained to their epoch cap, and their test phase); to run it here: --set "
+                    f"budget_minutes={math.ceil(est['total'] / 60) + 5}, or on GPUs (studies/gpu_cluster.yaml)")
         return head + "; dropped to fit: " + "; ".join(
             ([f"replicates beyond {self.seeds}"] if self.dropped_seeds else []) + ([gone] if gone else [])
             + ([f"confirmation seeds beyond {self.confirm_seeds} (of {self.dropped_confirm})"]
-               if self.dropped_confirm else [])) + \
-            (" (over the budget even so: the first base model's baseline and top configuration always run)"
-             if est["total"] > self.budget_s else "")
+               if self.dropped_confirm else []))
+
+    @property
+    def runs_nothing(self) -> bool:
+        """Even the least stage 2 exceeds the budget: stage 2 is not run (its estimate is the least's)."""
+        return not self.kept
+
+    def not_run(self) -> dict[str, Any]:
+        """Why stage 2 did not run, for the report and summary.json."""
+        return {"reason": self.summary_line().removeprefix("[plan] "), "plan": self.to_dict()}
 
     def sentence(self, took_s: float) -> str:
         """The plan against what stage 2 then took, for the report."""
@@ -131,7 +145,10 @@ def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts]
         last = models.pop()                                                # a whole base model, the last first
         gone = [e for e in kept if e.base_model == last]
         kept, dropped = [e for e in kept if e not in gone], dropped + gone
-    return BudgetPlan(budget_s, spent_s, seeds, kept, dropped, estimate(kept, seeds, confirm),
+    needed = estimate(kept, seeds, confirm)
+    if needed["total"] > budget_s:                     # not even the least: stage 2 is not run (breadth, never depth)
+        kept, dropped = [], dropped + kept
+    return BudgetPlan(budget_s, spent_s, seeds, kept, dropped, needed,
                       {m: asdict(c) for m, c in costs.items()}, cores, asked, confirm,
                       asked_confirm if confirm < asked_confirm else None)
 
@@ -179,7 +196,8 @@ class Forecast:
         return (f"[plan] before stage 1: stage 2 and its test phase estimated {self.full_s / 60:.0f} min as "
                 f"configured, "
                 f"{self.least_s / 60:.0f} min at the least (the first base model's baseline and top configuration, "
-                f"1 seed); budget {self.budget_s / 60:.0f} min for the whole command, the caches and stage 1 first")
+                f"1 seed); budget {self.budget_s / 60:.0f} min for the whole command, the caches and stage 1 first"
+                + ("" if self.fits else ": stage 2 will not fit, and will not run unless the budget is raised"))
 
 
 def forecast(study: StudyConfig, cores: int) -> Forecast:

@@ -123,6 +123,8 @@ def rebuild(study: StudyConfig, proxy: StageResult) -> FinetuneResult | None:
         return None
     entries = read_promotions(study.layout.promotions_file)
     plan = read_plan(study.layout.plan_file)
+    if plan is not None and plan.runs_nothing:
+        return None
     confirmed = load_trials(study.layout.confirm) if confirm_seeds(study, plan) else None
     return result_of(study, proxy, load_trials(study.layout.finetune), entries, plan, confirmed)
 
@@ -140,12 +142,24 @@ def confirm_and_test(study: StudyConfig, tracker: StudyTracker, stage: StudyTrac
     return None
 
 
+def not_run(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, plan: BudgetPlan) -> StageResult:
+    """Stage 2 over the budget even at its least: not run; the report and the parent run say why, and the
+    answer (and the exported models) are stage 1's."""
+    write_report(study, proxy, stage2_not_run=plan.not_run())
+    tracker.log_report(study.layout.report_dir)
+    print(f"stage 2 (fine-tuning): not run; the answer is stage 1's. report: {study.layout.report_file}", flush=True)
+    return proxy
+
+
 def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, started: float, cores: int,
-                 costs: dict[str, ModelCosts] | None = None) -> FinetuneResult | None:
+                 costs: dict[str, ModelCosts] | None = None) -> FinetuneResult | StageResult | None:
     """Stage 2: promote, plan (if a budget is set), fine-tune, test what it chose, check the proxy, report;
-    None if a trial failed (run the study again to retry it)."""
+    None if a trial failed (run the study again to retry it); stage 1's result if the budget cannot hold
+    even the least stage 2."""
     promoted = promote(study, proxy)
     plan = budget_plan(study, promoted, started, cores, costs)
+    if plan is not None and plan.runs_nothing:
+        return not_run(study, tracker, proxy, plan)
     entries, seeds, why = planned(study, promoted, plan)
     points = [e.point(r) for e in entries for r in range(seeds)]
     print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {seeds} seed(s) ({why}) = {len(points)} "

@@ -22,6 +22,7 @@ bi-encoder without it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -99,6 +100,7 @@ def rebuild_report(study_dir: Path) -> Path:
     from sbmoe_ray.analysis.records import load_trials
     from sbmoe_ray.analysis.report import write_report
     from sbmoe_ray.analysis.result import analyze_proxy
+    from sbmoe_ray.stages.budget import read_plan
     from sbmoe_ray.stages.finetune import rebuild
     from sbmoe_ray.stages.prepare import load_study
     from sbmoe_ray.tracking import StudyTracker
@@ -106,7 +108,8 @@ def rebuild_report(study_dir: Path) -> Path:
     study = load_study(study_dir)
     proxy = analyze_proxy(study, load_trials(study.layout.proxy))
     finetune = rebuild(study, proxy)
-    write_report(study, proxy, finetune)
+    plan = read_plan(study.layout.plan_file)
+    write_report(study, proxy, finetune, stage2_not_run=plan.not_run() if plan and plan.runs_nothing else None)
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     if tracker.runs["parent"]:
         tracker.log_answer(proxy.summary, finetune.agreement if finetune else None)
@@ -142,9 +145,9 @@ def say_forecast(study: StudyConfig, cores: int):
     estimate = forecast(study, cores)
     print(estimate.summary_line(), flush=True)
     if not estimate.fits:
-        print(f"sbmoe: warning: budget_minutes={study.budget_minutes} cannot be met on this machine: even "
-              "the least stage 2 and its test phase exceed it; stage 2 will run that least and report the overrun. "
-              "--set promote=0 runs the proxy only; fewer train.data.test_datasets or a larger budget also fit",
+        print(f"sbmoe: warning: budget_minutes={study.budget_minutes} cannot hold stage 2 on this machine: even "
+              f"the least stage 2 and its test phase exceed it, so stage 2 will not run and the answer will be "
+              f"stage 1's; --set budget_minutes={math.ceil(estimate.least_s / 60) + 15} (or a GPU) runs it",
               file=sys.stderr, flush=True)
     return estimate.costs
 

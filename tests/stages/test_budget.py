@@ -43,16 +43,20 @@ def test_over_budget_seeds_go_first_then_entries_until_the_estimate_fits():
     assert plan.estimate_s["total"] <= 900 and "dropped to fit" in plan.summary_line()
 
 
-def test_whole_base_models_go_last_and_the_first_ones_baseline_and_top_configuration_run_even_over_budget():
+def test_whole_base_models_go_last_and_stage_2_runs_nothing_when_even_its_least_exceeds_the_budget():
     # 2 x (top + baseline) = 4 x 60 s training + 2 x 2 x 120 / 2 test = 480 s; one base model: 240 s
     plan = make_plan(entries(), 1, costs(), budget_s=300, spent_s=0, cores=2)
     assert {(e.base_model, e.role) for e in plan.kept} == {("a", "promoted"), ("a", "baseline")}
     assert {("b", "promoted", "bp1"), ("b", "baseline", None)} <= {(e.base_model, e.role, e.stage1_group)
                                                                    for e in plan.dropped}
-    plan = make_plan(entries(), 1, costs(), budget_s=1, spent_s=100, cores=2)
-    kept = {(e.base_model, e.role, e.stage1_group) for e in plan.kept}
-    assert kept == {("a", "promoted", "ap1"), ("a", "baseline", None)}
-    assert plan.estimate_s["total"] > plan.budget_s and "over the budget even so" in plan.summary_line()
+    assert not plan.runs_nothing
+    plan = make_plan(entries(), 1, costs(), budget_s=200, spent_s=0, cores=2)     # the least needs 240 s
+    assert plan.runs_nothing and plan.kept == [] and len(plan.dropped) == len(entries())
+    assert plan.estimate_s["total"] == 240                                      # what the least would need
+    line = plan.summary_line()
+    assert "stage 2 is not run and the answer is stage 1's" in line and "--set budget_minutes=9" in line
+    assert plan.not_run()["reason"] == line.removeprefix("[plan] ")
+    assert BudgetPlan.from_dict(plan.to_dict()).runs_nothing
     assert not math.isnan(plan.estimate_s["total"])
 
 
