@@ -15,6 +15,7 @@ Train like any stage-2 trial (killed, they resume the same way: a Tuner of their
 from __future__ import annotations
 
 from sbmoe_ray.analysis.records import TrialRecord, group_key
+from sbmoe_ray.stages.grid import fit_grid
 from sbmoe_ray.stages.test_phase import test_phase, tested_groups, trec_files
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import CONFIRM_OFFSET, Promotion
@@ -31,7 +32,6 @@ def run_confirmation(study: StudyConfig, tracker: StudyTracker, entries: list[Pr
                      cores: int | None) -> list[TrialRecord] | None:
     """Train ``entries`` on ``seeds`` fresh seeds (resumed when interrupted) and test them; their records, or
     None if a trial failed (run the study again to retry it)."""
-    from sbmoe_ray.stages.finetune import fit_grid
 
     points = [e.point(CONFIRM_OFFSET + r) for e in entries for r in range(seeds)]
     print(f"\nstage 2, confirmation: {len(entries)} configurations (the chosen ones, baselines and controls) x "

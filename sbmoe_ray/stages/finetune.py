@@ -18,10 +18,7 @@ the Tuner restores, the promotions and the plan are read back, a tested trial ke
 
 from __future__ import annotations
 
-import sys
 import time
-
-from ray import tune
 
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
@@ -30,47 +27,14 @@ from sbmoe_ray.analysis.routing import routing_metrics
 from sbmoe_ray.stages.budget import BudgetPlan, load_or_plan, plan_stage2, read_plan
 from sbmoe_ray.stages.confirm import confirmation_entries, run_confirmation
 from sbmoe_ray.stages.costs import ModelCosts
-from sbmoe_ray.stages.progress import ProgressCallback
+from sbmoe_ray.stages.grid import fit_grid
 from sbmoe_ray.stages.promotion import load_or_promote, promotions, read_promotions
 from sbmoe_ray.stages.proxy import controls
 from sbmoe_ray.stages.test_phase import test_phase, trec_files
-from sbmoe_ray.stages.trial import trainable
 from sbmoe_ray.study.config import StudyConfig
-from sbmoe_ray.study.points import Promotion, TrialPoint
+from sbmoe_ray.study.points import Promotion
 from sbmoe_ray.study.space import BY_NAME
-from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
-
-
-def finetune_tuner(study: StudyConfig, points: list[TrialPoint], callbacks: list, confirm: bool = False) -> tune.Tuner:
-    """Stage 2's Tuner (or its confirmation's): a grid over the points (restored when interrupted)."""
-    stage = study.confirm_stage() if confirm else study.finetune_stage()
-    folder = study.layout.confirm if confirm else study.layout.finetune
-    space = {"point": tune.grid_search([p.grid_value() for p in points])}
-    if tune.Tuner.can_restore(str(folder.tune)):
-        # The space again: a Tuner killed before its first trial restores without one (one empty trial).
-        return tune.Tuner.restore(str(folder.tune), trainable=trainable(stage, study.space), param_space=space,
-                                  resume_errored=True)
-    folder.folder.mkdir(parents=True, exist_ok=True)
-    return tune.Tuner(
-        trainable(stage, study.space), param_space=space,
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=study.finetune.max_concurrent),
-        run_config=tune.RunConfig(name=folder.tune.name, storage_path=str(folder.folder), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=1)))
-
-
-def fit_grid(study: StudyConfig, stage: StudyTracker, points: list[TrialPoint], confirm: bool = False
-             ) -> list[TrialRecord] | None:
-    """Train ``points`` on stage 2's grid Tuner (or its confirmation's), resumed when interrupted; their
-    records, or None when a trial failed (the stage run then ends FAILED; run the study again to retry)."""
-    name, folder = ("confirm", study.layout.confirm) if confirm else ("finetune", study.layout.finetune)
-    callbacks = [MlflowStudyCallback(stage), ProgressCallback(name, len(points))]
-    failed = len(finetune_tuner(study, points, callbacks, confirm).fit().errors)
-    if failed:
-        print(f"{failed} {name} trial(s) failed: see {folder.tune}/*/error.txt; run the study again to retry them",
-              file=sys.stderr)
-        stage.finish_stage(status="FAILED")
-        return None
-    return load_trials(folder)
+from sbmoe_ray.tracking import StudyTracker
 
 
 def promote(study: StudyConfig, proxy: StageResult) -> list[Promotion]:
