@@ -33,7 +33,7 @@ sweep: setup
 # The full suite (what CI runs), spread over pytest-xdist workers, one per core: the suite is bound by CPU
 # (Ray's processes, Train's helper actors), and a third worker on 2 cores only slowed every study down.
 # --maxschedchunk 1: tests are handed out a few at a time as workers free up (by default each worker's
-# first chunk is ~22 consecutive tests, and every slow one landed on the same worker). README, "Tests".
+# first chunk is ~22 consecutive tests, and every slow one landed on the same worker). docs/contributing.md, "Tests".
 TEST_WORKERS ?= 2
 test: setup lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 1

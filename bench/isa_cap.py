@@ -2,7 +2,7 @@
 
 An AVX2-only CPU runs fp32 matrix products at its AVX2 rate and bf16 ones ~50x slower (emulated). Run
 this once plainly and once with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
-MKL_ENABLE_INSTRUCTIONS=AVX2`` (how the README measures the quick start "on an AVX2-only CPU" with a CPU
+MKL_ENABLE_INSTRUCTIONS=AVX2`` (how docs/getting-started.md measures the quick start "on an AVX2-only CPU" with a CPU
 that has AVX-512 BF16): one thread, a 512 x 512 fp32 matmul, the same under bf16 autocast, and GFLOP/s;
 and what ``precision: auto`` resolves to.
 

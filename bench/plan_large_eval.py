@@ -7,7 +7,7 @@ per worker as ``bench/encode_sharded.py`` measures them (W workers add up to ~0.
 
     python bench/plan_large_eval.py --docs-per-s 56 --search-s 1.66 --workers 1,2,16,32
 
-Prints per collection and in total; the inputs are the caller's measurements (the README says which).
+Prints per collection and in total; the inputs are the caller's measurements (docs/results/2026-12-02-benchmarks.md says which).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What a study preset costs, before anyone pays for it: GPU-hours per part, from measured per-step and
-per-document figures (defaults: the one NVIDIA H200 run recorded in the README, "On a GPU": a MiniLM
+per-document figures (defaults: the one NVIDIA H200 run recorded in docs/results/2026-12-02-benchmarks.md, "On a GPU": a MiniLM
 training step of batch 64 in 0.23 s (plain fine-tuning; 0.14 s with N = 6), SciFact's 5,183 documents and
 300 queries evaluated in 5.4 s, i.e. ~960 documents/s, model loading included: an upper bound on time).
 

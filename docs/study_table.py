@@ -1,4 +1,4 @@
-"""The README's tables of a finished study: every configuration (mean over its seeds), and baseline vs the
+"""The results pages' tables of a finished study: every configuration (mean over its seeds), and baseline vs the
 configuration chosen by the mean validation objective.
 
     python docs/study_table.py results/studies/experts-sweep

@@ -19,7 +19,7 @@ from pathlib import Path
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA): at these levels and above its kernels use native bf16; a lower cap
-# (e.g. AVX2, with ATEN_CPU_CAPABILITY=avx2: how bench/ and the README emulate an AVX2-only CPU) does not.
+# (e.g. AVX2, with ATEN_CPU_CAPABILITY=avx2: how bench/ and getting-started emulate an AVX2-only CPU) does not.
 BF16_ISAS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
              "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT")
 

@@ -130,7 +130,7 @@ class ScalingConfig(ConfigBase):
     placement_strategy: str = setting("SPREAD", one_of(*PLACEMENT_STRATEGIES))  # across nodes
     max_failures: int = setting(1, non_negative_int)  # worker restarts from the last checkpoint
     dashboard: bool = True                  # a local Ray's dashboard (with ray[default]); false saves ~0.2 GiB
-    #                                         and ~3.5 s of CPU at start (bench: README, Tests); ASHA needs it
+    #                                         and ~3.5 s of CPU at start (docs/contributing.md, Tests); ASHA needs it
 
     @property
     def device_type(self) -> str:
