@@ -46,10 +46,13 @@ def cluster():
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.monotonic() + 90
-        while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode:
-            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
-            time.sleep(1)
+        # Ready when a job runs: the dashboard answers `ray job list` before its job agent is up ("No available
+        # agent to submit job"), seconds later on a loaded machine.
+        deadline = time.monotonic() + 180
+        while subprocess.run([RAY, "job", "submit", "--address", address, "--", "true"], env=env,
+                             capture_output=True).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not take a job"
+            time.sleep(2)
         yield address, env
     finally:
         head.send_signal(signal.SIGTERM)
