@@ -40,7 +40,13 @@ def cluster():
     dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
+    # Every port of its own: another Ray on the machine (a test's ray.init beside this one) holds the defaults,
+    # and a dashboard agent that cannot bind 52365 never takes a job ("No available agent to submit job").
+    ports = [f"--{name}={free_port()}" for name in ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "metrics-export-port", "runtime-env-agent-port",
+                                                     "ray-client-server-port", "node-manager-port",
+                                                     "object-manager-port")]
+    head = subprocess.Popen([RAY, "start", "--head", "--block", *ports, "--num-cpus=2",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                              "--disable-usage-stats", "--temp-dir", temp],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -49,9 +55,10 @@ def cluster():
         # Ready when a job runs: the dashboard answers `ray job list` before its job agent is up ("No available
         # agent to submit job"), seconds later on a loaded machine.
         deadline = time.monotonic() + 180
-        while subprocess.run([RAY, "job", "submit", "--address", address, "--", "true"], env=env,
-                             capture_output=True).returncode:
-            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not take a job"
+        while (tried := subprocess.run([RAY, "job", "submit", "--address", address, "--", "true"], env=env,
+                                       capture_output=True, text=True)).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, \
+                f"ray start --head did not take a job: {tried.stdout[-1500:]} {tried.stderr[-1500:]}"
             time.sleep(2)
         yield address, env
     finally:
