@@ -172,8 +172,16 @@ def group_trials(records: list[TrialRecord]) -> list[ConfigGroup]:
 
 
 def baselines(groups: list[ConfigGroup]) -> dict[str, ConfigGroup]:
-    """Each base model's baseline (``num_experts = 0``, all its replicates), by base model."""
-    return {g.base_model: g for g in groups if g.is_baseline}
+    """Each base model's baseline (``num_experts = 0``, all its replicates), by base model: stage 1's
+    zero-shot model, or stage 2's tested one (its baselines tuned, the chosen one: :func:`best_baseline`)."""
+    found: dict[str, ConfigGroup] = {}
+    for group in groups:
+        if group.is_baseline:
+            if group.base_model in found:
+                raise ValueError(f"{group.base_model}: several baselines ({found[group.base_model].key}, {group.key}); "
+                                 "choose one by validation first (best_baseline)")
+            found[group.base_model] = group
+    return found
 
 
 def _best(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
@@ -186,6 +194,12 @@ def _best(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
 def best_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
     """The SB-MoE configuration with the best mean validation objective (never a test metric)."""
     return _best([g for g in groups if not g.is_baseline and not g.arm], mode)
+
+
+def best_baseline(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
+    """The plain fine-tuning configuration (of stage 2's tuned ones) with the best mean validation objective."""
+    plain = [g for g in groups if g.is_baseline]
+    return _best(plain, mode) or (plain[0] if len(plain) == 1 else None)
 
 
 def preferred_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:

@@ -171,9 +171,12 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
     figures.save(figures.agreement_figure(result.configurations, study.proxy.objective, objective2),
                  layout.report_dir / "stage_agreement.png")
     dropped = result.plan is not None and bool(result.plan.get("dropped") or result.plan.get("dropped_seeds"))
+    lrs = ft.baseline_lrs(study.promote + ft.controls)
+    plain = (f"plain fine-tuning at {len(lrs)} encoder learning rates ({', '.join(f'{lr:g}' for lr in lrs)}: tuned "
+             "as much as SB-MoE, the one validation prefers tested)" if len(lrs) > 1 else "plain fine-tuning")
     lines = ["", "## Stage 2: fine-tuning the promoted configurations", "",
              f"Per base model the top {study.promote} stage-1 configurations, {ft.controls} random control(s) and "
-             f"plain fine-tuning{' (fewer where the budget said so, below)' if dropped else ''}, each fine-tuned "
+             f"{plain}{' (fewer where the budget said so, below)' if dropped else ''}, each fine-tuned "
              f"with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) for at most {ft.epochs} epoch(s) "
              f"({f'early stop after {ft.patience} without improvement' if ft.patience else 'no early stopping'}) on "
              f"{ft.num_workers} Ray Train workers, {result.seeds} seed(s) ({result.seeds_why}); ranked by "

@@ -7,7 +7,8 @@ the study measures what stage 2 costs here (:mod:`sbmoe_ray.stages.costs`) and, 
 exceeds the time left of the budget, drops stage-2 work, least needed first: replicates beyond the
 first, then per base model (in turn) its entries from the end of the order ``promoted #1, control #1,
 promoted #2, control #2, ...`` (so the rank check keeps a control as long as it has three
-configurations), then the attribution controls (random routing before the dense adapter: the dense
+configurations), each with one of plain fine-tuning's tuned learning rates (so that neither arm is tuned more
+than the other), then the attribution controls (random routing before the dense adapter: the dense
 adapter decides whether a gain is the experts'), then confirmation seeds one at a time, then whole base models
 (the last listed first: its stage-1 answer stands alone). The first base model's baseline and top
 configuration are the least stage 2: when even they (trained to their epoch cap) and their test phase
@@ -58,7 +59,7 @@ class BudgetPlan:
         head += f"; {self.confirm_seeds} fresh confirmation seed(s)"
         if not self.dropped and not self.dropped_seeds and not self.dropped_confirm:
             return head + ": everything fits"
-        gone = ", ".join(f"{e.base_model} {e.role} {e.stage1_group or 'baseline'}" for e in self.dropped)
+        gone = ", ".join(_named(e) for e in self.dropped)
         if self.runs_nothing:
             return (f"{head.replace('stage 2 estimated', 'the least stage 2 estimated')}: over the budget, so stage 2 "
                     f"is not run and the answer is stage 1's (the least: the first base model's baseline and top "
@@ -94,6 +95,13 @@ class BudgetPlan:
                       "dropped": [Promotion.from_dict(e) for e in values["dropped"]]})
 
 
+def _named(entry: Promotion) -> str:
+    """``minilm promoted 1a2b3c4d``, ``minilm baseline enc-lr=6.3e-06``, ``minilm dense adapter``."""
+    lr = entry.params.get("encoder_lr")
+    return f"{entry.base_model} {entry.role}" + (f" {entry.stage1_group}" if entry.stage1_group else "") + (
+        f" enc-lr={lr:g}" if lr is not None else "")
+
+
 def priority(entries: list[Promotion]) -> list[Promotion]:
     """Entries in the order they are dropped (first = dropped first): per base model the order
     ``promoted #1, control #1, promoted #2, ...`` read from its end, base models in turn."""
@@ -102,9 +110,12 @@ def priority(entries: list[Promotion]) -> list[Promotion]:
         promoted = [e for e in entries if e.base_model == model and e.role == "promoted"]
         controls = [e for e in entries if e.base_model == model and e.role == "control"]
         order = [e for i in range(max(len(promoted), len(controls))) for e in (promoted[i:i + 1] + controls[i:i + 1])]
+        plain = [e for e in entries if e.base_model == model and e.role == "baseline"]
         arms = [e for role in ("random routing", "dense adapter") for e in entries
                 if e.base_model == model and e.role == role]
-        per_model[model] = order[1:][::-1] + arms      # the top promoted configuration is never dropped
+        # the top promoted configuration and the first baseline (finetune.encoder_lr) are never dropped
+        paired = [e for i in range(max(len(order), len(plain)) - 1, 0, -1) for e in order[i:i + 1] + plain[i:i + 1]]
+        per_model[model] = paired + arms
     droppable = []
     while any(per_model.values()):
         for model in sorted(per_model):
@@ -209,7 +220,8 @@ def forecast(study: StudyConfig, cores: int) -> Forecast:
         hidden_size(model)                     # a clear error for an unknown or unreachable model, first
     entries = [Promotion(m, role, {}, f"{role} #{i + 1}") for m in models
                for role, n in (("promoted", study.promote), ("control", study.finetune.controls)) for i in range(n)]
-    entries += [Promotion(m, "baseline", {}) for m in models]
+    lrs = study.finetune.baseline_lrs(study.promote + study.finetune.controls)
+    entries += [Promotion(m, "baseline", {"encoder_lr": lr}) for m in models for lr in lrs]
     entries += [Promotion(m, ARMS[arm], {}) for m in models for arm in study.finetune.attribution]
     seeds, costs = study.finetune.replicates()[0], measured_costs(study, models, cores)
     confirm = study.finetune.confirm_seeds

@@ -39,11 +39,13 @@ from sbmoe_ray.tracking import StudyTracker
 
 def promote(study: StudyConfig, proxy: StageResult) -> list[Promotion]:
     """The stage-2 configurations, chosen once from stage 1's result (read back on resume)."""
-    settings = {"promote": study.promote, "controls": study.finetune.controls, "seed": study.proxy.seed,
-                "seeds": study.finetune.replicates()[0], "attribution": study.finetune.attribution}
+    ft = study.finetune
+    lrs = ft.baseline_lrs(study.promote + ft.controls)
+    settings = {"promote": study.promote, "controls": ft.controls, "seed": study.proxy.seed,
+                "seeds": ft.replicates()[0], "attribution": ft.attribution, "baseline_lrs": lrs}
     return load_or_promote(study.layout.promotions_file, settings, lambda: promotions(
-        proxy.groups, study.proxy_stage().mode, study.promote, study.finetune.controls, study.proxy.seed,
-        controls(study), study.finetune.attribution))
+        proxy.groups, study.proxy_stage().mode, study.promote, ft.controls, study.proxy.seed,
+        controls(study), ft.attribution, lrs))
 
 
 def planned(study: StudyConfig, entries: list[Promotion], plan: BudgetPlan | None

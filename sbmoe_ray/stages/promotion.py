@@ -10,7 +10,10 @@ for a few configurations only. Per base model stage 2 takes
   rank check below is made neither among winners only nor among TPE's range-restricted picks (low-fidelity
   proxies can rank configurations wrongly: a frozen backbone is such a proxy); where a drawn one is also
   a top one it is promoted, and no other replaces it,
-* the base model's plain fine-tuning baseline (``num_experts = 0``),
+* the base model's plain fine-tuning baseline (``num_experts = 0``), tuned as much as SB-MoE is (issue 22:
+  22 searched SB-MoE configurations against one fixed baseline favour SB-MoE by selection alone): as many
+  encoder learning rates (``finetune.baseline_lrs``) as there are SB-MoE candidates, the one validation prefers
+  tested (:func:`sbmoe_ray.analysis.records.best_baseline`),
 * the attribution controls ``finetune.attribution`` of the top configuration (issue 22: any trained head lifts
   a weak encoder, so a gain over plain fine-tuning alone is not the experts'): the **dense adapter**, the
   same head with one expert (``N = 1``, ``k = 1``: a residual MLP at the same learning rate), and **random
@@ -60,11 +63,19 @@ def attribution_arms(base_model: str, top: ConfigGroup, arms: list[str]) -> list
     return entries
 
 
+def baseline_entries(base_model: str, lrs: list[float]) -> list[Promotion]:
+    """Plain fine-tuning at each encoder learning rate (one: the stage's own, not named in the parameters)."""
+    params = {"base_model": base_model, "num_experts": 0}
+    return [Promotion(base_model, "baseline", {**params, **({"encoder_lr": lr} if len(lrs) > 1 else {})})
+            for lr in lrs]
+
+
 def promotions(groups: list[ConfigGroup], mode: str, promote: int, controls: int, seed: int,
-               points: list[dict[str, Any]] | None = None, arms: list[str] = ()) -> list[Promotion]:
+               points: list[dict[str, Any]] | None = None, arms: list[str] = (),
+               baseline_lrs: list[float] = (0.0,)) -> list[Promotion]:
     """Per base model: its top ``promote`` configurations, its controls (the ``points`` drawn from the
-    space; without points, ``controls`` random others of stage 1), its baseline, and the attribution
-    ``arms`` of its top configuration."""
+    space; without points, ``controls`` random others of stage 1), its baselines (one per encoder learning
+    rate of ``baseline_lrs``), and the attribution ``arms`` of its top configuration."""
     entries = []
     for base_model in sorted({g.base_model for g in groups}):
         ranked = rank([g for g in groups if g.base_model == base_model], mode)
@@ -76,7 +87,7 @@ def promotions(groups: list[ConfigGroup], mode: str, promote: int, controls: int
         for role, chosen in (("promoted", top), ("control", sorted(drawn_here, key=lambda g: g.key))):
             entries += [Promotion(base_model, role, g.params, g.key, g.objective, tuple(r.trial_id for r in g.records))
                         for g in chosen]
-        entries.append(Promotion(base_model, "baseline", {"base_model": base_model, "num_experts": 0}))
+        entries += baseline_entries(base_model, list(baseline_lrs))
         entries += attribution_arms(base_model, top[0], list(arms)) if top else []
     return entries
 
@@ -87,12 +98,13 @@ def read_promotions(path: Path) -> list[Promotion]:
 
 def load_or_promote(path: Path, settings: dict[str, Any], compute) -> list[Promotion]:
     """The promotions written before (a resumed study keeps them), else ``compute()`` written now; a
-    resumed study with other promotion settings is refused (its stage 2 would mix two selections)."""
+    resumed study with other promotion settings is refused (its stage 2 would mix two selections); a setting
+    its file does not name (one added since it was written) is not compared."""
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved["settings"] != settings:
-            old = saved["settings"]
-            changed = ", ".join(f"{k}={old.get(k)}" for k in settings if old.get(k) != settings[k])
+        old = saved["settings"]
+        changed = ", ".join(f"{k}={old[k]}" for k in settings if k in old and old[k] != settings[k])
+        if changed:
             raise ConfigError(f"config.promote/finetune: stage 2 of this study was started with {changed} ({path}); "
                               "restore those settings to resume it, or pick another study name")
         return [Promotion.from_dict(e) for e in saved["entries"]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, baselines, best_group, group_trials
+from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, best_baseline, best_group, group_trials
 from sbmoe_ray.data.beir import load_dataset
 from sbmoe_ray.data.collections import expand_names, load_topics
 from sbmoe_ray.evaluation.trec import write_trec
@@ -28,11 +28,11 @@ from sbmoe_ray.train.testing import evaluate_remote, evaluation_cpus, sharded_ev
 
 
 def chosen_groups(records: list[TrialRecord], mode: str) -> dict[str, tuple[ConfigGroup | None, ConfigGroup | None]]:
-    """Per base model: the stage-2 configuration chosen by the stage-2 objective, and the baseline."""
+    """Per base model: the SB-MoE configuration and the plain fine-tuning configuration chosen by the stage-2
+    objective (each arm tuned, each chosen by validation)."""
     groups = group_trials(records)
-    paired = baselines(groups)
-    return {m: (best_group([g for g in groups if g.base_model == m], mode), paired.get(m))
-            for m in sorted({g.base_model for g in groups})}
+    by_model = {m: [g for g in groups if g.base_model == m] for m in sorted({g.base_model for g in groups})}
+    return {m: (best_group(mine, mode), best_baseline(mine, mode)) for m, mine in by_model.items()}
 
 
 def tested_groups(records: list[TrialRecord], mode: str) -> list[ConfigGroup]:

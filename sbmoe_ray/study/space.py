@@ -159,12 +159,14 @@ ARMS = {"dense_adapter": "dense adapter", "random_routing": "random routing"}
 
 def apply(cfg: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     """The trial's config: each sampled (or fixed) parameter applied to the study's template (a random-routing
-    control also routes at random)."""
+    control also routes at random; stage 2's tuned baselines carry their own ``encoder_lr``)."""
     for param in PARAMS:
         if param.name in params:
             cfg = param.apply(cfg, params[param.name])
     if params.get("arm") == "random_routing":
         cfg = _model(cfg, routing="random")
+    if "encoder_lr" in params:
+        cfg = replace(cfg, optim=replace(cfg.optim, encoder_lr=params["encoder_lr"]))
     return cfg
 
 
@@ -172,6 +174,7 @@ def label(params: dict[str, Any], seed: int | None = None) -> str:
     """``minilm N=6 k=2 all lr=1.4e-3`` (with a seed: ``... s1``); a baseline is ``minilm baseline``."""
     if params.get("num_experts") == 0:
         text = f"{BY_NAME['base_model'].show(params['base_model'])} baseline"
+        text += f" enc-lr={_short(params['encoder_lr'])}" if "encoder_lr" in params else ""
     else:
         text = " ".join(p.show(params[p.name]) for p in PARAMS if p.name in params)
     if params.get("arm"):

@@ -58,6 +58,9 @@ class FinetuneConfig(ConfigBase):
     # fresh seeds (never used for selection), and only those tested; 0: the selection replicates are tested
     confirm_seeds: int = setting(3, non_negative_int)
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
+    # Plain fine-tuning tuned as much as SB-MoE: this many encoder learning rates, encoder_lr x 1, 0.32, 3.2, 0.1, 10, ...
+    # (the first n), the best by validation tested; null: as many as stage 2's SB-MoE candidates (promote + controls)
+    baseline_configs: int | None = setting(None, optional(positive_int))
     # Trained to convergence: validated every epoch, stopped after `patience` epochs without improving the
     # objective, at most `epochs`; the best checkpoint is tested (sbmoe_ray/train/stopping.py)
     epochs: int = setting(8, positive_int)
@@ -75,6 +78,13 @@ class FinetuneConfig(ConfigBase):
     def device(self) -> str:
         """Where stage 2 trains: what a value per kind of hardware is resolved for."""
         return "cuda" if self.use_gpu else "cpu"
+
+    def baseline_lrs(self, candidates: int) -> list[float]:
+        """Plain fine-tuning's encoder learning rates: ``baseline_configs`` of them (else ``candidates``, the
+        SB-MoE configurations stage 2 chooses among), ``encoder_lr`` first, then half-decades either side."""
+        n = self.baseline_configs or max(1, candidates)
+        factors = [1.0] + [f for i in range(1, n) for f in (10 ** (-i / 2), 10 ** (i / 2))]
+        return [float(f"{self.encoder_lr * f:.3g}") for f in factors[:n]]
 
     def replicates(self) -> tuple[int, str]:
         """The seeds for this machine and why."""

@@ -91,3 +91,14 @@ def test_confirmation_seeds_are_planned_trained_and_tested_and_go_last_one_at_a_
     assert tight.confirm_seeds == 2 and tight.dropped_confirm == 3
     assert "confirmation seeds beyond 2 (of 3)" in tight.summary_line()
     assert BudgetPlan.from_dict(tight.to_dict()) == tight
+
+
+def test_the_budget_drops_a_tuned_baseline_with_each_sb_moe_candidate_so_neither_arm_is_tuned_more():
+    tuned = entries(models=("a",), promoted=2, controls=2)
+    tuned = [e for e in tuned if e.role != "baseline"] + [Promotion("a", "baseline", {"encoder_lr": lr})
+                                                          for lr in (2e-5, 6e-6, 6e-5, 2e-6)]
+    order = priority(tuned)
+    assert [e.stage1_group or e.params["encoder_lr"] for e in order] == ["ac2", 2e-6, "ap2", 6e-5, "ac1", 6e-6]
+    for dropped in range(0, len(order) + 1, 2):
+        kept = [e for e in tuned if e not in order[:dropped]]
+        assert sum(e.role == "baseline" for e in kept) == sum(e.role in ("promoted", "control") for e in kept)

@@ -63,3 +63,20 @@ def test_stage_twos_result_is_rebuilt_from_its_files(tmp_path):
     result = rebuild(config, proxy)
     assert [row["role"] for row in result.configurations] == [e.role for e in entries]
     assert result.seeds == 2 and len(result.records) == 8 and result.summary["per_base_model"]
+
+
+def test_the_test_phase_tests_the_baseline_that_validation_prefers_among_the_tuned_ones():
+    import pytest
+
+    from sbmoe_ray.analysis.records import baselines
+    from sbmoe_ray.stages.test_phase import tested_groups
+
+    records = study(seeds=2)
+    for lr, loss in ((6e-6, 0.7), (6e-5, 1.3)):          # two more baselines, their own encoder learning rates
+        records += [TrialRecord(f"b{lr}-s{s}", {"base_model": "m", "num_experts": 0, "encoder_lr": lr}, "val_loss",
+                                {"val_loss": loss + 0.01 * s}, [], [], "cached_head", s) for s in range(2)]
+    (_, baseline), = chosen_groups(records, "min").values()
+    assert baseline.params.get("encoder_lr") == 6e-6                               # the lowest mean val_loss
+    assert sum(g.is_baseline for g in tested_groups(records, "min")) == 1          # only it is tested
+    with pytest.raises(ValueError, match="several baselines"):
+        baselines(group_trials(records))

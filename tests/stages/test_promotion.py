@@ -64,3 +64,36 @@ def test_stage_two_takes_its_controls_from_the_drawn_points_not_from_the_search(
     chosen = {e.stage1_group for e in entries if e.role == "control"}
     top = {e.stage1_group for e in entries if e.role == "promoted"}
     assert chosen == {g.key for g in drawn} - top and len(top) == 2
+
+
+def test_plain_fine_tuning_is_tuned_over_as_many_encoder_learning_rates_as_sb_moe_has_candidates():
+    from sbmoe_ray.study.stage import FinetuneConfig
+
+    ft = FinetuneConfig(encoder_lr=2e-5)
+    assert ft.baseline_lrs(6) == [2e-5, 6.32e-6, 6.32e-5, 2e-6, 2e-4, 6.32e-7]    # the stage's own first
+    assert FinetuneConfig(encoder_lr=2e-5, baseline_configs=1).baseline_lrs(6) == [2e-5]
+    groups = group_trials(proxy_trials())
+    entries = promotions(groups, "min", promote=2, controls=1, seed=0, baseline_lrs=ft.baseline_lrs(3))
+    plain = [e.params for e in entries if e.role == "baseline"]
+    assert [p["encoder_lr"] for p in plain] == [2e-5, 6.32e-6, 6.32e-5]
+    assert sum(e.role in ("promoted", "control") for e in entries) == len(plain)    # tuned as much as SB-MoE
+    one = promotions(groups, "min", promote=2, controls=1, seed=0, baseline_lrs=[2e-5])
+    assert [e.params for e in one if e.role == "baseline"] == [{"base_model": "m", "num_experts": 0}]
+
+
+def test_a_tuned_baseline_trains_at_its_own_encoder_learning_rate_and_says_so_in_its_label():
+    from sbmoe_ray.study.space import apply, label
+    from sbmoe_ray.train.config import TrainConfig
+
+    params = {"base_model": "minilm", "num_experts": 0, "encoder_lr": 6.32e-6}
+    assert apply(TrainConfig(), params).optim.encoder_lr == 6.32e-6
+    assert label(params) == "minilm baseline enc-lr=6.3e-6"
+    assert apply(TrainConfig(), {"base_model": "minilm", "num_experts": 0}).optim.encoder_lr == TrainConfig().optim.encoder_lr
+
+
+def test_a_resumed_study_keeps_its_promotions_when_a_setting_was_added_since_they_were_written(tmp_path):
+    groups = group_trials(proxy_trials())
+    path = tmp_path / "promoted.json"
+    first = load_or_promote(path, {"promote": 2}, lambda: promotions(groups, "min", 2, 1, 0))
+    again = load_or_promote(path, {"promote": 2, "baseline_lrs": [1e-5, 3e-6]}, lambda: [])
+    assert json.dumps([e.to_dict() for e in again]) == json.dumps([e.to_dict() for e in first])
