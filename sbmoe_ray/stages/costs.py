@@ -55,7 +55,7 @@ def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
         model, per_worker = encoder_model(cfg), cfg.optim.batch_size // cfg.scaling.num_workers
         step = WholeBatchStep(objective_for(cfg), device, cfg.memory.precision)
         pairs = data.train[:per_worker]
-        queries, passages = data.query_input([q for q, _ in pairs]), data.passage_input([d for _, d in pairs])
+        queries, passages = data.query_input([q for q, _ in pairs]), data.training_passages([d for _, d in pairs])
         step(model, data.query_input([pairs[0][0]] * 2), data.passage_input([pairs[0][1]] * 2), True)  # warm-up
         start = time.perf_counter()
         step(model, queries, passages, True)

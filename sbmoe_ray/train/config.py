@@ -61,6 +61,9 @@ class DataConfig(ConfigBase):
     test_split: str = "test"  # qrels/<split>.tsv of each test set
     data_dir: str | None = None             # default: $SBMOE_DATA_DIR, else ~/.cache/sbmoe/beir
     query_max_length: int = setting(64, positive_int)  # tokens of a query
+    # tokens of a training passage (null: model.max_length, as at validation and test): shorter passages make a
+    # training step cheaper; what that costs in nDCG: docs/results/2026-12-03-passage-length.md
+    train_passage_max_length: int | None = setting(None, optional(positive_int))
     validation_fraction: float = setting(0.05, unit_interval)  # training queries held out
     split_seed: int = setting(0, non_negative_int)  # the validation split (and its retrieval sample): fixed
     #                                       while run.seed varies over a study's replicates

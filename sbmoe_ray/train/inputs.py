@@ -47,8 +47,13 @@ class PairData:
     train: Pairs
     validation: Pairs
     query_input: Callable[[list[str]], EncoderInput]
-    passage_input: Callable[[list[str]], EncoderInput]
+    passage_input: Callable[[list[str]], EncoderInput]          # as validated and tested (model.max_length)
     dataset: BeirDataset
+    train_passage_input: Callable[[list[str]], EncoderInput] | None = None   # training's, when shorter
+
+    def training_passages(self, ids: list[str]) -> EncoderInput:
+        """A training batch's passages (``data.train_passage_max_length`` where set)."""
+        return (self.train_passage_input or self.passage_input)(ids)
 
 
 def embedding_cache(cfg: TrainConfig, progress: bool = True) -> PooledEmbeddingCache:
@@ -81,9 +86,13 @@ def token_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
+    def passages(length: int | None):
+        return lambda ids: tokenize([dataset.corpus[i].full_text for i in ids], length)
+
+    short = cfg.data.train_passage_max_length
     return PairData(*split_pairs(cfg, dataset),
                     lambda ids: tokenize([dataset.queries[i] for i in ids], cfg.data.query_max_length),
-                    lambda ids: tokenize([dataset.corpus[i].full_text for i in ids], cfg.model.max_length), dataset)
+                    passages(cfg.model.max_length), dataset, passages(short) if short else None)
 
 
 def token_count(inputs: EncoderInput) -> tuple[int, int]:

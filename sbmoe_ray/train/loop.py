@@ -72,7 +72,7 @@ def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, 
     for index in batches:
         step_start = time.perf_counter()
         queries = data.query_input([pairs[i][0] for i in index])
-        passages = data.passage_input([pairs[i][1] for i in index])
+        passages = data.training_passages([pairs[i][1] for i in index])
         tokens += np.add(token_count(queries), token_count(passages))
         optimizer.zero_grad(set_to_none=True)
         out, loss, accuracy = step(model, queries, passages, True)

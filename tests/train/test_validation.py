@@ -51,3 +51,19 @@ def test_the_objective_does_not_depend_on_batch_size_chunks_or_the_load_balancin
                       memory=replace(base.memory, eval_batch_size=chunk), loss=replace(base.loss, load_balancing=balance))
         values.add(round(validation_metrics(model, data, criterion, cfg, cpu)["val_loss"], 6))
     assert len(values) == 1
+
+
+def test_training_passages_are_cut_to_their_own_length_while_validation_sees_them_whole(data_dir):
+    from sbmoe_ray.train.inputs import token_inputs
+
+    cfg = TrainConfig.from_dict({"model": {"base_model": "minilm", "max_length": 256},
+                                 "data": {"train_dataset": "scifact", "data_dir": str(data_dir),
+                                          "train_passage_max_length": 32, "validation_fraction": 0.2}})
+    data = token_inputs(cfg, torch.device("cpu"))
+    ids = [d for _, d in data.train[:8]]
+    assert data.training_passages(ids)["input_ids"].shape[1] == 32
+    assert data.passage_input(ids)["input_ids"].shape[1] > 32                  # validated and tested whole
+    whole = token_inputs(TrainConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"],
+                                                                           "train_passage_max_length": None}}),
+                         torch.device("cpu"))
+    assert torch.equal(whole.training_passages(ids)["input_ids"], data.passage_input(ids)["input_ids"])
