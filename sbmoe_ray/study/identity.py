@@ -4,7 +4,8 @@ A study is resumed by running it again under the same name. That is safe only if
 is the study that began: a re-run with another number of epochs, batch size, dataset, test set or base
 model would mix trials of two studies under one report and one MLflow parent run. So the first run
 records its identity (``fingerprint.json``) and every later run of that name must match it; a mismatch
-is refused, listing each changed key with its old and new value, before anything is written.
+is refused, listing each changed key with its old and new value, before anything is written. A setting added
+to sbmoe-ray since the study began is no change while it keeps its default (the older code computed that).
 
 Settings that only say *where* or *how fast* (:data:`MAY_CHANGE`: concurrency, the dashboard, the
 locations of the data and the cache) may change between runs. The versions of the packages that compute
@@ -66,7 +67,11 @@ def check_identity(study, saved: dict[str, Any] | None, allow_new_versions: bool
     if "settings" not in saved:            # a fingerprint of sbmoe-ray 0.1: the search only
         raise ConfigError(f"{where}, recorded by an older sbmoe-ray that kept only its search space; finish it "
                           "with that version, or pick another name")
-    changed = _changes(saved["settings"], current["settings"])
+    # A setting added since the study began, at its default, computes what the older code computed.
+    defaults = settings_of(type(study)())
+    added = {k for k, v in current["settings"].items() if k not in saved["settings"] and k in defaults
+             and json.dumps(v) == json.dumps(defaults[k])}
+    changed = _changes(saved["settings"], {k: v for k, v in current["settings"].items() if k not in added})
     if changed:
         raise ConfigError(f"{where} with other settings:\n  " + "\n  ".join(changed) + "\nA resumed study must keep "
                           "every setting (these may change: " + ", ".join(MAY_CHANGE) + "). Restore them to "

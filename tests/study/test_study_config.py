@@ -88,3 +88,15 @@ def test_machine_policy_is_the_presets_not_a_library_default(monkeypatch):
         assert FinetuneConfig().replicates() == (2, "set")
     with pytest.raises(ConfigError, match=r"budget_minutes='auto'.*\{native_bf16: 45, otherwise: 90\}"):
         StudyConfig.from_dict({"budget_minutes": "auto"})
+
+
+def test_a_study_begun_before_a_setting_existed_resumes_while_that_setting_keeps_its_default():
+    from sbmoe_ray.study.identity import check_identity, identity
+
+    study = StudyConfig.from_dict({"name": "older"})
+    saved = identity(study)
+    del saved["settings"]["train.data.train_passage_max_length"]          # written before the setting existed
+    assert check_identity(study, saved)["settings"] == identity(study)["settings"]
+    changed = StudyConfig.from_dict({"name": "older", "train": {"data": {"train_passage_max_length": 128}}})
+    with pytest.raises(ConfigError, match=r"train_passage_max_length: \(absent\) -> 128"):
+        check_identity(changed, saved)
