@@ -80,6 +80,8 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
     per_epoch = max((r.history[0].get("steps_done", 0) for r in records if r.history), default=0)
     budget = {"configurations_planned": len(promotions), "seeds": seeds, "epochs": ft.epochs,
               "workers": ft.num_workers, "encoder_lr": ft.encoder_lr,
+              "baseline_encoder_lrs": sorted({p.params.get("encoder_lr", ft.encoder_lr) for p in promotions
+                                              if p.role == "baseline"}),
               "steps_cap": ft.epochs * per_epoch,
               "steps_run": {"min": min(ran, default=0), "max": max(ran, default=0)}}
     summary = study_summary(tested, comparisons, study.final_test_names, mode, ft.objective, budget, study.analysis)

@@ -131,6 +131,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
         assert not trec_run_file(record.file, "large").exists()               # sharded: no ranking kept
 
     summary = json.loads((study_dir / "report" / "summary.json").read_text())["finetune"]
+    assert summary["test"]["budget"]["baseline_encoder_lrs"] == [3.16e-5, 1e-4]
     (agreement,) = summary["agreement"].values()
     assert agreement["configurations"] == len(promoted["entries"]) - 4          # not the baselines, not the arms
     assert len(promoted["entries"]) - 4 < 3 or -1 <= agreement["kendall_tau"] <= 1
