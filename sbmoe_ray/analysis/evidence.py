@@ -50,3 +50,13 @@ def not_run_lines(reason: str) -> list[str]:
             "", "So nothing here is about fine-tuning: the answer above is stage 1's (frozen encoder, trained heads), "
             "the proxy is not checked against fine-tuning, no attribution control ran, and no configuration was "
             "confirmed on fresh seeds."]
+
+
+def confirmation_line(seeds: dict[str, list[int]]) -> str:
+    """Which replicates the test numbers below come from."""
+    if not seeds.get("confirmation"):
+        return ("Tested: the replicates stage 2 chose on (training seeds "
+                f"{seeds.get('selection')}); not confirmed on fresh seeds, so their luck in validation may carry "
+                "into the test Δ (set finetune.confirm_seeds).")
+    return (f"Tested: the chosen configuration, the baseline and the controls trained again on fresh seeds "
+            f"{seeds['confirmation']}, never used for selection (stage 2 chose on seeds {seeds['selection']}).")

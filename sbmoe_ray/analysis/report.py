@@ -21,7 +21,7 @@ from typing import Any
 from sbmoe_ray.analysis import figures
 from sbmoe_ray.analysis.attribution import attribution_lines
 from sbmoe_ray.analysis.curves import curve_lines, curve_rows, learning_curves_figure
-from sbmoe_ray.analysis.evidence import evidence_lines, not_run_lines
+from sbmoe_ray.analysis.evidence import confirmation_line, evidence_lines, not_run_lines
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
 from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
@@ -201,16 +201,6 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
     lines += evidence_lines(result.summary, result.agreement, result.plan, result.training_seeds)
     lines += curves_section(result, study.finetune_stage().mode, objective2, layout.report_dir)
     return lines + routing_section(result.summary.get("routing", {}), layout.report_dir, "routing_finetune.png")
-
-
-def confirmation_line(seeds: dict[str, list[int]]) -> str:
-    """Which replicates the test numbers below come from."""
-    if not seeds.get("confirmation"):
-        return ("Tested: the replicates stage 2 chose on (training seeds "
-                f"{seeds.get('selection')}); not confirmed on fresh seeds, so their luck in validation may carry "
-                "into the test Δ (set finetune.confirm_seeds).")
-    return (f"Tested: the chosen configuration, the baseline and the controls trained again on fresh seeds "
-            f"{seeds['confirmation']}, never used for selection (stage 2 chose on seeds {seeds['selection']}).")
 
 
 def curves_section(result: FinetuneResult, mode: str, metric: str, folder) -> list[str]:
