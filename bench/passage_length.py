@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import statistics
 
+from train_throughput import ours, settings
+
 from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig
-
-from train_throughput import ours, settings
 
 
 def main() -> None:

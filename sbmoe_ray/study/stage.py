@@ -58,8 +58,9 @@ class FinetuneConfig(ConfigBase):
     # fresh seeds (never used for selection), and only those tested; 0: the selection replicates are tested
     confirm_seeds: int = setting(3, non_negative_int)
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
-    # Plain fine-tuning tuned as much as SB-MoE: this many encoder learning rates, encoder_lr x 1, 0.32, 3.2, 0.1, 10, ...
-    # (the first n), the best by validation tested; null: as many as stage 2's SB-MoE candidates (promote + controls)
+    # Plain fine-tuning tuned as much as SB-MoE: this many encoder learning rates, encoder_lr x 1, 0.32, 3.2, 0.1,
+    # 10, ... (the first n), the best by validation tested; null: as many as stage 2's SB-MoE candidates
+    # (promote + controls)
     baseline_configs: int | None = setting(None, optional(positive_int))
     # Trained to convergence: validated every epoch, stopped after `patience` epochs without improving the
     # objective, at most `epochs`; the best checkpoint is tested (sbmoe_ray/train/stopping.py)

@@ -59,7 +59,7 @@ def steps_per_epoch(num_pairs: int, cfg: TrainConfig) -> int:
 def run_epoch(model: torch.nn.Module, step: Step, data: PairData, pairs: Pairs, cfg: TrainConfig, rank: int,
               world: int, epoch: int, optimizer, scheduler) -> dict[str, Any]:
     """One training pass over ``pairs`` in full global batches (the last partial batch is dropped);
-    validation is :func:`sbmoe_ray.train.validation.validation_metrics`."""
+    validation is :func:`sbmoe_ray.train.validation.validate`."""
     bare = getattr(model, "module", model)
     load = ExpertLoad.empty(bare.head.num_experts) if bare.head is not None else None
     batches = epoch_batches(len(pairs), cfg.optim.batch_size, rank, world, cfg.run.seed, epoch)
@@ -146,8 +146,8 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
             log_progress(cfg.run_dir, "epoch_start", epoch=epoch, device=str(device))
         trained = run_epoch(model, step, data, data.train, cfg, rank, world, epoch, optimizer, scheduler)
         metrics = {"epoch": epoch, "steps_done": (epoch + 1) * steps, **trained}
-        if data.validation:            # every rank computes it on the same pairs: no rank waits idle
-            metrics.update(validate(bare, data, criterion, cfg, device))
+        if data.validation:            # each rank embeds its share of the held-out texts; all get the metrics
+            metrics.update(validate(bare, data, criterion, cfg, device, rank, world))
         stop = stopper.update(epoch, metrics)
         metrics.update({"since_best": stopper.since_best, "stopped_early": float(stop)})
         if rank == 0:

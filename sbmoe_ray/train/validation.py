@@ -7,13 +7,15 @@ of the 81 held-out queries never counted), and ``val_loss`` included the SB-MoE 
 term, which a baseline has not (with every expert active at inference it added exactly +0.01), so the
 objective partly ranked router balance and penalised SB-MoE against plain fine-tuning.
 
-Here every held-out (query, positive) pair is embedded once (in chunks of ``memory.eval_batch_size``) and
-the run's contrastive loss is taken over the whole set at once: each held-out query against every held-out
-positive, the others being its negatives (in-batch negatives with the whole validation set as the batch).
-The number does not depend on the batch size, the chunking or the worker count (every worker computes it
-on the same pairs), and carries no load-balancing term; the router's balance is reported beside it
-(``val_load.*``). ``validation_ndcg`` is the retrieval view: nDCG@10 of the held-out queries over their
-positives plus ``data.validation_retrieval_docs`` sampled documents. :func:`validate` is both, as every
+Here every held-out query and positive is embedded once (in chunks of ``memory.eval_batch_size``; with W
+workers each embeds every W-th text and they gather the rest, so validation costs a worker 1/W of the texts)
+and the run's contrastive loss is taken over the whole set of held-out pairs at once: each held-out query
+against every held-out positive, the others being its negatives (in-batch negatives with the whole
+validation set as the batch).
+The number does not depend on the batch size, the chunking or the worker count (every worker ends with
+the same embeddings), and carries no load-balancing term; the router's balance is reported beside it
+(``val_load.*``). The retrieval view: nDCG@10 of the held-out queries over their
+positives plus ``data.validation_retrieval_docs`` sampled documents. :func:`validate` gives both, as every
 epoch reports them; :func:`base_model_validation` gives the same numbers for the untrained base model (the
 ``zero_shot`` baseline), so a study can answer "no head" when validation prefers it.
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import numpy as np
 import torch
 
 from sbmoe_ray.data.beir import identical_id_queries
@@ -34,6 +35,7 @@ from sbmoe_ray.model.moe import ExpertLoad
 from sbmoe_ray.runtime.precision import autocast
 from sbmoe_ray.train.config import TrainConfig
 from sbmoe_ray.train.inputs import PairData
+from sbmoe_ray.train.step import all_sum
 
 
 def _embed(model: BiEncoder, ids: list[str], to_input, cfg: TrainConfig, device: torch.device,
@@ -48,46 +50,63 @@ def _embed(model: BiEncoder, ids: list[str], to_input, cfg: TrainConfig, device:
     return torch.cat(parts)
 
 
-@torch.inference_mode()
-def validation_metrics(model: BiEncoder, data: PairData, criterion: torch.nn.Module, cfg: TrainConfig,
-                       device: torch.device) -> dict[str, Any]:
-    """``val_loss`` and ``val_accuracy`` over every held-out pair at once, and the router's load on them."""
-    model.eval()
-    load = ExpertLoad.empty(model.head.num_experts) if model.head is not None else None
-    queries = _embed(model, [q for q, _ in data.validation], data.query_input, cfg, device, load)
-    passages = _embed(model, [d for _, d in data.validation], data.passage_input, cfg, device, load)
-    loss, accuracy = criterion(queries, passages, offset=0)
-    metrics = {"val_loss": float(loss), "val_accuracy": float(accuracy), "val_pairs": len(data.validation),
-               "val_queries": len({q for q, _ in data.validation})}
-    if load is not None:
-        metrics.update({f"val_load.{k}": v for k, v in load.summary().items()})
-    return metrics
+def _embed_shared(model: BiEncoder, ids: list[str], to_input, cfg: TrainConfig, device: torch.device,
+                  rank: int, world: int, load: ExpertLoad | None) -> torch.Tensor:
+    """``ids`` embedded in order, each of ``world`` workers encoding every world-th text and all of them
+    gathering the rest (each worker's router load counts its own share)."""
+    if world == 1 or len(ids) < world:
+        return _embed(model, ids, to_input, cfg, device, load if rank == 0 else None)
+    mine = _embed(model, ids[rank::world], to_input, cfg, device, load)
+    rows = -(-len(ids) // world)
+    padded = torch.zeros(rows, mine.shape[1], device=mine.device)
+    padded[: len(mine)] = mine
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    out = torch.empty(len(ids), mine.shape[1], device=mine.device)
+    for r, part in enumerate(parts):
+        out[r::world] = part[: len(ids[r::world])]
+    return out
 
 
-@torch.inference_mode()
-def validation_ndcg(model: BiEncoder, data: PairData, cfg: TrainConfig, device: torch.device) -> float:
-    """nDCG@10 of the held-out queries against their positives plus ``validation_retrieval_docs`` others."""
-    query_ids = sorted({q for q, _ in data.validation})
-    positives = {d for _, d in data.validation}
-    others = sorted(set(data.dataset.corpus) - positives)
-    sample = random.Random(cfg.data.split_seed).sample(others, min(cfg.data.validation_retrieval_docs, len(others)))
-    doc_ids = sorted(positives) + sample
-    model.eval()
+def _retrieval_sample(data: PairData, cfg: TrainConfig, positives: list[str]) -> list[str]:
+    """The ``validation_retrieval_docs`` corpus documents that are no held-out positive (seeded, fixed)."""
+    if not cfg.data.validation_retrieval_docs:
+        return []
+    others = sorted(set(data.dataset.corpus) - set(positives))
+    return random.Random(cfg.data.split_seed).sample(others, min(cfg.data.validation_retrieval_docs, len(others)))
 
-    def embed(ids: list[str], to_input) -> np.ndarray:
-        return _embed(model, ids, to_input, cfg, device).cpu().numpy()
 
-    run = exact_search(embed(doc_ids, data.passage_input), doc_ids, embed(query_ids, data.query_input), query_ids, k=10)
+def _ndcg(queries: torch.Tensor, query_ids: list[str], docs: torch.Tensor, doc_ids: list[str], data: PairData,
+          cfg: TrainConfig) -> float:
+    """nDCG@10 of the held-out queries against their positives plus the sampled documents."""
+    run = exact_search(docs.cpu().numpy(), doc_ids, queries.cpu().numpy(), query_ids, k=10)
     drop = identical_id_queries(data.dataset, cfg.data.identical_ids.get(data.dataset.name, "auto"))
     return evaluate_run({q: data.dataset.qrels[q] for q in query_ids}, run, ignore_identical_ids=drop).means["ndcg@10"]
 
 
+@torch.inference_mode()
 def validate(model: BiEncoder, data: PairData, criterion: torch.nn.Module, cfg: TrainConfig,
-             device: torch.device) -> dict[str, Any]:
-    """Every validation metric of a run at this point: the loss view, and nDCG@10 when configured."""
-    metrics = validation_metrics(model, data, criterion, cfg, device)
-    if cfg.data.validation_retrieval_docs:
-        metrics["val_ndcg@10"] = validation_ndcg(model, data, cfg, device)
+             device: torch.device, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Every validation metric of a run at this point: ``val_loss`` and ``val_accuracy`` over every held-out
+    pair at once, the router's load on the held-out queries and positives, and nDCG@10 when configured.
+    Each held-out text is embedded once, its share by each of ``world`` workers."""
+    model.eval()
+    load = ExpertLoad.empty(model.head.num_experts) if model.head is not None else None
+    query_ids, positives = sorted({q for q, _ in data.validation}), sorted({d for _, d in data.validation})
+    queries = _embed_shared(model, query_ids, data.query_input, cfg, device, rank, world, load)
+    docs = _embed_shared(model, positives, data.passage_input, cfg, device, rank, world, load)
+    q_row, d_row = {q: i for i, q in enumerate(query_ids)}, {d: i for i, d in enumerate(positives)}
+    loss, accuracy = criterion(queries[[q_row[q] for q, _ in data.validation]],
+                               docs[[d_row[d] for _, d in data.validation]], offset=0)
+    metrics = {"val_loss": float(loss), "val_accuracy": float(accuracy), "val_pairs": len(data.validation),
+               "val_queries": len(query_ids)}
+    if load is not None:
+        merged = ExpertLoad.from_tensor(all_sum(load.to_tensor().to(device), world).cpu())
+        metrics.update({f"val_load.{k}": v for k, v in merged.summary().items()})
+    sample = _retrieval_sample(data, cfg, positives)
+    if sample:
+        docs = torch.cat([docs, _embed_shared(model, sample, data.passage_input, cfg, device, rank, world, None)])
+        metrics["val_ndcg@10"] = _ndcg(queries, query_ids, docs, positives + sample, data, cfg)
     return metrics
 
 
