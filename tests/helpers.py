@@ -249,3 +249,16 @@ def record_existing_study(config: Path):
 def trec_qrels(beir_qrels) -> list[str]:
     """A BEIR qrels TSV (header; query, document, relevance) as TREC qrels lines (query 0 document relevance)."""
     return ["{} 0 {} {}".format(*line.split("\t")) for line in open(beir_qrels).read().splitlines()[1:]]
+
+
+def own_ports() -> dict[str, int]:
+    """Head-node arguments (``ray.cluster_utils.Cluster``) that give its dashboard and dashboard agent ports of
+    their own: another Ray on the machine (the other test worker's) may hold the defaults 8265 and 52365."""
+    import socket
+
+    def free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return {"dashboard_port": free(), "dashboard_agent_listen_port": free()}

@@ -5,6 +5,7 @@ that asks for more than any node has."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from ray.cluster_utils import Cluster
 from sbmoe_ray.analysis.records import load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import finish, registered_epoch, runs, save_tiny_model, sweep, synthetic_dataset, write_study
+from helpers import finish, own_ports, registered_epoch, runs, save_tiny_model, sweep, synthetic_dataset, write_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -37,8 +38,7 @@ def assets(tmp_path_factory, tokenizer):
 def cluster():
     # The head holds no CPU, so trial drivers and Train workers run on the two worker nodes.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1",
-                                                            "dashboard_port": free_port()})
+                                                            "dashboard_host": "127.0.0.1", **own_ports()})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, workers
@@ -97,7 +97,7 @@ def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) for a private mount namespace")
 def test_storage_that_a_node_cannot_see_is_refused(tmp_path, assets):
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": free_port()})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **own_ports()})
     storage = tmp_path / "studies"
     storage.mkdir()
     # A second node that has its own, empty, /…/studies: what a driver-local folder looks like to it.
@@ -105,7 +105,7 @@ def test_storage_that_a_node_cannot_see_is_refused(tmp_path, assets):
     node = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
          f'mount -t tmpfs tmpfs "{storage}" && exec "{ray_bin}" start --address={cluster.address} '
-         "--num-cpus=1 --block"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         f"--num-cpus=1 --dashboard-agent-listen-port={free_port()} --block"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         if not _wait_for_alive_nodes(cluster.address, 2):
             if node.poll() is not None:
@@ -130,7 +130,8 @@ def test_storage_that_a_node_cannot_see_is_refused(tmp_path, assets):
                                env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
         assert "GCS " in local.stdout and cluster.address not in local.stdout, local.stderr[-2000:]
     finally:
-        os.killpg(node.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):          # a node that never started has no group left
+            os.killpg(node.pid, signal.SIGKILL)
         cluster.shutdown()
 
 

@@ -14,12 +14,17 @@ from ray.util.state import list_actors
 
 from sbmoe_ray.tracking import system_metrics
 
+from helpers import own_ports
+
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
 @pytest.fixture
 def cluster():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # the head's dashboard and agent on ports of their own: another Ray on the machine (the other test worker's)
+    # may hold the defaults, and a state API without its dashboard cannot list actors
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1", **own_ports()})
     for _ in range(2):
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
