@@ -251,14 +251,16 @@ def trec_qrels(beir_qrels) -> list[str]:
     return ["{} 0 {} {}".format(*line.split("\t")) for line in open(beir_qrels).read().splitlines()[1:]]
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def own_ports() -> dict[str, int]:
     """Head-node arguments (``ray.cluster_utils.Cluster``) that give its dashboard and dashboard agent ports of
     their own: another Ray on the machine (the other test worker's) may hold the defaults 8265 and 52365."""
-    import socket
-
-    def free() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    return {"dashboard_port": free(), "dashboard_agent_listen_port": free()}
+    return {"dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()}

@@ -12,7 +12,7 @@ for a few configurations only. Per base model stage 2 takes
   a top one it is promoted, and no other replaces it,
 * the base model's plain fine-tuning baseline (``num_experts = 0``), tuned as much as SB-MoE is (issue 22:
   22 searched SB-MoE configurations against one fixed baseline favour SB-MoE by selection alone): as many
-  encoder learning rates (``finetune.baseline_lrs``) as there are SB-MoE candidates, the one validation prefers
+  encoder learning rates (``finetune.baseline_configs``) as there are SB-MoE candidates, the one validation prefers
   tested (:func:`sbmoe_ray.analysis.records.best_baseline`),
 * the attribution controls ``finetune.attribution`` of the top configuration (issue 22: any trained head lifts
   a weak encoder, so a gain over plain fine-tuning alone is not the experts'): the **dense adapter**, the

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,17 @@ from ray.cluster_utils import Cluster
 from sbmoe_ray.analysis.records import load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import finish, own_ports, registered_epoch, runs, save_tiny_model, sweep, synthetic_dataset, write_study
+from helpers import (
+    finish,
+    free_port,
+    own_ports,
+    registered_epoch,
+    runs,
+    save_tiny_model,
+    sweep,
+    synthetic_dataset,
+    write_study,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -44,11 +53,6 @@ def cluster():
     yield cluster, workers
     cluster.shutdown()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 EPOCHS = 3       # a node dies in epoch 1 or 2, after a registered checkpoint

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from sbmoe_ray.cli import main
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.study.identity import check_identity
 
-from helpers import bad_input_assets, record_existing_study, write_study
+from helpers import bad_input_assets, free_port, record_existing_study, write_study
 
 ANSWER_SECONDS = 8.0        # well under the first expensive step (the caches; a study's first Ray start is ~10 s)
 
@@ -46,12 +45,6 @@ def snapshot(tmp_path: Path) -> dict[str, str]:
     """Every file under the test's folder (the study, its storage, the MLflow store, the data root) by hash."""
     return {str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name != "study.yaml"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one message must say)

@@ -93,11 +93,10 @@ def _validate_as_worker(rank: int, world: int, root: str, port: int, out: str) -
 
 def test_two_workers_each_embedding_half_the_held_out_texts_get_the_metrics_of_one_worker(tmp_path, tiny_dataset):
     import json
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from helpers import free_port
+
+    port = free_port()
     out = str(tmp_path / "metrics")
     _validate_as_worker(0, 1, str(tiny_dataset), port, out)
     # spawned, not forked: a fork of a process whose OpenMP threads have run can hang in the child
