@@ -252,12 +252,19 @@ def trec_qrels(beir_qrels) -> list[str]:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
+    """A TCP port free on 127.0.0.1 now, drawn from 20000-32767: below the kernel's ephemeral range (32768-60999,
+    where any outgoing connection may take it before the server binds it) and above Ray's worker ports
+    (10002-19999)."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", random.SystemRandom().randint(20000, 32767)))   # not the seeded global
+            except OSError:
+                continue
+            return s.getsockname()[1]
 
 
 def own_ports() -> dict[str, int]:
