@@ -21,7 +21,8 @@ import pytest
 
 from helpers import free_port, runs, save_tiny_model, synthetic_dataset, write_study
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the module: one head, not one per worker (Makefile: --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_jobs")]
 
 RAY = str(Path(sys.executable).parent / "ray")
 
