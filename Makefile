@@ -32,13 +32,13 @@ sweep: setup
 
 # The full suite (what CI runs), spread over pytest-xdist workers, one per core: the suite is bound by CPU
 # (Ray's processes, Train's helper actors), and a third worker on 2 cores only slowed every study down.
-# --dist loadgroup --no-loadscope-reorder: tests are handed out one at a time, in collection order (heaviest
-# first, tests/conftest.py), as workers free up (xdist's default --dist load gives each worker a first chunk of
-# ~22 consecutive tests, and every slow one landed on the same worker); the tests of one xdist_group mark go
-# to one worker (the Ray Jobs module: one head, not one per worker). docs/contributing.md, "Tests".
+# --maxschedchunk 1: tests are handed out a few at a time as workers free up (by default each worker's
+# first chunk is ~22 consecutive tests, and every slow one landed on the same worker). Not --dist loadgroup:
+# with pytest 9.2 and pytest-xdist 3.8 it ignores xdist_group marks (docs/stack-notes.md).
+# docs/contributing.md, "Tests".
 TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 1
 
 # The edit loop: everything but whole studies, Ray Train runs and clusters (every module still reached).
 test-fast: setup

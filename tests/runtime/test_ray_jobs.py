@@ -21,8 +21,7 @@ import pytest
 
 from helpers import free_port, runs, save_tiny_model, synthetic_dataset, write_study
 
-# One xdist worker runs the module: one head, not one per worker (Makefile: --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_jobs")]
+pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).parent / "ray")
 
