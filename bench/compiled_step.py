@@ -18,9 +18,8 @@ import statistics
 import time
 
 import torch
-from train_throughput import settings
+from train_throughput import settings, stage2_step
 
-from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, resolved
 from sbmoe_ray.train.loop import build_optimizer, run_epoch
 from sbmoe_ray.train.routes import ROUTES, objective_for
@@ -53,9 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     from sbmoe_ray.runtime.hardware import describe_machine
 
-    cfg = settings(TrainConfig(model=ModelConfig(base_model="minilm", num_experts=0, max_length=256)),
-                   train_dataset="scifact", batch_size=64, query_max_length=64, encoder_lr=2e-5,
-                   precision="auto", data_dir=args.data_dir, num_workers=1)
+    cfg = stage2_step(args.data_dir)
     print(f"machine: {describe_machine()}; torch {torch.__version__}; MiniLM N=0, batch 64, median s/step of "
           f"{args.steps} steps after {args.warmup} warm-up steps, {args.rounds} interleaved rounds", flush=True)
     runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}

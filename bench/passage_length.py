@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from train_throughput import ours, settings
-
-from sbmoe_ray.model.bi_encoder import ModelConfig
-from sbmoe_ray.train import TrainConfig
+from train_throughput import ours, settings, stage2_step
 
 
 def main() -> None:
@@ -29,9 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     from sbmoe_ray.runtime.hardware import describe_machine
 
-    base = settings(TrainConfig(model=ModelConfig(base_model="minilm", num_experts=0, max_length=256)),
-                    train_dataset="scifact", batch_size=64, query_max_length=64, encoder_lr=2e-5,
-                    precision="auto", data_dir=args.data_dir, num_workers=1)
+    base = stage2_step(args.data_dir)
     print(f"machine: {describe_machine()}; MiniLM N=0, batch 64, queries <= 64 tokens, median s/step of "
           f"{args.steps} steps (first excluded), {args.rounds} interleaved rounds", flush=True)
     times: dict[int, list[float]] = {n: [] for n in args.lengths}

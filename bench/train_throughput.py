@@ -44,6 +44,14 @@ def settings(cfg: TrainConfig, **values) -> TrainConfig:
     return cfg
 
 
+def stage2_step(data_dir: str | None) -> TrainConfig:
+    """Plain MiniLM fine-tuning as stage 2 trains it, in one process: SciFact, batch 64, queries <= 64 and
+    passages <= 256 tokens, encoder lr 2e-5, bf16 where native (the step of the item-7 bench scripts)."""
+    return settings(TrainConfig(model=ModelConfig(base_model="minilm", num_experts=0, max_length=256)),
+                    train_dataset="scifact", batch_size=64, query_max_length=64, encoder_lr=2e-5,
+                    precision="auto", data_dir=data_dir, num_workers=1)
+
+
 def ours(cfg: TrainConfig, steps: int) -> tuple[float, float]:
     """Median seconds per step of our loop, in this process (no Ray), first step excluded, and the share of
     the matmul ceiling (at the run's precision) that the measured steps reached."""
