@@ -60,8 +60,8 @@ def start_head(temp: str, env: dict) -> tuple[subprocess.Popen, str] | tuple[Non
 def cluster():
     """``ray start --head --block`` as a user starts it, with its own temp dir, token auth on; stopped with
     SIGTERM to that one process (``ray stop`` would stop every Ray on the machine, other tests' too). A head
-    that dies while starting (seen once in CI beside the other worker's Rays: a port taken between choosing
-    and binding it) is started again on other ports, twice at most; its log is in the failure."""
+    that dies while starting (seen once in CI beside the other worker's Rays; its cause unknown, its output
+    was not kept then) is started again on other ports, twice at most; its log is in the failure."""
     temp = tempfile.mkdtemp(prefix="rjob", dir="/tmp")        # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
