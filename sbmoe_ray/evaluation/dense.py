@@ -205,3 +205,19 @@ def evaluate_pooled(model: BiEncoder, dataset: BeirDataset, doc_pooled: np.ndarr
     query_emb = project_pooled(model, query_pooled, top1=top1 and top1[1])
     seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
     return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, "cpu", identical_ids, top1)
+
+
+def evaluate_states(model: BiEncoder, dataset: BeirDataset, cache, settings: EncodeSettings, query_max_length: int,
+                    k: int = RANKING_DEPTH, identical_ids: str = "auto") -> EvaluationResult:
+    """:func:`evaluate` for a model trained at depth k: its top layers and head on the cached token states
+    below them (``cache``: a :class:`~sbmoe_ray.evaluation.state_cache.LayerStateCache`, built where missing)."""
+    from sbmoe_ray.evaluation.state_cache import dataset_states, embed_states
+
+    docs, queries = dataset_states(cache, dataset, query_max_length)
+    load, top1 = _empty_load(model), _top1_arrays(model, dataset)
+    start = time.perf_counter()
+    doc_emb = embed_states(model, docs, settings, f"{dataset.name} corpus", load, top1 and top1[0])
+    encoded = time.perf_counter()
+    query_emb = embed_states(model, queries, settings, f"{dataset.name} queries", None, top1 and top1[1])
+    seconds = {"encode_corpus": encoded - start, "encode_queries": time.perf_counter() - encoded}
+    return _search_and_score(dataset, doc_emb, query_emb, load, seconds, k, settings.device, identical_ids, top1)

@@ -132,22 +132,32 @@ def load_tokenizer(name: str):
         raise _load_error(name, source, exc) from exc
 
 
-def hidden_size(name: str) -> int:
-    """The base model's hidden size, read from its config (no weights loaded)."""
+def _auto_config(name: str):
+    """The base model's transformers config (no weights loaded); a clear error when it cannot be had."""
     from transformers import AutoConfig
 
     source = resolve_model(name).source
     if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
         raise _load_error(name, source, "no such folder")
     try:
-        return AutoConfig.from_pretrained(source, local_files_only=True).hidden_size
+        return AutoConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
         if not _hub_reachable():
             raise _load_error(name, source, f"{type(exc).__name__}, and the hub is unreachable (offline?)") from None
     try:
-        return AutoConfig.from_pretrained(source).hidden_size
+        return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise _load_error(name, source, exc) from exc
+
+
+def hidden_size(name: str) -> int:
+    """The base model's hidden size, read from its config (no weights loaded)."""
+    return _auto_config(name).hidden_size
+
+
+def num_layers(name: str) -> int:
+    """How many Transformer layers the base model has (a derived cut: its kept layers)."""
+    return resolve_model(name).num_layers or _auto_config(name).num_hidden_layers
 
 
 def set_attention_dropout(backbone, probability: float) -> None:

@@ -3,7 +3,8 @@
 ``embed(x) = normalize?( SBMoE( pool( encoder(x) ) ) )`` for queries and documents alike; with
 ``num_experts = 0`` there is no head and this is the plain fine-tuning baseline. With a frozen encoder the
 pooled embeddings can be computed once (:mod:`sbmoe_ray.evaluation.embedding_cache`) and fed to ``forward`` directly;
-such a model may have no backbone at all.
+such a model may have no backbone at all. With ``trained_layers = k`` only the top k layers train, and
+``forward`` also takes the cached token states of the layer below them (:mod:`sbmoe_ray.model.depth`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from torch import nn
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.model.backbones import load_backbone
 from sbmoe_ray.model.config import POOLINGS, ModelConfig
+from sbmoe_ray.model.depth import HiddenStates, freeze_below, top_forward, trained_prefixes
 from sbmoe_ray.model.moe import Routing, SBMoE
 
 MODEL_CONFIG_FILE, WEIGHTS_FILE = "model_config.json", "model.pt"
-# Token batches ({"input_ids", "attention_mask"}) or, on the cached_head route, pooled embeddings [B, H].
-EncoderInput = Mapping[str, torch.Tensor] | torch.Tensor
+# Token batches ({"input_ids", "attention_mask"}), cached token states of the layer below the trained ones
+# (cached_layers), or, on the cached_head route, pooled embeddings [B, H].
+EncoderInput = Mapping[str, torch.Tensor] | HiddenStates | torch.Tensor
 
 
 @dataclass
@@ -36,21 +39,33 @@ class EncoderOutput:
 
 class BiEncoder(nn.Module):
     def __init__(self, backbone: nn.Module | None, pooling: str = "mean", normalize: bool = False,
-                 head: SBMoE | None = None, frozen_encoder: bool = False, hidden_size: int | None = None) -> None:
+                 head: SBMoE | None = None, frozen_encoder: bool = False, hidden_size: int | None = None,
+                 trained_layers: int | None = None) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling={pooling!r}: allowed values are {POOLINGS}")
         self.backbone, self.pooling, self.normalize, self.head = backbone, pooling, normalize, head
-        self.frozen_encoder = frozen_encoder
+        # None: every layer and the embeddings train; k: the top k layers; 0: a frozen encoder
+        self.trained_layers = 0 if frozen_encoder else trained_layers
+        self.frozen_encoder = self.trained_layers == 0
         self.hidden_size = backbone.config.hidden_size if backbone is not None else hidden_size
-        if frozen_encoder and backbone is not None:
-            backbone.requires_grad_(False)
+        if self.trained_layers is not None and backbone is not None:
+            freeze_below(backbone, self.trained_layers)
 
     def train(self, mode: bool = True) -> BiEncoder:
         super().train(mode)
-        if self.frozen_encoder and self.backbone is not None:
-            self.backbone.eval()   # a frozen encoder is a fixed function: no dropout, as in the cache
+        if self.trained_layers is not None and self.backbone is not None:
+            self.backbone.eval()   # frozen layers are a fixed function: no dropout, as in the caches
+            if self.trained_layers:
+                for layer in self.backbone.encoder.layer[-self.trained_layers:]:
+                    layer.train(mode)
         return self
+
+    def frozen_key(self, key: str) -> bool:
+        """Whether a state-dict key belongs to the frozen part of the encoder (not saved: the base model's)."""
+        if self.trained_layers is None or not key.startswith("backbone."):
+            return False
+        return self.trained_layers == 0 or not key.startswith(trained_prefixes(self.backbone, self.trained_layers))
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -80,6 +95,8 @@ class BiEncoder(nn.Module):
     def _pooled(self, inputs: EncoderInput) -> torch.Tensor:
         if isinstance(inputs, torch.Tensor):
             return inputs
+        if isinstance(inputs, HiddenStates):
+            return self.pool_hidden(top_forward(self.backbone, inputs, self.trained_layers), inputs.attention_mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
             return self.pool(inputs["input_ids"], inputs["attention_mask"])
 
@@ -98,24 +115,28 @@ def build_head(config: ModelConfig, hidden_size: int) -> SBMoE | None:
 
 
 def build_bi_encoder(config: ModelConfig, backbone: nn.Module | None = None, frozen_encoder: bool = False,
-                     hidden_size: int | None = None) -> BiEncoder:
+                     hidden_size: int | None = None, trained_layers: int | None = None) -> BiEncoder:
     """A bi-encoder for a *resolved* config; ``backbone`` overrides loading ``config.base_model``.
 
-    ``hidden_size`` without a backbone builds the backbone-less model of the cached_head route.
+    ``hidden_size`` without a backbone builds the backbone-less model of the cached_head route;
+    ``trained_layers`` k freezes all but the top k layers (None: every layer trains).
     """
     config.validate()
     if hidden_size is None:
         backbone = backbone if backbone is not None else load_backbone(config.base_model)
         hidden_size = backbone.config.hidden_size
     head = build_head(config, hidden_size)
-    return BiEncoder(backbone, config.pooling or "mean", bool(config.normalize), head, frozen_encoder, hidden_size)
+    return BiEncoder(backbone, config.pooling or "mean", bool(config.normalize), head, frozen_encoder, hidden_size,
+                     trained_layers)
 
 
 def save_model(model: BiEncoder, config: ModelConfig, folder: Path) -> None:
-    """Config + weights; a frozen encoder is not saved (it is the base model's, rebuilt on load)."""
-    state = {k: v for k, v in model.state_dict().items() if not (model.frozen_encoder and k.startswith("backbone."))}
+    """Config + the trained weights only: the frozen part of the encoder is the base model's, rebuilt on load
+    (a depth-k checkpoint holds the top k layers and the head)."""
+    state = {k: v for k, v in model.state_dict().items() if not model.frozen_key(k)}
     torch.save(state, folder / WEIGHTS_FILE)
-    meta = {"config": asdict(config), "frozen_encoder": model.frozen_encoder, "hidden_size": model.hidden_size}
+    meta = {"config": asdict(config), "frozen_encoder": model.frozen_encoder, "hidden_size": model.hidden_size,
+            "trained_layers": model.trained_layers}
     (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta))
 
 
@@ -123,15 +144,16 @@ def load_model(folder: Path, with_backbone: bool = True) -> tuple[BiEncoder, Mod
     """A saved model; ``with_backbone=False`` (frozen encoders only) gives the head for cached embeddings."""
     meta = json.loads((folder / MODEL_CONFIG_FILE).read_text())
     config, frozen = ModelConfig(**meta["config"]), meta["frozen_encoder"]
-    model = build_bi_encoder(config, frozen_encoder=frozen, hidden_size=None if with_backbone else meta["hidden_size"])
+    model = build_bi_encoder(config, frozen_encoder=frozen, hidden_size=None if with_backbone else meta["hidden_size"],
+                             trained_layers=meta.get("trained_layers"))
     load_weights(model, folder)
     return model, config
 
 
 def load_weights(model: BiEncoder, folder: Path) -> None:
-    """Load saved weights into ``model``; only a frozen encoder's weights may be absent from the file."""
+    """Load saved weights into ``model``; only the frozen part of the encoder may be absent from the file."""
     state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (model.frozen_encoder and k.startswith("backbone."))]
+    missing = [k for k in missing if not model.frozen_key(k)]
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")

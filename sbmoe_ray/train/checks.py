@@ -79,6 +79,16 @@ def check_base_model(name: str, key: str) -> None:
         raise ModelLoadError(f"{key}={name!r}: {exc}") from None
 
 
+def check_depth(cfg: TrainConfig, where: str) -> None:
+    """``optim.trained_layers`` within the base model's layers."""
+    from sbmoe_ray.model.backbones import num_layers
+
+    k = cfg.optim.trained_layers
+    if isinstance(k, int) and k > (total := num_layers(cfg.model.base_model)):
+        raise ConfigError(f"{where}.optim.trained_layers={k}: {cfg.model.base_model!r} has {total} layers; allowed "
+                          f"are 'all' or 0..{total}")
+
+
 def _no_gpu() -> str | None:
     """Why this machine has no GPU for torch (None: it has one)."""
     import torch
@@ -127,6 +137,7 @@ def check_train_config(cfg: TrainConfig, where: str = "config", local: bool = Tr
     check_test_data_never_trains(cfg.data, loaded, f"{where}.data")
     check_loss(cfg.loss.name, f"{where}.loss.name")
     check_base_model(cfg.model.base_model, f"{where}.model.base_model")
+    check_depth(cfg, where)
     if local:
         check_gpus(cfg.scaling.use_gpu, f"{where}.scaling.use_gpu")
     return loaded

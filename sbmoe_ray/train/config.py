@@ -13,6 +13,8 @@ way); :mod:`sbmoe_ray.train.launch` builds the inputs, the step and the session 
 
 * ``zero_shot``       frozen encoder, no experts: nothing to train; the base model is evaluated.
 * ``cached_head``     frozen encoder: the SB-MoE head trains on cached pooled embeddings (seconds).
+* ``cached_layers``   the top k layers trained (``optim.trained_layers: k``) from cached token states of the
+                      layer below them, computed once per base model and text (:mod:`sbmoe_ray.model.depth`).
 * ``live``            one forward and backward of the whole batch through the encoder (and head).
 * ``cached_gradient`` GradCache: the whole batch's loss at the activation memory of a chunk of texts.
 """
@@ -49,7 +51,13 @@ def _rules(value) -> str | None:
 
 CHECKPOINT_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_ndcg@10": "max", "train_loss": "min"}
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
-ROUTE_NAMES = ("zero_shot", "cached_head", "live", "cached_gradient")
+ROUTE_NAMES = ("zero_shot", "cached_head", "cached_layers", "live", "cached_gradient")
+
+
+def trained_layers_rule(value) -> str | None:
+    """``all`` (every layer and the embeddings: the paper's regime) or k >= 0, the top k Transformer layers."""
+    ok = value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+    return None if ok else "'all' (every layer) or an integer k >= 0 (the top k layers; 0: a frozen encoder)"
 RESULTS_FILE = "results.json"          # <run_dir>/results.json: what fit() writes, the run's one results file
 
 
@@ -95,6 +103,10 @@ class OptimConfig(ConfigBase):
     encoder_lr: float = setting(1e-6, non_negative)  # paper: 1e-6 for the encoder ...
     moe_lr: float = setting(1e-4, non_negative)      # ... and 1e-4 for the SB-MoE block
     freeze_encoder: bool = False                     # also implied by encoder_lr == 0
+    # The depth ladder: 'all' trains every layer and the embeddings (the paper's regime); k trains the top k
+    # Transformer layers (embeddings and lower layers frozen) from cached states of the layer below them; 0 is
+    # a frozen encoder (the head on cached pooled embeddings)
+    trained_layers: int | str = setting("all", trained_layers_rule)
     weight_decay: float = setting(0.01, non_negative)  # AdamW's
     warmup_steps: int = setting(0, non_negative_int)    # linear warm-up, in optimizer steps
     schedule: str = setting("constant", one_of(*SCHEDULES))   # after warm-up, over the capped run
@@ -132,6 +144,9 @@ class ScalingConfig(ConfigBase):
     cpus_per_worker: float = setting(1.0, positive)  # Ray CPUs (threads) each
     placement_strategy: str = setting("SPREAD", one_of(*PLACEMENT_STRATEGIES))  # across nodes
     max_failures: int = setting(1, non_negative_int)  # worker restarts from the last checkpoint
+    # auto: one worker trains in the calling process (a Tune trial's own), several on Ray Train; ray_train:
+    # always Ray Train (its worker group and controller, e.g. to compare the two)
+    trainer: str = setting("auto", one_of("auto", "ray_train"))
     dashboard: bool = True                  # a local Ray's dashboard (with ray[default]); false saves ~0.2 GiB
     #                                         and ~3.5 s of CPU at start (docs/contributing.md, Tests); ASHA needs it
 
@@ -162,7 +177,12 @@ class TrainConfig(ConfigBase):
 
     @property
     def frozen(self) -> bool:
-        return self.optim.freeze_encoder or self.optim.encoder_lr == 0
+        return self.optim.freeze_encoder or self.optim.encoder_lr == 0 or self.optim.trained_layers == 0
+
+    @property
+    def depth(self) -> int | None:
+        """How many top Transformer layers train: None for all of them (and the embeddings), 0 when frozen."""
+        return 0 if self.frozen else None if self.optim.trained_layers == "all" else int(self.optim.trained_layers)
 
     @property
     def uses_cache(self) -> bool:
@@ -176,13 +196,16 @@ class TrainConfig(ConfigBase):
             return "zero_shot"
         if self.uses_cache:
             return "cached_head"
+        if self.depth and self.memory.embedding_cache:
+            return "cached_layers"
         return "cached_gradient" if self.memory.grad_cache_chunk else "live"
 
     @property
     def in_process(self) -> bool:
-        """Train in the calling process, without Ray Train: nothing to train, or one worker on cached
-        embeddings (its worker group takes ~10 s to start, the whole training well under a second)."""
-        return self.route == "zero_shot" or (self.route == "cached_head" and self.scaling.num_workers == 1)
+        """Train in the calling process, without Ray Train: nothing to train, or one worker (a Ray Train
+        controller and its worker group cost 7-10 s of wall and 11-15 s of CPU to start, for nothing a single
+        worker needs: no all-reduce, no placement across nodes)."""
+        return self.route == "zero_shot" or (self.scaling.num_workers == 1 and self.scaling.trainer == "auto")
 
     @property
     def run_dir(self) -> Path:
@@ -214,6 +237,10 @@ class TrainConfig(ConfigBase):
         if overlap:
             raise ConfigError(f"{where}.data.large_test_datasets={self.data.large_test_datasets}: {overlap} also in "
                               "data.test_datasets; name each collection in one of the two lists")
+        if self.memory.grad_cache_chunk and self.depth is not None and not self.frozen:
+            raise ConfigError(f"{where}.memory.grad_cache_chunk={self.memory.grad_cache_chunk}: not with "
+                              f"optim.trained_layers={self.optim.trained_layers} (GradCache re-encodes token "
+                              "batches; the top layers train from cached states); set one of them back")
         if self.memory.grad_cache_chunk and self.frozen:
             raise ConfigError(f"{where}.memory.grad_cache_chunk={self.memory.grad_cache_chunk}: needs a trained "
                               "encoder (optim.encoder_lr > 0); a frozen encoder keeps no activations to save")

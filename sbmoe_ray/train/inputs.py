@@ -19,6 +19,7 @@ from sbmoe_ray.evaluation.dense import EncodeSettings
 from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
 from sbmoe_ray.model.backbones import load_tokenizer
 from sbmoe_ray.model.bi_encoder import EncoderInput
+from sbmoe_ray.model.depth import HiddenStates
 from sbmoe_ray.train.config import TrainConfig
 
 Pairs = list[tuple[str, str]]
@@ -63,6 +64,30 @@ def embedding_cache(cfg: TrainConfig, progress: bool = True) -> PooledEmbeddingC
     return PooledEmbeddingCache(cfg.cache_dir, cfg.model, settings)
 
 
+def state_cache(cfg: TrainConfig, progress: bool = True):
+    """The run's cache of token states below its trained layers (``cfg`` resolved; ``cached_layers`` route)."""
+    from sbmoe_ray.evaluation.state_cache import LayerStateCache
+
+    settings = EncodeSettings(batch_size=cfg.memory.eval_batch_size, max_length=cfg.model.max_length,
+                              precision=cfg.memory.precision, progress=progress)
+    return LayerStateCache(cfg.cache_dir, cfg.model, settings, cfg.depth)
+
+
+def layer_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
+    """Inputs of the ``cached_layers`` route: batches of the cached token states below the trained layers."""
+    from sbmoe_ray.evaluation.state_cache import dataset_states, state_lookup
+
+    dataset = load_dataset(cfg.data.train_dataset, cfg.data.train_split, cfg.data.data_dir)
+    cache = state_cache(cfg)
+    docs, queries = dataset_states(cache, dataset, cfg.data.query_max_length)
+    short = cfg.data.train_passage_max_length
+    doc_ids = list(dataset.corpus)
+    train_docs = (state_lookup(doc_ids, cache.get([d.full_text for d in dataset.corpus.values()], short,
+                                                  f"{dataset.name} corpus"), device) if short else None)
+    return PairData(*split_pairs(cfg, dataset), state_lookup(list(dataset.queries), queries, device),
+                    state_lookup(doc_ids, docs, device), dataset, train_docs)
+
+
 def _lookup(ids: list[str], pooled: np.ndarray, device: torch.device) -> Callable[[list[str]], torch.Tensor]:
     row = {i: n for n, i in enumerate(ids)}
     table = torch.from_numpy(pooled)
@@ -96,7 +121,8 @@ def token_inputs(cfg: TrainConfig, device: torch.device) -> PairData:
 
 
 def token_count(inputs: EncoderInput) -> tuple[int, int]:
-    """(tokens, texts) in a batch of token inputs; (0, 0) for cached pooled embeddings."""
+    """(tokens, texts) in a batch of token inputs or cached token states; (0, 0) for cached pooled embeddings."""
     if isinstance(inputs, torch.Tensor):
         return 0, 0
-    return int(inputs["attention_mask"].sum()), len(inputs["attention_mask"])
+    mask = inputs.attention_mask if isinstance(inputs, HiddenStates) else inputs["attention_mask"]
+    return int(mask.sum()), len(mask)

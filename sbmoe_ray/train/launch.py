@@ -82,6 +82,13 @@ def prepare(cfg: TrainConfig, quiet: bool = False, where: str = "config") -> tup
         cache = embedding_cache(cfg)
         for ds in [train, *tests, *validation]:
             dataset_embeddings(cache, ds, cfg.data.query_max_length)
+    elif cfg.route == "cached_layers" and not cfg.evaluation.sharded:
+        from sbmoe_ray.evaluation.state_cache import dataset_states
+        from sbmoe_ray.train.inputs import state_cache
+
+        cache = state_cache(cfg)
+        for ds in [train, *tests, *validation]:
+            dataset_states(cache, ds, cfg.data.query_max_length)
     return cfg, tests
 
 

@@ -41,8 +41,9 @@ def build_optimizer(model: BiEncoder, cfg: TrainConfig, total_steps: int = 0):
     """AdamW over the trained encoder (``encoder_lr``) and the SB-MoE block (``moe_lr``), and its schedule
     over ``total_steps`` (:func:`sbmoe_ray.train.stopping.lr_multiplier`)."""
     groups = []
-    if model.backbone is not None and not model.frozen_encoder:
-        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.encoder_lr, "name": "encoder"})
+    if model.backbone is not None and not model.frozen_encoder:     # every layer, or the top trained_layers
+        trained = [p for p in model.backbone.parameters() if p.requires_grad]
+        groups.append({"params": trained, "lr": cfg.optim.encoder_lr, "name": "encoder"})
     if model.head is not None:
         groups.append({"params": list(model.head.parameters()), "lr": cfg.optim.moe_lr, "name": "sbmoe"})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
@@ -97,7 +98,8 @@ def _utilisation(model: BiEncoder, tokens: np.ndarray, seconds: float, cfg: Trai
     from sbmoe_ray.runtime.hardware import encoder_flops_per_token, utilisation
 
     passes = 1 if model.frozen_encoder else 3                    # forward only, or forward + backward
-    flops = passes * encoder_flops_per_token(model.backbone, int(tokens[0] / max(tokens[1], 1))) * tokens[0]
+    share = 1.0 if model.trained_layers is None else model.trained_layers / model.backbone.config.num_hidden_layers
+    flops = passes * share * encoder_flops_per_token(model.backbone, int(tokens[0] / max(tokens[1], 1))) * tokens[0]
     device = str(next(model.parameters()).device)
     return {"train_tflops": flops / max(seconds, 1e-9) / 1e12,
             "train_utilisation": utilisation(flops, seconds, cfg.memory.precision, device)}

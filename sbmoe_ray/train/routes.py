@@ -17,7 +17,7 @@ from sbmoe_ray.model.backbones import hidden_size, set_attention_dropout
 from sbmoe_ray.model.bi_encoder import BiEncoder, build_bi_encoder
 from sbmoe_ray.model.losses import build_loss
 from sbmoe_ray.train.config import TrainConfig
-from sbmoe_ray.train.inputs import PairData, cached_inputs, token_inputs
+from sbmoe_ray.train.inputs import PairData, cached_inputs, layer_inputs, token_inputs
 from sbmoe_ray.train.step import CachedGradientStep, Objective, WholeBatchStep
 
 Step = Callable[..., tuple]
@@ -30,9 +30,10 @@ def head_model(cfg: TrainConfig) -> BiEncoder:
 
 
 def encoder_model(cfg: TrainConfig) -> BiEncoder:
-    """The whole bi-encoder (frozen when ``encoder_lr = 0``), with the memory settings applied."""
+    """The whole bi-encoder (frozen when ``encoder_lr = 0``; all but its top ``optim.trained_layers`` frozen),
+    with the memory settings applied."""
     torch.manual_seed(cfg.run.seed)
-    model = build_bi_encoder(cfg.model, frozen_encoder=cfg.frozen)
+    model = build_bi_encoder(cfg.model, frozen_encoder=cfg.frozen, trained_layers=cfg.depth)
     if cfg.optim.attention_dropout is not None:
         set_attention_dropout(model.backbone, cfg.optim.attention_dropout)
     if cfg.memory.gradient_checkpointing:
@@ -59,6 +60,7 @@ class Route:
 
 ROUTES: dict[str, Route] = {
     "cached_head": Route(cached_inputs, head_model, whole_batch),
+    "cached_layers": Route(layer_inputs, encoder_model, whole_batch),
     "live": Route(token_inputs, encoder_model, whole_batch),
     "cached_gradient": Route(token_inputs, encoder_model, cached_gradient),
 }

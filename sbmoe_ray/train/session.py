@@ -150,6 +150,7 @@ class InProcessSession:
     rank, world = 0, 1
 
     def __init__(self, cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))     # as a Ray Train worker would
         self.device = torch.device(device_for(cfg.scaling.use_gpu))
         self.checkpoints, self.on_epoch = LocalCheckpoints(cfg), on_epoch
 

@@ -1,7 +1,8 @@
 """How a trained run is tested: through the embedding cache, by encoding, or in shards; here or as a Ray task.
 
 Chosen once per run (:func:`evaluation_for`), from the run's config: a frozen encoder is tested on its
-cached pooled embeddings (a matrix product, in the driver), any other model by encoding every corpus
+cached pooled embeddings (a matrix product, in the driver), a model trained at depth k by its top k layers on
+the cached token states below them, any other model by encoding every corpus
 with it (a Ray task holding the trial's workers' CPUs, or a GPU), large corpora in shards by W Ray tasks
 (``evaluation.sharded``). The evaluations themselves are :mod:`sbmoe_ray.evaluation`.
 """
@@ -24,7 +25,18 @@ def evaluation_for(cfg: TrainConfig):
     if cfg.uses_cache:
         return CachedEvaluation(cfg.model, replace(live_evaluation(cfg).settings, device="cpu"),
                                 cfg.data.query_max_length, str(cfg.cache_dir), cfg.data.identical_ids)
-    return sharded_evaluation(cfg) if cfg.evaluation.sharded else live_evaluation(cfg)
+    if cfg.evaluation.sharded:
+        return sharded_evaluation(cfg)
+    return layer_evaluation(cfg) if cfg.route == "cached_layers" else live_evaluation(cfg)
+
+
+def layer_evaluation(cfg: TrainConfig):
+    """A depth-k model through the token-state cache: its top k layers and head, on the run's device."""
+    from sbmoe_ray.evaluation.checkpoint import LayerEvaluation
+
+    live = live_evaluation(cfg)
+    return LayerEvaluation(cfg.model, live.settings, cfg.data.query_max_length, str(cfg.cache_dir), cfg.depth,
+                           cfg.data.identical_ids)
 
 
 def live_evaluation(cfg: TrainConfig):

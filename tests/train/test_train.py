@@ -249,3 +249,34 @@ def test_the_same_seed_gives_the_same_result_and_another_seed_another_on_the_sam
     assert first.best_metrics["val_loss"] != other.best_metrics["val_loss"]
     dataset = load_dataset(str(assets["data"]), "train")
     assert split_pairs(first.config, dataset) == split_pairs(other.config, dataset)   # the split stays fixed
+
+
+@pytest.mark.slow
+def test_a_depth_1_run_from_the_state_cache_equals_the_live_run_at_depth_1(assets, tmp_path):
+    """The cached_layers route (top layer on cached states) against the live route with the same layers frozen:
+    the same weights, validation and test metrics (fp32, no dropout); only the top layer and the head saved."""
+    settings = dict(num_workers=1, cpus_per_worker=2.0, trained_layers=1, noisy_gating=False, epochs=2)
+    cached = fit(config(assets, tmp_path, name="depth1-cached", **settings))
+    live = fit(config(assets, tmp_path, name="depth1-live", embedding_cache=False, **settings))
+    assert (cached.config.route, live.config.route) == ("cached_layers", "live")
+    w_cached, w_live = weights(cached.last_checkpoint), weights(live.last_checkpoint)
+    assert set(w_cached) == set(w_live)
+    assert {k.split(".")[1] for k in w_cached if k.startswith("backbone.")} == {"encoder"}
+    assert not any(k.startswith("backbone.encoder.layer.0.") for k in w_cached)   # the frozen layer is not saved
+    for key, value in w_cached.items():
+        torch.testing.assert_close(value, w_live[key], atol=1e-4, rtol=1e-4, msg=key)
+    assert cached.best_metrics["val_loss"] == pytest.approx(live.best_metrics["val_loss"], abs=1e-4)
+    assert cached.test[0].metrics.means == pytest.approx(live.test[0].metrics.means, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_in_process_trial_and_the_ray_train_trial_give_the_same_result_for_the_same_seed(assets, tmp_path):
+    settings = dict(num_workers=1, cpus_per_worker=1.0, trained_layers=1, noisy_gating=False, epochs=2)
+    here = fit(config(assets, tmp_path, name="here", **settings))
+    train = fit(config(assets, tmp_path, name="ray-train", trainer="ray_train", **settings))
+    assert here.config.in_process and not train.config.in_process
+    assert {e["pid"] for e in read_progress(here.config.run_dir)} == {os.getpid()}
+    assert os.getpid() not in {e["pid"] for e in read_progress(train.config.run_dir)}
+    for key, value in weights(here.last_checkpoint).items():
+        torch.testing.assert_close(value, weights(train.last_checkpoint)[key], atol=1e-5, rtol=1e-5, msg=key)
+    assert [r["val_loss"] for r in here.history] == pytest.approx([r["val_loss"] for r in train.history], abs=1e-5)
