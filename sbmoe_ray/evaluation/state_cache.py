@@ -67,7 +67,8 @@ class LayerStateCache:
     """Token states after the lower ``L - trained_layers`` layers of a base encoder, computed on first use."""
 
     def __init__(self, root: Path, config: ModelConfig, settings: EncodeSettings, trained_layers: int) -> None:
-        self.root, self.config, self.settings, self.trained_layers = Path(root) / "states", config, settings, trained_layers
+        self.root, self.config, self.settings = Path(root) / "states", config, settings
+        self.trained_layers = trained_layers
         self._model_id = model_identity(config.base_model)
         self._encoder: BiEncoder | None = None
         self._tokenizer = None

@@ -23,7 +23,7 @@ from sbmoe_ray.errors import ConfigError
 
 @dataclass
 class HiddenStates:
-    """Token states of a batch of texts after the frozen lower layers: ``hidden [B, L, H]``, ``attention_mask [B, L]``."""
+    """Token states of a batch of texts after the frozen lower layers: ``hidden [B, L, H]``, a mask ``[B, L]``."""
 
     hidden: torch.Tensor
     attention_mask: torch.Tensor
