@@ -122,7 +122,9 @@ def proxy_section(study: StudyConfig, proxy: StageResult, layout: StudyLayout) -
     """Stage 1's markdown, its figures written beside it."""
     folder, datasets, mode = layout.report_dir, study.test_names, study.proxy_stage().mode
     records, groups, summary = proxy.records, proxy.groups, proxy.summary
-    lines = [f"# Study `{study.name}`", "",
+    depth = study.depth_label() if study.promote else "stage 1 only (frozen encoder)"
+    lines = [f"# Study `{study.name}`", "", f"**{depth[0].upper()}{depth[1:]}** (stage 2's depth, the same for every "
+             f"arm; stage 1 trains the head on a frozen encoder)." if study.promote else f"**{depth}**", "",
              f"{len(records)} finished trials; objective `{study.proxy.objective}` ({mode}) on the held-out "
              f"validation split of `{study.train.data.train_dataset}`; test metrics below.", ""]
     if records:
@@ -236,7 +238,8 @@ def write_report(study: StudyConfig, proxy: StageResult, finetune: FinetuneResul
     layout = study.layout
     layout.report_dir.mkdir(parents=True, exist_ok=True)
     lines = proxy_section(study, proxy, layout)
-    summary = dict(proxy.summary)
+    summary = {"regime": {"finetune_trained_layers": study.finetune.trained_layers,
+                          "label": study.depth_label() if study.promote else "stage 1 only"}, **proxy.summary}
     if stage2_not_run:
         lines += not_run_lines(stage2_not_run["reason"])
         summary["finetune"] = {"not_run": stage2_not_run}

@@ -48,6 +48,19 @@ def _metrics(facts: dict[str, Any]) -> list[str]:
     return lines + ["", note if answer else "", ""]
 
 
+def _depth(facts: dict[str, Any], config) -> str:
+    """``top 1 of 6 layers`` (what trained of the encoder), from the trial's recorded config."""
+    from sbmoe_ray.model.backbones import num_layers
+    from sbmoe_ray.model.depth import depth_label
+
+    k = facts.get("trained_layers")
+    if k is None:
+        return "n/a"
+    if facts.get("route") in ("cached_head", "zero_shot"):
+        return depth_label(0)
+    return depth_label(None if k == "all" else k, num_layers(config.base_model))
+
+
 def model_card(facts: dict[str, Any], config, name: str = "path/to/this/folder") -> str:
     """The card's markdown for an export with ``facts`` (:class:`sbmoe_ray.export.source.Exportable`)."""
     params = facts.get("params") or {"base_model": config.base_model, "num_experts": config.num_experts}
@@ -61,6 +74,7 @@ def model_card(facts: dict[str, Any], config, name: str = "path/to/this/folder")
              "sbmoe-ray.", "", *_usage(name), "## Where it comes from", "", f"- {origin}.",
              f"- Configuration: `{label(params)}`, training seed {facts.get('seed', 'n/a')}, trial "
              f"`{facts.get('trial_id', 'n/a')}` ({facts.get('route', 'n/a')} route).",
-             f"- Training data: `{facts.get('train_dataset', 'n/a')}` (BEIR format).", "", "## Test metrics", "",
+             f"- Training data: `{facts.get('train_dataset', 'n/a')}` (BEIR format).",
+             f"- Fine-tuned: {_depth(facts, config)}.", "", "## Test metrics", "",
              *_metrics(facts), "## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)

@@ -37,7 +37,8 @@ def from_record(record: TrialRecord) -> Exportable:
         config = ModelConfig(**record.config["model"]).resolved()
         found = Exportable(build_bi_encoder(config, frozen_encoder=True), config, {})
     found.facts.update({"params": record.params, "seed": record.seed, "trial_id": record.trial_id,
-                        "route": record.route, "train_dataset": record.config.get("data", {}).get("train_dataset"),
+                        "route": record.route, "trained_layers": record.config.get("optim", {}).get("trained_layers"),
+                        "train_dataset": record.config.get("data", {}).get("train_dataset"),
                         "test": {t["dataset"]: t["metrics"] for t in record.test}})
     return found
 

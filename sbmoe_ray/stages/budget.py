@@ -138,7 +138,7 @@ def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts]
         training = sum(costs[e.base_model].trial_s for e in kept) * seeds + sum(
             n * confirm * costs[m].trial_s for m, n in tested.items())
         test = sum(n * (confirm or seeds) * costs[m].test_s / max(1, cores // costs[m].eval_threads)
-                   for m, n in tested.items())
+                   for m, n in tested.items()) + sum(costs[m].cache_s for m in tested)    # depth k: the state cache
         return {"training": training, "test": test, "total": spent_s + training + test}
 
     if estimate(kept, seeds, confirm)["total"] > budget_s and seeds > 1:

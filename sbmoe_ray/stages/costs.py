@@ -32,17 +32,48 @@ TEST_FIXED_S = 20.0
 class ModelCosts:
     """What one base model costs here, measured: a training step of one worker, encoding throughput."""
     step_s: float               # one step of one worker (batch / workers pairs, forward + backward)
-    tokens_per_s: float         # encoding, at the worker's threads (validation)
-    eval_tokens_per_s: float    # encoding, at a test evaluation's threads (workers x CPUs per worker)
+    tokens_per_s: float         # encoding through the trained layers, at the worker's threads (validation)
+    eval_tokens_per_s: float    # the same at a test evaluation's threads (workers x CPUs per worker)
     trial_s: float = math.nan   # estimates from those, for this study
     test_s: float = math.nan    # one test evaluation (every test set), at its threads
     eval_threads: int = 1
+    cache_tokens_per_s: float = math.nan   # depth k: the frozen lower layers, building the state cache
+    cache_s: float = 0.0        # depth k: the state cache of every test corpus, built once per base model
+
+
+def _inputs_at_depth(model, batch: dict, depth: int | None, precision: str):
+    """What the trained part of ``model`` takes: the token batch, or (depth k) the states of the layer below,
+    computed here as the cache would hold them."""
+    import torch
+
+    from sbmoe_ray.model.depth import HiddenStates, lower_forward
+    from sbmoe_ray.runtime.precision import autocast
+
+    if not depth:
+        return batch
+    with torch.no_grad(), autocast("cpu", precision):
+        hidden = lower_forward(model.backbone, batch["input_ids"], batch["attention_mask"], depth)
+    return HiddenStates(hidden.float(), batch["attention_mask"])
+
+
+def _tokens_per_s(forward, batch: dict, rounds: int = 2) -> float:
+    """Tokens per second of ``forward(batch)``, warm (the first call is not timed), the best of ``rounds``."""
+    forward()
+    best = math.inf
+    for _ in range(rounds):
+        start = time.perf_counter()
+        forward()
+        best = min(best, time.perf_counter() - start)
+    return int(batch["attention_mask"].sum()) / best
 
 
 def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
-    """Time one training step of a worker and the encoding of real documents, for ``cfg``'s base model."""
+    """Time one training step of a worker at the study's depth (``optim.trained_layers``) and the encoding of
+    real documents through the trained layers (and, at depth k, through the frozen ones that fill the cache),
+    for ``cfg``'s base model. Every figure is taken warm."""
     import torch
 
+    from sbmoe_ray.model.depth import lower_forward
     from sbmoe_ray.runtime.precision import autocast
     from sbmoe_ray.train.inputs import token_inputs
     from sbmoe_ray.train.routes import encoder_model, objective_for
@@ -51,24 +82,30 @@ def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        data, device = token_inputs(cfg, torch.device("cpu")), torch.device("cpu")
+        data, device, depth = token_inputs(cfg, torch.device("cpu")), torch.device("cpu"), cfg.depth
         model, per_worker = encoder_model(cfg), cfg.optim.batch_size // cfg.scaling.num_workers
         step = WholeBatchStep(objective_for(cfg), device, cfg.memory.precision)
         pairs = data.train[:per_worker]
-        queries, passages = data.query_input([q for q, _ in pairs]), data.training_passages([d for _, d in pairs])
-        step(model, data.query_input([pairs[0][0]] * 2), data.passage_input([pairs[0][1]] * 2), True)  # warm-up
+        tokens_q, tokens_p = data.query_input([q for q, _ in pairs]), data.training_passages([d for _, d in pairs])
+        queries, passages = (_inputs_at_depth(model, b, depth, cfg.memory.precision) for b in (tokens_q, tokens_p))
+        step(model, queries, passages, True)                                            # warm-up
         start = time.perf_counter()
         step(model, queries, passages, True)
         step_s = time.perf_counter() - start
         model.eval()
-        rates = []
+        encode = _inputs_at_depth(model, data.passage_input([d for _, d in pairs]), depth, cfg.memory.precision)
+        rates, cache_rate = [], math.nan
+        mask = {"attention_mask": encode.attention_mask if depth else encode["attention_mask"]}
+        tokens = data.passage_input([d for _, d in pairs])
         for n in (threads, eval_threads):
             torch.set_num_threads(n)
             with torch.no_grad(), autocast("cpu", cfg.memory.precision):
-                start = time.perf_counter()
-                model.embed_inputs(passages)
-                rates.append(int(passages["attention_mask"].sum()) / (time.perf_counter() - start))
-        return ModelCosts(step_s, *rates, eval_threads=eval_threads)
+                rates.append(_tokens_per_s(lambda: model.embed_inputs(encode), mask))
+        if depth:
+            with torch.no_grad(), autocast("cpu", cfg.memory.precision):
+                cache_rate = _tokens_per_s(lambda: lower_forward(model.backbone, tokens["input_ids"],
+                                                                 tokens["attention_mask"], depth), tokens)
+        return ModelCosts(step_s, *rates, eval_threads=eval_threads, cache_tokens_per_s=cache_rate)
     finally:
         torch.set_num_threads(old)
 
@@ -98,8 +135,9 @@ def estimate_model(cfg, costs: ModelCosts, test_tokens: int, cores: int) -> Mode
     val_loss = math.ceil(len(validation) / cfg.optim.batch_size) * costs.step_s / 3        # forward only
     val_docs = (len({d for _, d in validation}) + cfg.data.validation_retrieval_docs) * cfg.model.max_length
     train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss + val_docs / costs.tokens_per_s)
+    cache_s = test_tokens / costs.cache_tokens_per_s if costs.cache_tokens_per_s == costs.cache_tokens_per_s else 0.0
     return replace(costs, trial_s=TRIAL_OVERHEAD_S + TRAIN_OVERHEAD * crowding * train_s,
-                   test_s=TEST_OVERHEAD * test_tokens / costs.eval_tokens_per_s + TEST_FIXED_S)
+                   test_s=TEST_OVERHEAD * test_tokens / costs.eval_tokens_per_s + TEST_FIXED_S, cache_s=cache_s)
 
 
 def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
@@ -120,8 +158,10 @@ def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
         threads, eval_threads = max(1, int(cfg.scaling.cpus_per_worker)), max(1, int(evaluation_cpus(cfg)))
         costs[model] = estimate_model(cfg, measure_model(cfg, threads, eval_threads), tokens[tokenizer.name_or_path],
                                       cores)
-        print(f"[plan] {model}: a training step {costs[model].step_s:.1f} s, encoding {costs[model].tokens_per_s:.0f} "
-              f"tokens/s on {threads} thread(s), {costs[model].eval_tokens_per_s:.0f} on {eval_threads} -> a trial "
-              f"~{costs[model].trial_s / 60:.1f} min, a test evaluation ~{costs[model].test_s / 60:.1f} min",
+        c = costs[model]
+        cache = f", the layer-state cache of the test corpora ~{c.cache_s / 60:.1f} min once" if c.cache_s else ""
+        print(f"[plan] {model} ({study.depth_label(model)}): a training step {c.step_s:.2f} s, encoding "
+              f"{c.tokens_per_s:.0f} tokens/s on {threads} thread(s), {c.eval_tokens_per_s:.0f} on {eval_threads} "
+              f"(warm) -> a trial ~{c.trial_s / 60:.1f} min, a test evaluation ~{c.test_s / 60:.1f} min{cache}",
               flush=True)
     return costs

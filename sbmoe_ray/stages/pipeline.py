@@ -63,6 +63,9 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     if on_cluster:           # every node must see the study and its embedding cache, and have what trials ask
         check_shared_storage([study.layout.root, study.cache_dir])
         check_cluster_resources(study)
+    if study.promote:
+        print(f"sbmoe: study {study.name!r}, stage 2 {study.depth_label()} (every arm; "
+              "finetune.trained_layers)", flush=True)
     costs = say_forecast(study, cores_of(address)) if study.promote and study.budget_seconds() is not None else None
     prepare_study(study, identity)
     init_ray(address, ray_cpus(study) + 1, study.train.scaling.dashboard)
@@ -162,6 +165,8 @@ def study_params(study: StudyConfig) -> dict[str, Any]:
     device = study.train.scaling.device_type
     precision = resolve_precision(study.train.memory.precision, device)
     return {**study.fingerprint(), "proxy": study.proxy.to_dict(),
+            "finetune": json.loads(json.dumps(study.finetune.to_dict(), default=str)), "promote": study.promote,
+            "regime": study.depth_label() if study.promote else "stage 1 only (frozen encoder)",
             "train": json.loads(json.dumps(study.train.to_dict(), default=str)),
             "dataset": dataset_provenance(study.train.data), **environment(),
             "precision": {"resolved": precision, "why": explain(precision, device)}}

@@ -67,6 +67,21 @@ class StudyConfig(ConfigBase):
     budget_minutes: float | dict | None = setting(None, _BUDGET)
     analysis: ClaimsConfig = setting(factory=ClaimsConfig)   # what the answer may claim (sbmoe_ray/study/claims.py)
 
+    def depth_label(self, base_model: str | None = None) -> str:
+        """How deep stage 2 fine-tunes, as the report, summary.json, MLflow and the terminal name it:
+        ``fine-tuned: top 1 of 6 layers`` (the layer count read from the first base model's config)."""
+        from sbmoe_ray.model.backbones import num_layers
+        from sbmoe_ray.model.depth import depth_label
+
+        from sbmoe_ray.errors import ModelLoadError
+
+        k = self.finetune.trained_layers
+        try:
+            total = num_layers(str(base_model or self.space["base_model"][0]))
+        except ModelLoadError:           # a report rebuilt where the base model is not: the depth alone
+            total = None
+        return f"fine-tuned: {depth_label(None if k == 'all' else k, total)}"
+
     def budget_seconds(self) -> float | None:
         """The budget in seconds for this machine (None: no budget)."""
         minutes = resolve(self.budget_minutes, self.finetune.device)[0]
@@ -141,7 +156,8 @@ class StudyConfig(ConfigBase):
         training (the chosen configurations are tested afterwards)."""
         ft, train = self.finetune, self._half(self.train, "selection")
         optim = replace(train.optim, encoder_lr=ft.encoder_lr, freeze_encoder=False, epochs=ft.epochs,
-                        patience=ft.patience, warmup_steps=ft.warmup_steps, schedule=ft.schedule)
+                        patience=ft.patience, warmup_steps=ft.warmup_steps, schedule=ft.schedule,
+                        trained_layers=ft.trained_layers)
         cfg = replace(train, optim=optim,
                       data=replace(train.data, test_datasets=[], large_test_datasets=[], zero_shot_validation=None,
                                    validation_retrieval_docs=ft.validation_retrieval_docs),

@@ -17,7 +17,7 @@ from sbmoe_ray.config import ConfigBase
 from sbmoe_ray.limits import non_negative_int, one_of, optional, positive, positive_int, setting
 from sbmoe_ray.study.policy import per_hardware, resolve
 from sbmoe_ray.study.space import ARMS, apply
-from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
+from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig, trained_layers_rule
 from sbmoe_ray.train.stopping import SCHEDULES
 
 OBJECTIVES = ("val_loss", "val_accuracy", "val_ndcg@10")
@@ -58,6 +58,10 @@ class FinetuneConfig(ConfigBase):
     # fresh seeds (never used for selection), and only those tested; 0: the selection replicates are tested
     confirm_seeds: int = setting(3, non_negative_int)
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
+    # The depth every arm of stage 2 trains at (part of the study's identity): 'all' (every layer and the
+    # embeddings, the paper's regime) or k, the top k layers from cached states of the layer below
+    # (sbmoe_ray/model/depth.py); the same on every machine, so the answer does not depend on it
+    trained_layers: int | str = setting("all", trained_layers_rule)
     # Plain fine-tuning tuned as much as SB-MoE: this many encoder learning rates, encoder_lr x 1, 0.32, 3.2, 0.1,
     # 10, ... (the first n), the best by validation tested; null: as many as stage 2's SB-MoE candidates
     # (promote + controls)

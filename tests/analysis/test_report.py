@@ -32,7 +32,9 @@ def test_stage_one_report_renders_the_result_and_links_only_figures_it_wrote(tmp
     assert "A/A check (8 pairs" in text and answer["datasets"]["a"]["verdict"] in text
     linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert "heatmap_a.png" in linked and all((layout.report_dir / name).is_file() for name in linked)
-    assert json.loads(layout.summary_file.read_text()) == json.loads(json.dumps(proxy.summary, default=str))
+    written = json.loads(layout.summary_file.read_text())
+    assert written.pop("regime")["finetune_trained_layers"] == config.finetune.trained_layers
+    assert written == json.loads(json.dumps(proxy.summary, default=str))
     assert "Stage 2" not in text
 
 
