@@ -51,7 +51,7 @@ def _metrics(facts: dict[str, Any]) -> list[str]:
 def _depth(facts: dict[str, Any], config) -> str:
     """``top 1 of 6 layers`` (what trained of the encoder), from the trial's recorded config."""
     from sbmoe_ray.model.backbones import num_layers
-    from sbmoe_ray.model.depth import depth_label
+    from sbmoe_ray.model.config import depth_label
 
     k = facts.get("trained_layers")
     if k is None:

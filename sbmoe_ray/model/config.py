@@ -70,3 +70,12 @@ class ModelConfig:
             if values[key] is None:
                 values[key] = getattr(defaults, key)
         return ModelConfig(**values)
+
+
+def depth_label(k: int | None, num_layers: int | None = None) -> str:
+    """``top 1 of 6 layers``, ``all layers``, ``frozen encoder``: how the report, the card and MLflow name a depth."""
+    if k is None or k == "all":
+        return "all layers" + (f" ({num_layers}) and the embeddings" if num_layers else " and the embeddings")
+    if k == 0:
+        return "frozen encoder (the head only)"
+    return f"top {k} of {num_layers} layers" if num_layers else f"top {k} layer(s)"

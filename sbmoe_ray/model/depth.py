@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.model.config import depth_label  # noqa: F401  (torch-free; re-exported)
 
 
 @dataclass
@@ -88,12 +89,3 @@ def lower_forward(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: 
         return backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     finally:
         backbone.encoder.layer = full
-
-
-def depth_label(k: int | None, num_layers: int | None = None) -> str:
-    """``top 1 of 6 layers``, ``all layers``, ``frozen encoder``: how the report, the card and MLflow name a depth."""
-    if k is None or k == "all":
-        return "all layers" + (f" ({num_layers}) and the embeddings" if num_layers else " and the embeddings")
-    if k == 0:
-        return "frozen encoder (the head only)"
-    return f"top {k} of {num_layers} layers" if num_layers else f"top {k} layer(s)"

@@ -17,9 +17,11 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-TRIAL_OVERHEAD_S = 30.0      # a stage-2 trial's start-up, checkpoint and report (measured: 25-35 s on 2 cores)
+TRIAL_OVERHEAD_S = 30.0      # a stage-2 trial's start-up, checkpoint and report on Ray Train (measured: 25-35 s)
+# A trial that trains in its own process (one worker): loading the model and the cache, its checkpoints
+IN_PROCESS_TRIAL_S = 10.0
 # Measured over the estimate from one worker timed alone (AVX2 emulation, fresh-clone quick start): two
-# workers sharing 2 cores and all-reducing trained 5.6-5.9 pairs/s against 7.2 estimated.
+# workers sharing 2 cores and all-reducing trained 5.6-5.9 pairs/s against 7.2 estimated (one worker: 1).
 TRAIN_OVERHEAD = 1.2
 # A test evaluation (at its threads, one at a time on 2 cores) over its documents' encoding, plus a fixed
 # part (loading, tokenising, search, scoring). Fitted to the quick starts: MiniLM / minilm-l3 took 138 / 72 s
@@ -136,7 +138,8 @@ def estimate_model(cfg, costs: ModelCosts, test_tokens: int, cores: int) -> Mode
     val_docs = (len({d for _, d in validation}) + cfg.data.validation_retrieval_docs) * cfg.model.max_length
     train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss + val_docs / costs.tokens_per_s)
     cache_s = test_tokens / costs.cache_tokens_per_s if costs.cache_tokens_per_s == costs.cache_tokens_per_s else 0.0
-    return replace(costs, trial_s=TRIAL_OVERHEAD_S + TRAIN_OVERHEAD * crowding * train_s,
+    fixed, sharing = (IN_PROCESS_TRIAL_S, 1.0) if cfg.in_process else (TRIAL_OVERHEAD_S, TRAIN_OVERHEAD)
+    return replace(costs, trial_s=fixed + sharing * crowding * train_s,
                    test_s=TEST_OVERHEAD * test_tokens / costs.eval_tokens_per_s + TEST_FIXED_S, cache_s=cache_s)
 
 

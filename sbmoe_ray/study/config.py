@@ -70,10 +70,9 @@ class StudyConfig(ConfigBase):
     def depth_label(self, base_model: str | None = None) -> str:
         """How deep stage 2 fine-tunes, as the report, summary.json, MLflow and the terminal name it:
         ``fine-tuned: top 1 of 6 layers`` (the layer count read from the first base model's config)."""
-        from sbmoe_ray.model.backbones import num_layers
-        from sbmoe_ray.model.depth import depth_label
-
         from sbmoe_ray.errors import ModelLoadError
+        from sbmoe_ray.model.backbones import num_layers
+        from sbmoe_ray.model.config import depth_label
 
         k = self.finetune.trained_layers
         try:
