@@ -18,7 +18,10 @@ def setting(default: Any = dataclasses.MISSING, check=None, factory=dataclasses.
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A finite number (not NaN, not ±inf, not a bool)."""
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def positive_int(value: Any) -> str | None:
@@ -31,11 +34,27 @@ def non_negative_int(value: Any) -> str | None:
 
 
 def non_negative(value: Any) -> str | None:
-    return None if _number(value) and value >= 0 else "must be a number >= 0"
+    return None if _number(value) and value >= 0 else "must be a finite number >= 0"
 
 
 def positive(value: Any) -> str | None:
-    return None if _number(value) and value > 0 else "must be a number > 0"
+    return None if _number(value) and value > 0 else "must be a finite number > 0"
+
+
+def int_range(low: int, high: int):
+    """An integer in [low, high] (the high end: what a machine or a study can hold)."""
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return None if ok else f"must be an integer in [{low}, {high}]"
+    return check
+
+
+def distinct(value: Any) -> str | None:
+    """A list without repeats."""
+    if not isinstance(value, list):
+        return "must be a list"
+    repeated = sorted({str(v) for v in value if value.count(v) > 1})
+    return f"lists {repeated} more than once; name each once" if repeated else None
 
 
 def unit_interval(value: Any) -> str | None:
@@ -53,3 +72,16 @@ def optional(check):
     def maybe(value: Any) -> str | None:
         return None if value is None else check(value)
     return maybe
+
+
+NAME_MAX = 100      # a name that becomes a folder: well under every file system's 255 bytes, with its suffixes
+
+
+def path_name(value: Any) -> str | None:
+    """A name that becomes a folder or file name: letters, digits, '.', '_' and '-', 1-100 characters, not
+    starting with '.' (so never '.', '..', a hidden file or a path of several parts)."""
+    import re
+
+    ok = isinstance(value, str) and re.fullmatch(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}", value)
+    return None if ok else (f"a name of 1-{NAME_MAX} letters, digits, '.', '_' or '-', not starting with '.' (it "
+                            "becomes a folder under the storage path: no '/', no '..')")

@@ -50,10 +50,37 @@ def check_inputs(study: StudyConfig, local: bool) -> None:
     checks.check_loss(study.train.loss.name, "config.train.loss.name")
     for i, base_model in enumerate(study.space["base_model"]):
         checks.check_base_model(base_model, f"config.space.base_model[{i}]")
+        check_stage2_depth(study, base_model)
     if local:
         checks.check_gpus(study.train.scaling.use_gpu, "config.train.scaling.use_gpu")
         if study.promote:
             checks.check_gpus(study.finetune.use_gpu, "config.finetune.use_gpu")
+        check_local_cpus(study)
+
+
+def check_stage2_depth(study: StudyConfig, base_model: str) -> None:
+    """``finetune.trained_layers`` within every base model's layers."""
+    from sbmoe_ray.model.backbones import num_layers
+
+    k = study.finetune.trained_layers
+    if study.promote and isinstance(k, int) and k > (total := num_layers(base_model)):
+        raise ConfigError(f"config.finetune.trained_layers={k}: base model {base_model!r} has {total} layers; allowed "
+                          f"are 'all' or 0..{total} (the same depth for every base model of the study)")
+
+
+def check_local_cpus(study: StudyConfig) -> None:
+    """A trial's CPUs (workers x CPUs each) within this machine's cores: more would never be scheduled."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    sections = [("train.scaling", study.train.scaling.num_workers, study.train.scaling.cpus_per_worker)]
+    if study.promote:
+        sections.append(("finetune", study.finetune.num_workers, study.finetune.cpus_per_worker))
+    for where, workers, cpus in sections:
+        if workers * cpus > cores:
+            raise ConfigError(f"config.{where}.num_workers={workers} x cpus_per_worker={cpus:g}: a trial would ask "
+                              f"for {workers * cpus:g} CPUs on this machine of {cores} cores; ask for at most {cores} "
+                              "(or run on a cluster: --address)")
 
 
 def check_large_collections(study: StudyConfig) -> None:

@@ -29,22 +29,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sbmoe_ray.runtime.signals import Stopped, stopping_on_signals
 from sbmoe_ray.study.config import StudyConfig
 
 
 def run(study: StudyConfig, resume: bool = False, address: str | None = None, started: float | None = None,
         allow_new_versions: bool = False) -> int:
     """The study, from its checks to its report; 0 when every trial finished, 1 when one failed (run it
-    again to retry it)."""
+    again to retry it), 130 (143) when Ctrl-C (SIGTERM) stopped it (:mod:`sbmoe_ray.runtime.signals`)."""
+    with stopping_on_signals():
+        try:
+            return _run(study, resume, address, started, allow_new_versions)
+        except Stopped as stop:        # before its MLflow runs began: nothing to end
+            print(f"\nsbmoe: stopped by {stop}", file=sys.stderr, flush=True)
+            return stop.exit_code
+
+
+def _run(study: StudyConfig, resume: bool, address: str | None, started: float | None,
+         allow_new_versions: bool) -> int:
     started = time.monotonic() if started is None else started      # the budget counts from here
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
     from sbmoe_ray.data.provenance import dataset_uses
     from sbmoe_ray.runtime.cluster import check_job_paths, check_shared_storage, cluster_address, init_ray
     from sbmoe_ray.stages.checks import check_study
-    from sbmoe_ray.stages.finetune import run_finetune
     from sbmoe_ray.stages.prepare import prepare_study
-    from sbmoe_ray.stages.proxy import run_proxy
-    from sbmoe_ray.stages.publish import publish_models
     from sbmoe_ray.tracking import StudyTracker
 
     # Every cheap check before any work (before a local Ray starts; on a cluster, right after connecting);
@@ -71,6 +79,25 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     init_ray(address, ray_cpus(study) + 1, study.train.scaling.dashboard)
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     tracker.start_study(study_params(study), dataset_uses(study.train.data))
+    try:
+        return run_stages(study, tracker, started, address, costs)
+    except Stopped as stop:
+        tracker.stop_all()
+        if not on_cluster:
+            import ray
+
+            ray.shutdown()                  # the local Ray this command started, and every trial in it
+        print(f"\nsbmoe: stopped by {stop}; the MLflow runs in progress ended KILLED. The same command resumes the "
+              f"study {study.name!r} where it stopped", file=sys.stderr, flush=True)
+        return stop.exit_code
+
+
+def run_stages(study: StudyConfig, tracker, started: float, address: str | None, costs) -> int:
+    """Stage 1, stage 2 (if promoted), the chosen models published; 0, or 1 when a trial failed."""
+    from sbmoe_ray.stages.finetune import run_finetune
+    from sbmoe_ray.stages.proxy import run_proxy
+    from sbmoe_ray.stages.publish import publish_models
+
     final = proxy = run_proxy(study, tracker)
     failed = proxy.failed > 0
     if study.promote and not failed:

@@ -19,7 +19,7 @@ from typing import Any
 from sbmoe_ray.config import ConfigBase
 from sbmoe_ray.data.root import data_root, dataset_name
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.limits import non_negative_int, optional, setting
+from sbmoe_ray.limits import non_negative_int, optional, path_name, setting
 from sbmoe_ray.study.claims import ClaimsConfig
 from sbmoe_ray.study.layout import StudyLayout
 from sbmoe_ray.study.points import CONFIRM_OFFSET
@@ -53,7 +53,7 @@ _BUDGET = optional(per_hardware(_minutes, "{native_bf16: 45, otherwise: 90}"))
 @dataclass
 class StudyConfig(ConfigBase):
     MOVED = MOVED
-    name: str = "experts-sweep"  # the study's folder under storage_path, and its MLflow experiment
+    name: str = setting("experts-sweep", path_name)  # the study's folder under storage_path, its MLflow experiment
     storage_path: str = "results/studies"  # studies, checkpoints, embedding caches (on a cluster: shared)
     # $MLFLOW_TRACKING_URI (a cluster head exports its server's), else the embedded store
     tracking_uri: str = setting(factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
@@ -188,6 +188,13 @@ class StudyConfig(ConfigBase):
             raise ConfigError(f"{where}.train.scaling.dashboard=False: not with proxy.asha=True (a trial ASHA stops "
                               "frees its Ray Train placement group through the dashboard; without it the next trial "
                               "hangs); set train.scaling.dashboard: true")
+        if not self.train.data.test_datasets:
+            raise ConfigError(f"{where}.train.data.test_datasets=[]: a study with nothing to test has no answer; name "
+                              "at least one test collection (e.g. [scifact])")
+        if not self.train.data.validation_fraction:
+            raise ConfigError(f"{where}.train.data.validation_fraction=0: the stages rank configurations by "
+                              f"proxy.objective={self.proxy.objective!r} on held-out training queries; hold some out "
+                              "(e.g. 0.2)")
         if self.proxy.objective == "val_ndcg@10" and not self.train.data.validation_retrieval_docs:
             raise ConfigError(f"{where}.proxy.objective='val_ndcg@10': needs train.data.validation_retrieval_docs > 0")
         # The template must be valid for the largest head the space asks for.

@@ -74,10 +74,14 @@ def _check_models(value, space) -> str | None:
     return None if ok else "name at least one base model (a list of names, hub ids or folders)"
 
 
+MAX_EXPERTS = 64      # the paper searches 3-12; each expert is an MLP of the hidden size, trained and held per trial
+
+
 def _check_experts(value, space) -> str | None:
-    ok = (isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
-          and any(n > 0 for n in value))
-    return None if ok else "a list of integers >= 0 (0 = the baseline) with at least one expert count > 0"
+    counts = isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in value)
+    ok = counts and all(0 <= n <= MAX_EXPERTS for n in value) and any(value) and len(set(value)) == len(value)
+    return None if ok else (f"a list of distinct integers in [0, {MAX_EXPERTS}] (0 = the baseline) with at least one "
+                            "expert count > 0")
 
 
 def _check_top_k(value, space) -> str | None:
@@ -87,7 +91,11 @@ def _check_top_k(value, space) -> str | None:
             f"larger than num_experts={smallest}; a fixed top_k must be in [1, {smallest}] (the smallest expert count)"
     ok = (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
           and 1 <= value[0] <= value[1])
-    return None if ok else "a fixed integer >= 1, or [low, high] searched in [low, min(N, high)]"
+    if not ok:
+        return "a fixed integer >= 1, or [low, high] searched in [low, min(N, high)]"
+    largest = max([n for n in space.get("num_experts", []) if isinstance(n, int)] or [1])
+    return None if value[0] <= largest else \
+        f"low={value[0]} is above every expert count (the largest is {largest}); low must be in [1, {largest}]"
 
 
 def _check_inference(value, space) -> str | None:

@@ -14,13 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe_ray.config import ConfigBase
-from sbmoe_ray.limits import non_negative_int, one_of, optional, positive, positive_int, setting
+from sbmoe_ray.limits import (
+    int_range,
+    non_negative_int,
+    one_of,
+    optional,
+    positive,
+    positive_int,
+    setting,
+)
 from sbmoe_ray.study.policy import per_hardware, resolve
 from sbmoe_ray.study.space import ARMS, apply
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig, trained_layers_rule
 from sbmoe_ray.train.stopping import SCHEDULES
 
 OBJECTIVES = ("val_loss", "val_accuracy", "val_ndcg@10")
+MAX_CONFIRM_SEEDS = 100     # fresh seeds of each confirmed arm (they count from CONFIRM_OFFSET, below the next)
 
 
 def _arms(value) -> str | None:
@@ -56,7 +65,7 @@ class FinetuneConfig(ConfigBase):
     seeds: int | dict = setting(2, _SEEDS)
     # After stage 2 chooses, its choice, the baseline and the attribution controls trained again on this many
     # fresh seeds (never used for selection), and only those tested; 0: the selection replicates are tested
-    confirm_seeds: int = setting(3, non_negative_int)
+    confirm_seeds: int = setting(3, int_range(0, MAX_CONFIRM_SEEDS))
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
     # The depth every arm of stage 2 trains at (part of the study's identity): 'all' (every layer and the
     # embeddings, the paper's regime) or k, the top k layers from cached states of the layer below

@@ -246,6 +246,12 @@ class StudyTracker:
                 self.client.set_terminated(stray.info.run_id, "KILLED")
             self.client.set_terminated(run, status)
 
+    def stop_all(self) -> None:
+        """A study stopped by a signal: every run of its experiment still RUNNING (trials, stages, the parent)
+        ends KILLED; the next run of the same command takes them up again."""
+        for run in self.client.search_runs([self.experiment_id()], "attributes.status = 'RUNNING'", max_results=5000):
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.runs["parent"]:
             self.client.set_terminated(self.runs["parent"], status)

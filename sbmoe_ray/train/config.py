@@ -28,10 +28,12 @@ from sbmoe_ray.config import ConfigBase, load_config
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluation.config import EvaluationConfig
 from sbmoe_ray.limits import (
+    distinct,
     non_negative,
     non_negative_int,
     one_of,
     optional,
+    path_name,
     positive,
     positive_int,
     setting,
@@ -65,7 +67,7 @@ RESULTS_FILE = "results.json"          # <run_dir>/results.json: what fit() writ
 class DataConfig(ConfigBase):
     train_dataset: str = "scifact"  # a BEIR name under the data root, or a folder
     train_split: str = "train"  # its qrels/<split>.tsv gives the training pairs
-    test_datasets: list[str] = setting(factory=lambda: ["scifact"])  # names or folders
+    test_datasets: list[str] = setting(factory=lambda: ["scifact"], check=distinct)  # names or folders
     test_split: str = "test"  # qrels/<split>.tsv of each test set
     data_dir: str | None = None             # default: $SBMOE_DATA_DIR, else ~/.cache/sbmoe/beir
     query_max_length: int = setting(64, positive_int)  # tokens of a query
@@ -158,7 +160,7 @@ class ScalingConfig(ConfigBase):
 
 @dataclass
 class RunConfig(ConfigBase):
-    name: str = "sbmoe-train"  # the run's folder under storage_path
+    name: str = setting("sbmoe-train", path_name)  # the run's folder under storage_path
     storage_path: str = "results/ray"  # checkpoints and results.json
     checkpoint_metric: str = setting("val_loss", one_of(*CHECKPOINT_METRICS))  # picks the tested checkpoint
     seed: int = 0  # initialisation, gating noise, batch order
@@ -228,6 +230,9 @@ class TrainConfig(ConfigBase):
         o = self.optim
         if o.moe_lr == 0 and self.model.num_experts > 0:
             raise ConfigError(f"{where}.optim.moe_lr=0: the SB-MoE block would never train; use a value > 0")
+        if o.batch_size < 2:
+            raise ConfigError(f"{where}.optim.batch_size={o.batch_size}: the in-batch loss needs >= 2 pairs a batch "
+                              "(each query's negatives are the other pairs' passages); use 16 or more")
         if o.batch_size % self.scaling.num_workers:
             raise ConfigError(f"{where}.optim.batch_size={o.batch_size}: must be a multiple of "
                               f"scaling.num_workers={self.scaling.num_workers} (each worker takes an equal shard)")

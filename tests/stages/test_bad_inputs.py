@@ -78,6 +78,34 @@ CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one
     "--resume of a missing study": (["--set", "name=nope", "--resume"], r"--resume: no study named 'nope'"),
     "an unwritable storage path": (["--set", "name=ro", "--set", "storage_path=/proc/forbidden"],
                                    r"config\.storage_path=.*not writable"),
+    # names that would become paths outside the storage path
+    "a name that climbs to the storage path's parent": (["--set", "name=.."], r"config\.name='\.\.': a name of 1-100"),
+    "a name that climbs two levels": (["--set", "name=../../etc"], r"config\.name='\.\./\.\./etc': a name of"),
+    "an absolute name": (["--set", "name=/tmp/elsewhere"], r"config\.name='/tmp/elsewhere': a name of"),
+    "a nested name": (["--set", "name=a/b"], r"config\.name='a/b': a name of"),
+    "a 300-character name": (["--set", "name=" + "n" * 300], r"config\.name='n{300}': a name of 1-100"),
+    # values that cannot mean anything
+    "top_k above every expert count": (["--set", "name=topk", "--set", "space.top_k=[20, 30]"],
+                                       r"config\.space\.top_k=\[20, 30\]: low=20 is above every expert count"),
+    "a million experts": (["--set", "name=million", "--set", "space.num_experts=[0, 1000000]"],
+                          r"config\.space\.num_experts=\[0, 1000000\]: a list of distinct integers in \[0, 64\]"),
+    "a thousand confirmation seeds": (["--set", "name=seeds", "--set", "finetune.confirm_seeds=1000"],
+                                      r"config\.finetune\.confirm_seeds=1000: must be an integer in \[0, 100\]"),
+    "an infinite learning rate, stage 2 off": (["--set", "name=inf", "--set", "finetune.encoder_lr=.inf"],
+                                               r"config\.finetune\.encoder_lr=inf: must be a finite number > 0"),
+    "a batch of one": (["--set", "name=one", "--set", "train.optim.batch_size=1"],
+                       r"config\.train\.optim\.batch_size=1: the in-batch loss needs >= 2 pairs"),
+    "nothing to test": (["--set", "name=none", "--set", "train.data.test_datasets=[]"],
+                        r"config\.train\.data\.test_datasets=\[\]: a study with nothing to test"),
+    "a test set listed twice": (["--set", "name=twice", "--set", "train.data.test_datasets=[{data}, {data}]"],
+                                r"config\.train\.data\.test_datasets=.*more than once"),
+    "more CPUs than the machine": (["--set", "name=cpus", "--set", "train.scaling.cpus_per_worker=100"],
+                                   r"config\.train\.scaling\.num_workers=1 x cpus_per_worker=100: a trial would ask"),
+    "no held-out queries to rank by": (["--set", "name=noval", "--set", "train.data.validation_fraction=0"],
+                                       r"config\.train\.data\.validation_fraction=0: the stages rank"),
+    "stage 2 deeper than the model": (["--set", "name=deep", "--set", "promote=1", "--set",
+                                       "finetune.trained_layers=7"],
+                                      r"config\.finetune\.trained_layers=7: base model .* has 2 layers"),
 }
 
 
@@ -110,7 +138,8 @@ def test_evaluate_and_train_check_their_outputs_and_devices_before_any_work(tmp_
             ([*evaluate, "--device", "cuda"], r"--device='cuda': this machine has no GPU"),
             ([*evaluate, "--batch-size", "0"], r"--batch-size=0: must be a positive integer"),
             (["train", "--config", str(train), "--set", "run.storage_path=/proc/forbidden"],
-             r"config\.run\.storage_path='/proc/forbidden': not writable")):
+             r"config\.run\.storage_path='/proc/forbidden': not writable"),
+            (["export", str(tmp_path), "--out", str(assets["data"])], r"--out='.*': the folder is not empty")):
         started = time.monotonic()
         assert main(arguments) == 2
         err = capsys.readouterr().err

@@ -140,3 +140,47 @@ def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tm
     trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
     assert len(trials) == 4 and len({r.info.run_name for r in trials}) == 4
     assert all(r.info.status == "FINISHED" for r in runs(tmp_path))
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_study_within_seconds_its_runs_killed_and_the_same_command_resumes_it(tmp_path, assets,
+                                                                                             signum):
+    """Ctrl-C (SIGINT to the study's process) or SIGTERM during stage 1: the study stops within seconds (Tune's
+    own handler would only end the stage), its MLflow runs in progress end KILLED, no process of its Ray is left,
+    and the same command finishes it without training a finished trial again."""
+    config = write_study(tmp_path, assets, **{"proxy.num_trials": 6, "proxy.max_concurrent": 1,
+                                              "train.optim.epochs": 4})
+    finished = tmp_path / "studies" / "tiny-study" / "proxy" / "finished"
+    proc = sweep(config)
+    deadline = time.monotonic() + 300
+    while not (finished.is_dir() and any(finished.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, finish(proc, 1)[-4000:]
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    sent = time.monotonic()
+    output = finish(proc, 60)
+    stopped_in = time.monotonic() - sent
+    assert proc.returncode == 128 + signum, output[-4000:]
+    assert stopped_in < 30 and f"stopped by {signal.Signals(signum).name}" in output
+    found = runs(tmp_path)
+    assert found and not [r for r in found if r.info.status == "RUNNING"]
+    assert any(r.info.status == "KILLED" for r in found)            # the parent and the stage at least
+    deadline = time.monotonic() + 30
+    while _group_alive(proc.pid) and time.monotonic() < deadline:   # Ray's own processes go with it
+        time.sleep(0.5)
+    assert not _group_alive(proc.pid), "a process of the stopped study's Ray is still running"
+    kept = {p.name: p.stat().st_mtime_ns for p in finished.iterdir()}
+    again = sweep(config)
+    output = finish(again, 600)
+    assert again.returncode == 0, output[-4000:]
+    done = {p.name: p.stat().st_mtime_ns for p in finished.iterdir()}
+    assert len(done) == 6 and all(done[name] == mtime for name, mtime in kept.items())
+    assert all(r.info.status == "FINISHED" for r in runs(tmp_path))
