@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,7 @@ def plan_stage2(study: StudyConfig, entries: list[Promotion], seeds: int, starte
     """Plan stage 2 within ``study.budget_seconds()`` from each base model's costs (measured here now unless
     the forecast measured them); the time spent counts from ``started`` (``time.monotonic()``)."""
     costs = costs or measured_costs(study, {e.base_model for e in entries}, cores)
+    costs = {m: replace(c, cache_s=0.0) for m, c in costs.items()}     # the state caches were built before stage 1
     return make_plan(entries, seeds, costs, study.budget_seconds(), time.monotonic() - started, cores,
                      study.finetune.confirm_seeds)
 

@@ -29,10 +29,33 @@ def prepare_study(study: StudyConfig, identity: dict) -> None:
     fill_shared_caches(examples)
     for example in examples:
         prepare(example, where="config.train")       # datasets, splits, and the embedding cache
+    if study.promote:
+        build_state_caches(study)
     layout = study.layout
     layout.fingerprint_file.write_text(json.dumps(identity, indent=2))      # as it was, or with accepted versions
     if not layout.config_file.is_file():
         layout.config_file.write_text(json.dumps(asdict(study), indent=2, default=str))
+
+
+def build_state_caches(study: StudyConfig) -> None:
+    """Stage 2 at depth k: the token states below its trained layers, for the training set and every test set,
+    built here once (before any trial: concurrent trials would each build them) and shared by every trial, arm,
+    seed and later study under the storage path."""
+    from sbmoe_ray.data.beir import load_dataset
+    from sbmoe_ray.evaluation.state_cache import dataset_states
+    from sbmoe_ray.train import resolved
+    from sbmoe_ray.train.inputs import state_cache
+
+    stage = study.finetune_stage()
+    for base_model in study.space["base_model"]:
+        cfg = resolved(stage.trial_config({"base_model": base_model, "num_experts": 0}, "prepare"))
+        if cfg.route != "cached_layers":
+            return
+        data, tests = cfg.data, study.train.data.test_datasets
+        names = [(data.train_dataset, data.train_split)] + [(n, data.test_split) for n in tests]
+        cache = state_cache(cfg)
+        for name, split in names:
+            dataset_states(cache, load_dataset(name, split, data.data_dir), data.query_max_length)
 
 
 def fill_shared_caches(configs: list[TrainConfig]) -> None:

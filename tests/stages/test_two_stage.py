@@ -14,6 +14,7 @@ import pytrec_eval
 from mlflow.tracking import MlflowClient
 
 from sbmoe_ray.analysis.records import group_key, group_trials, load_trials
+from sbmoe_ray.evaluation.state_cache import builds
 from sbmoe_ray.study.layout import StudyLayout, trec_run_file
 from sbmoe_ray.tracking.optuna_journal import KEY, journal_study
 
@@ -39,6 +40,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
         "train.data.large_test_datasets": [str(large)],
         "train.evaluation": {"shard_rows": 25, "encode_workers": 2},
         "finetune": {"controls": 1, "seeds": 1, "confirm_seeds": 1, "encoder_lr": 1e-4, "epochs": 3, "patience": 1,
+                     "trained_layers": 1,                           # the depth ladder: the top layer of 2
                      "warmup_steps": 2,
                      "schedule": "linear", "num_workers": 2, "max_concurrent": 2,
                      "cpus_per_worker": 0.5, "validation_retrieval_docs": 20}})
@@ -83,6 +85,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert [e["stage1_group"] for e in promoted["entries"] if e["role"] == "promoted"] == top
     # Stage 2: every (configuration, seed) trained exactly once, on 2 Ray Train workers.
     stage2 = load_trials(StudyLayout(study_dir).finetune)
+    confirmed = load_trials(StudyLayout(study_dir).confirm)
     roles = [e["role"] for e in promoted["entries"]]      # a drawn control that is the top is promoted instead
     # plain fine-tuning tuned as much as SB-MoE: promote + controls = 2 encoder learning rates (1e-4 first)
     assert roles.count("promoted") == 1 and roles.count("control") <= 1 and roles.count("baseline") == 2
@@ -90,11 +93,12 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert [p["encoder_lr"] for p in plain] == [1e-4, 3.16e-5]
     assert len(stage2) == len(promoted["entries"])
     assert sorted(group_key(e["params"]) for e in promoted["entries"]) == sorted({r.group for r in stage2})
-    assert all(r.route == "live" for r in stage2)
+    assert all(r.route == "cached_layers" for r in stage2 + confirmed)     # every arm at the study's depth
+    built = builds(tmp_path / "studies" / "embedding_cache")
+    assert built and len({b["key"] for b in built}) == len(built)   # each text list encoded once, for every trial
     assert all(json.loads(open(r.file).read())["config"]["scaling"]["num_workers"] == 2 for r in stage2)
     # Confirmation: the chosen configuration, the baseline and both controls trained again on a fresh seed,
     # disjoint from the selection seed; only those are tested.
-    confirmed = load_trials(StudyLayout(study_dir).confirm)
     assert not any(r.test for r in stage2) and all(r.test for r in confirmed)
     assert sorted(r.seed for r in confirmed) == [1000] * 4
     assert not {r.seed for r in confirmed} & {r.seed for r in stage2}
@@ -137,6 +141,8 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert len(promoted["entries"]) - 4 < 3 or -1 <= agreement["kendall_tau"] <= 1
     report = (study_dir / "report" / "report.md").read_text()
     assert "Stage 2" in report and "Attribution" in report and "learning_curves.png" in report
+    assert "**Fine-tuned: top 1 of 2 layers**" in report
+    assert json.loads((study_dir / "report" / "summary.json").read_text())["regime"]["finetune_trained_layers"] == 1
     assert "plain fine-tuning at 2 encoder learning rates (0.0001, 3.16e-05: tuned as much as SB-MoE" in report
     (answer,) = summary["test"]["per_base_model"]
     assert set(answer["datasets"]) == {"data", "large"} and answer["chosen"]["seeds"] == [1000]
