@@ -95,14 +95,26 @@ class LayerStateCache:
             self._tokenizer = load_tokenizer(self.config.base_model)
         return self._encoder, self._tokenizer
 
-    def get(self, texts: Sequence[str], max_length: int, desc: str = "states") -> TokenStates:
+    def get(self, texts: Sequence[str], max_length: int, desc: str = "states", pooled=None) -> TokenStates:
+        """The texts' states, built now where missing; ``pooled`` (a
+        :class:`~sbmoe_ray.evaluation.embedding_cache.PooledEmbeddingCache` of the same base model and settings)
+        gets its missing entry for the same texts from the same forward pass (stage 1's cache and stage 2's
+        are then filled by one encoding)."""
         folder = self.path(texts, max_length)
         if not (folder / "offsets.npy").is_file():
-            self._build(folder, texts, max_length, desc)
+            fused = pooled is not None and self._fusable(pooled) and not pooled.path(texts, max_length).is_file()
+            self._build(folder, texts, max_length, desc, pooled if fused else None)
         return TokenStates(np.load(folder / "states.npy", mmap_mode="r"), np.load(folder / "offsets.npy"))
 
-    def _build(self, folder: Path, texts: Sequence[str], max_length: int, desc: str) -> None:
+    def _fusable(self, pooled) -> bool:
+        mine, theirs = self.config, pooled.config
+        return (mine.base_model, mine.pooling, self.settings.precision, str(self.root.parent)) == (
+            theirs.base_model, theirs.pooling, pooled.settings.precision, str(pooled.root))
+
+    def _build(self, folder: Path, texts: Sequence[str], max_length: int, desc: str, pooled=None) -> None:
         encoder, tokenizer = self.encoder()
+        total = len(layers_of(encoder.backbone))
+        pooled_rows = np.empty((len(texts), encoder.hidden_size), dtype=np.float32) if pooled is not None else None
         start = time.perf_counter()
         ids, order = tokenize_sorted(tokenizer, texts, max_length)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
@@ -122,8 +134,7 @@ class LayerStateCache:
                     batch = {k: v.to(self.settings.device)
                              for k, v in pad_batch([ids[i] for i in index], tokenizer.pad_token_id).items()}
                     with autocast(self.settings.device, self.settings.precision):
-                        hidden = lower_forward(encoder.backbone, batch["input_ids"], batch["attention_mask"],
-                                               self.trained_layers)
+                        hidden = self._forward(encoder, batch, total, pooled_rows, index)
                     hidden = (hidden.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16) if bf16
                               else hidden.float().cpu().numpy())
                     for row, i in enumerate(index):
@@ -132,6 +143,8 @@ class LayerStateCache:
             states.flush()
             del states
             np.save(staging / "offsets.npy", offsets)
+            if pooled_rows is not None:
+                pooled.put(pooled.path(texts, max_length), pooled_rows)
             try:
                 staging.rename(folder)
             except OSError:               # another process built it first: theirs is the same
@@ -146,16 +159,30 @@ class LayerStateCache:
             f.write(json.dumps(record) + "\n")
 
 
+    def _forward(self, encoder: BiEncoder, batch: dict, total: int, pooled_rows: np.ndarray | None,
+                 index: np.ndarray) -> torch.Tensor:
+        """The states below the trained layers; with ``pooled_rows``, every layer, and the pooled output too."""
+        if pooled_rows is None:
+            return lower_forward(encoder.backbone, batch["input_ids"], batch["attention_mask"], self.trained_layers)
+        every = encoder.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 output_hidden_states=True).hidden_states
+        pooled_rows[index] = encoder.pool_hidden(every[total], batch["attention_mask"]).float().cpu().numpy()
+        return every[total - self.trained_layers]
+
+
 def builds(root: Path) -> list[dict]:
     """Every build of a state cache under ``root`` (the cache dir), oldest first."""
     path = Path(root) / "states" / BUILD_LOG
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def dataset_states(cache: LayerStateCache, dataset, query_max_length: int) -> tuple[TokenStates, TokenStates]:
-    """Cached states of a dataset's corpus and queries (in their order), built now where missing."""
-    docs = cache.get([d.full_text for d in dataset.corpus.values()], cache.config.max_length, f"{dataset.name} corpus")
-    queries = cache.get(list(dataset.queries.values()), query_max_length, f"{dataset.name} queries")
+def dataset_states(cache: LayerStateCache, dataset, query_max_length: int, pooled=None
+                   ) -> tuple[TokenStates, TokenStates]:
+    """Cached states of a dataset's corpus and queries (in their order), built now where missing (with
+    ``pooled``'s entries, when missing too, from the same pass: :meth:`LayerStateCache.get`)."""
+    docs = cache.get([d.full_text for d in dataset.corpus.values()], cache.config.max_length, f"{dataset.name} corpus",
+                     pooled)
+    queries = cache.get(list(dataset.queries.values()), query_max_length, f"{dataset.name} queries", pooled)
     return docs, queries
 
 

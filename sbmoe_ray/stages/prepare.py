@@ -27,10 +27,10 @@ def prepare_study(study: StudyConfig, identity: dict) -> None:
         params = {"base_model": base_model, "num_experts": max(study.space["num_experts"]), "top_k": 1}
         examples.append(stage.trial_config(params, "prepare"))
     fill_shared_caches(examples)
+    if study.promote:
+        build_state_caches(study)                    # with stage 1's pooled embeddings, one pass per text list
     for example in examples:
         prepare(example, where="config.train")       # datasets, splits, and the embedding cache
-    if study.promote:
-        build_state_caches(study)
     layout = study.layout
     layout.fingerprint_file.write_text(json.dumps(identity, indent=2))      # as it was, or with accepted versions
     if not layout.config_file.is_file():
@@ -44,18 +44,20 @@ def build_state_caches(study: StudyConfig) -> None:
     from sbmoe_ray.data.beir import load_dataset
     from sbmoe_ray.evaluation.state_cache import dataset_states
     from sbmoe_ray.train import resolved
-    from sbmoe_ray.train.inputs import state_cache
+    from sbmoe_ray.train.inputs import embedding_cache, state_cache
 
-    stage = study.finetune_stage()
+    stage, proxy = study.finetune_stage(), study.proxy_stage()
     for base_model in study.space["base_model"]:
         cfg = resolved(stage.trial_config({"base_model": base_model, "num_experts": 0}, "prepare"))
         if cfg.route != "cached_layers":
             return
+        frozen = resolved(proxy.trial_config({"base_model": base_model, "num_experts": 0}, "prepare"))
+        pooled = embedding_cache(frozen) if frozen.uses_cache else None
         data, tests = cfg.data, study.train.data.test_datasets
         names = [(data.train_dataset, data.train_split)] + [(n, data.test_split) for n in tests]
         cache = state_cache(cfg)
         for name, split in names:
-            dataset_states(cache, load_dataset(name, split, data.data_dir), data.query_max_length)
+            dataset_states(cache, load_dataset(name, split, data.data_dir), data.query_max_length, pooled)
 
 
 def fill_shared_caches(configs: list[TrainConfig]) -> None:

@@ -93,3 +93,14 @@ def test_the_state_cache_is_built_once_per_text_list_and_keyed_by_depth_and_prec
     restored = half.batch(range(len(TEXTS))).hidden.float()
     exact = torch.from_numpy(cache.get(TEXTS, 16).batch(range(len(TEXTS))).hidden.numpy())
     assert torch.allclose(restored, exact, rtol=2e-2, atol=2e-2)          # bf16 bits of the same states
+
+
+def test_stage_ones_pooled_cache_filled_by_the_state_caches_pass_equals_its_own_encoding(tiny, tmp_path):
+    from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache
+
+    settings = EncodeSettings(batch_size=4, max_length=16, precision="fp32", progress=False)
+    fused = PooledEmbeddingCache(tmp_path / "fused", config(tiny), settings)
+    LayerStateCache(tmp_path / "fused", config(tiny), settings, 1).get(TEXTS, 16, pooled=fused)
+    assert fused.path(TEXTS, 16).is_file()                                  # written by the states' pass
+    alone = PooledEmbeddingCache(tmp_path / "alone", config(tiny), settings).get(TEXTS, 16)
+    np.testing.assert_allclose(fused.get(TEXTS, 16), alone, atol=1e-5)
