@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts]
         training = sum(costs[e.base_model].trial_s for e in kept) * seeds + sum(
             n * confirm * costs[m].trial_s for m, n in tested.items())
         test = sum(n * (confirm or seeds) * costs[m].test_s / max(1, cores // costs[m].eval_threads)
-                   for m, n in tested.items()) + sum(costs[m].cache_s for m in tested)    # depth k: the state cache
+                   for m, n in tested.items())
         return {"training": training, "test": test, "total": spent_s + training + test}
 
     if estimate(kept, seeds, confirm)["total"] > budget_s and seeds > 1:
@@ -187,7 +187,6 @@ def plan_stage2(study: StudyConfig, entries: list[Promotion], seeds: int, starte
     """Plan stage 2 within ``study.budget_seconds()`` from each base model's costs (measured here now unless
     the forecast measured them); the time spent counts from ``started`` (``time.monotonic()``)."""
     costs = costs or measured_costs(study, {e.base_model for e in entries}, cores)
-    costs = {m: replace(c, cache_s=0.0) for m, c in costs.items()}     # the state caches were built before stage 1
     return make_plan(entries, seeds, costs, study.budget_seconds(), time.monotonic() - started, cores,
                      study.finetune.confirm_seeds)
 

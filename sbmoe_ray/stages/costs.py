@@ -40,7 +40,8 @@ class ModelCosts:
     test_s: float = math.nan    # one test evaluation (every test set), at its threads
     eval_threads: int = 1
     cache_tokens_per_s: float = math.nan   # depth k: the frozen lower layers, building the state cache
-    cache_s: float = 0.0        # depth k: the state cache of every test corpus, built once per base model
+    cache_s: float = 0.0        # depth k: the state cache of every test corpus, built once per base model before
+    #                             stage 1 (with stage 1's pooled cache where it has one: then ~nothing more)
 
 
 def _inputs_at_depth(model, batch: dict, depth: int | None, precision: str):
@@ -162,7 +163,8 @@ def measured_costs(study, models, cores: int) -> dict[str, ModelCosts]:
         costs[model] = estimate_model(cfg, measure_model(cfg, threads, eval_threads), tokens[tokenizer.name_or_path],
                                       cores)
         c = costs[model]
-        cache = f", the layer-state cache of the test corpora ~{c.cache_s / 60:.1f} min once" if c.cache_s else ""
+        cache = (f"; the layer-state cache of the test corpora ~{c.cache_s / 60:.1f} min once, before stage 1 "
+                 "(with its pooled cache: one pass)" if c.cache_s else "")
         print(f"[plan] {model} ({study.depth_label(model)}): a training step {c.step_s:.2f} s, encoding "
               f"{c.tokens_per_s:.0f} tokens/s on {threads} thread(s), {c.eval_tokens_per_s:.0f} on {eval_threads} "
               f"(warm) -> a trial ~{c.trial_s / 60:.1f} min, a test evaluation ~{c.test_s / 60:.1f} min{cache}",
