@@ -41,6 +41,11 @@ def positive(value: Any) -> str | None:
     return None if _number(value) and value > 0 else "must be a finite number > 0"
 
 
+def gpu_share(value: Any) -> str | None:
+    """A share of one GPU: (0, 1]."""
+    return None if _number(value) and 0 < value <= 1 else "a share of one GPU in (0, 1] (1: a whole GPU each)"
+
+
 def int_range(low: int, high: int):
     """An integer in [low, high] (the high end: what a machine or a study can hold)."""
     def check(value: Any) -> str | None:

@@ -91,9 +91,9 @@ def trials_in_process(stage: StageConfig, space: dict[str, Any]) -> bool:
 
 def trainable(stage: StageConfig, space: dict[str, Any]):
     """The trial function with its resources: a 0.25-CPU driver of Ray Train workers, or, when trials
-    train in-process (the cached_head route), one worker's CPUs (and GPU)."""
+    train in their own process (one worker), that worker's CPUs (and its share of a GPU)."""
     values = json.loads(json.dumps(asdict(stage), default=str))
     s = stage.train.scaling
-    resources = ({"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})} if trials_in_process(stage, space)
+    resources = ({"CPU": s.cpus_per_worker, **({"GPU": s.gpus} if s.use_gpu else {})} if trials_in_process(stage, space)
                  else {"CPU": 0.25})
     return tune.with_resources(tune.with_parameters(run_trial, stage=values), resources)

@@ -161,7 +161,7 @@ class StudyConfig(ConfigBase):
                       data=replace(train.data, test_datasets=[], large_test_datasets=[], zero_shot_validation=None,
                                    validation_retrieval_docs=ft.validation_retrieval_docs),
                       scaling=replace(train.scaling, num_workers=ft.num_workers, cpus_per_worker=ft.cpus_per_worker,
-                                      use_gpu=ft.use_gpu),
+                                      use_gpu=ft.use_gpu, gpus_per_worker=ft.gpus_per_worker),
                       run=replace(train.run, checkpoint_metric=ft.objective))
         return StageConfig("finetune", str(self.layout.finetune.folder), cfg, ft.objective, False, str(self.cache_dir))
 

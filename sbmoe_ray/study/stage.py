@@ -15,6 +15,7 @@ from typing import Any
 
 from sbmoe_ray.config import ConfigBase
 from sbmoe_ray.limits import (
+    gpu_share,
     int_range,
     non_negative_int,
     one_of,
@@ -85,7 +86,8 @@ class FinetuneConfig(ConfigBase):
     validation_retrieval_docs: int = setting(500, non_negative_int)   # val_ndcg@10: positives + this many docs
     num_workers: int = setting(2, positive_int)       # data-parallel Ray Train workers per trial
     cpus_per_worker: float = setting(1.0, positive)  # CPUs of each worker
-    use_gpu: bool = False  # one GPU under each worker (nccl)
+    use_gpu: bool = False  # a GPU under each worker (nccl)
+    gpus_per_worker: float = setting(1.0, gpu_share)   # a fraction: several trials share one GPU (see train.scaling)
     max_concurrent: int = setting(1, positive_int)  # stage-2 trials at a time
 
     @property

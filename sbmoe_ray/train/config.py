@@ -29,6 +29,7 @@ from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.evaluation.config import EvaluationConfig
 from sbmoe_ray.limits import (
     distinct,
+    gpu_share,
     non_negative,
     non_negative_int,
     one_of,
@@ -142,7 +143,10 @@ class MemoryConfig(ConfigBase):
 @dataclass
 class ScalingConfig(ConfigBase):
     num_workers: int = setting(2, positive_int)  # data-parallel Ray Train workers
-    use_gpu: bool = False  # one GPU per worker, nccl
+    use_gpu: bool = False  # a GPU per worker, nccl
+    # The share of a GPU each worker takes: 1 (a whole GPU), or a fraction so that several trials share one GPU
+    # (Ray's fractional GPUs: e.g. 0.25 runs 4 one-worker trials side by side on each GPU; memory is not split)
+    gpus_per_worker: float = setting(1.0, gpu_share)
     cpus_per_worker: float = setting(1.0, positive)  # Ray CPUs (threads) each
     placement_strategy: str = setting("SPREAD", one_of(*PLACEMENT_STRATEGIES))  # across nodes
     max_failures: int = setting(1, non_negative_int)  # worker restarts from the last checkpoint
@@ -151,6 +155,11 @@ class ScalingConfig(ConfigBase):
     trainer: str = setting("auto", one_of("auto", "ray_train"))
     dashboard: bool = True                  # a local Ray's dashboard (with ray[default]); false saves ~0.2 GiB
     #                                         and ~3.5 s of CPU at start (docs/contributing.md, Tests); ASHA needs it
+
+    @property
+    def gpus(self) -> float:
+        """The GPUs each worker asks Ray for (0 without ``use_gpu``)."""
+        return self.gpus_per_worker if self.use_gpu else 0.0
 
     @property
     def device_type(self) -> str:

@@ -174,7 +174,7 @@ def train_ray(cfg: TrainConfig, address: str | None = None, callbacks: list | No
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, placement_strategy=s.placement_strategy,
-            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
+            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": s.gpus} if s.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=cfg.run.storage_path, callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),

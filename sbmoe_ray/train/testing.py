@@ -94,7 +94,7 @@ def evaluate_remote(folder: Path | None, cfg: TrainConfig, datasets: list[BeirDa
         return ray.put(evaluation(folder, datasets))
     # "DEFAULT": outside a Tune trial's placement group (its one bundle is the driver's 0.25 CPU), as Ray
     # Train schedules its own actors.
-    task = ray.remote(num_cpus=cpus, num_gpus=1 if s.use_gpu else 0, max_retries=1,
+    task = ray.remote(num_cpus=cpus, num_gpus=s.gpus, max_retries=1,
                       scheduling_strategy="DEFAULT")(_evaluate)
     return task.remote(evaluation, folder, datasets, max(1, int(cpus)))
 
