@@ -8,7 +8,10 @@ rates. Steps are interleaved over ``--rounds`` rounds (1, 2, all, 1, 2, all, ...
 the first step of each depth being warm-up. The test-phase part encodes ``--docs`` SciFact documents: the state
 cache built for them (timed), then the depth-1 model through it against the whole model by tokens.
 
-    python bench/depth_ladder.py [--rounds 3] [--steps 3] [--docs 800] [--threads 2] [--data-dir DIR]
+    python bench/depth_ladder.py [--rounds 3] [--steps 3] [--docs 800] [--threads 2] [--data-dir DIR] [--gpu]
+
+With ``--gpu`` (``bench/gpu_check.sh``) the steps and the encodings run on the first CUDA device, bf16, and each
+figure is also given as model FLOP/s and MFU against the GPU's bf16 matmul ceiling measured here.
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ from sbmoe_ray.train.step import WholeBatchStep
 DEPTHS = (1, 2, "all")
 
 
-def config(depth, data_dir: str | None, threads: int) -> TrainConfig:
+def config(depth, data_dir: str | None, threads: int, gpu: bool = False) -> TrainConfig:
     return resolved(TrainConfig(model=ModelConfig(base_model="minilm"),
                                 data=DataConfig(train_dataset="scifact", test_datasets=[], data_dir=data_dir),
                                 optim=OptimConfig(encoder_lr=2e-5, moe_lr=1e-3, trained_layers=depth, batch_size=64),
-                                scaling=ScalingConfig(num_workers=1, cpus_per_worker=float(threads))))
+                                scaling=ScalingConfig(num_workers=1, cpus_per_worker=float(threads), use_gpu=gpu)))
 
 
 def machine() -> str:
@@ -54,10 +57,16 @@ def machine() -> str:
     return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step_timer(depth, args):
-    cfg = config(depth, args.data_dir, args.threads)
-    data, device = token_inputs(cfg, torch.device("cpu")), torch.device("cpu")
-    model = encoder_model(cfg)
+    cfg = config(depth, args.data_dir, args.threads, args.gpu)
+    device = torch.device("cuda" if args.gpu else "cpu")
+    data = token_inputs(cfg, device)
+    model = encoder_model(cfg).to(device)
     optimizer, scheduler = build_optimizer(model, cfg, 1000)
     step = WholeBatchStep(objective_for(cfg), device, cfg.memory.precision)
     pairs = data.train[:64]
@@ -66,14 +75,34 @@ def step_timer(depth, args):
 
     def one() -> float:
         model.train(True)
+        _sync(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         step(model, q, p, True)
         optimizer.step()
         scheduler.step()
+        _sync(device)
         return time.perf_counter() - start
     one()                                              # warm-up
     return one
+
+
+def gpu_utilisation(med: dict, args) -> dict:
+    """Model FLOP/s of each depth's step against the GPU's bf16 matmul ceiling, measured here (nanoGPT's MFU)."""
+    from sbmoe_ray.runtime.hardware import encoder_flops_per_token, matmul_ceiling
+
+    cfg = config("all", args.data_dir, args.threads, True)
+    model = encoder_model(cfg)
+    tokens = 64 * (256 + 40)                                     # the batch's passages and queries, at most
+    per_token = encoder_flops_per_token(model.backbone, 256)
+    layers = model.backbone.config.num_hidden_layers
+    ceiling = matmul_ceiling("bf16", "cuda")
+    out = {"gpu": torch.cuda.get_device_name(0), "bf16_ceiling_tflops": ceiling / 1e12}
+    for d, seconds in med.items():
+        share = 1.0 if d == "all" else d / layers
+        flops = 3 * share * per_token * tokens
+        out[f"mfu_depth_{d}"] = flops / seconds / ceiling
+    return out
 
 
 def main() -> None:
@@ -83,9 +112,11 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=800)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--gpu", action="store_true", help="on the first CUDA device (bf16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    precision = resolve_precision("auto", "cpu")
+    precision = resolve_precision("auto", "cuda" if args.gpu else "cpu")
+    device = "cuda" if args.gpu else "cpu"
     print(f"machine: {machine()}; precision {precision}", flush=True)
 
     timers = {d: step_timer(d, args) for d in DEPTHS}
@@ -96,20 +127,22 @@ def main() -> None:
         print(f"round {r + 1}: " + ", ".join(f"{d}: {statistics.median(times[d]):.2f} s" for d in DEPTHS), flush=True)
     med = {d: statistics.median(times[d]) for d in DEPTHS}
 
-    cfg = config(1, args.data_dir, args.threads)
+    cfg = config(1, args.data_dir, args.threads, args.gpu)
     dataset = load_dataset("scifact", "test", cfg.data.data_dir)
     texts = [d.full_text for d in list(dataset.corpus.values())[: args.docs]]
-    settings = EncodeSettings(batch_size=32, max_length=cfg.model.max_length, precision=precision, progress=False)
+    settings = EncodeSettings(batch_size=256 if args.gpu else 32, max_length=cfg.model.max_length, precision=precision,
+                              device=device, progress=False)
     with tempfile.TemporaryDirectory() as root:
         cache = LayerStateCache(Path(root), cfg.model, settings, 1)
         states = cache.get(texts, cfg.model.max_length)
         built = builds(Path(root))[-1]
         size = sum(f.stat().st_size for f in cache.path(texts, cfg.model.max_length).iterdir())
-        model = encoder_model(cfg)
+        model = encoder_model(cfg).to(device)
+        tokenizer = load_tokenizer("minilm")
+        encode(model, tokenizer, texts[:64], settings)                       # warm-up
         start = time.perf_counter()
         embed_states(model, states, settings)
         top = time.perf_counter() - start
-        tokenizer = load_tokenizer("minilm")
         start = time.perf_counter()
         encode(model, tokenizer, texts, settings)
         whole = time.perf_counter() - start
@@ -119,11 +152,13 @@ def main() -> None:
         "step_s": {str(d): med[d] for d in DEPTHS},
         "step_ratio_all_over": {str(d): med["all"] / med[d] for d in DEPTHS},
         "test_encoding": {"docs": len(texts), "tokens": tokens, "depth1_s": top, "all_s": whole,
-                          "ratio": whole / top},
+                          "ratio": whole / top, "all_docs_per_s": len(texts) / whole},
         "state_cache": {"build_s": built["seconds"], "tokens_per_s": tokens / built["seconds"],
                         "bytes": size, "bytes_per_token": size / tokens},
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+    if args.gpu:
+        result.update(gpu_utilisation(med, args))
     print(json.dumps(result, indent=2))
 
 

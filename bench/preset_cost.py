@@ -9,7 +9,14 @@ the preset's batch size, each test corpus's documents (local files; the large co
 paper's sizes). Training is counted at the epoch cap (early stopping ends sooner), evaluation at the
 measured rate; wall time assumes the GPUs are kept busy (``--gpus``).
 
+Two figures are assumptions until a GPU run measures them (``bench/gpu_check.sh`` prints both): the encoding rate
+of the large collections at full batch (``--large-docs-per-s``, default 10,000 MiniLM documents/s: ~5 % of an
+H100's bf16 peak at ~4.8 GFLOP a 200-token document; the 960/s above is bound by model loading, not compute),
+and how a GPU shared by ``finetune.gpus_per_worker`` trials divides its time (a trial is charged its share: a
+MiniLM step at batch 64 leaves a GPU mostly idle, so 4 trials on one GPU are assumed to run at the speed of one).
+
     python bench/preset_cost.py --config paper_grade [--gpus 8] [--step-s 0.23] [--docs-per-s 960]
+        [--large-docs-per-s 10000]
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.train.inputs import split_pairs
 
 TRIAL_START_S = 45.0      # Ray Train worker group, model load, checkpoint and report (H200 run: 64 s whole run)
+IN_PROCESS_START_S = 10.0  # one worker in its trial's own process: model load, checkpoints (no worker group)
 
 
-def cost(study: StudyConfig, step_s: float, docs_per_s: float) -> dict[str, float]:
+def cost(study: StudyConfig, step_s: float, docs_per_s: float, large_docs_per_s: float | None = None
+         ) -> dict[str, float]:
     """GPU-seconds per part of stage 2 and its test phase (stage 1: cached heads, minutes, not counted)."""
     ft, cfg = study.finetune, study.finetune_stage().train
     bases = len(study.space["base_model"])
@@ -34,7 +43,9 @@ def cost(study: StudyConfig, step_s: float, docs_per_s: float) -> dict[str, floa
     train, validation = split_pairs(cfg, dataset)
     steps = len(train) // cfg.optim.batch_size
     validation_s = (len(validation) + ft.validation_retrieval_docs) / docs_per_s
-    trial_s = TRIAL_START_S + ft.epochs * (steps * step_s + validation_s)
+    start = IN_PROCESS_START_S if ft.num_workers == 1 else TRIAL_START_S
+    share = ft.gpus_per_worker * ft.num_workers                   # the GPU time a trial is charged
+    trial_s = share * (start + ft.epochs * (steps * step_s + validation_s))
     plain = len(ft.baseline_lrs(study.promote + ft.controls))      # plain fine-tuning, tuned as much as SB-MoE
     entries = study.promote + ft.controls + plain + len(ft.attribution)
     tested = 2 + len(ft.attribution)
@@ -46,7 +57,7 @@ def cost(study: StudyConfig, step_s: float, docs_per_s: float) -> dict[str, floa
     return {"stage 2 selection training": bases * entries * seeds * trial_s,
             "confirmation training": bases * tested * ft.confirm_seeds * trial_s,
             "test sets": bases * tested * confirm * small_docs / docs_per_s,
-            "large collections": bases * 2 * confirm * large_docs / docs_per_s,
+            "large collections": bases * 2 * confirm * large_docs / (large_docs_per_s or docs_per_s),
             "_trial_s": trial_s, "_steps_per_epoch": steps, "_large_docs": large_docs}
 
 
@@ -56,12 +67,14 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--step-s", type=float, default=0.23, help="one training step, batch 64, one GPU")
     parser.add_argument("--docs-per-s", type=float, default=960.0, help="test encoding + search, one GPU")
+    parser.add_argument("--large-docs-per-s", type=float, default=10000.0,
+                        help="the large collections' encoding at full batch, one GPU (an assumption until measured)")
     args = parser.parse_args()
     from sbmoe_ray.cli import PRESETS
 
     path = PRESETS / f"{args.config}.yaml" if (PRESETS / f"{args.config}.yaml").is_file() else args.config
     study = load_config(StudyConfig, path)
-    parts = cost(study, args.step_s, args.docs_per_s)
+    parts = cost(study, args.step_s, args.docs_per_s, args.large_docs_per_s)
     print(f"{args.config}: a stage-2 trial at its cap of {study.finetune.epochs} epochs x "
           f"{parts['_steps_per_epoch']} steps: {parts['_trial_s'] / 60:.1f} GPU-min; large collections: "
           f"{parts['_large_docs'] / 1e6:.1f} M documents (data root {os.environ.get('SBMOE_DATA_DIR', 'default')})")
@@ -71,7 +84,8 @@ def main() -> None:
             total += seconds
             print(f"  {name:28s} {seconds / 3600:8.1f} GPU-h")
     print(f"  {'total':28s} {total / 3600:8.1f} GPU-h = {total / 3600 / args.gpus:.1f} h on {args.gpus} GPUs "
-          f"(step {args.step_s} s, {args.docs_per_s:.0f} docs/s)")
+          f"(step {args.step_s} s, {args.docs_per_s:.0f} docs/s, large collections {args.large_docs_per_s:.0f} "
+          f"docs/s, {study.finetune.gpus_per_worker:g} GPU a trial worker)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ before trusting a CPU rung's answer on a GPU cluster (the GPU guide says so); ta
 your study's report (``--experts``, ``--top-k``, ``--moe-lr``).
 
     python bench/regime_check.py --experts 3 --top-k 1 --moe-lr 1e-3 [--depths 1 2 all] [--epochs 8]
-        [--out results/regime-check] [--test scifact]
+        [--out results/regime-check] [--test scifact] [--gpu]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def config(arm: dict, depth, args) -> TrainConfig:
                         validation_part="selection", validation_retrieval_docs=500),
         optim=OptimConfig(epochs=args.epochs, patience=2, warmup_steps=5, schedule="linear", batch_size=64,
                           encoder_lr=args.encoder_lr, moe_lr=args.moe_lr, trained_layers=depth),
-        scaling=ScalingConfig(num_workers=1, cpus_per_worker=2.0),
+        scaling=ScalingConfig(num_workers=1, cpus_per_worker=2.0, use_gpu=args.gpu),
         run=RunConfig(name=name, storage_path=str(Path(args.out).resolve()), seed=args.seed))
 
 
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--test", nargs="+", default=["scifact"])
     parser.add_argument("--out", default="results/regime-check")
+    parser.add_argument("--gpu", action="store_true", help="train and test on the first CUDA device")
     args = parser.parse_args()
     cells = []
     for depth in args.depths:

@@ -54,7 +54,7 @@ def _inputs_at_depth(model, batch: dict, depth: int | None, precision: str):
 
     if not depth:
         return batch
-    with torch.no_grad(), autocast("cpu", precision):
+    with torch.no_grad(), autocast(batch["input_ids"].device.type, precision):
         hidden = lower_forward(model.backbone, batch["input_ids"], batch["attention_mask"], depth)
     return HiddenStates(hidden.float(), batch["attention_mask"])
 
