@@ -223,7 +223,16 @@ def bad_input_assets(root: Path, tokenizer) -> dict[str, Path]:
     overlap = shutil.copytree(data, root / "overlap")
     with open(overlap / "qrels" / "test.tsv", "a") as f:
         f.write("q0\td0\t1\n")
-    return {"model": save_tiny_model(root / "model", tokenizer), "data": data, "latin1": latin, "overlap": overlap}
+    empty_corpus = shutil.copytree(data, root / "empty-corpus")
+    (empty_corpus / "corpus.jsonl").write_text("")
+    empty_query = shutil.copytree(data, root / "empty-query")
+    queries = (empty_query / "queries.jsonl").read_text().splitlines()
+    queries[-1] = json.dumps({"_id": json.loads(queries[-1])["_id"], "text": "  "})     # a judged test query
+    (empty_query / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    (root / "loop").symlink_to(root / "loop")
+    (root / "a-file").write_text("not a folder")
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": data, "latin1": latin, "overlap": overlap,
+            "empty_corpus": empty_corpus, "empty_query": empty_query, "loop": root / "loop", "file": root / "a-file"}
 
 
 def record_existing_study(config: Path):

@@ -214,10 +214,17 @@ def _read_split(path: Path, split: str, stamp: tuple, name_or_path: str) -> Beir
         raise DataError(f"dataset {name_or_path!r} has no split {split!r} ({qrels_path} is missing); "
                         f"available splits: {available_splits(path) or 'none'}")
     corpus = read_corpus(path / "corpus.jsonl")
+    if not corpus:
+        raise DataError(f"{path / 'corpus.jsonl'}: no documents (the corpus is empty); a BEIR corpus has one JSON "
+                        "object a line with '_id', 'title' and 'text'")
     all_queries = read_queries(path / "queries.jsonl")
     qrels = read_qrels(qrels_path)
     _check_ids(qrels_path, qrels, all_queries, corpus)
     queries = {qid: all_queries[qid] for qid in qrels}
+    empty = sorted(q for q, text in queries.items() if not text.strip())
+    if empty:
+        raise DataError(f"{path / 'queries.jsonl'}: {len(empty)} query(ies) judged in {qrels_path.name} have no text "
+                        f"(e.g. {empty[:_MAX_EXAMPLES]}); give them their text or remove their judgements")
     return BeirDataset(name=path.name, path=path, split=split, corpus=corpus, queries=queries, qrels=qrels)
 
 

@@ -24,11 +24,21 @@ BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data root: ``data_dir`` if given, else ``$SBMOE_DATA_DIR``, else ``~/.cache/sbmoe/beir``."""
+    """The data root: ``data_dir`` if given, else ``$SBMOE_DATA_DIR``, else ``~/.cache/sbmoe/beir``; one that is
+    set but empty, or names a file, is refused (never a silent fall back to a download)."""
     if data_dir is not None:
-        return Path(data_dir).expanduser()
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else DEFAULT_DATA_DIR
+        where, root = "data_dir", str(data_dir)
+    elif DATA_DIR_ENV in os.environ:
+        where, root = f"${DATA_DIR_ENV}", os.environ[DATA_DIR_ENV]
+    else:
+        return DEFAULT_DATA_DIR
+    if not root.strip():
+        raise DataError(f"{where}={root!r}: empty; name the folder that holds your BEIR datasets, or unset it "
+                        f"(then {DEFAULT_DATA_DIR})")
+    path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{where}={root!r}: a file, not a folder; name the folder that holds <dataset>/corpus.jsonl")
+    return path
 
 
 def dataset_name(name_or_path: str) -> str:
@@ -39,8 +49,13 @@ def dataset_name(name_or_path: str) -> str:
 def locate_dataset(name_or_path: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Return the folder of a dataset given by path, or by name under the data root (downloaded if absent)."""
     as_path = Path(name_or_path).expanduser()
-    if (as_path / "corpus.jsonl").is_file():
-        return as_path
+    try:
+        if (as_path / "corpus.jsonl").is_file():
+            return as_path
+        (as_path / "corpus.jsonl").resolve(strict=False)
+    except (RuntimeError, OSError) as exc:            # a symlink loop: resolve() says so, is_file() only False
+        raise DataError(f"dataset path {name_or_path!r}: {exc}; a symbolic link that leads back to itself? "
+                        "point it at a BEIR folder") from None
     if os.sep in name_or_path or name_or_path.startswith("."):
         raise DataError(f"dataset path {name_or_path!r} has no corpus.jsonl: expected a BEIR folder "
                         "with corpus.jsonl, queries.jsonl and qrels/<split>.tsv")

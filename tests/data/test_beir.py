@@ -121,3 +121,18 @@ def test_real_scifact_from_the_data_root(data_dir):
     assert len(test.fingerprint()) == 64 and test.fingerprint() != train.fingerprint()
     first = json.loads((data_dir / "scifact" / "corpus.jsonl").open().readline())
     assert test.corpus[first["_id"]].title == first["title"]
+
+
+@pytest.mark.parametrize("value,message", [("", r"\$SBMOE_DATA_DIR='': empty"),
+                                           ("FILE", r"\$SBMOE_DATA_DIR='.*': a file, not a folder")])
+def test_a_data_root_that_is_empty_or_a_file_is_refused_not_replaced_by_a_download(tmp_path, monkeypatch, value,
+                                                                                  message):
+    from sbmoe_ray.data.root import data_root
+    from sbmoe_ray.errors import DataError
+
+    if value == "FILE":
+        value = str(tmp_path / "file")
+        (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("SBMOE_DATA_DIR", value)
+    with pytest.raises(DataError, match=message):
+        data_root()

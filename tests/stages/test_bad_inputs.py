@@ -103,8 +103,17 @@ CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one
                                    r"config\.train\.scaling\.num_workers=1 x cpus_per_worker=100: a trial would ask"),
     "no held-out queries to rank by": (["--set", "name=noval", "--set", "train.data.validation_fraction=0"],
                                        r"config\.train\.data\.validation_fraction=0: the stages rank"),
-    "stage 2 deeper than the model": (["--set", "name=deep", "--set", "promote=1", "--set",
-                                       "finetune.trained_layers=7"],
+    # data that cannot mean anything
+    "an empty corpus": (["--set", "name=nocorpus", "--set", "train.data.test_datasets=[{empty_corpus}]"],
+                        r"empty-corpus/corpus\.jsonl: no documents \(the corpus is empty\)"),
+    "a judged query without text": (["--set", "name=noquery", "--set", "train.data.test_datasets=[{empty_query}]"],
+                                    r"empty-query/queries\.jsonl: 1 query\(ies\) judged in test\.tsv have no text"),
+    "a symbolic link loop": (["--set", "name=loop", "--set", "train.data.test_datasets=[{loop}]"],
+                             r"dataset path '.*loop'.*a symbolic link that leads back to itself"),
+    "a data root that is a file": (["--set", "name=file", "--set", "train.data.data_dir={file}"],
+                                   r"data_dir='.*a-file': a file, not a folder"),
+    "stage 2 deeper than the model": (["--set", "name=deep", "--set", "promote=1", "--set", "finetune.controls=0",
+                                       "--set", "finetune.trained_layers=7"],
                                       r"config\.finetune\.trained_layers=7: base model .* has 2 layers"),
 }
 
@@ -115,8 +124,7 @@ def test_bad_input_answers_in_seconds_naming_the_key_and_leaves_the_study_as_it_
     config, study = existing
     before = snapshot(tmp_path)
     arguments, message = CASES[name]
-    arguments = [a.format(port=free_port(), data=assets["data"], latin1=assets["latin1"],
-                          overlap=assets["overlap"]) for a in arguments]
+    arguments = [a.format(port=free_port(), **{k: v for k, v in assets.items() if k != "model"}) for a in arguments]
     started = time.monotonic()
     code = main(["study", "--config", str(config), *arguments])
     seconds = time.monotonic() - started
