@@ -51,7 +51,7 @@ def _run(study: StudyConfig, resume: bool, address: str | None, started: float |
     # Imported once the config is known good: a bad config answers before torch, Ray and MLflow load.
     from sbmoe_ray.data.provenance import dataset_uses
     from sbmoe_ray.runtime.cluster import check_job_paths, check_shared_storage, cluster_address, init_ray
-    from sbmoe_ray.stages.checks import check_study
+    from sbmoe_ray.stages.checks import check_study, removed_if_refused
     from sbmoe_ray.stages.prepare import prepare_study
     from sbmoe_ray.tracking import StudyTracker
 
@@ -63,19 +63,21 @@ def _run(study: StudyConfig, resume: bool, address: str | None, started: float |
     study, on_cluster = study.resolved(), bool(cluster_address(address))
     if on_cluster:
         init_ray(address, 0)
-    identity = check_study(study, resume, local=not on_cluster, allow_new_versions=allow_new_versions)
-    if identity is None:
-        print(f"sbmoe: study {study.name!r} is complete ({study.layout.report_file}); nothing to run "
-              f"(`sbmoe report {study.layout.root}` rebuilds its report)", flush=True)
-        return 0
-    if on_cluster:           # every node must see the study and its embedding cache, and have what trials ask
-        check_shared_storage([study.layout.root, study.cache_dir])
-        check_cluster_resources(study)
-    if study.promote:
-        print(f"sbmoe: study {study.name!r}, stage 2 {study.depth_label()} (every arm; "
-              "finetune.trained_layers)", flush=True)
-    costs = say_forecast(study, cores_of(address)) if study.promote and study.budget_seconds() is not None else None
-    prepare_study(study, identity)
+    with removed_if_refused(study.layout.root):      # a refused new study leaves no folder behind
+        identity = check_study(study, resume, local=not on_cluster, allow_new_versions=allow_new_versions)
+        if identity is None:
+            print(f"sbmoe: study {study.name!r} is complete ({study.layout.report_file}); nothing to run "
+                  f"(`sbmoe report {study.layout.root}` rebuilds its report)", flush=True)
+            return 0
+        if on_cluster:       # every node must see the study and its embedding cache, and have what trials ask
+            check_shared_storage([study.layout.root, study.cache_dir])
+            check_cluster_resources(study)
+        if study.promote:
+            print(f"sbmoe: study {study.name!r}, stage 2 {study.depth_label()} (every arm; "
+                  "finetune.trained_layers)", flush=True)
+        costs = say_forecast(study, cores_of(address)) if study.promote and study.budget_seconds() is not None \
+            else None
+        prepare_study(study, identity)
     init_ray(address, ray_cpus(study) + 1, study.train.scaling.dashboard)
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     tracker.start_study(study_params(study), dataset_uses(study.train.data))

@@ -103,6 +103,9 @@ CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one
                                    r"config\.train\.scaling\.num_workers=1 x cpus_per_worker=100: a trial would ask"),
     "no held-out queries to rank by": (["--set", "name=noval", "--set", "train.data.validation_fraction=0"],
                                        r"config\.train\.data\.validation_fraction=0: the stages rank"),
+    "a batch larger than the training pairs": (["--set", "name=huge", "--set", "train.optim.batch_size=100000"],
+                                               r"config\.train\.optim\.batch_size=100000: larger than the \d+ "
+                                               r"training pairs"),
     # data that cannot mean anything
     "an empty corpus": (["--set", "name=nocorpus", "--set", "train.data.test_datasets=[{empty_corpus}]"],
                         r"empty-corpus/corpus\.jsonl: no documents \(the corpus is empty\)"),
