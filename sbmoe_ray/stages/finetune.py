@@ -117,6 +117,15 @@ def not_run(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, plan:
     return proxy
 
 
+def where(study: StudyConfig) -> str:
+    """How a stage-2 trial trains, as the terminal says it: ``fine-tuned: top 1 of 6 layers, one worker in its
+    trial's process`` or ``..., on 2 Ray Train workers``."""
+    ft = study.finetune
+    how = (f"one worker in its trial's process ({ft.cpus_per_worker:g} CPUs" + (", a GPU share" if ft.use_gpu else "")
+           + ")" if ft.num_workers == 1 else f"on {ft.num_workers} Ray Train workers")
+    return f"{study.depth_label()}, {how}"
+
+
 def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, started: float, cores: int,
                  costs: dict[str, ModelCosts] | None = None) -> FinetuneResult | StageResult | None:
     """Stage 2: promote, plan (if a budget is set), fine-tune, test what it chose, check the proxy, report;
@@ -129,7 +138,7 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
     entries, seeds, why = planned(study, promoted, plan)
     points = [e.point(r) for e in entries for r in range(seeds)]
     print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {seeds} seed(s) ({why}) = {len(points)} "
-          f"trials on {study.finetune.num_workers} Ray Train workers each", flush=True)
+          f"trials, {where(study)}", flush=True)
     stage = tracker.for_stage("finetune", "stage 2: fine-tuning (encoder + SB-MoE head)")
     stage_started = time.monotonic()
     records = fit_grid(study, stage, points)
