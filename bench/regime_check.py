@@ -8,7 +8,7 @@ before trusting a CPU rung's answer on a GPU cluster (the GPU guide says so); ta
 your study's report (``--experts``, ``--top-k``, ``--moe-lr``).
 
     python bench/regime_check.py --experts 3 --top-k 1 --moe-lr 1e-3 [--depths 1 2 all] [--epochs 8]
-        [--out results/regime-check] [--test scifact] [--gpu]
+        [--out results/regime-check] [--test scifact] [--gpu] [--cache-dir results/studies/embedding_cache]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from sbmoe_ray.model.bi_encoder import ModelConfig
 from sbmoe_ray.train import TrainConfig, fit
-from sbmoe_ray.train.config import DataConfig, OptimConfig, RunConfig, ScalingConfig
+from sbmoe_ray.train.config import DataConfig, MemoryConfig, OptimConfig, RunConfig, ScalingConfig
 
 
 def arms(args) -> dict[str, dict]:
@@ -42,6 +42,7 @@ def config(arm: dict, depth, args) -> TrainConfig:
         optim=OptimConfig(epochs=args.epochs, patience=2, warmup_steps=5, schedule="linear", batch_size=64,
                           encoder_lr=args.encoder_lr, moe_lr=args.moe_lr, trained_layers=depth),
         scaling=ScalingConfig(num_workers=1, cpus_per_worker=2.0, use_gpu=args.gpu),
+        memory=MemoryConfig(cache_dir=args.cache_dir),
         run=RunConfig(name=name, storage_path=str(Path(args.out).resolve()), seed=args.seed))
 
 
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--test", nargs="+", default=["scifact"])
     parser.add_argument("--out", default="results/regime-check")
     parser.add_argument("--gpu", action="store_true", help="train and test on the first CUDA device")
+    parser.add_argument("--cache-dir", default=None, help="a study's embedding cache to reuse (its states are shared)")
     args = parser.parse_args()
     cells = []
     for depth in args.depths:
@@ -68,6 +70,8 @@ def main() -> None:
                           "val_loss": fitted.best_metrics.get("val_loss"),
                           **{f"{t.dataset} ndcg@10": t.metrics.means["ndcg@10"] for t in fitted.test}})
             print(json.dumps(cells[-1]), flush=True)
+            Path(args.out).mkdir(parents=True, exist_ok=True)          # kept cell by cell: a stopped run keeps its cells
+            (Path(args.out) / "regime_check.json").write_text(json.dumps({"args": vars(args), "cells": cells}, indent=2))
     metric = f"{args.test[0]} ndcg@10"
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}; "
           f"one seed ({args.seed}) per cell; {metric}")
@@ -75,11 +79,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for depth in args.depths:
         row = {c["arm"]: c[metric] for c in cells if c["depth"] == depth}
+        if len(row) < 3:
+            continue
         order = " > ".join(sorted(row, key=row.get, reverse=True))
         print(f"| {depth} | {row['plain']:.4f} | {row['sb-moe']:.4f} | {row['dense adapter']:.4f} | "
               f"{row['sb-moe'] - row['plain']:+.4f} | {row['dense adapter'] - row['plain']:+.4f} | {order} |")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "regime_check.json").write_text(json.dumps({"args": vars(args), "cells": cells}, indent=2))
 
 
 if __name__ == "__main__":
