@@ -28,8 +28,8 @@ TRAIN_OVERHEAD = 1.2
 # with bf16 (estimated 133 / 83) and 462 / 234 s on the AVX2 emulation (481 / 240).
 TEST_OVERHEAD = 1.1
 TEST_FIXED_S = 20.0
-# Through the state cache (depth k) nothing is loaded but the model and the cached states: fitted to the quick start
-# at depth 1 (4 test sets, 2.6 M tokens): 56 s per tested model against 47 s of encoding at the measured rate.
+# Through the state cache (depth k) nothing is loaded but the model and the cached states (fitted to the quick
+# start at depth 1: docs/results/2026-12-06-depth-ladder.md, "What the plan estimated").
 LAYER_TEST_FIXED_S = 5.0
 
 
