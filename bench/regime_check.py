@@ -27,14 +27,15 @@ from sbmoe_ray.train.config import DataConfig, MemoryConfig, OptimConfig, RunCon
 
 
 def arms(args) -> dict[str, dict]:
-    return {"plain": {"num_experts": 0}, "sb-moe": {"num_experts": args.experts, "top_k": args.top_k},
+    inference = {"inference_top_k": "all"} if args.inference == "all" else {}
+    return {"plain": {"num_experts": 0}, "sb-moe": {"num_experts": args.experts, "top_k": args.top_k, **inference},
             "dense adapter": {"num_experts": 1, "top_k": 1}}
 
 
 def config(arm: dict, depth, args) -> TrainConfig:
     """The default study's stage-2 settings (its preset experts_sweep) for one arm at one depth."""
     depth = depth if depth == "all" else int(depth)
-    name = f"{'-'.join(f'{k}{v}' for k, v in arm.items())}-d{depth}-s{args.seed}"
+    name = f"{'-'.join(f'{k[:3]}{v}' for k, v in arm.items())}-d{depth}-s{args.seed}"
     return TrainConfig(
         model=ModelConfig(base_model="minilm", **arm),
         data=DataConfig(train_dataset="scifact", test_datasets=args.test, validation_fraction=0.2,
@@ -50,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--experts", type=int, required=True)
     parser.add_argument("--top-k", type=int, default=1)
+    parser.add_argument("--inference", choices=("top_k", "all"), default="top_k", help="experts active at inference")
     parser.add_argument("--moe-lr", type=float, required=True)
     parser.add_argument("--encoder-lr", type=float, default=2e-5)
     parser.add_argument("--depths", nargs="+", default=["1", "2", "all"])
