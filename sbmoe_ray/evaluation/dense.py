@@ -79,22 +79,34 @@ def encode(model: BiEncoder, tokenizer, texts: Sequence[str], settings: EncodeSe
     model.eval()
     forward = forward or (lambda batch: model.embed(batch["input_ids"], batch["attention_mask"]))
     ids, order = tokenize_sorted(tokenizer, texts, settings.max_length)
+
+    def batch_of(index: np.ndarray) -> dict[str, torch.Tensor]:
+        padded = pad_batch([ids[i] for i in index], tokenizer.pad_token_id)
+        return {k: v.to(settings.device) for k, v in padded.items()}
+
+    out = embed_in_order(order, batch_of, forward, settings, desc, expert_load, top1)
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def embed_in_order(order: np.ndarray, batch_of: Callable, forward: Callable, settings: EncodeSettings, desc: str,
+                   expert_load: ExpertLoad | None = None, top1: np.ndarray | None = None) -> np.ndarray | None:
+    """The embeddings of ``len(order)`` texts in their input order, computed in batches of
+    ``settings.batch_size`` taken in ``order`` (longest first: little padding); ``batch_of(index)`` makes a
+    batch's input, ``forward(input)`` gives ``(embeddings, routing)``. None when there is no text."""
     out: np.ndarray | None = None
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not settings.progress) as bar:
-        for start in range(0, len(texts), settings.batch_size):
+    with tqdm(total=len(order), desc=desc, unit="text", disable=not settings.progress) as bar:
+        for start in range(0, len(order), settings.batch_size):
             index = order[start: start + settings.batch_size]
-            padded = pad_batch([ids[i] for i in index], tokenizer.pad_token_id)
-            batch = {k: v.to(settings.device) for k, v in padded.items()}
             with autocast(settings.device, settings.precision):
-                emb, routing = forward(batch)
+                emb, routing = forward(batch_of(index))
             if out is None:
-                out = np.empty((len(texts), emb.shape[-1]), dtype=np.float32)
+                out = np.empty((len(order), emb.shape[-1]), dtype=np.float32)
             out[index] = emb.float().cpu().numpy()
             if expert_load is not None and routing is not None:
                 expert_load.update(routing)
             record_top1(top1, index, routing)
             bar.update(len(index))
-    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+    return out
 
 
 def exact_search(doc_emb: np.ndarray, doc_ids: Sequence[str], query_emb: np.ndarray, query_ids: Sequence[str],

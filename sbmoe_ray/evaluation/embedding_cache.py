@@ -51,6 +51,17 @@ def _identity(source: str, num_layers: int | None, files: tuple) -> str:
     return digest.hexdigest()
 
 
+def content_key(parts: Sequence, texts: Sequence[str]) -> str:
+    """A cache entry's key: a hash of what computed it (``parts``) and of the exact list of texts."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(f"{part}\x00".encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
 class PooledEmbeddingCache:
     """Pooled (pre-head) embeddings of a frozen base encoder, computed on first use and kept on disk."""
 
@@ -61,13 +72,7 @@ class PooledEmbeddingCache:
         self._tokenizer = None
 
     def key(self, texts: Sequence[str], max_length: int) -> str:
-        digest = hashlib.sha256()
-        for part in (self._model_id, self.config.pooling, str(max_length), self.settings.precision):
-            digest.update(f"{part}\x00".encode())
-        for text in texts:
-            digest.update(text.encode())
-            digest.update(b"\x00")
-        return digest.hexdigest()
+        return content_key((self._model_id, self.config.pooling, str(max_length), self.settings.precision), texts)
 
     def path(self, texts: Sequence[str], max_length: int) -> Path:
         key = self.key(texts, max_length)

@@ -13,7 +13,6 @@ one. Each build appends a line to ``states/builds.jsonl`` (what was encoded, how
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sbmoe_ray.evaluation.dense import EncodeSettings, pad_batch, tokenize_sorted
-from sbmoe_ray.evaluation.embedding_cache import model_identity
+from sbmoe_ray.evaluation.dense import EncodeSettings, embed_in_order, pad_batch, tokenize_sorted
+from sbmoe_ray.evaluation.embedding_cache import content_key, model_identity
 from sbmoe_ray.model.backbones import load_tokenizer
 from sbmoe_ray.model.bi_encoder import BiEncoder, ModelConfig, build_bi_encoder
 from sbmoe_ray.model.depth import HiddenStates, layers_of, lower_forward
@@ -74,13 +73,8 @@ class LayerStateCache:
         self._tokenizer = None
 
     def key(self, texts: Sequence[str], max_length: int) -> str:
-        digest = hashlib.sha256()
-        for part in ("token-states", self._model_id, self.trained_layers, max_length, self.settings.precision):
-            digest.update(f"{part}\x00".encode())
-        for text in texts:
-            digest.update(text.encode())
-            digest.update(b"\x00")
-        return digest.hexdigest()
+        return content_key(("token-states", self._model_id, self.trained_layers, max_length, self.settings.precision),
+                           texts)
 
     def path(self, texts: Sequence[str], max_length: int) -> Path:
         key = self.key(texts, max_length)
@@ -197,21 +191,8 @@ def embed_states(model: BiEncoder, states: TokenStates, settings: EncodeSettings
                  expert_load=None, top1: np.ndarray | None = None) -> np.ndarray:
     """Embed every text of ``states`` with the top layers and head of ``model`` (float32, in text order),
     longest first so that a batch pads little."""
-    from sbmoe_ray.evaluation.routing import record_top1
-
     model.eval()
     order = np.argsort(-states.lengths(), kind="stable")
-    out: np.ndarray | None = None
-    with tqdm(total=len(states), desc=desc, unit="text", disable=not settings.progress) as bar:
-        for begin in range(0, len(states), settings.batch_size):
-            index = order[begin: begin + settings.batch_size]
-            with autocast(settings.device, settings.precision):
-                emb, routing = model.embed_inputs(states.batch(index).to(settings.device))
-            if out is None:
-                out = np.empty((len(states), emb.shape[-1]), dtype=np.float32)
-            out[index] = emb.float().cpu().numpy()
-            if expert_load is not None and routing is not None:
-                expert_load.update(routing)
-            record_top1(top1, index, routing)
-            bar.update(len(index))
+    out = embed_in_order(order, lambda index: states.batch(index).to(settings.device), model.embed_inputs, settings,
+                         desc, expert_load, top1)
     return out if out is not None else np.empty((0, model.hidden_size), dtype=np.float32)
