@@ -122,12 +122,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from sbmoe_ray.stages.pipeline import rebuild_report
 
-    folder = Path(args.study)
-    if not folder.is_dir():
-        from sbmoe_ray.study.config import StudyConfig
+    print(f"wrote {rebuild_report(study_folder(args.study))}")
 
-        folder = Path(StudyConfig().storage_path).resolve() / args.study
-    print(f"wrote {rebuild_report(folder)}")
+
+def study_folder(name: str | None) -> Path:
+    """A study folder given by path, or by name under the default storage path (default: the quick start's)."""
+    from sbmoe_ray.study.config import StudyConfig
+
+    default = StudyConfig()
+    folder = Path(name or default.name)
+    return folder if folder.is_dir() else Path(default.storage_path).resolve() / folder
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from sbmoe_ray.tracking.ui import run_ui
+
+    return run_ui(study_folder(args.study), args.port, not args.no_browser)
 
 
 def study_config_path(name: str) -> Path:
@@ -217,6 +227,12 @@ def _train_and_report_parsers(sub) -> None:
     rp = sub.add_parser("report", help="write a study's report (markdown + PNGs) and log it to MLflow")
     rp.add_argument("study", help="study folder, or a study name under results/studies")
     rp.set_defaults(func=cmd_report)
+    ui = sub.add_parser("ui", help="the MLflow UI over a study's store, opened on its runs (127.0.0.1 only)")
+    ui.add_argument("study", nargs="?", default=None,
+                    help="study folder, or a study name under results/studies (default: experts-sweep)")
+    ui.add_argument("--port", type=int, default=5000, help="the port on 127.0.0.1 (default 5000)")
+    ui.add_argument("--no-browser", action="store_true", help="print the link only")
+    ui.set_defaults(func=cmd_ui)
 
 
 def build_parser() -> argparse.ArgumentParser:
