@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -159,6 +160,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     from sbmoe_ray.config import load_config
     from sbmoe_ray.study.config import StudyConfig
 
+    if args.verbose:
+        os.environ["SBMOE_VERBOSE"] = "1"          # Ray Tune's trial tables (sbmoe_ray/stages/progress.py)
     overrides = args.set + ([f"tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])
     study = load_config(StudyConfig, study_config_path("paper" if args.paper else args.config), overrides)
     from sbmoe_ray.stages.pipeline import run  # after the config is known good: torch, Ray, MLflow
@@ -185,6 +188,8 @@ def _study_parser(sub) -> None:
     st.add_argument("--paper", action="store_true", help="the paper's grid (the preset paper)")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. promote=0")
     st.add_argument("--resume", action="store_true", help="continue the interrupted study of this name")
+    st.add_argument("--verbose", action="store_true", help="Ray Tune's own trial tables too (its logs are always in "
+                    "the study folder)")
     st.add_argument("--allow-new-versions", action="store_true", help="resume a study although torch, "
                     "transformers, ray, optuna or sbmoe-ray changed version since it began (recorded)")
     st.add_argument("--tracking-uri", default=None,

@@ -182,6 +182,7 @@ def load_backbone(name: str):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()          # "Loading weights" bars: noise in a study's terminal
     spec = resolve_model(name)
     try:
         try:

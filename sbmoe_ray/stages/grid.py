@@ -11,7 +11,7 @@ import sys
 from ray import tune
 
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
-from sbmoe_ray.stages.progress import ProgressCallback
+from sbmoe_ray.stages.progress import ProgressCallback, tune_verbosity
 from sbmoe_ray.stages.trial import trainable
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import TrialPoint
@@ -32,7 +32,7 @@ def finetune_tuner(study: StudyConfig, points: list[TrialPoint], callbacks: list
         trainable(stage, study.space), param_space=space,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=study.finetune.max_concurrent),
         run_config=tune.RunConfig(name=folder.tune.name, storage_path=str(folder.folder), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=tune_verbosity()))
 
 
 def fit_grid(study: StudyConfig, stage: StudyTracker, points: list[TrialPoint], confirm: bool = False

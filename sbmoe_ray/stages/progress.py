@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from ray import tune
+
+VERBOSE_ENV = "SBMOE_VERBOSE"      # `sbmoe study --verbose` sets it: Ray Tune's own trial tables come back
+
+
+def tune_verbosity() -> int:
+    """Ray Tune's output: silent (the study prints its own progress lines), or its trial tables (``--verbose``)."""
+    return 2 if os.environ.get(VERBOSE_ENV) == "1" else 0
 
 
 class ProgressCallback(tune.Callback):

@@ -29,7 +29,7 @@ from sbmoe_ray.analysis import figures
 from sbmoe_ray.analysis.records import format_table, load_trials
 from sbmoe_ray.analysis.report import budget_line, summary_rows, write_report
 from sbmoe_ray.analysis.result import StageResult, analyze_proxy
-from sbmoe_ray.stages.progress import ProgressCallback
+from sbmoe_ray.stages.progress import ProgressCallback, tune_verbosity
 from sbmoe_ray.stages.trial import trainable, trials_in_process
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.space import define_space, space_draws
@@ -127,7 +127,7 @@ def proxy_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:
                                     scheduler=scheduler, num_samples=proxy.num_trials * proxy.seeds,
                                     reuse_actors=trials_in_process(stage, study.space)),
         run_config=tune.RunConfig(name=folder.tune.name, storage_path=str(folder.folder), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=tune_verbosity()))
 
 
 def run_proxy(study: StudyConfig, tracker: StudyTracker) -> StageResult:
