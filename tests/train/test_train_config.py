@@ -52,7 +52,7 @@ def test_a_good_file_with_overrides(tmp_path):
     (GOOD.replace("num_experts: 6", "num_experts: six"), r"config\.yaml:5: config\.model\.num_experts='six': expected int"),
     (GOOD.replace("inference_top_k: all", "inference_top_k: most"),
      r"config\.yaml:7: config\.model\.inference_top_k='most': expected int or 'all' or null"),
-    (GOOD + "  encoder_lr: -1\n", r"config\.yaml:12: config\.optim\.encoder_lr=-1\.0: must be a number >= 0"),
+    (GOOD + "  encoder_lr: -1\n", r"config\.yaml:12: config\.optim\.encoder_lr=-1\.0: must be a finite number >= 0"),
     (GOOD + "  batch_size: 63\n",
      r"config\.yaml:12: config\.optim\.batch_size=63: must be a multiple of scaling\.num_workers=2"),
     (GOOD + "memory:\n  precision: fp16\n",
