@@ -26,19 +26,40 @@ class Stopped(KeyboardInterrupt):
         self.signum, self.exit_code = signum, 128 + signum
 
 
+_RECEIVED: list[int] = []       # the signals the handler saw (Ray's C code turns its exception into a plain one)
+
+
+def stopped(exc: KeyboardInterrupt) -> Stopped:
+    """The :class:`Stopped` behind a KeyboardInterrupt: Ray's blocking calls (``ray.wait``, ``ray.get``) raise a
+    plain ``KeyboardInterrupt`` of their own when a signal interrupts them, whatever the handler raised."""
+    if isinstance(exc, Stopped):
+        return exc
+    return Stopped(_RECEIVED[-1] if _RECEIVED else signal.SIGINT)
+
+
+def _stop(signum, _frame) -> None:
+    _RECEIVED.append(signum)
+    raise Stopped(signum)
+
+
+def take_signals() -> None:
+    """(Re)install the handlers: ``ray.init`` installs Ray's own SIGTERM handler (it logs a stack and aborts the
+    driver), so the study takes SIGTERM back once its Ray has started."""
+    if threading.current_thread() is threading.main_thread():
+        for s in SIGNALS:
+            signal.signal(s, _stop)
+
+
 @contextmanager
 def stopping_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Stopped` in the main thread while the block runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def stop(signum, _frame) -> None:
-        raise Stopped(signum)
-
     before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    previous = {s: signal.signal(s, stop) for s in SIGNALS}
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    take_signals()
     try:
         yield
     finally:

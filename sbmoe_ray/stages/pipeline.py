@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sbmoe_ray.runtime.signals import Stopped, stopping_on_signals
+from sbmoe_ray.runtime.signals import stopped, stopping_on_signals, take_signals
 from sbmoe_ray.study.config import StudyConfig
 
 
@@ -40,7 +40,8 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
     with stopping_on_signals():
         try:
             return _run(study, resume, address, started, allow_new_versions)
-        except Stopped as stop:        # before its MLflow runs began: nothing to end
+        except KeyboardInterrupt as exc:        # before its MLflow runs began: nothing to end
+            stop = stopped(exc)
             print(f"\nsbmoe: stopped by {stop}", file=sys.stderr, flush=True)
             return stop.exit_code
 
@@ -79,11 +80,13 @@ def _run(study: StudyConfig, resume: bool, address: str | None, started: float |
             else None
         prepare_study(study, identity)
     init_ray(address, ray_cpus(study) + 1, study.train.scaling.dashboard)
+    take_signals()                                   # ray.init installed its own SIGTERM handler
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     tracker.start_study(study_params(study), dataset_uses(study.train.data))
     try:
         return run_stages(study, tracker, started, address, costs)
-    except Stopped as stop:
+    except KeyboardInterrupt as exc:
+        stop = stopped(exc)
         tracker.stop_all()
         if not on_cluster:
             import ray

@@ -63,6 +63,7 @@ def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
     config = write_study(tmp_path, assets, **{"train.optim.encoder_lr": 1e-4, "train.optim.epochs": EPOCHS,
                                                "proxy.num_trials": 2, "space.num_experts": [2, 3],
                                                "proxy.max_concurrent": 1, "train.scaling.cpus_per_worker": 0.5,
+                                               "train.scaling.trainer": "ray_train",   # a worker group that loses a node
                                                "train.data.train_dataset": str(assets["big_data"])})
     runs_dir = tmp_path / "studies" / "tiny-study" / "proxy" / "runs"
     proc = sweep(config, "--address", ray_cluster.address)
