@@ -37,6 +37,9 @@ def run(study: StudyConfig, resume: bool = False, address: str | None = None, st
         allow_new_versions: bool = False) -> int:
     """The study, from its checks to its report; 0 when every trial finished, 1 when one failed (run it
     again to retry it), 130 (143) when Ctrl-C (SIGTERM) stopped it (:mod:`sbmoe_ray.runtime.signals`)."""
+    from sbmoe_ray.stages.progress import quiet_third_parties
+
+    quiet_third_parties()
     with stopping_on_signals():
         try:
             return _run(study, resume, address, started, allow_new_versions)

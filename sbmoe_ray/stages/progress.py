@@ -11,8 +11,28 @@ VERBOSE_ENV = "SBMOE_VERBOSE"      # `sbmoe study --verbose` sets it: Ray Tune's
 
 
 def tune_verbosity() -> int:
-    """Ray Tune's output: silent (the study prints its own progress lines), or its trial tables (``--verbose``)."""
-    return 2 if os.environ.get(VERBOSE_ENV) == "1" else 0
+    """Ray Tune's output: silent (the study prints its own progress lines), or its trial tables (``--verbose``).
+    Silent needs Tune's classic reporter: its newer one prints an experiment table and a TensorBoard hint even at
+    verbosity 0 (Ray 2.60, ``ray/tune/experimental/output.py``)."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return 2
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    return 0
+
+
+def quiet_third_parties() -> None:
+    """Off unless ``--verbose``: the libraries' chatter that tells a study's user nothing (Optuna's and MLflow's
+    INFO lines, MLflow's artifact-download bars and its pyfunc type-hint advice). Warnings that matter stay."""
+    import logging
+
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow.system_metrics", "mlflow.tracking", "mlflow.store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class ProgressCallback(tune.Callback):
