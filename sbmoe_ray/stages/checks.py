@@ -36,6 +36,9 @@ def check_study(study: StudyConfig, resume: bool = False, local: bool = True,
     from sbmoe_ray.tracking import check_tracking_uri
 
     check_tracking_uri(study.tracking_uri)
+    if layout.root.exists() and not layout.root.is_dir():
+        raise ConfigError(f"config.name={study.name!r}: {layout.root} is a file, not a study folder; give the study "
+                          "another name (--set name=...)")
     with removed_if_refused(layout.root):
         checks.check_writable(layout.root, "config.storage_path")
         check_inputs(study, local)

@@ -242,6 +242,9 @@ class TrainConfig(ConfigBase):
         if o.batch_size < 2:
             raise ConfigError(f"{where}.optim.batch_size={o.batch_size}: the in-batch loss needs >= 2 pairs a batch "
                               "(each query's negatives are the other pairs' passages); use 16 or more")
+        if o.batch_size < 8:
+            warn_once(f"{where}.optim.batch_size={o.batch_size}: legal, but each query sees only {o.batch_size - 1} "
+                      "in-batch negative(s); the paper trains at 64")
         if o.batch_size % self.scaling.num_workers:
             raise ConfigError(f"{where}.optim.batch_size={o.batch_size}: must be a multiple of "
                               f"scaling.num_workers={self.scaling.num_workers} (each worker takes an equal shard)")
@@ -258,6 +261,18 @@ class TrainConfig(ConfigBase):
         if self.memory.grad_cache_chunk and self.frozen:
             raise ConfigError(f"{where}.memory.grad_cache_chunk={self.memory.grad_cache_chunk}: needs a trained "
                               "encoder (optim.encoder_lr > 0); a frozen encoder keeps no activations to save")
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A legal but unusual value: said once per process on stderr (a config is validated again in every trial)."""
+    import sys
+
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"sbmoe: warning: {message}", file=sys.stderr)
 
 
 def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:

@@ -106,6 +106,8 @@ CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one
     "a batch larger than the training pairs": (["--set", "name=huge", "--set", "train.optim.batch_size=100000"],
                                                r"config\.train\.optim\.batch_size=100000: larger than the \d+ "
                                                r"training pairs"),
+    "a name that is a file in the storage path": (["--set", "name=afile"],
+                                                  r"config\.name='afile': .*afile is a file, not a study folder"),
     # data that cannot mean anything
     "an empty corpus": (["--set", "name=nocorpus", "--set", "train.data.test_datasets=[{empty_corpus}]"],
                         r"empty-corpus/corpus\.jsonl: no documents \(the corpus is empty\)"),
@@ -125,6 +127,7 @@ CASES = {   # name: (arguments after `sbmoe study --config CONFIG`, what the one
 def test_bad_input_answers_in_seconds_naming_the_key_and_leaves_the_study_as_it_was(name, tmp_path, assets, existing,
                                                                                     capsys):
     config, study = existing
+    (tmp_path / "studies" / "afile").write_text("a file where a study folder would go")
     before = snapshot(tmp_path)
     arguments, message = CASES[name]
     arguments = [a.format(port=free_port(), **{k: v for k, v in assets.items() if k != "model"}) for a in arguments]
@@ -137,7 +140,7 @@ def test_bad_input_answers_in_seconds_naming_the_key_and_leaves_the_study_as_it_
     assert seconds < ANSWER_SECONDS, f"answered after {seconds:.1f} s"
     assert not ray.is_initialized()
     assert snapshot(tmp_path) == before                     # nothing written, nothing rewritten, no folder left
-    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["tiny-study"]
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["afile", "tiny-study"]
 
 
 def test_evaluate_and_train_check_their_outputs_and_devices_before_any_work(tmp_path, assets, capsys):

@@ -139,3 +139,15 @@ def test_attention_dropout_is_off_by_default_and_can_be_kept(tmp_path, tokenizer
     assert attention_dropouts(keep) == [0.1, 0.1]
     with pytest.raises(ConfigError, match=r"optim\.attention_dropout=1.5: allowed range is \[0, 1\)"):
         too_high.validate()
+
+
+def test_a_legal_but_unusual_batch_is_a_warning_said_once(capsys):
+    from sbmoe_ray.train.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.optim.batch_size = 2
+    cfg.scaling.num_workers = 1
+    for _ in range(3):
+        cfg.validate("config")
+    err = capsys.readouterr().err
+    assert err.count("sbmoe: warning: config.optim.batch_size=2: legal, but each query sees only 1") == 1
