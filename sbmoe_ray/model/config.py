@@ -72,6 +72,13 @@ class ModelConfig:
         return ModelConfig(**values)
 
 
+def check_depth(k, base_model: str, num_layers: int, key: str) -> None:
+    """The one rule of a depth: ``all`` or an integer in 0..the base model's layers (``key`` names the setting)."""
+    if isinstance(k, int) and not 0 <= k <= num_layers:
+        raise ConfigError(f"{key}={k}: base model {base_model!r} has {num_layers} layers; allowed are 'all' or "
+                          f"0..{num_layers}")
+
+
 def depth_label(k: int | None, num_layers: int | None = None) -> str:
     """``top 1 of 6 layers``, ``all layers``, ``frozen encoder``: how the report, the card and MLflow name a depth."""
     if k is None or k == "all":

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.model.config import depth_label  # noqa: F401  (torch-free; re-exported)
+from sbmoe_ray.model.config import check_depth, depth_label  # noqa: F401  (torch-free; re-exported)
 
 
 @dataclass
@@ -45,15 +45,10 @@ def layers_of(backbone: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def check_depth(k: int | None, num_layers: int, where: str = "optim.trained_layers") -> None:
-    if k is not None and not 0 <= k <= num_layers:
-        raise ConfigError(f"{where}={k}: the base model has {num_layers} layers; allowed are 'all' or 0..{num_layers}")
-
-
 def freeze_below(backbone: nn.Module, k: int) -> None:
     """Freeze the embeddings and every layer but the top ``k``."""
     layers = layers_of(backbone)
-    check_depth(k, len(layers))
+    check_depth(k, type(backbone).__name__, len(layers), "optim.trained_layers")
     backbone.requires_grad_(False)
     for layer in layers[len(layers) - k:]:
         layer.requires_grad_(True)

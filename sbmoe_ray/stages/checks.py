@@ -53,22 +53,13 @@ def check_inputs(study: StudyConfig, local: bool) -> None:
     checks.check_loss(study.train.loss.name, "config.train.loss.name")
     for i, base_model in enumerate(study.space["base_model"]):
         checks.check_base_model(base_model, f"config.space.base_model[{i}]")
-        check_stage2_depth(study, base_model)
+        if study.promote:
+            checks.check_trained_layers(study.finetune.trained_layers, base_model, "config.finetune.trained_layers")
     if local:
         checks.check_gpus(study.train.scaling.use_gpu, "config.train.scaling.use_gpu")
         if study.promote:
             checks.check_gpus(study.finetune.use_gpu, "config.finetune.use_gpu")
         check_local_cpus(study)
-
-
-def check_stage2_depth(study: StudyConfig, base_model: str) -> None:
-    """``finetune.trained_layers`` within every base model's layers."""
-    from sbmoe_ray.model.backbones import num_layers
-
-    k = study.finetune.trained_layers
-    if study.promote and isinstance(k, int) and k > (total := num_layers(base_model)):
-        raise ConfigError(f"config.finetune.trained_layers={k}: base model {base_model!r} has {total} layers; allowed "
-                          f"are 'all' or 0..{total} (the same depth for every base model of the study)")
 
 
 def check_local_cpus(study: StudyConfig) -> None:

@@ -62,15 +62,15 @@ def _inputs_at_depth(model, batch: dict, depth: int | None, precision: str):
     return HiddenStates(hidden.float(), batch["attention_mask"])
 
 
-def _tokens_per_s(forward, batch: dict, rounds: int = 2) -> float:
-    """Tokens per second of ``forward(batch)``, warm (the first call is not timed), the best of ``rounds``."""
+def _tokens_per_s(forward, tokens: int, rounds: int = 2) -> float:
+    """``tokens`` over the seconds of ``forward()``, warm (the first call is not timed), the best of ``rounds``."""
     forward()
     best = math.inf
     for _ in range(rounds):
         start = time.perf_counter()
         forward()
         best = min(best, time.perf_counter() - start)
-    return int(batch["attention_mask"].sum()) / best
+    return tokens / best
 
 
 def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
@@ -99,18 +99,18 @@ def measure_model(cfg, threads: int, eval_threads: int) -> ModelCosts:
         step(model, queries, passages, True)
         step_s = time.perf_counter() - start
         model.eval()
-        encode = _inputs_at_depth(model, data.passage_input([d for _, d in pairs]), depth, cfg.memory.precision)
-        rates, cache_rate = [], math.nan
-        mask = {"attention_mask": encode.attention_mask if depth else encode["attention_mask"]}
         tokens = data.passage_input([d for _, d in pairs])
+        encode = _inputs_at_depth(model, tokens, depth, cfg.memory.precision)
+        count = int(tokens["attention_mask"].sum())
+        rates, cache_rate = [], math.nan
         for n in (threads, eval_threads):
             torch.set_num_threads(n)
             with torch.no_grad(), autocast("cpu", cfg.memory.precision):
-                rates.append(_tokens_per_s(lambda: model.embed_inputs(encode), mask))
+                rates.append(_tokens_per_s(lambda: model.embed_inputs(encode), count))
         if depth:
             with torch.no_grad(), autocast("cpu", cfg.memory.precision):
                 cache_rate = _tokens_per_s(lambda: lower_forward(model.backbone, tokens["input_ids"],
-                                                                 tokens["attention_mask"], depth), tokens)
+                                                                 tokens["attention_mask"], depth), count)
         return ModelCosts(step_s, *rates, eval_threads=eval_threads, cache_tokens_per_s=cache_rate)
     finally:
         torch.set_num_threads(old)
@@ -141,7 +141,7 @@ def estimate_model(cfg, costs: ModelCosts, test_tokens: int, cores: int) -> Mode
     val_loss = math.ceil(len(validation) / cfg.optim.batch_size) * costs.step_s / 3        # forward only
     val_docs = (len({d for _, d in validation}) + cfg.data.validation_retrieval_docs) * cfg.model.max_length
     train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss + val_docs / costs.tokens_per_s)
-    cache_s = test_tokens / costs.cache_tokens_per_s if costs.cache_tokens_per_s == costs.cache_tokens_per_s else 0.0
+    cache_s = test_tokens / costs.cache_tokens_per_s if math.isfinite(costs.cache_tokens_per_s) else 0.0
     fixed, sharing = (IN_PROCESS_TRIAL_S, 1.0) if cfg.in_process else (TRIAL_OVERHEAD_S, TRAIN_OVERHEAD)
     test_fixed = LAYER_TEST_FIXED_S if cfg.route == "cached_layers" else TEST_FIXED_S
     return replace(costs, trial_s=fixed + sharing * crowding * train_s,

@@ -79,14 +79,13 @@ def check_base_model(name: str, key: str) -> None:
         raise ModelLoadError(f"{key}={name!r}: {exc}") from None
 
 
-def check_depth(cfg: TrainConfig, where: str) -> None:
-    """``optim.trained_layers`` within the base model's layers."""
+def check_trained_layers(k, base_model: str, key: str) -> None:
+    """A depth (``optim.trained_layers``, ``finetune.trained_layers``) within the base model's layers."""
     from sbmoe_ray.model.backbones import num_layers
+    from sbmoe_ray.model.config import check_depth
 
-    k = cfg.optim.trained_layers
-    if isinstance(k, int) and k > (total := num_layers(cfg.model.base_model)):
-        raise ConfigError(f"{where}.optim.trained_layers={k}: {cfg.model.base_model!r} has {total} layers; allowed "
-                          f"are 'all' or 0..{total}")
+    if isinstance(k, int):
+        check_depth(k, base_model, num_layers(base_model), key)
 
 
 def _no_gpu() -> str | None:
@@ -137,7 +136,7 @@ def check_train_config(cfg: TrainConfig, where: str = "config", local: bool = Tr
     check_test_data_never_trains(cfg.data, loaded, f"{where}.data")
     check_loss(cfg.loss.name, f"{where}.loss.name")
     check_base_model(cfg.model.base_model, f"{where}.model.base_model")
-    check_depth(cfg, where)
+    check_trained_layers(cfg.optim.trained_layers, cfg.model.base_model, f"{where}.optim.trained_layers")
     if local:
         check_gpus(cfg.scaling.use_gpu, f"{where}.scaling.use_gpu")
     return loaded

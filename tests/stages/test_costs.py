@@ -40,3 +40,12 @@ def test_a_trials_estimate_follows_the_formula(cfg):
     train_s = 2 * (steps * 1.0 + val_batches * 1.0 / 3 + val_docs / 320.0)
     assert estimate.trial_s == pytest.approx(TRIAL_OVERHEAD_S + TRAIN_OVERHEAD * train_s)
     assert estimate.test_s > 5000 / 1000.0
+
+
+def test_at_depth_1_the_step_and_the_encoding_of_the_top_layer_are_measured_and_the_cache_build_too(cfg):
+    from dataclasses import replace
+
+    shallow = replace(cfg, optim=replace(cfg.optim, trained_layers=1))
+    costs = measure_model(shallow, threads=1, eval_threads=1)
+    assert costs.step_s > 0 and costs.tokens_per_s > 0 and math.isfinite(costs.cache_tokens_per_s)
+    assert math.isnan(measure_model(cfg, threads=1, eval_threads=1).cache_tokens_per_s)   # every layer: no cache
