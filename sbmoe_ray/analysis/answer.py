@@ -10,7 +10,7 @@ results: replicate i against replicate j of the same configuration, where every 
 
 from __future__ import annotations
 
-from sbmoe_ray.analysis.comparisons import CONFIRMATORY, CORRECTIONS, Comparison, seed_variances
+from sbmoe_ray.analysis.comparisons import CONFIRMATORY, CORRECTIONS, Comparison
 from sbmoe_ray.analysis.inference import MIN_SEEDS, aa_check
 from sbmoe_ray.analysis.records import ConfigGroup, baselines, best_group, preferred_group
 from sbmoe_ray.analysis.routing import routing_summary
@@ -27,18 +27,18 @@ def claimed_keys(groups: list[ConfigGroup], mode: str) -> set[str]:
 def aa_rates(groups: list[ConfigGroup], datasets: list[str], alpha: float, metric: str = "ndcg@10") -> dict:
     """Rejection rates of the combined and the query-only test over every pair of replicates of the same
     configuration, every configuration and test set (the null holds for each pair)."""
-    seeds, replicates, variances = seed_variances(groups, datasets, metric), {}, {}
+    replicates = {}
     for group in (g for g in groups if len(g.records) >= 2):
         for dataset in (d for d in datasets if group.tested_on(d)):
             replicates[(group.key, dataset)] = [r.per_query(dataset, metric) for r in group.records]
-            variances[(group.key, dataset)] = seeds[(group.base_model, dataset)]
-    return aa_check(replicates, variances, alpha)
+    return aa_check(replicates, alpha)
 
 
 def method_text(claims: ClaimsConfig, family: int) -> str:
     return (f"per query, the metric averaged over each side's seeds; Δ with queries and seeds counted together "
-            f"(the seed variance pooled over the base model's configurations, for both arms; Welch-Satterthwaite "
-            f"df); claims need >= {MIN_SEEDS} seeds per arm; p and TOST p (margin ±{claims.margin:g}) adjusted "
+            f"(the seed variance component of the two compared arms, without the seed x query interaction "
+            f"the replicate means carry; Welch-Satterthwaite df); claims need >= {MIN_SEEDS} seeds per arm; p and "
+            f"TOST p (margin ±{claims.margin:g}) adjusted "
             f"over the {family} confirmatory comparisons ({CORRECTIONS[claims.correction]}, statsmodels); "
             f"minimum detectable effect at {claims.power:.0%} power; the query-only paired t-test (scipy) beside it")
 

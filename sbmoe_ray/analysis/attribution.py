@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sbmoe_ray.analysis.comparisons import ATTRIBUTION, Comparison, adjust_family, compare, seed_variances
+from sbmoe_ray.analysis.comparisons import ATTRIBUTION, Comparison, adjust_family, compare
 from sbmoe_ray.analysis.records import ConfigGroup, best_group
 from sbmoe_ray.study.claims import ClaimsConfig
 from sbmoe_ray.study.space import ARMS
@@ -25,12 +25,12 @@ from sbmoe_ray.study.space import ARMS
 def attribution_comparisons(groups: list[ConfigGroup], datasets: list[str], mode: str, claims: ClaimsConfig,
                             metric: str = "ndcg@10") -> list[Comparison]:
     """Each base model's chosen configuration against each of its tested attribution controls, per dataset."""
-    seeds, rows = seed_variances(groups, datasets, metric), []
+    rows = []
     for model in sorted({g.base_model for g in groups}):
         mine = [g for g in groups if g.base_model == model]
         chosen = best_group(mine, mode)
         for control in (g for g in mine if g.arm and g.tested and chosen is not None):
-            rows += [replace(compare(chosen, control, d, seeds[(model, d)], claims, metric), against=control.arm)
+            rows += [replace(compare(chosen, control, d, claims, metric), against=control.arm)
                      for d in datasets if control.tested_on(d) and chosen.tested_on(d)]
     adjust_family(rows, ATTRIBUTION, claims)
     return rows

@@ -6,8 +6,8 @@ against its base model's baseline group (all *its* replicates):
 * Δ: the mean over test queries of (configuration − baseline), each query's metric averaged over each
   side's replicates (training seeds);
 * its 95 % interval and two-sided p with queries and seeds counted together
-  (:func:`sbmoe_ray.analysis.inference.combined`: the pooled seed variance of the base model's
-  configurations on that test set, for both arms), and the query-only interval and p of the paired t-test
+  (:func:`sbmoe_ray.analysis.inference.combined`: the seed variance component of the two compared arms,
+  :mod:`sbmoe_ray.analysis.components`), and the query-only interval and p of the paired t-test
   (``scipy.stats.ttest_rel``, the test the SB-MoE paper uses) beside it;
 * TOST against ``analysis.margin`` and the minimum detectable effect at ``analysis.power``;
 * the verdict: ``better`` / ``worse`` (adjusted p < α, both arms with >= 3 seeds), ``equivalent``
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
-from sbmoe_ray.analysis.inference import MIN_SEEDS, SeedVariance, combined
+from sbmoe_ray.analysis.inference import MIN_SEEDS, combined
 from sbmoe_ray.analysis.records import ConfigGroup, baselines
 from sbmoe_ray.study.claims import ClaimsConfig
 
@@ -56,7 +56,7 @@ class Comparison:
     query_p: float = math.nan
     se: float = math.nan
     df: float = math.nan
-    seed_df: int = 0            # degrees of freedom of the pooled seed variance (0: none estimated)
+    seed_df: float = 0.0        # Satterthwaite df of the seed variance component (0: none estimated)
     seeds_estimated: bool = False
     tost_p: float = math.nan
     tost_p_adjusted: float = math.nan
@@ -96,30 +96,18 @@ def adjust(p_values: list[float], correction: str = "holm") -> list[float]:
     return [float(p) for p in multipletests(p_values, method=correction)[1]]
 
 
-def seed_variances(groups: list[ConfigGroup], datasets: list[str], metric: str = "ndcg@10"
-                   ) -> dict[tuple[str, str], SeedVariance]:
-    """Per (base model, dataset): the seed variance pooled over the base model's configurations."""
-    out = {}
-    for model in {g.base_model for g in groups}:
-        for dataset in datasets:
-            out[(model, dataset)] = SeedVariance.pooled(
-                [[r.mean(dataset, metric) for r in g.records] for g in groups
-                 if g.base_model == model and g.tested_on(dataset)])
-    return out
-
-
-def compare(group: ConfigGroup, base: ConfigGroup, dataset: str, seed: SeedVariance, claims: ClaimsConfig,
+def compare(group: ConfigGroup, base: ConfigGroup, dataset: str, claims: ClaimsConfig,
             metric: str = "ndcg@10") -> Comparison:
     """One configuration against its baseline on one dataset (p not yet adjusted, no verdict yet)."""
     base_runs = [r.per_query(dataset, metric) for r in base.records]
     mine = [r.per_query(dataset, metric) for r in group.records]
-    estimate = combined(mine, base_runs, seed)
+    estimate = combined(mine, base_runs)
     base_queries = base.per_query(dataset, metric)
     _, q_low, q_high, q_p, d_z, _ = paired(base_queries, group.per_query(dataset, metric))
     per_seed = [float(np.mean([run[q] - base_queries[q] for q in base_queries if q in run])) for run in mine]
     return Comparison(group.base_model, group.key, dataset, base.mean(dataset, metric), group.mean(dataset, metric),
                       estimate.delta, estimate.low, estimate.high, estimate.p, estimate.p, d_z, estimate.queries,
-                      len(mine), len(base_runs), q_low, q_high, q_p, estimate.se, estimate.df, seed.df,
+                      len(mine), len(base_runs), q_low, q_high, q_p, estimate.se, estimate.df, estimate.seed_df,
                       estimate.seeds_estimated, estimate.tost(claims.margin), math.nan, claims.margin,
                       estimate.mde(claims.alpha, claims.power), delta_per_seed=per_seed,
                       trial_ids=[r.trial_id for r in group.records])
@@ -139,11 +127,11 @@ def compare_groups(groups: list[ConfigGroup], datasets: list[str], claimed: set[
                    metric: str = "ndcg@10") -> list[Comparison]:
     """Every SB-MoE configuration that has a baseline, on every dataset; ``claimed``: the keys of the
     configurations the answer is about (the confirmatory family), adjusted apart from the rest."""
-    paired_baselines, seeds, rows = baselines(groups), seed_variances(groups, datasets, metric), []
+    paired_baselines, rows = baselines(groups), []
     for group in groups:
         base = paired_baselines.get(group.base_model)
         if not group.is_baseline and base is not None:
-            rows += [compare(group, base, d, seeds[(group.base_model, d)], claims, metric) for d in datasets
+            rows += [compare(group, base, d, claims, metric) for d in datasets
                      if group.tested_on(d) and base.tested_on(d)]
     for family in (CONFIRMATORY, EXPLORATORY):
         adjust_family([r for r in rows if (r.group in claimed) == (family == CONFIRMATORY)], family, claims)

@@ -5,21 +5,18 @@ the number. Scores y[s, q] of query q under replicate (training seed) s, for two
 (n replicates), scored on the same Q queries:
 
     Δ = mean_q [ ȳ_A(q) − ȳ_B(q) ]                       (each query's score averaged over each arm's seeds)
-    Var(Δ) ≈ σ²_seed · (1/m + 1/n)  +  s²_d / Q
+    Var(Δ) = σ²_b · (1/m + 1/n)  +  s²_d / Q
 
-* ``s²_d / Q``: the query-sampling variance of the paired mean difference (the paired t-test's);
-* ``σ²_seed``: how far one replicate's mean score lies from its configuration's mean, pooled over every
-  configuration of the same base model in the stage that has two or more replicates (the within mean
-  square of a one-way random-effects ANOVA of replicate means, df = Σ (k_c − 1)): the seed variance component
-  of a mixed model with the configuration fixed and the seed random (Bouthillier et al. 2021, "Accounting
-  for variance in machine learning benchmarks"). Pooled, it is counted for both arms, the baseline too,
-  even where one arm's replicates happen to agree.
+* ``s²_d / Q``: the query-sampling variance of the paired mean difference (the paired t-test's); it holds the
+  seed x query interaction σ²_e (1/m + 1/n) / Q already;
+* ``σ²_b``: the seed variance component, estimated from the two compared arms only, without the σ²_e / Q the
+  replicate means carry (:mod:`sbmoe_ray.analysis.components`; a mixed model with the configuration and the
+  query fixed and the seed random, Bouthillier et al. 2021, "Accounting for variance in machine learning
+  benchmarks").
 
-Degrees of freedom by Welch–Satterthwaite; the seed x query interaction enters both terms, so the
-interval errs wide. An A/A check (:func:`aa_check`: replicate i against replicate j of the *same*
-configuration, where every rejection is a false one) calibrates it against the query-only t-test on the
-same pairs. A mixed model with crossed query and seed effects (statsmodels ``MixedLM``) would give the
-same components; it takes seconds per comparison and does not always converge, for hundreds of them.
+Degrees of freedom by Welch–Satterthwaite. Whether the test holds its level at the study's own components is
+simulated (:mod:`sbmoe_ray.analysis.simulation`); the A/A check (:func:`aa_check`: replicate i against
+replicate j of the *same* configuration) stays as a sanity line.
 
 "No difference" is claimed only from an equivalence test: TOST (two one-sided tests, Schuirmann 1987)
 against a margin declared in the study config (``analysis.margin``), with the same standard error and df.
@@ -36,26 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from sbmoe_ray.analysis.components import Components, estimate
+
 # A seed variance is "estimated" for a comparison only when each arm has this many replicates; below it a
 # difference is never reported as surviving on query evidence alone (two seeds give one df per arm).
 MIN_SEEDS = 3
-
-
-@dataclass(frozen=True)
-class SeedVariance:
-    """The pooled seed variance component of one base model on one test set, and its degrees of freedom."""
-
-    variance: float
-    df: int
-
-    @classmethod
-    def pooled(cls, replicate_means: list[list[float]]) -> SeedVariance:
-        """From each configuration's replicate means (configurations with one replicate add nothing)."""
-        groups = [np.asarray(g, dtype=float) for g in replicate_means if len(g) >= 2]
-        df = sum(len(g) - 1 for g in groups)
-        if df == 0:
-            return cls(math.nan, 0)
-        return cls(float(sum(((g - g.mean()) ** 2).sum() for g in groups) / df), df)
 
 
 @dataclass(frozen=True)
@@ -71,6 +53,7 @@ class Estimate:
     queries: int
     query_se: float               # the query-sampling part alone (what the paired t-test uses)
     seeds_estimated: bool         # both arms have MIN_SEEDS replicates or more
+    seed_df: float = 0.0          # df of the seed variance component (0: not estimated)
 
     def tost(self, margin: float) -> float:
         """p of TOST for |Δ| < margin (the larger of the two one-sided p-values)."""
@@ -89,43 +72,63 @@ def common_queries(runs: list[dict[str, float]]) -> list[str]:
     return sorted(set(runs[0]).intersection(*runs[1:]))
 
 
-def combined(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]], seed: SeedVariance,
+def matrix(runs: list[dict[str, float]], queries: list[str]) -> np.ndarray:
+    """Replicates' per-query scores as a (replicates, queries) array."""
+    return np.array([[run[q] for q in queries] for run in runs], dtype=float)
+
+
+def combined_arrays(a: np.ndarray, b: np.ndarray, components: Components | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Δ, its variance, the query part of it and the Welch–Satterthwaite df for arms ``a`` (..., m, Q) and
+    ``b`` (..., n, Q); ``components`` estimated from the two arms unless given."""
+    m, n, q = a.shape[-2], b.shape[-2], a.shape[-1]
+    comps = components if components is not None else estimate([a, b])
+    diff = a.mean(-2) - b.mean(-2)
+    v_query = diff.var(-1, ddof=1) / q
+    v_seed = np.asarray(comps.seed) * (1 / m + 1 / n) if comps.estimated else np.zeros_like(v_query)
+    total = v_query + v_seed
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seed_term = np.where(v_seed > 0, v_seed ** 2 / np.maximum(comps.seed_df, 1e-300), 0.0)
+        df = np.where(total > 0, total ** 2 / (v_query ** 2 / (q - 1) + seed_term), np.inf)
+    return diff.mean(-1), total, v_query, df
+
+
+def combined(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]], components: Components | None = None,
              level: float = 0.95) -> Estimate:
-    """Arm A (replicates' per-query scores) against arm B, queries and seeds counted together; without a
-    seed variance (no configuration had two replicates) the query part alone."""
+    """Arm A (replicates' per-query scores) against arm B, queries and seeds counted together; the seed
+    component from the two arms (or ``components``); with one replicate per arm, the query part alone."""
     queries = common_queries(a_runs + b_runs)
     if len(queries) < 2:
         raise ValueError(f"a paired comparison needs >= 2 common queries, got {len(queries)}")
-    diff = (np.array([[run[q] for q in queries] for run in a_runs]).mean(axis=0)
-            - np.array([[run[q] for q in queries] for run in b_runs]).mean(axis=0))
-    delta, n_q = float(diff.mean()), len(queries)
-    v_query = float(diff.var(ddof=1)) / n_q
-    v_seed = seed.variance * (1 / len(a_runs) + 1 / len(b_runs)) if seed.df else 0.0
-    total = v_query + v_seed
-    estimated = min(len(a_runs), len(b_runs)) >= MIN_SEEDS
+    a, b = matrix(a_runs, queries), matrix(b_runs, queries)
+    comps = components if components is not None else estimate([a, b])
+    delta, total, v_query, df = (float(x) for x in combined_arrays(a, b, comps))
+    n_q, estimated, seed_df = len(queries), min(len(a_runs), len(b_runs)) >= MIN_SEEDS, float(comps.seed_df)
     if total == 0:
-        return Estimate(delta, 0.0, math.inf, delta, delta, 1.0 if delta == 0 else 0.0, n_q, 0.0, estimated)
-    df = total ** 2 / (v_query ** 2 / (n_q - 1) + (v_seed ** 2 / seed.df if seed.df else 0.0))
+        return Estimate(delta, 0.0, math.inf, delta, delta, 1.0 if delta == 0 else 0.0, n_q, 0.0, estimated, seed_df)
     se = math.sqrt(total)
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
     p = float(2 * stats.t.sf(abs(delta) / se, df))
-    return Estimate(delta, se, float(df), delta - half, delta + half, p, n_q, math.sqrt(v_query), estimated)
+    return Estimate(delta, se, df, delta - half, delta + half, p, n_q, math.sqrt(v_query), estimated, seed_df)
 
 
-def aa_check(replicates: dict[str, list[dict[str, float]]], seeds: dict[str, SeedVariance],
-             alpha: float = 0.05) -> dict[str, float | int]:
+def aa_check(replicates: dict[str, list[dict[str, float]]], alpha: float = 0.05) -> dict[str, float | int]:
     """Replicate i against replicate j of the same configuration, every pair: how often the combined test
-    and the query-only paired t-test reject at ``alpha``, where every rejection is false. ``replicates``:
-    per (configuration, test set) key, each replicate's per-query scores; ``seeds``: the seed variance
-    that key's comparisons use."""
+    and the query-only paired t-test reject at ``alpha``, where every rejection is false (a sanity line, not
+    a calibration: one replicate per side, and the configuration's own components). ``replicates``: per
+    (configuration, test set) key, each replicate's per-query scores."""
     pairs = combined_rejections = query_rejections = 0
-    for key, runs in replicates.items():
+    for runs in replicates.values():
+        queries = common_queries(runs)
+        if len(queries) < 2:
+            continue
+        comps = estimate([matrix(runs, queries)])
         for a, b in itertools.combinations(runs, 2):
             queries = common_queries([a, b])
             if len(queries) < 2:
                 continue
             pairs += 1
-            combined_rejections += combined([a], [b], seeds[key]).p < alpha
+            combined_rejections += combined([a], [b], comps).p < alpha
             x, y = [a[q] for q in queries], [b[q] for q in queries]
             p = stats.ttest_rel(x, y).pvalue if np.any(np.subtract(x, y)) else 1.0
             query_rejections += p < alpha

@@ -23,6 +23,7 @@ from sbmoe_ray.analysis.attribution import attribution_lines
 from sbmoe_ray.analysis.curves import curve_lines, curve_rows, learning_curves_figure
 from sbmoe_ray.analysis.evidence import confirmation_line, evidence_lines, not_run_lines
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
+from sbmoe_ray.analysis.primary import PowerPlan, claim_lines
 from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
 from sbmoe_ray.analysis.routing import routing_lines
@@ -186,6 +187,9 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items()) + ".", ""]
     if result.plan_text:
         lines += [result.plan_text, ""]
+    for plan in result.summary.get("power_plan", []):
+        lines += ["Planned before stage 2 (from stage 1's claim; printed before it ran):", "", "```",
+                  *PowerPlan(**plan).lines(), "```", ""]
     header = ["base_model", "role", "config", f"stage 1 {study.proxy.objective}", f"stage 2 {objective2}",
               "stage 2 val nDCG@10", "seeds"]
     rows = [{**r, f"stage 1 {study.proxy.objective}": r["stage1_objective"], f"stage 2 {objective2}":
@@ -246,5 +250,7 @@ def write_report(study: StudyConfig, proxy: StageResult, finetune: FinetuneResul
     if finetune is not None:
         lines += finetune_section(study, finetune, layout)
         summary["finetune"] = finetune.summary_entry()
+    answer = (finetune.summary if finetune is not None else proxy.summary).get("primary") or []
+    lines[4:4] = ["## The answer", "", *claim_lines(answer)] if answer else []
     layout.summary_file.write_text(json.dumps(summary, indent=2, default=str))
     layout.report_file.write_text("\n".join(lines) + "\n")

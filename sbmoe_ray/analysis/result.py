@@ -19,6 +19,7 @@ from sbmoe_ray.analysis.answer import claimed_keys, study_summary
 from sbmoe_ray.analysis.attribution import attribution_comparisons, attribution_summary
 from sbmoe_ray.analysis.comparisons import Comparison, compare_groups
 from sbmoe_ray.analysis.pareto import pareto_summary
+from sbmoe_ray.analysis.primary import primary_claims
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, group_key, group_trials, nan_mean
 from sbmoe_ray.analysis.test_sets import describe_test_sets
 from sbmoe_ray.study.config import StudyConfig
@@ -62,6 +63,9 @@ def analyze_proxy(study: StudyConfig, records: list[TrialRecord], failed: int = 
     summary = study_summary(groups, comparisons, datasets, mode, study.proxy.objective, study.budget(),
                             study.analysis)
     summary["test_sets"] = describe_test_sets(study.train.data)
+    summary["primary"] = [c.to_dict() for c in primary_claims(
+        groups, mode, study.analysis, study.primary_test_sets,
+        "the SB-MoE head validation chose, on the frozen encoder (stage 1), against the encoder alone")]
     if study.train.data.zero_shot_validation:
         summary["pareto"] = pareto_summary(groups, mode, datasets)
     return StageResult("proxy", records, groups, comparisons, summary, failed)
@@ -85,6 +89,9 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
               "steps_cap": ft.epochs * per_epoch,
               "steps_run": {"min": min(ran, default=0), "max": max(ran, default=0)}}
     summary = study_summary(tested, comparisons, study.final_test_names, mode, ft.objective, budget, study.analysis)
+    summary["primary"] = [c.to_dict() for c in primary_claims(
+        tested, mode, study.analysis, study.primary_test_sets,
+        f"fine-tuned SB-MoE, the configuration validation chose, against plain fine-tuning ({study.depth_label()})")]
     summary["attribution"] = attribution_summary(summary["per_base_model"], attribution_comparisons(
         tested, study.final_test_names, mode, study.analysis))
     rows = configuration_rows(promotions, {g.key: g for g in groups})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 
+from sbmoe_ray.analysis.primary import PowerPlan, plan_from_pilot
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
@@ -74,8 +75,10 @@ def result_of(study: StudyConfig, proxy: StageResult, records: list[TrialRecord]
     with where the study's time went."""
     entries, seeds, why = planned(study, entries, plan)
     seconds = study_times(proxy.records, records, confirmed or [])
-    return analyze_finetune(study, records, entries, seeds, why, seconds, plan and plan.to_dict(),
-                            plan and plan.sentence(seconds["stage 2 training"]), confirmed)
+    result = analyze_finetune(study, records, entries, seeds, why, seconds, plan and plan.to_dict(),
+                              plan and plan.sentence(seconds["stage 2 training"]), confirmed)
+    result.summary["power_plan"] = [p.to_dict() for p in power_plans(study, proxy, plan)]
+    return result
 
 
 def confirm_seeds(study: StudyConfig, plan: BudgetPlan | None) -> int:
@@ -117,6 +120,21 @@ def not_run(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, plan:
     return proxy
 
 
+def power_plans(study: StudyConfig, proxy: StageResult, plan: BudgetPlan | None) -> list[PowerPlan]:
+    """What stage 2's primary claim can detect at the seeds it will test, from stage 1's claim as the pilot."""
+    pilots = [p for p in proxy.summary.get("primary", []) if min(p["seeds"]) >= 2]
+    seeds = confirm_seeds(study, plan) or planned(study, read_promotions(study.layout.promotions_file), plan)[1]
+    return [plan_from_pilot(p, seeds, study.analysis, len(pilots)) for p in pilots]
+
+
+def print_power_plan(study: StudyConfig, proxy: StageResult, plan: BudgetPlan | None) -> None:
+    plans = power_plans(study, proxy, plan)
+    for line in (line for p in plans for line in p.lines()):
+        print(line, flush=True)
+    if not plans:
+        print("power plan: stage 1 has no claim with 2 or more seeds an arm to plan from", flush=True)
+
+
 def where(study: StudyConfig) -> str:
     """How a stage-2 trial trains, as the terminal says it: ``fine-tuned: top 1 of 6 layers, one worker in its
     trial's process`` or ``..., on 2 Ray Train workers``."""
@@ -136,6 +154,7 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
     if plan is not None and plan.runs_nothing:
         return not_run(study, tracker, proxy, plan)
     entries, seeds, why = planned(study, promoted, plan)
+    print_power_plan(study, proxy, plan)
     points = [e.point(r) for e in entries for r in range(seeds)]
     print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {seeds} seed(s) ({why}) = {len(points)} "
           f"trials, {where(study)}", flush=True)

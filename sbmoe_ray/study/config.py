@@ -96,6 +96,11 @@ class StudyConfig(ConfigBase):
         return Path(self.train.memory.cache_dir or Path(self.storage_path) / "embedding_cache").resolve()
 
     @property
+    def primary_test_sets(self) -> list[str]:
+        """The collections the primary claim averages over (``analysis.primary.test_sets``, else every test set)."""
+        return list(self.analysis.primary.test_sets or self.final_test_names)
+
+    @property
     def test_names(self) -> list[str]:
         """The test datasets as results name them."""
         return [dataset_name(d) for d in self.train.data.test_datasets]
@@ -191,6 +196,11 @@ class StudyConfig(ConfigBase):
         if not self.train.data.test_datasets:
             raise ConfigError(f"{where}.train.data.test_datasets=[]: a study with nothing to test has no answer; name "
                               "at least one test collection (e.g. [scifact])")
+        declared = self.analysis.primary.test_sets
+        if declared and set(declared) - set(self.final_test_names):
+            wrong = sorted(set(declared) - set(self.final_test_names))[0]
+            raise ConfigError(f"{where}.analysis.primary.test_sets={declared}: {wrong!r} is not a test set of this "
+                              f"study; allowed are {self.final_test_names} (train.data.test_datasets)")
         if not self.train.data.validation_fraction:
             raise ConfigError(f"{where}.train.data.validation_fraction=0: the stages rank configurations by "
                               f"proxy.objective={self.proxy.objective!r} on held-out training queries; hold some out "

@@ -1,24 +1,20 @@
 """Inference over queries and seeds: without a seed variance it is scipy's paired t-test and statsmodels'
-paired TOST; the pooled seed variance is the one-way ANOVA's residual mean square (statsmodels); an A/A check
-on simulated replicates with a real seed effect rejects at about α where the query-only test rejects most
-pairs; the minimum detectable effect matches statsmodels' power solver."""
+paired TOST; an arm whose replicates agree still gets the other arm's seed component; an A/A check on
+simulated replicates with a real seed effect rejects at about α where the query-only test rejects most pairs;
+the minimum detectable effect matches statsmodels' power solver. (The components themselves against
+statsmodels' MixedLM: test_components.py; the test's size by simulation: test_simulation.py.)"""
 
 from __future__ import annotations
 
 import random
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
-from statsmodels.formula.api import ols
-from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
-from sbmoe_ray.analysis.inference import SeedVariance, aa_check, combined
-
-NO_SEEDS = SeedVariance(float("nan"), 0)
+from sbmoe_ray.analysis.inference import aa_check, combined
 
 
 def scores(rng: random.Random, n: int = 60, shift: float = 0.0) -> dict[str, float]:
@@ -29,7 +25,7 @@ def test_without_a_seed_variance_it_is_scipys_paired_t_test_and_statsmodels_tost
     rng = random.Random(0)
     a = scores(rng)
     b = {q: v + rng.gauss(0.004, 0.05) for q, v in a.items()}
-    estimate = combined([b], [a], NO_SEEDS)
+    estimate = combined([b], [a])
     reference = stats.ttest_rel(list(b.values()), list(a.values()))
     assert estimate.p == pytest.approx(reference.pvalue)
     assert (estimate.low, estimate.high) == pytest.approx(tuple(reference.confidence_interval()))
@@ -38,36 +34,23 @@ def test_without_a_seed_variance_it_is_scipys_paired_t_test_and_statsmodels_tost
         assert estimate.tost(margin) == pytest.approx(expected, rel=1e-9)
 
 
-def test_the_pooled_seed_variance_is_the_anova_residual_mean_square():
-    rng = np.random.default_rng(1)
-    groups = [list(rng.normal(m, 0.02, size=k)) for m, k in ((0.3, 3), (0.5, 2), (0.4, 4), (0.1, 1))]
-    frame = pd.DataFrame([(g, v) for g, values in enumerate(groups) for v in values], columns=["g", "y"])
-    table = anova_lm(ols("y ~ C(g)", frame).fit())
-    pooled = SeedVariance.pooled(groups)
-    assert pooled.variance == pytest.approx(table.loc["Residual", "mean_sq"]) and pooled.df == 6
-    assert SeedVariance.pooled([[0.2], [0.4]]).df == 0
-
-
 def test_identical_replicates_of_one_arm_still_get_the_other_arms_seed_variance():
     rng = random.Random(2)
     base = [scores(rng, shift=s) for s in (0.0, 0.03, -0.02)]               # baseline seeds differ
     moe = [dict(base[0])] * 3                                               # SB-MoE seeds identical
-    seed = SeedVariance.pooled([[np.mean(list(r.values())) for r in base], [np.mean(list(moe[0].values()))] * 3])
-    estimate = combined(moe, base, seed)
+    estimate = combined(moe, base)
     assert estimate.high - estimate.low > 0 and estimate.se > estimate.query_se > 0 and estimate.seeds_estimated
-    assert not combined(moe[:2], base, seed).seeds_estimated                # 2 seeds: not estimated
+    assert not combined(moe[:2], base).seeds_estimated                # 2 seeds: not estimated
 
 
 def test_an_aa_check_with_a_real_seed_effect_rejects_near_alpha_where_the_query_only_test_rejects_most():
     rng = np.random.default_rng(3)
-    replicates, variances = {}, {}
+    replicates = {}
     truth = rng.random(100)
     for config in range(40):
         runs = [truth + rng.normal(0, 0.03) + rng.normal(0, 0.05, 100) for _ in range(3)]
         replicates[config] = [{f"q{i}": float(v) for i, v in enumerate(run)} for run in runs]
-    seed = SeedVariance.pooled([[float(np.mean(list(r.values()))) for r in runs] for runs in replicates.values()])
-    variances = {k: seed for k in replicates}
-    aa = aa_check(replicates, variances, alpha=0.05)
+    aa = aa_check(replicates, alpha=0.05)
     assert aa["pairs"] == 120
     assert aa["combined_rate"] <= 0.075 and aa["query_only_rate"] >= 0.5
 
@@ -76,7 +59,7 @@ def test_the_minimum_detectable_effect_matches_statsmodels_power_solver():
     rng = random.Random(4)
     a = scores(rng, n=300)
     b = {q: v + rng.gauss(0.0, 0.1) for q, v in a.items()}
-    estimate = combined([b], [a], NO_SEEDS)
+    estimate = combined([b], [a])
     sd = float(np.std([b[q] - a[q] for q in a], ddof=1))
     reference = TTestPower().solve_power(nobs=300, alpha=0.05, power=0.8) * sd
     assert estimate.mde() == pytest.approx(reference, rel=0.01)

@@ -53,3 +53,19 @@ def test_with_stage_two_the_report_has_both_stages_and_is_rewritten_not_appended
     assert set(summary["finetune"]) >= {"configurations", "agreement", "seconds", "test"}
     assert [r["role"] for r in summary["finetune"]["configurations"]] == [e.role for e in entries]
     assert summary["finetune"]["agreement"]["m"]["verdict"] in first
+
+
+def test_the_first_screen_is_the_primary_claim_with_its_interval_power_and_simulated_size(tmp_path):
+    config = hand_study(tmp_path)
+    proxy = analyze_proxy(config, study(seeds=3))
+    write_report(config, proxy)
+    text = config.layout.report_file.read_text()
+    claim = proxy.summary["primary"][0]
+    first_screen = "\n".join(text.splitlines()[:12])
+    assert claim["collections"] == ["a", "b"] and claim["pooling"] == "random" and tuple(claim["seeds"]) == (3, 3)
+    assert "Primary claim (m)" in first_screen and f"{claim['delta']:+.4f}" in first_screen
+    assert f"[{claim['low']:+.4f}, {claim['high']:+.4f}]" in first_screen and claim["verdict"] in first_screen
+    assert f"detectable |Δ| ≥ {claim['mde']:.3f}" in first_screen
+    size = claim["size"]
+    assert size["draws"] == config.analysis.primary.size_draws and size["low"] <= size["rate"] <= size["high"]
+    assert "simulated at this study's own variance components" in first_screen

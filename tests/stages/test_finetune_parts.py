@@ -8,7 +8,7 @@ import json
 from sbmoe_ray.analysis.records import TrialRecord, group_trials
 from sbmoe_ray.analysis.result import analyze_proxy
 from sbmoe_ray.stages.budget import ModelCosts, make_plan
-from sbmoe_ray.stages.finetune import planned, rebuild
+from sbmoe_ray.stages.finetune import planned, power_plans, print_power_plan, rebuild
 from sbmoe_ray.stages.promotion import promotions
 from sbmoe_ray.stages.test_phase import add_results, chosen_groups, evaluation_config
 from sbmoe_ray.study.config import StudyConfig
@@ -80,3 +80,17 @@ def test_the_test_phase_tests_the_baseline_that_validation_prefers_among_the_tun
     assert sum(g.is_baseline for g in tested_groups(records, "min")) == 1          # only it is tested
     with pytest.raises(ValueError, match="several baselines"):
         baselines(group_trials(records))
+
+
+def test_the_power_plan_before_stage_two_reads_stage_ones_claim_at_the_seeds_stage_two_will_test(tmp_path, capsys):
+    config = hand_study(tmp_path, confirm_seeds=5)
+    proxy = analyze_proxy(config, study(seeds=3))
+    entries = promotions(proxy.groups, "min", promote=1, controls=1, seed=0)
+    config.layout.promotions_file.parent.mkdir(parents=True)
+    config.layout.promotions_file.write_text(json.dumps({"settings": {}, "entries": [e.to_dict() for e in entries]}))
+    plan, = power_plans(config, proxy, None)
+    assert plan.seeds == 5 and plan.collections == ["a", "b"] and plan.mde > 0 and plan.pooling == "random"
+    fewer, = power_plans(hand_study(tmp_path, confirm_seeds=2), proxy, None)
+    assert fewer.mde > plan.mde
+    print_power_plan(config, proxy, None)
+    assert "power plan (pilot: stage 1's claim" in capsys.readouterr().out

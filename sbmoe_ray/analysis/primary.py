@@ -1,0 +1,317 @@
+"""The primary claim: one number per base model, declared before the study runs, with the power to answer it.
+
+Each test collection tested alone cannot reach the effects at issue (the SB-MoE paper's gains are
++0.001..+0.023 nDCG@10; the query term alone of one collection gives SE 0.004-0.007). The primary claim is
+therefore across collections (``analysis.primary``): the chosen SB-MoE configuration against plain fine-tuning,
+the **unweighted mean over the declared collections** of Δ_c (each collection's Δ as in
+:func:`sbmoe_ray.analysis.inference.combined`), with
+
+    Var(Δ̄) = Σ_c (s²_d,c / Q_c) / C²          queries: independent across collections
+           + σ²_z (1/m + 1/n)                 seeds: one training run moves every collection at once, so the
+                                              seed component of the collection-averaged replicate score z,
+                                              less its Σ_c σ²_e,c / (Q_c C²) (:mod:`~sbmoe_ray.analysis.components`)
+           + τ² / C                           collections random (the default): the between-collection
+                                              variance of the true Δ_c (Paule–Mandel, statsmodels
+                                              ``combine_effects``), on C − 1 df
+
+df by Welch–Satterthwaite over the three terms. ``collections: fixed`` drops τ² (the claim is then about these
+collections only, and says so). τ² is estimated from the Δ_c with their query and seed variances, the seed
+covariance between collections ignored there (so τ² errs high: conservative). The claim's family is one
+primary claim per base model, adjusted over the base models (Holm); its minimum detectable effect is at the
+first Holm step's α. Per-collection results are secondary and adjusted apart
+(:mod:`sbmoe_ray.analysis.comparisons`).
+
+:func:`power_plan` says before stage 2, from a pilot's components (stage 1's replicates), what the claim could
+detect at the planned seeds and collections, how many seeds would reach the margin, and whether equivalence is
+reachable at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from sbmoe_ray.analysis.comparisons import adjust
+from sbmoe_ray.analysis.components import estimate
+from sbmoe_ray.analysis.inference import MIN_SEEDS, common_queries, matrix
+from sbmoe_ray.analysis.simulation import RejectionRate, primary_size
+
+MAX_PLANNED_SEEDS = 100
+
+
+def _t(q: float, df: float) -> float:
+    return float(stats.t.ppf(q, df)) if math.isfinite(df) else float(stats.norm.ppf(q))
+
+
+def satterthwaite(terms: list[tuple[float, float]]) -> float:
+    """df of a sum of variance terms, each (value, its df)."""
+    total, denominator = sum(v for v, _ in terms), sum(v ** 2 / d for v, d in terms if v > 0 and d > 0)
+    return total ** 2 / denominator if denominator > 0 else math.inf
+
+
+def mde(se: float, df: float, alpha: float, power: float) -> float:
+    """The smallest |Δ| a two-sided test at ``alpha`` detects with ``power``."""
+    return (_t(1 - alpha / 2, df) + _t(power, df)) * se
+
+
+def equivalence_reach(se: float, df: float, alpha: float, power: float) -> float:
+    """The smallest margin TOST at ``alpha`` shows with ``power`` when the true Δ is 0."""
+    return (_t(1 - alpha, df) + _t(1 - (1 - power) / 2, df)) * se
+
+
+@dataclass
+class PrimaryClaim:
+    """The primary claim of one base model: Δ̄ over the declared collections, its inference and its power."""
+
+    base_model: str
+    statement: str
+    collections: list[str]
+    pooling: str                        # random or fixed
+    delta: float
+    se: float
+    df: float
+    low: float
+    high: float
+    p: float
+    tost_p: float
+    margin: float
+    seeds: tuple[int, int]
+    per_collection: dict[str, float]
+    variance: dict[str, float]          # queries, seeds, collections (τ² / C)
+    tau2: float
+    components: dict[str, dict[str, float]]     # per collection: queries, σ²_e, σ²_d (what the simulation draws from)
+    p_adjusted: float = math.nan
+    tost_p_adjusted: float = math.nan
+    mde: float = math.nan               # at the first Holm step's α
+    alpha_adjusted: float = math.nan
+    verdict: str = ""
+    notes: list[str] = field(default_factory=list)
+    size: dict | None = None            # the A/B size simulation at these components
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def collection_parts(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
+    """Per collection (arm A (m, Q_c), arm B (n, Q_c)): Δ_c, its query variance, the components, the arms."""
+    parts = {}
+    for name, (a, b) in arrays.items():
+        diff = a.mean(0) - b.mean(0)
+        parts[name] = {"delta": float(diff.mean()), "v_query": float(diff.var(ddof=1)) / a.shape[1],
+                       "components": estimate([a, b]), "a": a, "b": b, "queries": a.shape[1]}
+    return parts
+
+
+def as_arrays(a_runs: dict[str, list[dict[str, float]]], b_runs: dict[str, list[dict[str, float]]]
+              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per collection, both arms' replicates over the queries every one of them scored."""
+    out = {}
+    for name in a_runs:
+        queries = common_queries(a_runs[name] + b_runs[name])
+        out[name] = (matrix(a_runs[name], queries), matrix(b_runs[name], queries))
+    return out
+
+
+def seed_term(parts: dict[str, dict]) -> tuple[float, float]:
+    """σ²_z, the seed component of the collection-averaged replicate score, and its df."""
+    c = len(parts)
+    z = [np.mean([p[arm].mean(1) for p in parts.values()], axis=0) for arm in ("a", "b")]
+    df_z = sum(len(v) - 1 for v in z)
+    if df_z == 0:
+        return 0.0, 0.0
+    ms_z = sum(float(((v - v.mean()) ** 2).sum()) for v in z) / df_z
+    carried = [(float(p["components"].interaction) / (p["queries"] * c * c), p["components"].df_error)
+               for p in parts.values() if p["components"].estimated]
+    raw = ms_z - sum(v for v, _ in carried)
+    if raw <= 0:
+        return 0.0, float(df_z)
+    return raw, raw ** 2 / (ms_z ** 2 / df_z + sum(v ** 2 / d for v, d in carried))
+
+
+def between_collections(parts: dict[str, dict], m: int, n: int) -> float:
+    """τ², the variance of the true Δ_c across collections (Paule–Mandel, statsmodels)."""
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    deltas = np.array([p["delta"] for p in parts.values()])
+    variances = np.array([p["v_query"] + (float(p["components"].seed) * (1 / m + 1 / n)
+                                         if p["components"].estimated else 0.0) for p in parts.values()])
+    return float(combine_effects(deltas, np.maximum(variances, 1e-12), method_re="pm").tau2)
+
+
+def primary_claim(base_model: str, statement: str, a_runs: dict[str, list[dict[str, float]]],
+                  b_runs: dict[str, list[dict[str, float]]], pooling: str, margin: float) -> PrimaryClaim:
+    """Arm A against arm B over the collections of ``a_runs`` (per collection, each replicate's per-query scores,
+    replicate i of a collection being the same trained model as replicate i of another)."""
+    return claim_of(base_model, statement, as_arrays(a_runs, b_runs), pooling, margin)
+
+
+def claim_of(base_model: str, statement: str, arrays: dict[str, tuple[np.ndarray, np.ndarray]], pooling: str,
+             margin: float) -> PrimaryClaim:
+    """:func:`primary_claim` on arrays (what the size simulation calls)."""
+    parts = collection_parts(arrays)
+    c, (m, n) = len(parts), (next(iter(arrays.values()))[0].shape[0], next(iter(arrays.values()))[1].shape[0])
+    notes = []
+    v_query = sum(p["v_query"] for p in parts.values()) / c ** 2
+    df_query = satterthwaite([(p["v_query"] / c ** 2, p["queries"] - 1) for p in parts.values()])
+    sigma_z, df_z = seed_term(parts)
+    v_seed = sigma_z * (1 / m + 1 / n)
+    tau2 = 0.0
+    if pooling == "random" and c >= 2:
+        tau2 = between_collections(parts, m, n)
+    elif pooling == "random":
+        notes.append("one collection: the between-collection variance cannot be estimated; the claim is about it alone")
+        pooling = "fixed"
+    if min(m, n) < 2:
+        notes.append("one replicate an arm: the seed variance is not estimated; the interval holds queries only")
+    v_coll = tau2 / c
+    total = v_query + v_seed + v_coll
+    df = satterthwaite([(v_query, df_query), (v_seed, df_z), (v_coll, c - 1)])
+    delta = float(np.mean([p["delta"] for p in parts.values()]))
+    se = math.sqrt(total)
+    half = _t(0.975, df) * se
+    p = float(2 * stats.t.sf(abs(delta) / se, df)) if se > 0 else float(delta == 0)
+    tost = (float(max(stats.t.sf((delta + margin) / se, df), stats.t.cdf((delta - margin) / se, df)))
+            if se > 0 else float(abs(delta) >= margin))
+    return PrimaryClaim(base_model, statement, list(parts), pooling, delta, se, df, delta - half, delta + half, p,
+                        tost, margin, (m, n), {k: v["delta"] for k, v in parts.items()},
+                        {"queries": v_query, "seeds": v_seed, "collections": v_coll}, tau2,
+                        {k: pilot_components(v, m, n) for k, v in parts.items()}, notes=notes)
+
+
+def pilot_components(part: dict, m: int, n: int) -> dict[str, float]:
+    """One collection's queries, σ²_e and σ²_d, as the power plan and the size simulation read them."""
+    comps = part["components"]
+    interaction = float(comps.interaction) if comps.estimated else 0.0
+    s2_d = part["v_query"] * part["queries"]
+    return {"queries": part["queries"], "interaction": interaction,
+            "query_diff": max(0.0, s2_d - interaction * (1 / m + 1 / n))}
+
+
+def adjust_primary(claims: list[PrimaryClaim], alpha: float, power: float, correction: str = "holm") -> None:
+    """p and TOST p adjusted over the primary family (one claim per base model), the MDE at the first Holm
+    step's α, and each claim's verdict."""
+    family = len(claims)
+    for claim, p, tost in zip(claims, adjust([c.p for c in claims], correction),
+                              adjust([c.tost_p for c in claims], correction)):
+        claim.p_adjusted, claim.tost_p_adjusted, claim.alpha_adjusted = p, tost, alpha / family
+        claim.mde = mde(claim.se, claim.df, alpha / family, power)
+        if min(claim.seeds) < MIN_SEEDS:
+            claim.verdict = f"seed variance not estimated (< {MIN_SEEDS} seeds an arm): nothing claimed"
+        elif p < alpha:
+            claim.verdict = "better" if claim.delta > 0 else "worse"
+        elif tost < alpha:
+            claim.verdict = f"equivalent within ±{claim.margin:g}"
+        else:
+            claim.verdict = f"inconclusive (detectable: ±{claim.mde:.3f})"
+
+
+@dataclass(frozen=True)
+class PowerPlan:
+    """What the primary claim can detect at the planned seeds and collections, from a pilot's components."""
+
+    collections: list[str]
+    seeds: int
+    pooling: str
+    se: float
+    df: float
+    mde: float
+    alpha_adjusted: float
+    margin: float
+    power: float
+    seeds_for_margin: int | None        # None: unreachable by seeds alone
+    equivalence_reach: float            # the smallest margin TOST could show at Δ = 0
+    pilot: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        out = [f"power plan ({self.pilot}): the primary claim over {len(self.collections)} collections "
+               f"({', '.join(self.collections)}), {self.seeds} seeds an arm, collections {self.pooling}: detectable "
+               f"|Δ| ≥ {self.mde:.3f} nDCG@10 at {self.power:.0%} power, α = {self.alpha_adjusted:g} (first Holm step)"]
+        if self.seeds_for_margin is None:
+            out.append(f"  the margin ±{self.margin:g} is out of reach by seeds: the query variance of these "
+                       "collections alone exceeds it; add collections (train.data.test_datasets) or widen "
+                       "analysis.margin")
+        elif self.seeds_for_margin > self.seeds:
+            out.append(f"  to detect ±{self.margin:g}: {self.seeds_for_margin} seeds an arm")
+        out.append(f"  equivalence within ±{self.margin:g}: " + (
+            "reachable" if self.equivalence_reach <= self.margin else
+            f"unreachable with these collections and seeds (TOST shows ±{self.equivalence_reach:.3f} at best)"))
+        return out
+
+
+def power_plan(pilot: dict[str, dict[str, float]], sigma_z: float, seeds: int, pooling: str, tau2: float,
+               alpha: float, family: int, power: float, margin: float, source: str) -> PowerPlan:
+    """``pilot``: per collection its queries, σ²_e and σ²_d (the per-query difference variance of the arms'
+    true scores); ``sigma_z``: the seed component of the collection-averaged score; ``tau2``: the between-
+    collection variance assumed (0 when unknown, said in ``source``)."""
+    c, a = len(pilot), alpha / family
+
+    def se_df(m: int) -> tuple[float, float]:
+        parts = [((p["query_diff"] + p["interaction"] * 2 / m) / p["queries"] / c ** 2, p["queries"] - 1)
+                 for p in pilot.values()]
+        terms = parts + [(sigma_z * 2 / m, 2 * (m - 1)), ((tau2 / c) if pooling == "random" else 0.0, c - 1)]
+        return math.sqrt(sum(v for v, _ in terms)), satterthwaite(terms)
+
+    se, df = se_df(seeds)
+    needed = next((m for m in range(2, MAX_PLANNED_SEEDS + 1) if mde(*se_df(m), a, power) <= margin), None)
+    return PowerPlan(list(pilot), seeds, pooling, se, df, mde(se, df, a, power), a, margin, power, needed,
+                     equivalence_reach(se, df, a, power), source)
+
+
+def primary_claims(groups, mode: str, claims, collections: list[str], statement: str,
+                   metric: str = "ndcg@10") -> list[PrimaryClaim]:
+    """Per base model, validation's SB-MoE choice against its baseline over ``collections`` (those both tested),
+    adjusted over the base models, each with the A/B size simulation at its own components."""
+    from sbmoe_ray.analysis.records import baselines, best_group
+
+    out, paired = [], baselines(groups)
+    for model in sorted({g.base_model for g in groups}):
+        chosen, base = best_group([g for g in groups if g.base_model == model], mode), paired.get(model)
+        if chosen is None or base is None:
+            continue
+        names = [d for d in collections if chosen.tested_on(d) and base.tested_on(d)]
+        if not names:
+            continue
+        a = {d: [r.per_query(d, metric) for r in chosen.records] for d in names}
+        b = {d: [r.per_query(d, metric) for r in base.records] for d in names}
+        out.append(primary_claim(model, statement, a, b, claims.primary.collections, claims.margin))
+    adjust_primary(out, claims.alpha, claims.power, claims.correction)
+    for claim in out:
+        if claims.primary.size_draws and min(claim.seeds) >= 2:
+            claim.size = primary_size(claim, claim.alpha_adjusted, claims.primary.size_draws).to_dict()
+    return out
+
+
+def claim_lines(claims: list[dict]) -> list[str]:
+    """The report's first screen: each primary claim, its estimate, interval, p, TOST p, MDE and the test's size."""
+    lines = []
+    for c in claims:
+        size = c.get("size")
+        lines += [f"**Primary claim ({c['base_model']}): {c['statement']}** — mean Δ nDCG@10 over "
+                  f"{len(c['collections'])} collections ({', '.join(c['collections'])}; collections {c['pooling']}), "
+                  f"{c['seeds'][0]} vs {c['seeds'][1]} seeds: **{c['delta']:+.4f}**, 95% CI "
+                  f"[{c['low']:+.4f}, {c['high']:+.4f}], p = {c['p']:.3g} (adjusted {c['p_adjusted']:.3g}), "
+                  f"TOST p (±{c['margin']:g}) = {c['tost_p_adjusted']:.3g} adjusted; detectable |Δ| ≥ {c['mde']:.3f} "
+                  f"at α = {c['alpha_adjusted']:g}. **Verdict: {c['verdict']}.**", ""]
+        if size:
+            lines += [f"The test's {RejectionRate.from_dict(size).text()}, simulated at this study's own variance "
+                      "components (seed, seed x query, query, between collections).", ""]
+        lines += [f"- {n}" for n in c.get("notes", [])] + ([""] if c.get("notes") else [])
+    return lines
+
+
+
+def plan_from_pilot(pilot: dict, seeds: int, claims, family: int) -> PowerPlan:
+    """The power plan of stage 2's primary claim from stage 1's (``pilot``: its summary entry): its per-collection
+    query and seed x query components, its seed component of the collection mean and its τ²."""
+    m, n = pilot["seeds"]
+    sigma_z = pilot["variance"]["seeds"] / (1 / m + 1 / n)
+    source = (f"pilot: stage 1's claim, {m} vs {n} seeds; two fine-tuned arms may differ less per query, and a "
+              "fine-tuning seed may move more than a head's")
+    return power_plan(pilot["components"], sigma_z, seeds, pilot["pooling"], pilot["tau2"], claims.alpha, family,
+                      claims.power, claims.margin, source)

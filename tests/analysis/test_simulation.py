@@ -1,0 +1,43 @@
+"""The combined test holds its level at the components this study measured (σ²_e / Q at least half of the
+replicate means' variance), and finds a true effect of its own minimum detectable size at its stated power."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from sbmoe_ray.analysis.components import estimate
+from sbmoe_ray.analysis.simulation import draw_arms, query_difference_variance, rejection_rate, size_at
+
+Q, INTERACTION, QUERY_DIFF = 300, 0.04, 0.02
+
+
+@pytest.mark.parametrize("share", [0.5, 0.65])
+def test_the_size_at_the_studys_regime_is_near_alpha(share):
+    seed = INTERACTION / Q * (1 - share) / share         # σ²_e / Q is `share` of σ²_b + σ²_e / Q
+    size = rejection_rate(seed, INTERACTION, QUERY_DIFF, 3, 3, Q, alpha=0.05, draws=2000, rng_seed=11)
+    assert 0.035 <= size.rate <= 0.065, size.text()
+    assert size.low < size.rate < size.high
+
+
+def test_a_true_effect_of_the_mde_is_found_at_the_stated_power():
+    m = n = 3
+    seed = INTERACTION / Q
+    variance = seed * (2 / m) + (QUERY_DIFF + INTERACTION * 2 / m) / Q
+    df = 2 * (m - 1)                                      # the seed part's df bounds the Satterthwaite df below
+    mde = (stats.t.ppf(0.975, df) + stats.t.ppf(0.8, df)) * math.sqrt(variance)
+    power = rejection_rate(seed, INTERACTION, QUERY_DIFF, m, n, Q, effect=mde, draws=2000, rng_seed=12)
+    assert 0.75 <= power.rate <= 0.97, power.text()
+
+
+def test_the_size_check_reads_a_comparisons_own_components():
+    rng = np.random.default_rng(13)
+    a, b = draw_arms(rng, 1, 3, 3, Q, 1e-4, INTERACTION, QUERY_DIFF)
+    comps = estimate([a[0], b[0]])
+    s2_d = float((a[0].mean(0) - b[0].mean(0)).var(ddof=1))
+    assert query_difference_variance(s2_d, float(comps.interaction), 3, 3) == pytest.approx(QUERY_DIFF, rel=0.35)
+    size = size_at(comps, s2_d, 3, 3, draws=500)
+    assert size.draws == 500 and size.seeds == (3, 3) and size.queries == Q and 0 <= size.rate <= 0.2
