@@ -46,8 +46,9 @@ def cost(study: StudyConfig, step_s: float, docs_per_s: float, large_docs_per_s:
     start = IN_PROCESS_START_S if ft.num_workers == 1 else TRIAL_START_S
     share = ft.gpus_per_worker * ft.num_workers                   # the GPU time a trial is charged
     trial_s = share * (start + ft.epochs * (steps * step_s + validation_s))
-    plain = len(ft.baseline_lrs(study.promote + ft.controls))      # plain fine-tuning, tuned as much as SB-MoE
-    entries = study.promote + ft.controls + plain + len(ft.attribution)
+    plain = len(ft.baseline_lrs(ft.sbmoe_candidates(study.promote)))      # plain fine-tuning, tuned as much as SB-MoE
+    selection_arms = 0 if ft.confirm_seeds else len(ft.attribution)   # with confirmation: built there only
+    entries = ft.sbmoe_candidates(study.promote) + plain + selection_arms
     tested = 2 + len(ft.attribution)
     small_docs = sum(len(load_dataset(d, cfg.data.test_split, cfg.data.data_dir).corpus)
                      for d in study.train.data.test_datasets)

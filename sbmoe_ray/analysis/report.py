@@ -168,21 +168,34 @@ def routing_section(routing: dict, folder, name: str) -> list[str]:
     return lines
 
 
+def stopping(ft) -> str:
+    if not ft.patience:
+        return "no early stopping"
+    return f"early stop after {ft.patience} validations without improving by more than {ft.min_delta:g}"
+
+
+def where(study: StudyConfig) -> str:
+    ft = study.finetune
+    return "one worker in its trial's process" if ft.num_workers == 1 else f"{ft.num_workers} Ray Train workers"
+
+
 def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLayout) -> list[str]:
     """Stage 2's markdown, its figure written beside it."""
     ft, datasets, objective2 = study.finetune, study.final_test_names, study.finetune.objective
     figures.save(figures.agreement_figure(result.configurations, study.proxy.objective, objective2),
                  layout.report_dir / "stage_agreement.png")
     dropped = result.plan is not None and bool(result.plan.get("dropped") or result.plan.get("dropped_seeds"))
-    lrs = ft.baseline_lrs(study.promote + ft.controls)
+    lrs = ft.baseline_lrs(ft.sbmoe_candidates(study.promote))
     plain = (f"plain fine-tuning at {len(lrs)} encoder learning rates ({', '.join(f'{lr:g}' for lr in lrs)}: tuned "
              "as much as SB-MoE, the one validation prefers tested)" if len(lrs) > 1 else "plain fine-tuning")
+    grid = (f"every promoted configuration at each encoder learning rate of the shared grid "
+            f"({', '.join(f'{lr:g}' for lr in ft.lr_grid)}), " if len(ft.lr_grid) > 1 else "")
     lines = ["", "## Stage 2: fine-tuning the promoted configurations", "",
-             f"Per base model the top {study.promote} stage-1 configurations, {ft.controls} random control(s) and "
-             f"{plain}{' (fewer where the budget said so, below)' if dropped else ''}, each fine-tuned "
-             f"with its encoder (lr {ft.encoder_lr:g}, head at its own moe_lr) for at most {ft.epochs} epoch(s) "
-             f"({f'early stop after {ft.patience} without improvement' if ft.patience else 'no early stopping'}) on "
-             f"{ft.num_workers} Ray Train workers, {result.seeds} seed(s) ({result.seeds_why}); ranked by "
+             f"Per base model the top {study.promote} stage-1 configurations ({grid}head at its own moe_lr), "
+             f"{ft.controls} random control(s) and {plain}"
+             f"{' (fewer where the budget said so, below)' if dropped else ''}, each fine-tuned with its encoder "
+             f"(lr {ft.lr_grid[0]:g} unless named) for at most {ft.epochs} epoch(s) "
+             f"({stopping(ft)}; schedule {ft.schedule}) on {where(study)}, {result.seeds} seed(s) ({result.seeds_why}); ranked by "
              f"`{objective2}` (mean over seeds). Time: "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items()) + ".", ""]
     if result.plan_text:

@@ -83,8 +83,10 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
     ran = [r.history[-1].get("steps_done", 0) for r in [*records, *(confirmed or [])] if r.history]
     per_epoch = max((r.history[0].get("steps_done", 0) for r in records if r.history), default=0)
     budget = {"configurations_planned": len(promotions), "seeds": seeds, "epochs": ft.epochs,
-              "workers": ft.num_workers, "encoder_lr": ft.encoder_lr,
-              "baseline_encoder_lrs": sorted({p.params.get("encoder_lr", ft.encoder_lr) for p in promotions
+              "workers": ft.num_workers, "encoder_lr": ft.lr_grid[0],
+              "encoder_lr_grid": {role: sorted({p.params.get("encoder_lr", ft.lr_grid[0]) for p in promotions
+                                                if p.role == role}) for role in ("promoted", "baseline")},
+              "baseline_encoder_lrs": sorted({p.params.get("encoder_lr", ft.lr_grid[0]) for p in promotions
                                               if p.role == "baseline"}),
               "steps_cap": ft.epochs * per_epoch,
               "steps_run": {"min": min(ran, default=0), "max": max(ran, default=0)}}

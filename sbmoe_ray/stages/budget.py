@@ -5,10 +5,11 @@ differ twofold and more (a 2-core AMD EPYC ran fp32 matrix products at 100 GFLOP
 at 228): a fixed stage 2 is too small for one machine or too long for the other. With ``budget_minutes``
 the study measures what stage 2 costs here (:mod:`sbmoe_ray.stages.costs`) and, while the estimate
 exceeds the time left of the budget, drops stage-2 work, least needed first: replicates beyond the
-first, then per base model (in turn) its entries from the end of the order ``promoted #1, control #1,
-promoted #2, control #2, ...`` (so the rank check keeps a control as long as it has three
-configurations), each with one of plain fine-tuning's tuned learning rates (so that neither arm is tuned more
-than the other), then the attribution controls (random routing before the dense adapter: the dense
+first, then per base model (in turn) its entries from the end of the order ``promoted #1 at every encoder
+rate of the grid, control #1, promoted #2 (every rate), control #2, ...`` (so the rank check keeps a
+control as long as it has three configurations), each with one of plain fine-tuning's tuned learning rates (so
+that neither arm is tuned more than the other: the grid's rates are the last both arms lose), then the
+attribution controls (random routing before the dense adapter: the dense
 adapter decides whether a gain is the experts'), then confirmation seeds one at a time, then whole base models
 (the last listed first: its stage-1 answer stands alone). The first base model's baseline and top
 configuration are the least stage 2: when even they (trained to their epoch cap) and their test phase
@@ -109,11 +110,18 @@ def priority(entries: list[Promotion]) -> list[Promotion]:
     for model in sorted({e.base_model for e in entries}):
         promoted = [e for e in entries if e.base_model == model and e.role == "promoted"]
         controls = [e for e in entries if e.base_model == model and e.role == "control"]
-        order = [e for i in range(max(len(promoted), len(controls))) for e in (promoted[i:i + 1] + controls[i:i + 1])]
+        # the top configuration at every rate of the encoder-lr grid comes first (the arms tuned alike), then
+        # the controls and the other promoted configurations (each with its rates) in turn
+        top = [e for e in promoted if e.stage1_group == promoted[0].stage1_group] if promoted else []
+        rest = [[e for e in promoted if e.stage1_group == g] for g in dict.fromkeys(
+            e.stage1_group for e in promoted if e not in top)]
+        order = top + [e for i in range(max(len(rest), len(controls)))
+                       for e in controls[i:i + 1] + (rest[i] if i < len(rest) else [])]
         plain = [e for e in entries if e.base_model == model and e.role == "baseline"]
         arms = [e for role in ("random routing", "dense adapter") for e in entries
                 if e.base_model == model and e.role == role]
-        # the top promoted configuration and the first baseline (finetune.encoder_lr) are never dropped
+        # the top promoted configuration and the first baseline (the grid's first rate) are never dropped; the
+        # i-th SB-MoE candidate goes with the i-th plain rate (the grid's rates first on both sides)
         paired = [e for i in range(max(len(order), len(plain)) - 1, 0, -1) for e in order[i:i + 1] + plain[i:i + 1]]
         per_model[model] = paired + arms
     droppable = []
@@ -135,7 +143,9 @@ def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts]
         # controls kept; as many evaluations at once as the cores hold.
         tested = {m: 2 + sum(e.base_model == m and e.role in ARM_ROLES for e in kept)
                   for m in {e.base_model for e in kept}}
-        training = sum(costs[e.base_model].trial_s for e in kept) * seeds + sum(
+        # with confirmation the attribution controls are trained there only, built from the choice
+        selection = [e for e in kept if not (confirm and e.role in ARM_ROLES)]
+        training = sum(costs[e.base_model].trial_s for e in selection) * seeds + sum(
             n * confirm * costs[m].trial_s for m, n in tested.items())
         test = sum(n * (confirm or seeds) * costs[m].test_s / max(1, cores // costs[m].eval_threads)
                    for m, n in tested.items())
@@ -218,9 +228,12 @@ def forecast(study: StudyConfig, cores: int) -> Forecast:
     models = [str(m) for m in study.space["base_model"]]
     for model in models:
         hidden_size(model)                     # a clear error for an unknown or unreachable model, first
-    entries = [Promotion(m, role, {}, f"{role} #{i + 1}") for m in models
-               for role, n in (("promoted", study.promote), ("control", study.finetune.controls)) for i in range(n)]
-    lrs = study.finetune.baseline_lrs(study.promote + study.finetune.controls)
+    grid = study.finetune.lr_grid
+    entries = [Promotion(m, "promoted", {"encoder_lr": lr}, f"promoted #{i + 1}") for m in models
+               for i in range(study.promote) for lr in grid]
+    entries += [Promotion(m, "control", {}, f"control #{i + 1}") for m in models
+                for i in range(study.finetune.controls)]
+    lrs = study.finetune.baseline_lrs(study.finetune.sbmoe_candidates(study.promote))
     entries += [Promotion(m, "baseline", {"encoder_lr": lr}) for m in models for lr in lrs]
     entries += [Promotion(m, ARMS[arm], {}) for m in models for arm in study.finetune.attribution]
     seeds, costs = study.finetune.replicates()[0], measured_costs(study, models, cores)

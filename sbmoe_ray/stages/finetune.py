@@ -25,7 +25,7 @@ from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
 from sbmoe_ray.analysis.routing import routing_metrics
-from sbmoe_ray.stages.budget import BudgetPlan, load_or_plan, plan_stage2, read_plan
+from sbmoe_ray.stages.budget import ARM_ROLES, BudgetPlan, load_or_plan, plan_stage2, read_plan
 from sbmoe_ray.stages.confirm import confirmation_entries, run_confirmation
 from sbmoe_ray.stages.costs import ModelCosts
 from sbmoe_ray.stages.grid import fit_grid
@@ -41,12 +41,13 @@ from sbmoe_ray.tracking import StudyTracker
 def promote(study: StudyConfig, proxy: StageResult) -> list[Promotion]:
     """The stage-2 configurations, chosen once from stage 1's result (read back on resume)."""
     ft = study.finetune
-    lrs = ft.baseline_lrs(study.promote + ft.controls)
+    lrs = ft.baseline_lrs(ft.sbmoe_candidates(study.promote))
     settings = {"promote": study.promote, "controls": ft.controls, "seed": study.proxy.seed,
-                "seeds": ft.replicates()[0], "attribution": ft.attribution, "baseline_lrs": lrs}
+                "seeds": ft.replicates()[0], "attribution": ft.attribution, "baseline_lrs": lrs,
+                "encoder_lrs": ft.lr_grid}
     return load_or_promote(study.layout.promotions_file, settings, lambda: promotions(
         proxy.groups, study.proxy_stage().mode, study.promote, ft.controls, study.proxy.seed,
-        controls(study), ft.attribution, lrs))
+        controls(study), ft.attribution, lrs, ft.lr_grid))
 
 
 def planned(study: StudyConfig, entries: list[Promotion], plan: BudgetPlan | None
@@ -155,9 +156,12 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
         return not_run(study, tracker, proxy, plan)
     entries, seeds, why = planned(study, promoted, plan)
     print_power_plan(study, proxy, plan)
-    points = [e.point(r) for e in entries for r in range(seeds)]
-    print(f"\nstage 2 (fine-tuning): {len(entries)} configurations x {seeds} seed(s) ({why}) = {len(points)} "
-          f"trials, {where(study)}", flush=True)
+    selection = [e for e in entries if not (e.role in ARM_ROLES and confirm_seeds(study, plan))]
+    points = [e.point(r) for e in selection for r in range(seeds)]
+    print(f"\nstage 2 (fine-tuning): {len(selection)} configurations x {seeds} seed(s) ({why}) = {len(points)} "
+          f"trials, {where(study)}; encoder learning rates {', '.join(f'{lr:g}' for lr in study.finetune.lr_grid)} for "
+          "every arm" + (" (the attribution controls: built from the choice at confirmation)"
+                         if len(selection) < len(entries) else ""), flush=True)
     stage = tracker.for_stage("finetune", "stage 2: fine-tuning (encoder + SB-MoE head)")
     stage_started = time.monotonic()
     records = fit_grid(study, stage, points)
@@ -174,7 +178,7 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
     estimate = {f"plan_{k}_seconds": v for k, v in plan.estimate_s.items()} if plan else {}
     routing = routing_metrics(result.summary.get("routing", {}), BY_NAME["base_model"].show)
     stage.finish_stage({"seconds": time.monotonic() - stage_started, **estimate, **routing})
-    tracker.log_answer(proxy.summary, result.agreement)
+    tracker.log_answer(proxy.summary, result.agreement, result.summary.get("primary"))
     tracker.log_report(study.layout.report_dir)
     for a in result.agreement.values():
         print(a["verdict"])

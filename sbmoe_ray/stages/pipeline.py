@@ -150,7 +150,8 @@ def rebuild_report(study_dir: Path) -> Path:
     write_report(study, proxy, finetune, stage2_not_run=plan.not_run() if plan and plan.runs_nothing else None)
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     if tracker.runs["parent"]:
-        tracker.log_answer(proxy.summary, finetune.agreement if finetune else None)
+        tracker.log_answer(proxy.summary, finetune.agreement if finetune else None,
+                           finetune.summary.get("primary") if finetune else None)
         tracker.log_report(study.layout.report_dir)
     return study.layout.report_file
 

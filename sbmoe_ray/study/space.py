@@ -179,12 +179,13 @@ def apply(cfg: TrainConfig, params: dict[str, Any]) -> TrainConfig:
 
 
 def label(params: dict[str, Any], seed: int | None = None) -> str:
-    """``minilm N=6 k=2 all lr=1.4e-3`` (with a seed: ``... s1``); a baseline is ``minilm baseline``."""
+    """``minilm N=6 k=2 all lr=1.4e-3`` (at an encoder rate of stage 2's grid: ``... enc-lr=2e-4``; with a seed:
+    ``... s1``); a baseline is ``minilm baseline``."""
     if params.get("num_experts") == 0:
         text = f"{BY_NAME['base_model'].show(params['base_model'])} baseline"
-        text += f" enc-lr={_short(params['encoder_lr'])}" if "encoder_lr" in params else ""
     else:
         text = " ".join(p.show(params[p.name]) for p in PARAMS if p.name in params)
+    text += f" enc-lr={_short(params['encoder_lr'])}" if "encoder_lr" in params else ""
     if params.get("arm"):
         text += f" ({ARMS[params['arm']]})"
     return text if seed is None else f"{text} s{seed}"

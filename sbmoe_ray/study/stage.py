@@ -17,6 +17,7 @@ from sbmoe_ray.config import ConfigBase
 from sbmoe_ray.limits import (
     gpu_share,
     int_range,
+    non_negative,
     non_negative_int,
     one_of,
     optional,
@@ -53,6 +54,12 @@ class ProxyConfig(ConfigBase):
     seed: int = setting(0, non_negative_int)  # the sampler's seed (TPE, the drawn controls)
 
 
+def _learning_rates(value) -> str | None:
+    ok = (isinstance(value, list) and value and len(set(value)) == len(value)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in value))
+    return None if ok else "a non-empty list of distinct learning rates in (0, 1)"
+
+
 @dataclass
 class FinetuneConfig(ConfigBase):
     """Stage 2: the promoted configurations fine-tuned with their encoder on Ray Train workers."""
@@ -68,18 +75,22 @@ class FinetuneConfig(ConfigBase):
     # fresh seeds (never used for selection), and only those tested; 0: the selection replicates are tested
     confirm_seeds: int = setting(3, int_range(0, MAX_CONFIRM_SEEDS))
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
+    # Every arm tuned alike: each promoted SB-MoE configuration and plain fine-tuning are trained at each of these
+    # encoder learning rates (null: [encoder_lr]); the drawn controls at the first; the attribution controls at
+    # the chosen configuration's own (sbmoe_ray/stages/promotion.py)
+    encoder_lrs: list[float] | None = setting(None, optional(_learning_rates))
     # The depth every arm of stage 2 trains at (part of the study's identity): 'all' (every layer and the
     # embeddings, the paper's regime) or k, the top k layers from cached states of the layer below
     # (sbmoe_ray/model/depth.py); the same on every machine, so the answer does not depend on it
     trained_layers: int | str = setting("all", trained_layers_rule)
-    # Plain fine-tuning tuned as much as SB-MoE: this many encoder learning rates, encoder_lr x 1, 0.32, 3.2, 0.1,
-    # 10, ... (the first n), the best by validation tested; null: as many as stage 2's SB-MoE candidates
-    # (promote + controls)
+    # Plain fine-tuning gets as many candidates as SB-MoE (promote x len(encoder_lrs) + controls): the shared
+    # grid first, then rates between and beyond it (half-decade steps); a number sets the count instead
     baseline_configs: int | None = setting(None, optional(positive_int))
     # Trained to convergence: validated every epoch, stopped after `patience` epochs without improving the
     # objective, at most `epochs`; the best checkpoint is tested (sbmoe_ray/train/stopping.py)
     epochs: int = setting(8, positive_int)
     patience: int | None = setting(2, optional(positive_int))  # validations without improvement
+    min_delta: float = setting(0.0, non_negative)     # an improvement smaller than this is none (the objective's units)
     warmup_steps: int = setting(0, non_negative_int)  # linear warm-up, optimizer steps
     schedule: str = setting("constant", one_of(*SCHEDULES))  # after warm-up, to 0 at the cap
     objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)
@@ -95,12 +106,24 @@ class FinetuneConfig(ConfigBase):
         """Where stage 2 trains: what a value per kind of hardware is resolved for."""
         return "cuda" if self.use_gpu else "cpu"
 
+    @property
+    def lr_grid(self) -> list[float]:
+        """The encoder learning rates every arm is trained at (``encoder_lrs``, else ``[encoder_lr]``)."""
+        return list(self.encoder_lrs or [self.encoder_lr])
+
+    def sbmoe_candidates(self, promote: int) -> int:
+        """How many SB-MoE configurations stage 2 chooses among: each promoted one at each rate, the controls."""
+        return promote * len(self.lr_grid) + self.controls
+
     def baseline_lrs(self, candidates: int) -> list[float]:
         """Plain fine-tuning's encoder learning rates: ``baseline_configs`` of them (else ``candidates``, the
-        SB-MoE configurations stage 2 chooses among), ``encoder_lr`` first, then half-decades either side."""
-        n = self.baseline_configs or max(1, candidates)
-        factors = [1.0] + [f for i in range(1, n) for f in (10 ** (-i / 2), 10 ** (i / 2))]
-        return [float(f"{self.encoder_lr * f:.3g}") for f in factors[:n]]
+        SB-MoE configurations stage 2 chooses among): the shared grid first, then the geometric midpoints between
+        its rates, then half-decade steps beyond its ends (up, then down), so that neither arm is tuned more."""
+        n, grid = self.baseline_configs or max(1, candidates), sorted(self.lr_grid)
+        extra = [(a * b) ** 0.5 for a, b in zip(grid, grid[1:])]
+        extra += [f for i in range(1, n + 1) for f in (grid[-1] * 10 ** (i / 2), grid[0] * 10 ** (-i / 2))]
+        rates = [float(f"{r:.3g}") for r in self.lr_grid + extra]
+        return list(dict.fromkeys(rates))[:n]
 
     def replicates(self) -> tuple[int, str]:
         """The seeds for this machine and why."""

@@ -205,10 +205,20 @@ class StudyTracker:
                 if trial_id in runs and Path(path).is_file():
                     self.client.log_artifact(runs[trial_id], str(path))
 
-    def log_answer(self, summary: dict[str, Any], agreement: dict[str, dict] | None = None) -> None:
-        """The study's answer on the parent run: per base model and dataset the chosen configuration (tag),
-        its Δ, intervals and p (stage 1's ``summary``), and stage 2's rank check (τ, ρ)."""
+    def log_answer(self, summary: dict[str, Any], agreement: dict[str, dict] | None = None,
+                   primary: list[dict[str, Any]] | None = None) -> None:
+        """The study's answer on the parent run: the primary claim per base model (``primary``, else
+        ``summary``'s: its verdict a tag, its Δ, interval, adjusted p, TOST p, MDE and simulated size metrics),
+        per base model and dataset the chosen configuration (tag), its Δ, intervals and p (stage 1's
+        ``summary``), and stage 2's rank check (τ, ρ)."""
         parent, metrics, short = self.runs["parent"], {}, BY_NAME["base_model"].show
+        for claim in summary.get("primary", []) if primary is None else primary:
+            model = short(claim["base_model"])
+            self.client.set_tag(parent, f"sbmoe.primary.{model}.verdict", claim["verdict"])
+            metrics.update({f"primary.{model}.{k}": claim[k] for k in ("delta", "low", "high", "p_adjusted",
+                                                                        "tost_p_adjusted", "mde", "tau2")})
+            if claim.get("size"):
+                metrics[f"primary.{model}.simulated_size"] = claim["size"]["rate"]
         for answer in summary["per_base_model"]:
             model = short(answer["base_model"])
             self.client.set_tag(parent, f"sbmoe.chosen.{model}", answer["chosen"]["config"])

@@ -81,9 +81,10 @@ def test_attribution_controls_are_dropped_after_the_proxy_checks_breadth_random_
 
 def test_confirmation_seeds_are_planned_trained_and_tested_and_go_last_one_at_a_time():
     plan = make_plan(with_arms(), 1, costs(), budget_s=10_000, spent_s=0, cores=2, confirm=3)
-    # 2 models: 7 selection runs each, then (chosen + baseline + 2 controls) x 3 fresh seeds trained and tested
+    # 2 models: 5 selection runs each (the 2 attribution controls are built from the choice at confirmation), then
+    # (chosen + baseline + 2 controls) x 3 fresh seeds trained and tested
     assert plan.confirm_seeds == 3 and plan.dropped_confirm is None
-    assert plan.estimate_s["training"] == 2 * 7 * 60.0 + 2 * 4 * 3 * 60.0
+    assert plan.estimate_s["training"] == 2 * 5 * 60.0 + 2 * 4 * 3 * 60.0
     assert plan.estimate_s["test"] == 2 * 4 * 3 * 120.0 / 2
     tight = make_plan(with_arms(), 1, costs(), budget_s=2 * 2 * 60.0 + 2 * 2 * 2 * 60.0 + 2 * 2 * 2 * 120.0 / 2,
                       spent_s=0, cores=2, confirm=3)

@@ -70,15 +70,46 @@ def test_plain_fine_tuning_is_tuned_over_as_many_encoder_learning_rates_as_sb_mo
     from sbmoe_ray.study.stage import FinetuneConfig
 
     ft = FinetuneConfig(encoder_lr=2e-5)
-    assert ft.baseline_lrs(6) == [2e-5, 6.32e-6, 6.32e-5, 2e-6, 2e-4, 6.32e-7]    # the stage's own first
+    assert ft.baseline_lrs(6) == [2e-5, 6.32e-5, 6.32e-6, 2e-4, 2e-6, 6.32e-4]    # the stage's own first
     assert FinetuneConfig(encoder_lr=2e-5, baseline_configs=1).baseline_lrs(6) == [2e-5]
     groups = group_trials(proxy_trials())
     entries = promotions(groups, "min", promote=2, controls=1, seed=0, baseline_lrs=ft.baseline_lrs(3))
     plain = [e.params for e in entries if e.role == "baseline"]
-    assert [p["encoder_lr"] for p in plain] == [2e-5, 6.32e-6, 6.32e-5]
+    assert [p["encoder_lr"] for p in plain] == [2e-5, 6.32e-5, 6.32e-6]
     assert sum(e.role in ("promoted", "control") for e in entries) == len(plain)    # tuned as much as SB-MoE
     one = promotions(groups, "min", promote=2, controls=1, seed=0, baseline_lrs=[2e-5])
     assert [e.params for e in one if e.role == "baseline"] == [{"base_model": "m", "num_experts": 0}]
+
+
+def test_every_arm_gets_the_same_encoder_lr_grid_and_plain_fine_tuning_as_many_candidates():
+    from sbmoe_ray.study.stage import FinetuneConfig
+
+    ft = FinetuneConfig(encoder_lrs=[2e-5, 2e-4], controls=1)
+    candidates = ft.sbmoe_candidates(promote=2)
+    lrs = ft.baseline_lrs(candidates)
+    assert candidates == 5 and lrs[:2] == [2e-5, 2e-4] and lrs[2] == 6.32e-5 and len(set(lrs)) == 5
+    entries = promotions(group_trials(proxy_trials()), "min", promote=2, controls=1, seed=0, baseline_lrs=lrs,
+                         encoder_lrs=ft.lr_grid)
+    promoted = [e.params["encoder_lr"] for e in entries if e.role == "promoted"]
+    assert promoted == [2e-5, 2e-4, 2e-5, 2e-4]                                   # each head at every rate
+    assert all("encoder_lr" not in e.params for e in entries if e.role == "control")   # the stage's own: 2e-5
+    assert sum(e.role in ("promoted", "control") for e in entries) == sum(e.role == "baseline" for e in entries)
+
+
+def test_the_attribution_controls_are_built_from_the_configuration_stage_two_chose():
+    from sbmoe_ray.stages.promotion import controls_of
+
+    groups = group_trials(proxy_trials())
+    entries = promotions(groups, "min", promote=2, controls=1, seed=0, arms=["dense_adapter", "random_routing"])
+    top = next(e for e in entries if e.role == "promoted")
+    other = next(g for g in groups if not g.is_baseline and g.key != top.stage1_group)   # stage 2 chose another
+    chosen = type(other)({**other.params, "encoder_lr": 2e-4}, other.records)
+    built = controls_of(entries, {"m": chosen})
+    assert [e.role for e in built] == ["dense adapter", "random routing"]
+    assert all(e.stage1_group == chosen.key and e.params["encoder_lr"] == 2e-4 for e in built)
+    adapter, routing = built
+    assert adapter.params["num_experts"] == 1 and adapter.params["moe_lr"] == other.params["moe_lr"]
+    assert {k: v for k, v in routing.params.items() if k != "arm"} == chosen.params
 
 
 def test_a_tuned_baseline_trains_at_its_own_encoder_learning_rate_and_says_so_in_its_label():
