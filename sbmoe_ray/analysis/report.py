@@ -195,8 +195,8 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
              f"{ft.controls} random control(s) and {plain}"
              f"{' (fewer where the budget said so, below)' if dropped else ''}, each fine-tuned with its encoder "
              f"(lr {ft.lr_grid[0]:g} unless named) for at most {ft.epochs} epoch(s) "
-             f"({stopping(ft)}; schedule {ft.schedule}) on {where(study)}, {result.seeds} seed(s) ({result.seeds_why}); ranked by "
-             f"`{objective2}` (mean over seeds). Time: "
+             f"({stopping(ft)}; schedule {ft.schedule}) on {where(study)}, {result.seeds} seed(s) "
+             f"({result.seeds_why}); ranked by `{objective2}` (mean over seeds). Time: "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items()) + ".", ""]
     if result.plan_text:
         lines += [result.plan_text, ""]
