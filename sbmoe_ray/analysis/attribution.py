@@ -7,8 +7,9 @@ configuration also beats the **dense adapter** (the same head with one expert: a
 same way), and to **learned routing** only when it beats **random routing** (the same experts, routed by a
 fixed random projection; :mod:`sbmoe_ray.model.moe`). Each comparison is Δ = chosen − control with part 1's
 inference (queries and seeds together, TOST, MDE: :mod:`sbmoe_ray.analysis.comparisons`), the attribution
-comparisons adjusted as one family of their own. The controls are those of stage 1's top configuration
-(:mod:`sbmoe_ray.stages.promotion`), trained and tested like the chosen one.
+comparisons adjusted as one family of their own. The controls are built from the configuration stage 2 chose
+(its head and learning rates, :func:`sbmoe_ray.stages.promotion.controls_of`) and trained and tested like it on
+the same fresh seeds; the random-routing control's expert load is reported beside them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from sbmoe_ray.analysis.comparisons import ATTRIBUTION, Comparison, adjust_family, compare
 from sbmoe_ray.analysis.records import ConfigGroup, best_group
+from sbmoe_ray.analysis.routing import group_routing
 from sbmoe_ray.study.claims import ClaimsConfig
 from sbmoe_ray.study.space import ARMS
 
@@ -48,8 +50,10 @@ def credit(versus_baseline: str | None, versus_adapter: str | None) -> str:
     return f"a gain of a trained head, not shown to be the experts' (vs the dense adapter: {versus_adapter})"
 
 
-def attribution_summary(answers: list[dict[str, Any]], rows: list[Comparison]) -> dict[str, Any]:
-    """Per base model: the rows against each control, and per dataset what its gain may be credited to."""
+def attribution_summary(answers: list[dict[str, Any]], rows: list[Comparison], groups: list[ConfigGroup] = (),
+                        datasets: list[str] = ()) -> dict[str, Any]:
+    """Per base model: the rows against each control, per dataset what its gain may be credited to, and the
+    random-routing control's expert load (a control that sends everything to one expert tests nothing)."""
     out = {}
     for answer in answers:
         model = answer["base_model"]
@@ -57,6 +61,11 @@ def attribution_summary(answers: list[dict[str, Any]], rows: list[Comparison]) -
         adapter = {r.dataset: r.verdict for r in mine if r.against == "dense_adapter"}
         out[model] = {"rows": [r.to_dict() for r in mine],
                       "credit": {d: credit(c.get("verdict"), adapter.get(d)) for d, c in answer["datasets"].items()}}
+        for group in (g for g in groups if g.base_model == model and g.arm == "random_routing" and g.tested):
+            load = group_routing(group, list(datasets))
+            if load is not None:
+                out[model]["random_routing_load"] = {k: load[k] for k in ("effective_experts", "num_experts",
+                                                                          "max_share", "unused_experts")}
     return out
 
 
@@ -70,4 +79,8 @@ def attribution_lines(attribution: dict[str, Any]) -> list[str]:
         lines += [f"| {model} | {r['dataset']} | {ARMS[r['against']]} | {r['delta']:+.3f} | "
                   f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['verdict']} |" for r in a["rows"]]
     lines += [""] + [f"- {model} on {d}: {text}" for model, a in attribution.items() for d, text in a["credit"].items()]
+    lines += [f"- {model} random routing's load (centred projection, test documents): effective experts "
+              f"{a['random_routing_load']['effective_experts']:.2f} of {int(a['random_routing_load']['num_experts'])}, "
+              f"largest share {a['random_routing_load']['max_share']:.2f}" for model, a in attribution.items()
+              if a.get("random_routing_load")]
     return lines + [""]

@@ -95,7 +95,7 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
         tested, mode, study.analysis, study.primary_test_sets,
         f"fine-tuned SB-MoE, the configuration validation chose, against plain fine-tuning ({study.depth_label()})")]
     summary["attribution"] = attribution_summary(summary["per_base_model"], attribution_comparisons(
-        tested, study.final_test_names, mode, study.analysis))
+        tested, study.final_test_names, mode, study.analysis), tested, study.final_test_names)
     rows = configuration_rows(promotions, {g.key: g for g in groups})
     used = seeds_used(study.train.run.seed, seeds, len({r.seed for r in confirmed or []}))
     summary["training_seeds"] = used

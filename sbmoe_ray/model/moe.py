@@ -25,8 +25,11 @@ Design choices, and why they differ from the authors' code:
 * **The noise projection is a trained parameter** (it is a registered sub-module; the authors' optimiser
   leaves it out). The Switch-Transformer load-balancing loss lives in :mod:`sbmoe_ray.model.losses`.
 * **Random routing, the control** (``routing="random"``; the authors' code has one): no gate is learned. Each
-  input goes to the top-k experts of a fixed random projection of itself (a buffer drawn at initialisation
-  and saved with the weights), the k chosen weighted equally. The routing is input-dependent and the same
+  input goes to the top-k experts of a fixed random projection of itself **centred** (a buffer drawn at
+  initialisation and saved with the weights; the centre is the running mean of the training inputs, frozen
+  outside training and saved too), the k chosen weighted equally. Mean-pooled embeddings share one common
+  direction (anisotropy: Ethayarajh 2019), so an uncentred projection can send nearly every input to the same
+  experts; centred, the projection splits the inputs by how they differ. The routing is input-dependent and the same
   for a query and a document that lie close, but nothing about it is trained: the same experts and
   parameters as the learned block, without the learned assignment. A gain that survives against it is
   a gain of learned routing (issue 22's attribution controls).
@@ -78,6 +81,8 @@ class SBMoE(nn.Module):
         if self.random_routing:
             self.gate = None
             self.register_buffer("projection", torch.randn(hidden_size, num_experts))
+            self.register_buffer("centre", torch.zeros(hidden_size))
+            self.register_buffer("centred_on", torch.zeros(()))      # inputs the centre averages
         self.experts = nn.ModuleList(
             nn.Sequential(nn.Linear(hidden_size, expert_hidden), ACTIVATIONS[activation](),
                           nn.Linear(expert_hidden, hidden_size))
@@ -105,9 +110,16 @@ class SBMoE(nn.Module):
         return Routing(probs=probs, topk=topk, weights=weights)
 
     def _random_route(self, x: torch.Tensor) -> Routing:
-        """The top-k experts of a fixed random projection of ``x``, weighted equally; uniform probabilities."""
+        """The top-k experts of a fixed random projection of ``x`` less the training inputs' running mean, weighted
+        equally; uniform probabilities."""
         k = self.active_k()
-        topk = (x.float() @ self.projection).topk(k, dim=-1).indices
+        if self.training:
+            with torch.no_grad():
+                n = x.shape[0]
+                total = self.centred_on + n
+                self.centre.mul_(self.centred_on / total).add_(x.detach().float().sum(0) / total)
+                self.centred_on.fill_(total)
+        topk = ((x.float() - self.centre) @ self.projection).topk(k, dim=-1).indices
         probs = torch.full((x.shape[0], self.num_experts), 1.0 / self.num_experts, device=x.device)
         weights = torch.zeros_like(probs).scatter(-1, topk, 1.0 / k)
         return Routing(probs=probs, topk=topk, weights=weights)

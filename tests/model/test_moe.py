@@ -194,3 +194,19 @@ def test_random_routing_learns_no_gate_routes_by_a_fixed_projection_and_reloads_
     reloaded = SBMoE(16, num_experts=4, top_k=2, routing="random")
     reloaded.load_state_dict(block.state_dict())
     assert torch.equal(reloaded.route(x).topk, first.topk)
+
+
+def test_random_routing_on_anisotropic_inputs_keeps_several_experts_in_use():
+    torch.manual_seed(1)
+    common = torch.randn(64) * 10                                     # one direction every embedding shares
+    x = common + torch.randn(512, 64)
+    block = SBMoE(64, num_experts=6, top_k=1, routing="random")
+    uncentred = (x @ block.projection).argmax(-1)
+    assert uncentred.unique().numel() == 1                            # what the uncentred projection did
+    block.train()
+    for batch in x.split(64):
+        block.route(batch)                                            # the centre: the training inputs' mean
+    block.eval()
+    shares = torch.bincount(block.route(x).topk[:, 0], minlength=6).float() / len(x)
+    assert (shares > 0.05).sum() >= 2 and shares.max() < 0.6
+    torch.testing.assert_close(block.centre, x.mean(0), rtol=1e-4, atol=1e-4)
