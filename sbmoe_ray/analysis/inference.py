@@ -77,15 +77,29 @@ def matrix(runs: list[dict[str, float]], queries: list[str]) -> np.ndarray:
     return np.array([[run[q] for q in queries] for run in runs], dtype=float)
 
 
+def deterministic(arm: np.ndarray) -> bool:
+    """Replicates that are all the same run (the zero-shot encoder, whatever its seed): no seed variance."""
+    return arm.ndim == 2 and arm.shape[0] >= 2 and bool((arm == arm[0]).all())
+
+
+def random_arms(a: np.ndarray, b: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """The arms a seed moves (a deterministic one has no seed component and adds no df), and the factor on σ²_b
+    in Var(Δ): 1/m + 1/n, less the term of a deterministic arm."""
+    arms = [x for x in (a, b) if not deterministic(x)]
+    return arms, sum(1 / x.shape[-2] for x in arms)
+
+
 def combined_arrays(a: np.ndarray, b: np.ndarray, components: Components | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Δ, its variance, the query part of it and the Welch–Satterthwaite df for arms ``a`` (..., m, Q) and
-    ``b`` (..., n, Q); ``components`` estimated from the two arms unless given."""
-    m, n, q = a.shape[-2], b.shape[-2], a.shape[-1]
-    comps = components if components is not None else estimate([a, b])
+    ``b`` (..., n, Q); ``components`` estimated from the arms a seed moves unless given (an arm whose replicates
+    are one run, e.g. the zero-shot encoder, is not pooled with the other)."""
+    q = a.shape[-1]
+    arms, factor = random_arms(a, b)
+    comps = components if components is not None else estimate(arms or [a, b])
     diff = a.mean(-2) - b.mean(-2)
     v_query = diff.var(-1, ddof=1) / q
-    v_seed = np.asarray(comps.seed) * (1 / m + 1 / n) if comps.estimated else np.zeros_like(v_query)
+    v_seed = np.asarray(comps.seed) * factor if comps.estimated else np.zeros_like(v_query)
     total = v_query + v_seed
     with np.errstate(divide="ignore", invalid="ignore"):
         seed_term = np.where(v_seed > 0, v_seed ** 2 / np.maximum(comps.seed_df, 1e-300), 0.0)
@@ -101,7 +115,7 @@ def combined(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]], com
     if len(queries) < 2:
         raise ValueError(f"a paired comparison needs >= 2 common queries, got {len(queries)}")
     a, b = matrix(a_runs, queries), matrix(b_runs, queries)
-    comps = components if components is not None else estimate([a, b])
+    comps = components if components is not None else estimate(random_arms(a, b)[0] or [a, b])
     delta, total, v_query, df = (float(x) for x in combined_arrays(a, b, comps))
     n_q, estimated, seed_df = len(queries), min(len(a_runs), len(b_runs)) >= MIN_SEEDS, float(comps.seed_df)
     if total == 0:

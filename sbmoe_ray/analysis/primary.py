@@ -36,7 +36,7 @@ from scipy import stats
 
 from sbmoe_ray.analysis.comparisons import adjust
 from sbmoe_ray.analysis.components import estimate
-from sbmoe_ray.analysis.inference import MIN_SEEDS, common_queries, matrix
+from sbmoe_ray.analysis.inference import MIN_SEEDS, common_queries, deterministic, matrix, random_arms
 from sbmoe_ray.analysis.simulation import RejectionRate, primary_size
 
 MAX_PLANNED_SEEDS = 100
@@ -83,6 +83,8 @@ class PrimaryClaim:
     variance: dict[str, float]          # queries, seeds, collections (τ² / C)
     tau2: float
     components: dict[str, dict[str, float]]     # per collection: queries, σ²_e, σ²_d (what the simulation draws from)
+    seed_component: float = 0.0         # σ²_z: a training run's move of the collection mean
+    fixed_baseline: bool = False        # the baseline's replicates are one run (the zero-shot encoder)
     p_adjusted: float = math.nan
     tost_p_adjusted: float = math.nan
     mde: float = math.nan               # at the first Holm step's α
@@ -100,8 +102,10 @@ def collection_parts(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[s
     parts = {}
     for name, (a, b) in arrays.items():
         diff = a.mean(0) - b.mean(0)
+        arms, factor = random_arms(a, b)
         parts[name] = {"delta": float(diff.mean()), "v_query": float(diff.var(ddof=1)) / a.shape[1],
-                       "components": estimate([a, b]), "a": a, "b": b, "queries": a.shape[1]}
+                       "components": estimate(arms or [a, b]), "a": a, "b": b, "queries": a.shape[1],
+                       "factor": factor}
     return parts
 
 
@@ -118,7 +122,8 @@ def as_arrays(a_runs: dict[str, list[dict[str, float]]], b_runs: dict[str, list[
 def seed_term(parts: dict[str, dict]) -> tuple[float, float]:
     """σ²_z, the seed component of the collection-averaged replicate score, and its df."""
     c = len(parts)
-    z = [np.mean([p[arm].mean(1) for p in parts.values()], axis=0) for arm in ("a", "b")]
+    z = [np.mean([p[arm].mean(1) for p in parts.values()], axis=0) for arm in ("a", "b")
+         if not deterministic(next(iter(parts.values()))[arm])]
     df_z = sum(len(v) - 1 for v in z)
     if df_z == 0:
         return 0.0, 0.0
@@ -136,7 +141,7 @@ def between_collections(parts: dict[str, dict], m: int, n: int) -> float:
     from statsmodels.stats.meta_analysis import combine_effects
 
     deltas = np.array([p["delta"] for p in parts.values()])
-    variances = np.array([p["v_query"] + (float(p["components"].seed) * (1 / m + 1 / n)
+    variances = np.array([p["v_query"] + (float(p["components"].seed) * p["factor"]
                                          if p["components"].estimated else 0.0) for p in parts.values()])
     return float(combine_effects(deltas, np.maximum(variances, 1e-12), method_re="pm").tau2)
 
@@ -157,7 +162,8 @@ def claim_of(base_model: str, statement: str, arrays: dict[str, tuple[np.ndarray
     v_query = sum(p["v_query"] for p in parts.values()) / c ** 2
     df_query = satterthwaite([(p["v_query"] / c ** 2, p["queries"] - 1) for p in parts.values()])
     sigma_z, df_z = seed_term(parts)
-    v_seed = sigma_z * (1 / m + 1 / n)
+    factor = next(iter(parts.values()))["factor"]            # 1/m + 1/n, less a deterministic arm's term
+    v_seed = sigma_z * factor
     tau2 = 0.0
     if pooling == "random" and c >= 2:
         tau2 = between_collections(parts, m, n)
@@ -178,16 +184,17 @@ def claim_of(base_model: str, statement: str, arrays: dict[str, tuple[np.ndarray
     return PrimaryClaim(base_model, statement, list(parts), pooling, delta, se, df, delta - half, delta + half, p,
                         tost, margin, (m, n), {k: v["delta"] for k, v in parts.items()},
                         {"queries": v_query, "seeds": v_seed, "collections": v_coll}, tau2,
-                        {k: pilot_components(v, m, n) for k, v in parts.items()}, notes=notes)
+                        {k: pilot_components(v) for k, v in parts.items()}, sigma_z,
+                        deterministic(next(iter(arrays.values()))[1]), notes=notes)
 
 
-def pilot_components(part: dict, m: int, n: int) -> dict[str, float]:
+def pilot_components(part: dict) -> dict[str, float]:
     """One collection's queries, σ²_e and σ²_d, as the power plan and the size simulation read them."""
     comps = part["components"]
     interaction = float(comps.interaction) if comps.estimated else 0.0
     s2_d = part["v_query"] * part["queries"]
     return {"queries": part["queries"], "interaction": interaction,
-            "query_diff": max(0.0, s2_d - interaction * (1 / m + 1 / n))}
+            "query_diff": max(0.0, s2_d - interaction * part["factor"])}
 
 
 def adjust_primary(claims: list[PrimaryClaim], alpha: float, power: float, correction: str = "holm") -> None:
@@ -310,7 +317,7 @@ def plan_from_pilot(pilot: dict, seeds: int, claims, family: int) -> PowerPlan:
     """The power plan of stage 2's primary claim from stage 1's (``pilot``: its summary entry): its per-collection
     query and seed x query components, its seed component of the collection mean and its τ²."""
     m, n = pilot["seeds"]
-    sigma_z = pilot["variance"]["seeds"] / (1 / m + 1 / n)
+    sigma_z = pilot["seed_component"]
     source = (f"pilot: stage 1's claim, {m} vs {n} seeds; two fine-tuned arms may differ less per query, and a "
               "fine-tuning seed may move more than a head's")
     return power_plan(pilot["components"], sigma_z, seeds, pilot["pooling"], pilot["tau2"], claims.alpha, family,

@@ -104,14 +104,15 @@ def primary_size(claim, alpha: float, draws: int = DRAWS, rng_seed: int = 0) -> 
 
     m, n = claim.seeds
     rng, rejected = np.random.default_rng(rng_seed), 0
-    sigma_z = claim.variance["seeds"] / (1 / m + 1 / n)
+    sigma_z = claim.seed_component
     for _ in range(draws):
         shared = rng.normal(0.0, math.sqrt(sigma_z), m), rng.normal(0.0, math.sqrt(sigma_z), n)
         arrays = {}
         for name, c in claim.components.items():
             a, b = draw_arms(rng, 1, m, n, c["queries"], 0.0, c["interaction"], c["query_diff"],
                              rng.normal(0.0, math.sqrt(claim.tau2)) if claim.pooling == "random" else 0.0)
-            arrays[name] = (a[0] + shared[0][:, None], b[0] + shared[1][:, None])
+            a, b = a[0] + shared[0][:, None], b[0] + shared[1][:, None]
+            arrays[name] = (a, np.repeat(b[:1] * 0, n, axis=0) if claim.fixed_baseline else b)
         rejected += claim_of("", "", arrays, claim.pooling, claim.margin).p < alpha
     low, high = proportion_confint(rejected, draws, alpha=0.05, method="beta")
     return RejectionRate(rejected / draws, float(low), float(high), draws, alpha, 0.0, (m, n),

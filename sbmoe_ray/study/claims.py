@@ -4,7 +4,8 @@ study YAML; part of the study's identity, so a claim cannot change after the dat
 
 The primary claim (``analysis.primary``, :mod:`sbmoe_ray.analysis.primary`): per base model, the SB-MoE
 configuration validation chose against plain fine-tuning, as the mean Δ nDCG@10 over the declared test
-collections (every test set of the study unless ``test_sets`` names some), the collections a random effect
+collections (``test_sets``; unless named, every test set but the training collection, whose in-domain result is
+secondary), the collections a random effect
 (``collections: random``) or these collections only (``fixed``). One primary claim per base model, adjusted
 over the base models; the per-collection comparisons are secondary.
 
@@ -39,7 +40,8 @@ def _names(value) -> str | None:
 @dataclass
 class PrimaryConfig(ConfigBase):
     """The primary claim (``analysis.primary.*``)."""
-    test_sets: list[str] | None = setting(None, _names)   # the collections it averages over; null: every test set
+    # The collections it averages over; null: every test set but the training collection (in-domain: secondary)
+    test_sets: list[str] | None = setting(None, _names)
     collections: str = setting("random", one_of("random", "fixed"))   # random effect, or these collections only
     size_draws: int = setting(2000, int_range(0, 100_000))  # A/B size simulation at the study's components; 0: none
 

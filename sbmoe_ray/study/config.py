@@ -97,8 +97,12 @@ class StudyConfig(ConfigBase):
 
     @property
     def primary_test_sets(self) -> list[str]:
-        """The collections the primary claim averages over (``analysis.primary.test_sets``, else every test set)."""
-        return list(self.analysis.primary.test_sets or self.final_test_names)
+        """The collections the primary claim averages over: ``analysis.primary.test_sets``, else every test set but
+        the training collection (its in-domain result is secondary), else every test set."""
+        if self.analysis.primary.test_sets:
+            return list(self.analysis.primary.test_sets)
+        zero_shot = [d for d in self.final_test_names if d != dataset_name(self.train.data.train_dataset)]
+        return zero_shot or list(self.final_test_names)
 
     @property
     def test_names(self) -> list[str]:

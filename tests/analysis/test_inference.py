@@ -63,3 +63,19 @@ def test_the_minimum_detectable_effect_matches_statsmodels_power_solver():
     sd = float(np.std([b[q] - a[q] for q in a], ddof=1))
     reference = TTestPower().solve_power(nobs=300, alpha=0.05, power=0.8) * sd
     assert estimate.mde() == pytest.approx(reference, rel=0.01)
+
+
+def test_a_baseline_whose_replicates_are_one_run_is_not_pooled_into_the_seed_component():
+    from sbmoe_ray.analysis.components import estimate
+    from sbmoe_ray.analysis.inference import matrix
+
+    rng = np.random.default_rng(5)
+    truth = rng.random(80)
+    moe = [{f"q{i}": float(v) for i, v in enumerate(truth + rng.normal(0, 0.03) + rng.normal(0, 0.05, 80))}
+           for _ in range(3)]
+    zero_shot = [{f"q{i}": float(v) for i, v in enumerate(truth)}] * 3        # the same encoder, three "seeds"
+    estimate_ = combined(moe, zero_shot)
+    alone = estimate([matrix(moe, [f"q{i}" for i in range(80)])])
+    diff = np.array([[r[f"q{i}"] for i in range(80)] for r in moe]).mean(0) - truth
+    assert estimate_.se ** 2 == pytest.approx(float(alone.seed) / 3 + diff.var(ddof=1) / 80)
+    assert estimate_.seed_df == pytest.approx(float(alone.seed_df))
