@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -125,17 +126,54 @@ def empty_mlflow_store() -> Path:
     return path
 
 
-def sweep(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
+def sweep(config: Path, *extra: str, script: tuple[str, ...] = ("-m", "sbmoe_ray.cli"), **kwargs) -> subprocess.Popen:
     """``sbmoe study --config CONFIG ...`` in a process group of its own (a test may SIGKILL the group), its
     output into a file (``printed``): a pipe nobody reads while a test polls would fill and block the study."""
     import tempfile
 
     log = tempfile.NamedTemporaryFile("w", prefix="sbmoe-study-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "sbmoe_ray.cli", "study", "--config", str(config), *extra],
+    proc = subprocess.Popen([sys.executable, *script, "study", "--config", str(config), *extra],
                             stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
     proc.log = Path(log.name)
     log.close()
     return proc
+
+
+# A study's driver held after its first finished trial until the test kills or stops it: its Tune loop waits in the
+# progress callback, so no further trial is processed and the study cannot finish before the test acts on it.
+HELD_DRIVER = """
+import pathlib, sys, time
+from sbmoe_ray.cli import main
+from sbmoe_ray.stages.progress import ProgressCallback
+
+complete = ProgressCallback.on_trial_complete
+
+def held(self, *args, **kwargs):
+    complete(self, *args, **kwargs)
+    pathlib.Path(sys.argv[1]).touch()
+    while True:
+        time.sleep(1)
+
+ProgressCallback.on_trial_complete = held
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def held_sweep(config: Path, holding: Path, *extra: str) -> subprocess.Popen:
+    """:func:`sweep`, its driver held after the first finished trial (``holding`` is created then)."""
+    script = holding.with_name("held_driver.py")
+    script.write_text(HELD_DRIVER)
+    return sweep(config, *extra, script=(str(script), str(holding)))
+
+
+def wait_until_held(proc: subprocess.Popen, holding: Path, timeout: float = 400) -> None:
+    """Until a held study has finished its first trial; fails with its output if it ended or hung first."""
+    deadline = time.monotonic() + timeout
+    while not holding.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+            pytest.fail(f"the study ended or hung before its first trial finished:\n{printed(proc)[-4000:]}")
+        time.sleep(0.2)
 
 
 def printed(proc: subprocess.Popen) -> str:

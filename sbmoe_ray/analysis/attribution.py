@@ -20,8 +20,8 @@ from typing import Any
 from sbmoe_ray.analysis.comparisons import ATTRIBUTION, Comparison, adjust_family, compare
 from sbmoe_ray.analysis.records import ConfigGroup, best_group
 from sbmoe_ray.analysis.routing import group_routing
+from sbmoe_ray.study.arms import ARMS, DECISIVE
 from sbmoe_ray.study.claims import ClaimsConfig
-from sbmoe_ray.study.space import ARMS
 
 
 def attribution_comparisons(groups: list[ConfigGroup], datasets: list[str], mode: str, claims: ClaimsConfig,
@@ -58,7 +58,7 @@ def attribution_summary(answers: list[dict[str, Any]], rows: list[Comparison], g
     for answer in answers:
         model = answer["base_model"]
         mine = [r for r in rows if r.base_model == model]
-        adapter = {r.dataset: r.verdict for r in mine if r.against == "dense_adapter"}
+        adapter = {r.dataset: r.verdict for r in mine if r.against == DECISIVE}
         out[model] = {"rows": [r.to_dict() for r in mine],
                       "credit": {d: credit(c.get("verdict"), adapter.get(d)) for d, c in answer["datasets"].items()}}
         for group in (g for g in groups if g.base_model == model and g.arm == "random_routing" and g.tested):
@@ -76,7 +76,7 @@ def attribution_lines(attribution: dict[str, Any]) -> list[str]:
     lines = ["Attribution (Δ = chosen − control, nDCG@10; queries and seeds; adjusted over these comparisons):", "",
              "| base_model | test set | vs | Δ | 95% CI | verdict |", "|---|---|---|---|---|---|"]
     for model, a in attribution.items():
-        lines += [f"| {model} | {r['dataset']} | {ARMS[r['against']]} | {r['delta']:+.3f} | "
+        lines += [f"| {model} | {r['dataset']} | {ARMS[r['against']].label} | {r['delta']:+.3f} | "
                   f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['verdict']} |" for r in a["rows"]]
     lines += [""] + [f"- {model} on {d}: {text}" for model, a in attribution.items() for d, text in a["credit"].items()]
     lines += [f"- {model} random routing's load (centred projection, test documents): effective experts "

@@ -21,9 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sbmoe_ray.analysis.records import TrialRecord, group_key  # noqa: E402
+from sbmoe_ray.study.arms import ARMS
 
-ROLE_COLORS = {"baseline": "tab:blue", "promoted": "tab:red", "control": "tab:gray", "dense adapter": "tab:green",
-               "random routing": "tab:purple"}
+ROLE_COLORS = {"baseline": "tab:blue", "promoted": "tab:red", "control": "tab:gray",
+               **{arm.label: arm.color for arm in ARMS.values()}}
 
 
 def curve(record: TrialRecord, metric: str) -> list[tuple[int, float]]:

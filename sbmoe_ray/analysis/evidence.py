@@ -58,5 +58,9 @@ def confirmation_line(seeds: dict[str, list[int]]) -> str:
         return ("Tested: the replicates stage 2 chose on (training seeds "
                 f"{seeds.get('selection')}); not confirmed on fresh seeds, so their luck in validation may carry "
                 "into the test Δ (set finetune.confirm_seeds).")
+    fraction = seeds.get("train_fraction", 1.0)
+    sample = (f"; each replicate trained on {fraction:.0%} of the training queries, drawn by its seed (the same draw "
+              "for every arm), so a seed varies the training sample too" if fraction < 1 else "")
     return (f"Tested: the chosen configuration, the baseline and the controls trained again on fresh seeds "
-            f"{seeds['confirmation']}, never used for selection (stage 2 chose on seeds {seeds['selection']}).")
+            f"{seeds['confirmation']}, never used for selection (stage 2 chose on seeds {seeds['selection']})"
+            f"{sample}.")

@@ -98,6 +98,8 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
         tested, study.final_test_names, mode, study.analysis), tested, study.final_test_names)
     rows = configuration_rows(promotions, {g.key: g for g in groups})
     used = seeds_used(study.train.run.seed, seeds, len({r.seed for r in confirmed or []}))
+    if confirmed:
+        used = {**used, "train_fraction": ft.confirm_train_fraction}
     summary["training_seeds"] = used
     return FinetuneResult("finetune", records, groups, comparisons, summary, 0, rows,
                           agreements(rows, mode, study.analysis.alpha), seconds, seeds, seeds_why, plan, plan_text,

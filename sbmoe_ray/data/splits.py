@@ -34,3 +34,14 @@ def validation_half(pairs: list[tuple[str, str]], part: str, seed: int) -> list[
     random.Random(f"{seed}:halves").shuffle(query_ids)
     first = set(query_ids[: (len(query_ids) + 1) // 2])
     return [p for p in pairs if (p[0] in first) == (part == "promotion")]
+
+
+def subsample_queries(pairs: list[tuple[str, str]], fraction: float, seed: int) -> list[tuple[str, str]]:
+    """The pairs of a ``fraction`` of the queries (all pairs of each kept query), drawn by ``seed``; all at 1.
+    Without replacement: a bootstrap would put a pair twice into one batch, where it is its own in-batch
+    negative."""
+    if fraction >= 1.0:
+        return pairs
+    query_ids = sorted({qid for qid, _ in pairs})
+    kept = set(random.Random(f"{seed}:subsample").sample(query_ids, max(1, round(fraction * len(query_ids)))))
+    return [p for p in pairs if p[0] in kept]

@@ -35,9 +35,11 @@ def _head_class():
 def head_module(model: BiEncoder, config: ModelConfig):
     """The toolkit's SB-MoE head as the export's module, with the same weights (the gate noise left out)."""
     head = model.head.eval()
-    if config.routing != "learned":
-        raise ValueError(f"model.routing={config.routing!r}: a random-routing control is for attribution, not "
-                         "for use; export the chosen configuration or the baseline")
+    if config.routing != "learned" or config.mixture != "residual":
+        what = (f"model.routing={config.routing!r}" if config.routing != "learned"
+                else f"model.mixture={config.mixture!r}")
+        raise ValueError(f"{what}: an attribution control is for attribution, not for use; export the chosen "
+                         "configuration or the baseline")
     module = _head_class()(model.hidden_size, head.num_experts, head.active_k(),
                            head.experts[0][0].out_features, config.activation)
     module.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("noise.")})

@@ -111,7 +111,8 @@ def build_head(config: ModelConfig, hidden_size: int) -> SBMoE | None:
     if config.num_experts == 0:
         return None
     return SBMoE(hidden_size, config.num_experts, config.top_k, config.expert_hidden, config.activation,
-                 config.noisy_gating, config.inference_top_k, config.expert_init_std, config.routing)
+                 config.noisy_gating, config.inference_top_k, config.expert_init_std, config.routing,
+                 config.mixture)
 
 
 def build_bi_encoder(config: ModelConfig, backbone: nn.Module | None = None, frozen_encoder: bool = False,

@@ -14,6 +14,7 @@ from sbmoe_ray.errors import ConfigError
 POOLINGS = ("mean", "cls")
 ACTIVATION_NAMES = ("gelu", "relu", "silu", "tanh")
 ROUTINGS = ("learned", "random")       # random: the attribution control (sbmoe_ray/model/moe.py)
+MIXTURES = ("residual", "authors")      # authors: their exact block, an attribution control
 InferenceTopK = int | Literal["all"] | None
 
 
@@ -50,11 +51,17 @@ class ModelConfig:
     normalize: bool | None = None
     max_length: int | None = None
     routing: str = "learned"
+    # How the experts' mixture joins the embedding: "residual" (x + Σ w_k E_k(x), this project's block) or
+    # "authors" (normalize(Σ g_k E_k(x)) + x, their untrained noise projection and default expert init: the
+    # authors' exact block, an attribution control; sbmoe_ray/model/moe.py)
+    mixture: str = "residual"
 
     def validate(self, where: str = "model") -> None:
         validate_moe_settings(self.num_experts, self.top_k, self.inference_top_k, self.activation, where)
         if self.routing not in ROUTINGS:
             raise ConfigError(f"{where}.routing={self.routing!r}: allowed values are {ROUTINGS}")
+        if self.mixture not in MIXTURES:
+            raise ConfigError(f"{where}.mixture={self.mixture!r}: allowed values are {MIXTURES}")
         if self.pooling not in (None, *POOLINGS):
             raise ConfigError(f"{where}.pooling={self.pooling!r}: allowed values are {POOLINGS}")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):

@@ -33,6 +33,10 @@ Design choices, and why they differ from the authors' code:
   for a query and a document that lie close, but nothing about it is trained: the same experts and
   parameters as the learned block, without the learned assignment. A gain that survives against it is
   a gain of learned routing (issue 22's attribution controls).
+* **The authors' exact block, the control** (``mixture="authors"``): ``normalize(Σ_k g_k E_k(x)) + x`` with
+  PyTorch's default initialisation of the experts and a noise projection that never trains (FaySokli/SB-MoE,
+  read at commit 44f999a; ``../shared/docs/science-notes.md``), so that a study can tell a replication of the
+  paper's block from this variant.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ class SBMoE(nn.Module):
 
     def __init__(self, hidden_size: int, num_experts: int, top_k: int = 1, expert_hidden: int | None = None,
                  activation: str = "relu", noisy_gating: bool = True, inference_top_k: InferenceTopK = None,
-                 expert_init_std: float = 0.02, routing: str = "learned") -> None:
+                 expert_init_std: float = 0.02, routing: str = "learned", mixture: str = "residual") -> None:
         super().__init__()
         validate_moe_settings(num_experts, top_k, inference_top_k, activation)
         if routing not in ROUTINGS:
@@ -74,6 +78,7 @@ class SBMoE(nn.Module):
             raise ConfigError(f"num_experts={num_experts}: an SBMoE block needs >= 1 expert")
         expert_hidden = expert_hidden or hidden_size // 2
         self.num_experts, self.top_k, self.inference_top_k = num_experts, top_k, inference_top_k
+        self.authors = mixture == "authors"
         self.gate = nn.Sequential(nn.Linear(hidden_size, hidden_size // 2), nn.ReLU(),
                                   nn.Linear(hidden_size // 2, num_experts))
         self.noise = nn.Linear(hidden_size, num_experts) if noisy_gating and routing == "learned" else None
@@ -87,6 +92,10 @@ class SBMoE(nn.Module):
             nn.Sequential(nn.Linear(hidden_size, expert_hidden), ACTIVATIONS[activation](),
                           nn.Linear(expert_hidden, hidden_size))
             for _ in range(num_experts))
+        if self.authors:                       # their block: default init, the noise projection never trained
+            if self.noise is not None:
+                self.noise.requires_grad_(False)
+            return
         for expert in self.experts:
             nn.init.normal_(expert[-1].weight, std=expert_init_std)
             nn.init.zeros_(expert[-1].bias)
@@ -130,6 +139,8 @@ class SBMoE(nn.Module):
         # per-expert sub-batches, and every expert's parameters take part in the graph (DDP-friendly).
         expert_out = torch.stack([expert(x) for expert in self.experts], dim=1)       # [B, N, H]
         mixture = (routing.weights.to(expert_out.dtype).unsqueeze(-1) * expert_out).sum(dim=1)
+        if self.authors:
+            mixture = F.normalize(mixture, dim=-1)        # with top-1 the gate's weight cancels here (see above)
         return x + mixture, routing
 
 

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe_ray.stages.costs import ModelCosts, measured_costs
+from sbmoe_ray.study.arms import ARMS, LABELS, by_drop_rank
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion
-from sbmoe_ray.study.space import ARMS
 
-ARM_ROLES = tuple(ARMS.values())
+ARM_ROLES = tuple(LABELS)
 
 
 @dataclass
@@ -118,7 +118,7 @@ def priority(entries: list[Promotion]) -> list[Promotion]:
         order = top + [e for i in range(max(len(rest), len(controls)))
                        for e in controls[i:i + 1] + (rest[i] if i < len(rest) else [])]
         plain = [e for e in entries if e.base_model == model and e.role == "baseline"]
-        arms = [e for role in ("random routing", "dense adapter") for e in entries
+        arms = [e for role in by_drop_rank(list(LABELS)) for e in entries
                 if e.base_model == model and e.role == role]
         # the top promoted configuration and the first baseline (the grid's first rate) are never dropped; the
         # i-th SB-MoE candidate goes with the i-th plain rate (the grid's rates first on both sides)
@@ -235,7 +235,7 @@ def forecast(study: StudyConfig, cores: int) -> Forecast:
                 for i in range(study.finetune.controls)]
     lrs = study.finetune.baseline_lrs(study.finetune.sbmoe_candidates(study.promote))
     entries += [Promotion(m, "baseline", {"encoder_lr": lr}) for m in models for lr in lrs]
-    entries += [Promotion(m, ARMS[arm], {}) for m in models for arm in study.finetune.attribution]
+    entries += [Promotion(m, ARMS[arm].label, {}) for m in models for arm in study.finetune.attribution]
     seeds, costs = study.finetune.replicates()[0], measured_costs(study, models, cores)
     confirm = study.finetune.confirm_seeds
     full = make_plan(entries, seeds, costs, math.inf, 0.0, cores, confirm).estimate_s["total"]

@@ -39,10 +39,10 @@ from typing import Any
 
 from sbmoe_ray.analysis.records import ConfigGroup
 from sbmoe_ray.errors import ConfigError
+from sbmoe_ray.study.arms import ARMS, LABELS, control_params
 from sbmoe_ray.study.points import Promotion
-from sbmoe_ray.study.space import ARMS
 
-ROLES = ("promoted", "control", "baseline", "dense adapter", "random routing")
+ROLES = ("promoted", "control", "baseline", *LABELS)
 
 
 def rank(groups: list[ConfigGroup], mode: str) -> list[ConfigGroup]:
@@ -62,8 +62,7 @@ def attribution_arms(base_model: str, params: dict[str, Any], key: str, arms: li
     random routing."""
     entries = []
     for arm in arms:
-        mine = {**params, "arm": arm, **({"num_experts": 1, "top_k": 1} if arm == "dense_adapter" else {})}
-        entries.append(Promotion(base_model, ARMS[arm], mine, key))
+        entries.append(Promotion(base_model, ARMS[arm].label, control_params(arm, params), key))
     return entries
 
 
@@ -72,7 +71,7 @@ def controls_of(entries: list[Promotion], chosen: dict[str, ConfigGroup]) -> lis
     configuration stage 2 chose (``chosen``), for its confirmation."""
     out = []
     for entry in entries:
-        if entry.role in ARMS.values() and entry.base_model in chosen:
+        if entry.role in LABELS and entry.base_model in chosen:
             group = chosen[entry.base_model]
             out += attribution_arms(entry.base_model, group.params, group.key, [entry.params["arm"]])
     return out

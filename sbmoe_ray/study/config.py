@@ -176,8 +176,12 @@ class StudyConfig(ConfigBase):
 
     def confirm_stage(self) -> StageConfig:
         """Stage 2's confirmation as its trials see it: stage 2's settings, its own folder; its trials are the
-        replicates ``CONFIRM_OFFSET + i`` (seeds never used for selection: :mod:`sbmoe_ray.stages.confirm`)."""
-        return replace(self.finetune_stage(), name="confirm", folder=str(self.layout.confirm.folder))
+        replicates ``CONFIRM_OFFSET + i`` (seeds never used for selection: :mod:`sbmoe_ray.stages.confirm`), each on
+        ``finetune.confirm_train_fraction`` of the training queries, drawn by its seed."""
+        stage = self.finetune_stage()
+        data = replace(stage.train.data, train_fraction=self.finetune.confirm_train_fraction)
+        train = replace(stage.train, data=data)
+        return replace(stage, name="confirm", folder=str(self.layout.confirm.folder), train=train)
 
     def rules(self, where: str) -> None:
         self.space = {**default_space(), **{k: _numbers(v) for k, v in self.space.items()}}

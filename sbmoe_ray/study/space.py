@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sbmoe_ray.study.arms import ARMS
 from sbmoe_ray.train.config import TrainConfig
 
 INFERENCE_MODES = ("top_k", "all")
@@ -161,18 +162,14 @@ def define_space(trial, space: dict[str, Any]) -> dict[str, Any] | None:
     return constants or None
 
 
-# Stage 2's attribution controls (sbmoe_ray/stages/promotion.py): a configuration's params carry ``arm``.
-ARMS = {"dense_adapter": "dense adapter", "random_routing": "random routing"}
-
-
 def apply(cfg: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     """The trial's config: each sampled (or fixed) parameter applied to the study's template (a random-routing
     control also routes at random; stage 2's tuned baselines carry their own ``encoder_lr``)."""
     for param in PARAMS:
         if param.name in params:
             cfg = param.apply(cfg, params[param.name])
-    if params.get("arm") == "random_routing":
-        cfg = _model(cfg, routing="random")
+    if params.get("arm"):                                  # an attribution control (sbmoe_ray/study/arms.py)
+        cfg = _model(cfg, **ARMS[params["arm"]].model(params))
     if "encoder_lr" in params:
         cfg = replace(cfg, optim=replace(cfg.optim, encoder_lr=params["encoder_lr"]))
     return cfg
@@ -187,7 +184,7 @@ def label(params: dict[str, Any], seed: int | None = None) -> str:
         text = " ".join(p.show(params[p.name]) for p in PARAMS if p.name in params)
     text += f" enc-lr={_short(params['encoder_lr'])}" if "encoder_lr" in params else ""
     if params.get("arm"):
-        text += f" ({ARMS[params['arm']]})"
+        text += f" ({ARMS[params['arm']].label})"
     return text if seed is None else f"{text} s{seed}"
 
 

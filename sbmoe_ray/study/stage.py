@@ -25,8 +25,9 @@ from sbmoe_ray.limits import (
     positive_int,
     setting,
 )
+from sbmoe_ray.study.arms import ARMS, DEFAULT
 from sbmoe_ray.study.policy import per_hardware, resolve
-from sbmoe_ray.study.space import ARMS, apply
+from sbmoe_ray.study.space import apply
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig, trained_layers_rule
 from sbmoe_ray.train.stopping import SCHEDULES
 
@@ -68,12 +69,17 @@ class FinetuneConfig(ConfigBase):
     controls: int = setting(4, non_negative_int)
     # Attribution controls of the top configuration, trained and tested beside the chosen one: a gain is
     # credited to the experts only when it survives against the dense adapter (sbmoe_ray/stages/promotion.py)
-    attribution: list[str] = setting(factory=lambda: list(ARMS), check=lambda v: _arms(v))
+    attribution: list[str] = setting(factory=lambda: list(DEFAULT), check=lambda v: _arms(v))
     # Replicates of each stage-2 configuration: a number, or one per kind of hardware (sbmoe_ray/study/policy.py)
     seeds: int | dict = setting(2, _SEEDS)
     # After stage 2 chooses, its choice, the baseline and the attribution controls trained again on this many
     # fresh seeds (never used for selection), and only those tested; 0: the selection replicates are tested
     confirm_seeds: int = setting(3, int_range(0, MAX_CONFIRM_SEEDS))
+    # Each confirmation replicate trains on this share of the training queries, drawn by its seed (the same draw
+    # for every arm's replicate i): a confirmation seed then varies the training sample as a method claim does,
+    # not only the initialisation and the order (Bouthillier et al., MLSys 2021); 1: every query
+    confirm_train_fraction: float = setting(0.9, lambda v: None if isinstance(v, (int, float)) and not isinstance(
+        v, bool) and 0 < v <= 1 else "allowed range is (0, 1]")
     encoder_lr: float = setting(2e-5, positive)       # the head keeps its promoted moe_lr
     # Every arm tuned alike: each promoted SB-MoE configuration and plain fine-tuning are trained at each of these
     # encoder learning rates (null: [encoder_lr]); the drawn controls at the first; the attribution controls at

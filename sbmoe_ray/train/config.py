@@ -57,6 +57,11 @@ PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 ROUTE_NAMES = ("zero_shot", "cached_head", "cached_layers", "live", "cached_gradient")
 
 
+def _fraction(value) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+    return None if ok else "allowed range is (0, 1]"
+
+
 def trained_layers_rule(value) -> str | None:
     """``all`` (every layer and the embeddings: the paper's regime) or k >= 0, the top k Transformer layers."""
     ok = value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
@@ -82,6 +87,9 @@ class DataConfig(ConfigBase):
     # "promotion" half and ranks stage 2 on the "selection" half, so stage 2 is not chosen on the queries
     # that promoted its candidates); training pairs are the same for all three.
     validation_part: str = setting("all", one_of("all", "promotion", "selection"))
+    # The share of the training queries a run trains on (all their pairs), drawn by its run.seed: < 1 makes a
+    # replicate vary the training sample too, not only the initialisation and the order (Bouthillier et al. 2021)
+    train_fraction: float = setting(1.0, lambda v: _fraction(v))
     validation_retrieval_docs: int = setting(0, non_negative_int)  # > 0: each epoch, nDCG@10 of the held-out
     #                                       queries over their positives plus this many random documents
     # A held-out collection (e.g. nfcorpus, its dev split): the best checkpoint's nDCG@10 on it is reported as

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sbmoe_ray.data.beir import BeirDataset, load_dataset, training_pairs
-from sbmoe_ray.data.splits import split_by_query, validation_half
+from sbmoe_ray.data.splits import split_by_query, subsample_queries, validation_half
 from sbmoe_ray.evaluation.dense import EncodeSettings
 from sbmoe_ray.evaluation.embedding_cache import PooledEmbeddingCache, dataset_embeddings
 from sbmoe_ray.model.backbones import load_tokenizer
@@ -36,9 +36,11 @@ def epoch_batches(num_pairs: int, global_batch: int, rank: int, world: int, seed
 
 def split_pairs(cfg: TrainConfig, dataset: BeirDataset) -> tuple[Pairs, Pairs]:
     """Training and validation (query, positive) pairs; the split is by query and depends on
-    ``data.split_seed`` only, so the replicates of a study (other ``run.seed``) validate on the same queries."""
+    ``data.split_seed`` only, so the replicates of a study (other ``run.seed``) validate on the same queries;
+    with ``data.train_fraction`` < 1 each run trains on that share of the training queries, drawn by its seed."""
     train, validation = split_by_query(training_pairs(dataset.qrels), cfg.data.validation_fraction, cfg.data.split_seed)
-    return train, validation_half(validation, cfg.data.validation_part, cfg.data.split_seed)
+    return (subsample_queries(train, cfg.data.train_fraction, cfg.run.seed),
+            validation_half(validation, cfg.data.validation_part, cfg.data.split_seed))
 
 
 @dataclass

@@ -210,3 +210,19 @@ def test_random_routing_on_anisotropic_inputs_keeps_several_experts_in_use():
     shares = torch.bincount(block.route(x).topk[:, 0], minlength=6).float() / len(x)
     assert (shares > 0.05).sum() >= 2 and shares.max() < 0.6
     torch.testing.assert_close(block.centre, x.mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_the_authors_block_normalises_the_mixture_so_top_one_routing_gets_no_gradient_as_in_their_code():
+    torch.manual_seed(2)
+    block = SBMoE(16, num_experts=4, top_k=1, mixture="authors")
+    x = torch.randn(8, 16)
+    block.train()
+    out, routing = block(x)
+    torch.testing.assert_close((out - x).norm(dim=-1), torch.ones(8))        # normalize(Σ g E(x)) + x
+    out.sum().backward()
+    assert not any(p.requires_grad for p in block.noise.parameters())         # their optimiser leaves it out
+    theirs = max(float(p.grad.abs().max()) for p in block.gate.parameters() if p.grad is not None)
+    ours = SBMoE(16, num_experts=4, top_k=1)
+    ours(x)[0].sum().backward()
+    mine = max(float(p.grad.abs().max()) for p in ours.gate.parameters())
+    assert theirs < 1e-6 < 1e-3 < mine                                          # their gate learns nothing

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port, runs, save_tiny_model, synthetic_dataset, write_study
+from helpers import HELD_DRIVER, free_port, runs, save_tiny_model, synthetic_dataset, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -112,36 +112,16 @@ def submit(cluster, job_dir: Path, *study_args: str, job_id: str | None = None) 
                    "sbmoe", "study", "--config", "study.yaml", *study_args)
 
 
-# The first submission's driver: the study, held after its first finished trial until the test stops the job (its
-# Tune loop waits in the progress callback, so no further trial starts: the job cannot finish before the stop).
-HELD_DRIVER = """
-import pathlib, sys, time
-from sbmoe_ray.cli import main
-from sbmoe_ray.stages.progress import ProgressCallback
-
-complete = ProgressCallback.on_trial_complete
-
-def held(self, *args, **kwargs):
-    complete(self, *args, **kwargs)
-    pathlib.Path(sys.argv[1]).touch()
-    while True:
-        time.sleep(1)
-
-ProgressCallback.on_trial_complete = held
-sys.exit(main(["study", "--config", "study.yaml"]))
-"""
-
-
 def test_a_study_submitted_as_a_ray_job_runs_on_the_cluster_and_resumes_when_submitted_again(cluster, job_dir):
     tmp_path = job_dir.parent
     finished = tmp_path / "studies" / "tiny-study" / "proxy" / "finished"
     job_id, holding = f"sbmoe-{secrets.token_hex(4)}", tmp_path / "holding"
     (job_dir / "held_driver.py").write_text(HELD_DRIVER)
     first = ray_job(cluster, "submit", "--no-wait", "--submission-id", job_id, "--working-dir", str(job_dir), "--",
-                    "python", "held_driver.py", str(holding))
+                    "python", "held_driver.py", str(holding), "study", "--config", "study.yaml")
     assert first.returncode == 0, first.stderr
     deadline = time.monotonic() + 240
-    while not holding.exists():                     # the driver waits after its first finished trial
+    while not holding.exists():    # the driver waits after its first finished trial (helpers.HELD_DRIVER)
         assert time.monotonic() < deadline, ray_job(cluster, "logs", job_id).stdout[-4000:]
         time.sleep(0.5)
     assert ray_job(cluster, "stop", job_id).returncode == 0

@@ -14,7 +14,7 @@ import pytest
 from sbmoe_ray.analysis.records import group_trials, load_trials
 from sbmoe_ray.study.layout import StudyLayout
 
-from helpers import finish, runs, save_tiny_model, sweep, synthetic_dataset, write_study
+from helpers import finish, held_sweep, runs, save_tiny_model, sweep, synthetic_dataset, wait_until_held, write_study
 
 pytestmark = [pytest.mark.slow]
 
@@ -100,7 +100,8 @@ def test_a_study_with_two_seeds_tracks_every_replicate_in_mlflow(tmp_path, asset
 
 
 def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tmp_path, assets):
-    # Killed inside a configuration's replicates: the restored Repeater completes that group. The trials
+    # Killed inside a configuration's replicates (the driver held after the first finished trial, so the test
+    # cannot miss the moment): the restored Repeater completes that group. The trials
     # train the head on cached embeddings in their own process, each shorter than Ray Tune's experiment
     # checkpoint period: the restored Tuner remembers fewer finished trials than there are, and each
     # configuration x seed must still train once (its results file answers).
@@ -109,20 +110,13 @@ def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tm
                                                "proxy.max_concurrent": 1})
     study_dir = tmp_path / "studies" / "tiny-study"
     proxy_dir = study_dir / "proxy"
-    proc = sweep(config)
-    deadline = time.time() + 400
-    killed = False
-    while time.time() < deadline and proc.poll() is None:
-        finished = list((proxy_dir / "runs").glob("*/results.json"))
-        started = list((proxy_dir / "runs").glob("*/progress.jsonl"))
-        if finished and len(started) > len(finished):
-            time.sleep(1.0)                                 # the next trial is inside its epochs
-            os.killpg(proc.pid, signal.SIGKILL)             # driver and the local Ray it started
-            killed = True
-            break
-        time.sleep(0.2)
+    holding = tmp_path / "holding"
+    proc = held_sweep(config, holding)             # held after its first finished trial: inside the group's seeds
+    wait_until_held(proc, holding)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)            # driver and the local Ray it started
     proc.wait(timeout=60)
-    assert killed, "the study finished before it could be interrupted"
+    assert len(list((proxy_dir / "runs").glob("*/results.json"))) < 4
     finished_before = {p.parent.name: p.stat().st_mtime for p in (proxy_dir / "runs").glob("*/results.json")}
     starts_before = {p.parent.name: p.read_text().count("epoch_start") for p in (proxy_dir / "runs").glob("*/progress.jsonl")}
 

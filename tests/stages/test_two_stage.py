@@ -152,7 +152,7 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert "Primary claim" in report and summary["test"]["primary"][0]["collections"] == ["large"]   # not in-domain
     (answer,) = summary["test"]["per_base_model"]
     assert set(answer["datasets"]) == {"data", "large"} and answer["chosen"]["seeds"] == [1000]
-    assert summary["training_seeds"] == {"selection": [0], "confirmation": [1000]}
+    assert summary["training_seeds"] == {"selection": [0], "confirmation": [1000], "train_fraction": 0.9}
     assert answer["chosen"]["group"] not in {r.group for r in arms.values()}
     (attribution,) = summary["test"]["attribution"].values()
     assert sorted((r["against"], r["dataset"]) for r in attribution["rows"]) == [
