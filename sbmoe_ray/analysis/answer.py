@@ -4,7 +4,7 @@ Per base model, validation (the mean objective over seeds, never a test metric) 
 the baseline included: the answer may be "the baseline" (no SB-MoE head), and it says so. The claim the
 test sets check is always the same one, fixed before any test result: the SB-MoE configuration validation
 chose against the baseline, on every test set (the confirmatory family of
-:mod:`sbmoe_ray.analysis.comparisons`). :func:`aa_rates` calibrates the inference on the study's own
+:mod:`sbmoe_ray.analysis.comparisons`). :func:`aa_rates` is a sanity check on the study's own
 results: replicate i against replicate j of the same configuration, where every rejection is false.
 """
 
@@ -39,7 +39,7 @@ def method_text(claims: ClaimsConfig, family: int) -> str:
             f"(the seed variance component of the two compared arms, without the seed x query interaction "
             f"the replicate means carry; Welch-Satterthwaite df); claims need >= {MIN_SEEDS} seeds per arm; p and "
             f"TOST p (margin ±{claims.margin:g}) adjusted "
-            f"over the {family} confirmatory comparisons ({CORRECTIONS[claims.correction]}, statsmodels); "
+            f"over the {family} per-collection comparisons of the chosen configuration ({CORRECTIONS[claims.correction]}, statsmodels); "
             f"minimum detectable effect at {claims.power:.0%} power; the query-only paired t-test (scipy) beside it")
 
 

@@ -4,7 +4,7 @@
 Stage 1 (the proxy): the answer per base model (what validation prefers, the SB-MoE configuration chosen by
 its mean validation objective over seeds, and its test comparison with the baseline: Δ with queries and
 seeds counted together, TOST, the minimum detectable effect and a verdict, over the confirmatory family:
-:mod:`sbmoe_ray.analysis.comparisons`), the method and its A/A calibration, heatmaps,
+:mod:`sbmoe_ray.analysis.comparisons`), the method and its A/A sanity check, heatmaps,
 the Pareto front (with a zero-shot validation set), parameter importances and the chosen configurations'
 expert load. Stage 2 (fine-tuning): every fine-tuned configuration with both stages' objectives, the
 budget's plan, the proxy check (Kendall's τ with exact p, top-k recall, regret, a verdict) and the test
@@ -86,24 +86,25 @@ def budget_line(summary: dict) -> str:
 
 
 def aa_line(summary: dict) -> str:
-    """The A/A calibration: how often each test rejects replicate i against replicate j of one configuration."""
+    """The A/A sanity check: how often each test rejects replicate i against replicate j of one configuration
+    (another null than the answer's; the answer's test size is simulated: :mod:`sbmoe_ray.analysis.simulation`)."""
     aa = summary.get("aa_check")
     if not aa or not aa["pairs"]:
-        return "A/A check: no configuration has two replicates; the inference is not calibrated on this study."
+        return "A/A check: no configuration has two replicates."
     return (f"A/A check ({aa['pairs']} pairs of replicates of the same configuration, every configuration and test "
             f"set, where every rejection is false): at α = {aa['alpha']:g} the combined test rejects "
             f"{aa['combined_rate']:.1%}, the query-only paired t-test {aa['query_only_rate']:.1%}.")
 
 
 def surviving(summary: dict) -> str:
-    """One paragraph: the method, the calibration, and what the confirmatory family lets the answer claim."""
+    """One paragraph: the method, the A/A sanity check, and what the secondary family lets the report say."""
     alpha, claims = summary.get("alpha", 0.05), []
     for a in summary["per_base_model"]:
         for d, c in a["datasets"].items():
             claims.append(f"{a['base_model']} on {d}: {c['verdict']} (Δ {c['delta']:+.3f})")
     unestimated = any("not estimated" in c for c in claims)
-    return (f"{budget_line(summary)} Method: {summary['method']}. {aa_line(summary)} Confirmatory family: the "
-            f"chosen SB-MoE configuration per base model on every test set ({summary.get('confirmatory', 0)} "
+    return (f"{budget_line(summary)} Method: {summary['method']}. {aa_line(summary)} Per-collection family (secondary to "
+            f"the primary claim above): the chosen SB-MoE configuration per base model on every test set ({summary.get('confirmatory', 0)} "
             f"comparisons, α = {alpha:g}); every other comparison is exploratory. "
             + ("; ".join(claims) if claims else "No comparison") + "."
             + (" Where the seed variance is not estimated nothing is claimed: the query intervals alone ignore "
