@@ -38,8 +38,8 @@ def method_text(claims: ClaimsConfig, family: int) -> str:
     return (f"per query, the metric averaged over each side's seeds; Δ with queries and seeds counted together "
             f"(the seed variance component of the two compared arms, without the seed x query interaction "
             f"the replicate means carry; Welch-Satterthwaite df); claims need >= {MIN_SEEDS} seeds per arm; p and "
-            f"TOST p (margin ±{claims.margin:g}) adjusted "
-            f"over the {family} per-collection comparisons of the chosen configuration ({CORRECTIONS[claims.correction]}, statsmodels); "
+            f"TOST p (margin ±{claims.margin:g}) adjusted over the {family} per-collection comparisons of the chosen "
+            f"configuration ({CORRECTIONS[claims.correction]}, statsmodels); "
             f"minimum detectable effect at {claims.power:.0%} power; the query-only paired t-test (scipy) beside it")
 
 

@@ -21,10 +21,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sbmoe_ray.analysis.records import TrialRecord, group_key  # noqa: E402
-from sbmoe_ray.study.arms import ARMS
+from sbmoe_ray.study.arms import labels
 
-ROLE_COLORS = {"baseline": "tab:blue", "promoted": "tab:red", "control": "tab:gray",
-               **{arm.label: arm.color for arm in ARMS.values()}}
+ROLE_COLORS = {"baseline": "tab:blue", "promoted": "tab:red", "control": "tab:gray"}
+
+
+def role_color(role: str) -> str:
+    """A role's colour in the curves: the fixed roles', an attribution control's from its table entry."""
+    arm = labels().get(role)
+    return arm.color if arm else ROLE_COLORS.get(role, "black")
 
 
 def curve(record: TrialRecord, metric: str) -> list[tuple[int, float]]:
@@ -97,7 +102,7 @@ def learning_curves_figure(records: list[TrialRecord], roles: dict[str, tuple[st
             points = curve(record, metric)
             if base_model != model or not points:
                 continue
-            ax.plot(*zip(*points), marker=".", color=ROLE_COLORS.get(role, "black"), alpha=0.8,
+            ax.plot(*zip(*points), marker=".", color=role_color(role), alpha=0.8,
                     label=None if role in shown else role)
             shown.add(role)
         ax.set_xlabel("optimizer steps", fontsize=8)

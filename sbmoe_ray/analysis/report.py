@@ -103,9 +103,10 @@ def surviving(summary: dict) -> str:
         for d, c in a["datasets"].items():
             claims.append(f"{a['base_model']} on {d}: {c['verdict']} (Δ {c['delta']:+.3f})")
     unestimated = any("not estimated" in c for c in claims)
-    return (f"{budget_line(summary)} Method: {summary['method']}. {aa_line(summary)} Per-collection family (secondary to "
-            f"the primary claim above): the chosen SB-MoE configuration per base model on every test set ({summary.get('confirmatory', 0)} "
-            f"comparisons, α = {alpha:g}); every other comparison is exploratory. "
+    return (f"{budget_line(summary)} Method: {summary['method']}. {aa_line(summary)} Per-collection family "
+            f"(secondary to the primary claim above): the chosen SB-MoE configuration per base model on every test "
+            f"set ({summary.get('confirmatory', 0)} comparisons, α = {alpha:g}); every other comparison is "
+            "exploratory. "
             + ("; ".join(claims) if claims else "No comparison") + "."
             + (" Where the seed variance is not estimated nothing is claimed: the query intervals alone ignore "
                "how much another training run moves Δ." if unestimated else ""))

@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe_ray.stages.costs import ModelCosts, measured_costs
-from sbmoe_ray.study.arms import ARMS, LABELS, by_drop_rank
+from sbmoe_ray.study.arms import ARMS, by_drop_rank, is_arm, labels
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion
-
-ARM_ROLES = tuple(LABELS)
 
 
 @dataclass
@@ -118,7 +116,7 @@ def priority(entries: list[Promotion]) -> list[Promotion]:
         order = top + [e for i in range(max(len(rest), len(controls)))
                        for e in controls[i:i + 1] + (rest[i] if i < len(rest) else [])]
         plain = [e for e in entries if e.base_model == model and e.role == "baseline"]
-        arms = [e for role in by_drop_rank(list(LABELS)) for e in entries
+        arms = [e for role in by_drop_rank(list(labels())) for e in entries
                 if e.base_model == model and e.role == role]
         # the top promoted configuration and the first baseline (the grid's first rate) are never dropped; the
         # i-th SB-MoE candidate goes with the i-th plain rate (the grid's rates first on both sides)
@@ -141,10 +139,10 @@ def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts]
     def estimate(kept: list[Promotion], seeds: int, confirm: int) -> dict[str, float]:
         # Tested (and confirmed): each base model's chosen configuration and baseline, and its attribution
         # controls kept; as many evaluations at once as the cores hold.
-        tested = {m: 2 + sum(e.base_model == m and e.role in ARM_ROLES for e in kept)
+        tested = {m: 2 + sum(e.base_model == m and is_arm(e.role) for e in kept)
                   for m in {e.base_model for e in kept}}
         # with confirmation the attribution controls are trained there only, built from the choice
-        selection = [e for e in kept if not (confirm and e.role in ARM_ROLES)]
+        selection = [e for e in kept if not (confirm and is_arm(e.role))]
         training = sum(costs[e.base_model].trial_s for e in selection) * seeds + sum(
             n * confirm * costs[m].trial_s for m, n in tested.items())
         test = sum(n * (confirm or seeds) * costs[m].test_s / max(1, cores // costs[m].eval_threads)

@@ -19,7 +19,7 @@ from sbmoe_ray.analysis.records import TrialRecord, group_key
 from sbmoe_ray.stages.grid import fit_grid
 from sbmoe_ray.stages.promotion import controls_of
 from sbmoe_ray.stages.test_phase import chosen_groups, test_phase, tested_groups, trec_files
-from sbmoe_ray.study.arms import LABELS
+from sbmoe_ray.study.arms import is_arm
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import CONFIRM_OFFSET, Promotion
 from sbmoe_ray.tracking import StudyTracker
@@ -29,7 +29,7 @@ def confirmation_entries(entries: list[Promotion], records: list[TrialRecord], m
     """The stage-2 entries to confirm: per base model its chosen configuration and baseline, and the attribution
     controls the plan kept, built from the chosen configuration (:func:`~sbmoe_ray.stages.promotion.controls_of`)."""
     keys = {g.key for g in tested_groups(records, mode)}
-    picked = [e for e in entries if group_key(e.params) in keys and e.role not in LABELS]
+    picked = [e for e in entries if group_key(e.params) in keys and not is_arm(e.role)]
     chosen = {m: sbmoe for m, (sbmoe, _) in chosen_groups(records, mode).items() if sbmoe is not None}
     return picked + controls_of(entries, chosen)
 

@@ -25,13 +25,14 @@ from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
 from sbmoe_ray.analysis.routing import routing_metrics
-from sbmoe_ray.stages.budget import ARM_ROLES, BudgetPlan, load_or_plan, plan_stage2, read_plan
+from sbmoe_ray.stages.budget import BudgetPlan, load_or_plan, plan_stage2, read_plan
 from sbmoe_ray.stages.confirm import confirmation_entries, run_confirmation
 from sbmoe_ray.stages.costs import ModelCosts
 from sbmoe_ray.stages.grid import fit_grid
 from sbmoe_ray.stages.promotion import load_or_promote, promotions, read_promotions
 from sbmoe_ray.stages.proxy import controls
 from sbmoe_ray.stages.test_phase import test_phase, trec_files
+from sbmoe_ray.study.arms import is_arm
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion
 from sbmoe_ray.study.space import BY_NAME
@@ -156,7 +157,7 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
         return not_run(study, tracker, proxy, plan)
     entries, seeds, why = planned(study, promoted, plan)
     print_power_plan(study, proxy, plan)
-    selection = [e for e in entries if not (e.role in ARM_ROLES and confirm_seeds(study, plan))]
+    selection = [e for e in entries if not (is_arm(e.role) and confirm_seeds(study, plan))]
     points = [e.point(r) for e in selection for r in range(seeds)]
     print(f"\nstage 2 (fine-tuning): {len(selection)} configurations x {seeds} seed(s) ({why}) = {len(points)} "
           f"trials, {where(study)}; encoder learning rates {', '.join(f'{lr:g}' for lr in study.finetune.lr_grid)} for "

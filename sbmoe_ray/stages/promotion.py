@@ -39,10 +39,8 @@ from typing import Any
 
 from sbmoe_ray.analysis.records import ConfigGroup
 from sbmoe_ray.errors import ConfigError
-from sbmoe_ray.study.arms import ARMS, LABELS, control_params
+from sbmoe_ray.study.arms import ARMS, control_params, is_arm
 from sbmoe_ray.study.points import Promotion
-
-ROLES = ("promoted", "control", "baseline", *LABELS)
 
 
 def rank(groups: list[ConfigGroup], mode: str) -> list[ConfigGroup]:
@@ -71,7 +69,7 @@ def controls_of(entries: list[Promotion], chosen: dict[str, ConfigGroup]) -> lis
     configuration stage 2 chose (``chosen``), for its confirmation."""
     out = []
     for entry in entries:
-        if entry.role in LABELS and entry.base_model in chosen:
+        if is_arm(entry.role) and entry.base_model in chosen:
             group = chosen[entry.base_model]
             out += attribution_arms(entry.base_model, group.params, group.key, [entry.params["arm"]])
     return out

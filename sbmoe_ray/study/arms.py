@@ -56,9 +56,18 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("authors_block", "authors' block", lambda p: {**p, "top_k": 1}, lambda p: {"mixture": "authors"}, 0,
         "this project's departures from the authors' block", "tab:brown"),
 )}
-LABELS = {arm.label: arm for arm in ARMS.values()}
 DEFAULT = ["dense_adapter", "random_routing"]          # finetune.attribution's default
 DECISIVE = "dense_adapter"                              # a gain is the experts' only if it survives against it
+
+
+def labels() -> dict[str, Arm]:
+    """The arms by label (the role their promotions carry), read from the table when asked."""
+    return {arm.label: arm for arm in ARMS.values()}
+
+
+def is_arm(role: str) -> bool:
+    """Whether a promotion's role is an attribution control's."""
+    return role in labels()
 
 
 def control_params(arm: str, chosen: dict[str, Any]) -> dict[str, Any]:
@@ -68,4 +77,4 @@ def control_params(arm: str, chosen: dict[str, Any]) -> dict[str, Any]:
 
 def by_drop_rank(roles: list[str]) -> list[str]:
     """Arm labels in the order the budget drops them."""
-    return sorted(roles, key=lambda r: LABELS[r].drop_rank)
+    return sorted(roles, key=lambda r: labels()[r].drop_rank)
