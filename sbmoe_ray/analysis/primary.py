@@ -36,7 +36,7 @@ from scipy import stats
 
 from sbmoe_ray.analysis.comparisons import adjust
 from sbmoe_ray.analysis.components import estimate
-from sbmoe_ray.analysis.inference import MIN_SEEDS, common_queries, deterministic, matrix, random_arms
+from sbmoe_ray.analysis.inference import MIN_SEEDS, Estimate, common_queries, deterministic, matrix, random_arms
 from sbmoe_ray.analysis.simulation import RejectionRate, primary_size
 
 MAX_PLANNED_SEEDS = 100
@@ -71,10 +71,10 @@ class PrimaryClaim:
     collections: list[str]
     pooling: str                        # random or fixed
     delta: float
+    low: float                          # its 95 % interval
+    high: float
     se: float
     df: float
-    low: float
-    high: float
     p: float
     tost_p: float
     margin: float
@@ -179,9 +179,8 @@ def claim_of(base_model: str, statement: str, arrays: dict[str, tuple[np.ndarray
     se = math.sqrt(total)
     half = _t(0.975, df) * se
     p = float(2 * stats.t.sf(abs(delta) / se, df)) if se > 0 else float(delta == 0)
-    tost = (float(max(stats.t.sf((delta + margin) / se, df), stats.t.cdf((delta - margin) / se, df)))
-            if se > 0 else float(abs(delta) >= margin))
-    return PrimaryClaim(base_model, statement, list(parts), pooling, delta, se, df, delta - half, delta + half, p,
+    tost = Estimate(delta, se, df, delta - half, delta + half, p, 0, 0.0, True).tost(margin)
+    return PrimaryClaim(base_model, statement, list(parts), pooling, delta, delta - half, delta + half, se, df, p,
                         tost, margin, (m, n), {k: v["delta"] for k, v in parts.items()},
                         {"queries": v_query, "seeds": v_seed, "collections": v_coll}, tau2,
                         {k: pilot_components(v) for k, v in parts.items()}, sigma_z,
