@@ -38,3 +38,49 @@ def test_the_gpu_cluster_guides_study_loads_and_runs_stage_2_on_gpus():
     study = load_config(StudyConfig, ROOT / "studies" / "gpu_cluster.yaml")
     assert study.finetune.use_gpu and study.storage_path.startswith("/")
     assert 'studies/gpu_cluster.yaml' in (ROOT / "docs" / "guides" / "gpu-cluster.md").read_text()
+
+
+SECTIONS = {"train", "proxy", "finetune", "analysis", "optim", "model", "data", "memory", "scaling", "run", "loss",
+            "evaluation", "space"}
+# What a user reads (the contributor's pages, stack notes and results pages keep their dated records)
+USER_PAGES = [ROOT / "README.md", ROOT / "docs" / "index.md", ROOT / "docs" / "getting-started.md",
+              *sorted((ROOT / "docs" / "guides").glob("*.md")), *sorted((ROOT / "docs" / "concepts").glob("*.md"))]
+
+
+def _resolves(key: str) -> bool:
+    """Whether a dotted config key names a field of the study config or of the training config."""
+    import dataclasses
+
+    from sbmoe_ray.study.config import StudyConfig
+    from sbmoe_ray.train.config import TrainConfig
+
+    def walk(cls, parts) -> bool:
+        if not parts:
+            return True
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if parts[0] not in fields:
+            return False
+        nested = fields[parts[0]].default_factory if fields[parts[0]].default_factory is not dataclasses.MISSING \
+            else None
+        sub = type(nested()) if nested else None
+        if len(parts) == 1:
+            return True
+        return dataclasses.is_dataclass(sub) and walk(sub, parts[1:])
+
+    parts = key.split(".")
+    return parts[0] == "space" or walk(StudyConfig, parts) or walk(TrainConfig, parts)
+
+
+def test_every_config_key_the_user_pages_name_is_one_the_config_accepts():
+    pattern = re.compile(r"`([a-z_]+(?:\.[a-z_0-9]+)+)(?:[:= ][^`]*)?`")
+    wrong = [(page.name, key) for page in USER_PAGES for key in pattern.findall(page.read_text())
+             if key.split(".")[0] in SECTIONS and not _resolves(key)]
+    assert not wrong, wrong
+    assert not _resolves("train.data_dir") and _resolves("train.data.data_dir")     # the key a page once named
+
+
+def test_no_user_page_carries_a_dated_measurement():
+    """Measurements live on dated results pages; a guide may link one, but carries no date of its own."""
+    dated = [(page.name, line.strip()[:80]) for page in USER_PAGES for line in page.read_text().splitlines()
+             if re.search(r"\b20\d\d-\d\d-\d\d\b", re.sub(r"\]\([^)]*\)|results/[\w.-]+", "", line))]
+    assert not dated, dated

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from sbmoe_ray.analysis.primary import PowerPlan, plan_from_pilot
+from sbmoe_ray.analysis.primary import PowerPlan, plan_from_pilot, terminal_lines
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
@@ -183,5 +183,6 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
     tracker.log_report(study.layout.report_dir)
     for a in result.agreement.values():
         print(a["verdict"])
+    print("\n".join(terminal_lines(result.summary, f"stage 2 ({study.depth_label()}, confirmed on fresh seeds)")))
     print(f"report (both stages): {study.layout.report_file}")
     return result

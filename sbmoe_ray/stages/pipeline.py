@@ -113,10 +113,21 @@ def run_stages(study: StudyConfig, tracker, started: float, address: str | None,
         failed = final is None
     if not failed:
         publish_models(study, tracker, final)
+        say_where(study, final.summary)
     tracker.finish("FAILED" if failed else "FINISHED")
     if not failed:
         study.layout.completed_file.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     return 1 if failed else 0
+
+
+def say_where(study: StudyConfig, summary: dict) -> None:
+    """The last lines of a study: where its answer is (the report, the MLflow UI, the registered models)."""
+    from sbmoe_ray.tracking.models import registered_name
+
+    models = [f"models:/{registered_name(study.name, a['base_model'])}@champion" for a in summary["per_base_model"]]
+    prog = sys.argv[0] if sys.argv[0].endswith("sbmoe") else "sbmoe"          # .venv/bin/sbmoe after make
+    print(f"\nreport:  {study.layout.report_file}\nMLflow:  {prog} ui {study.layout.root}   (its runs, on "
+          f"127.0.0.1)" + "".join(f"\nmodel:   {m}" for m in models), flush=True)
 
 
 def check_cluster_resources(study: StudyConfig) -> None:

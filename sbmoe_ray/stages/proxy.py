@@ -26,8 +26,9 @@ from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from sbmoe_ray.analysis import figures
-from sbmoe_ray.analysis.records import format_table, load_trials
-from sbmoe_ray.analysis.report import budget_line, summary_rows, write_report
+from sbmoe_ray.analysis.primary import terminal_lines
+from sbmoe_ray.analysis.records import load_trials
+from sbmoe_ray.analysis.report import budget_line, write_report
 from sbmoe_ray.analysis.result import StageResult, analyze_proxy
 from sbmoe_ray.stages.progress import ProgressCallback, tune_verbosity
 from sbmoe_ray.stages.trial import trainable, trials_in_process
@@ -152,10 +153,6 @@ def run_proxy(study: StudyConfig, tracker: StudyTracker) -> StageResult:
 
 
 def say_result(study: StudyConfig, result: StageResult) -> None:
-    """Stage 1's answer in the terminal: baseline vs the chosen configuration per base model and test set."""
-    datasets = study.test_names
-    columns = ["base_model", "best", "seeds", *[f"{d} {c}" for d in datasets for c in ("base", "moe", "Δ", "p adj")]]
-    print(f"\n{study.name}, stage 1 (proxy): {len(result.records)} trials; test nDCG@10 (mean over seeds), baseline "
-          f"vs the SB-MoE configuration chosen by mean {study.proxy.objective}; p adj: paired t over queries, Holm "
-          f"over every configuration and test set\n{budget_line(result.summary)}")
-    print(format_table(summary_rows(result.summary, datasets), columns))
+    """Stage 1's answer in the terminal: the primary claim, then per collection (queries and seeds together)."""
+    print(f"\n{study.name}, stage 1 (proxy): {len(result.records)} trials. {budget_line(result.summary)}")
+    print("\n".join(terminal_lines(result.summary, "stage 1 (a head on the frozen encoder)")), flush=True)
