@@ -8,9 +8,10 @@ exceeds the time left of the budget, drops stage-2 work, least needed first: rep
 first, then per base model (in turn) its entries from the end of the order ``promoted #1 at every encoder
 rate of the grid, control #1, promoted #2 (every rate), control #2, ...`` (so the rank check keeps a
 control as long as it has three configurations), each with one of plain fine-tuning's tuned learning rates (so
-that neither arm is tuned more than the other: the grid's rates are the last both arms lose), then the
-attribution controls (random routing before the dense adapter: the dense
-adapter decides whether a gain is the experts'), then confirmation seeds one at a time, then whole base models
+that neither arm is tuned more than the other), then the attribution controls (by their table's drop rank:
+random routing before the dense adapter, which decides whether a gain is the experts'), then the top
+configuration's other rates of the grid with plain fine-tuning's (the arms tuned alike are the last breadth to
+go), then confirmation seeds one at a time, then whole base models
 (the last listed first: its stage-1 answer stands alone). The first base model's baseline and top
 configuration are the least stage 2: when even they (trained to their epoch cap) and their test phase
 exceed the time left, stage 2 is not run at all, the answer is stage 1's, and the plan says what budget would
@@ -103,7 +104,8 @@ def _named(entry: Promotion) -> str:
 
 def priority(entries: list[Promotion]) -> list[Promotion]:
     """Entries in the order they are dropped (first = dropped first): per base model the order
-    ``promoted #1, control #1, promoted #2, ...`` read from its end, base models in turn."""
+    ``promoted #1, control #1, promoted #2, ...`` read from its end, then the attribution controls, then the top
+    configuration's other encoder rates with plain fine-tuning's; base models in turn."""
     per_model: dict[str, list[Promotion]] = {}
     for model in sorted({e.base_model for e in entries}):
         promoted = [e for e in entries if e.base_model == model and e.role == "promoted"]
@@ -119,9 +121,14 @@ def priority(entries: list[Promotion]) -> list[Promotion]:
         arms = [e for role in by_drop_rank(list(labels())) for e in entries
                 if e.base_model == model and e.role == role]
         # the top promoted configuration and the first baseline (the grid's first rate) are never dropped; the
-        # i-th SB-MoE candidate goes with the i-th plain rate (the grid's rates first on both sides)
-        paired = [e for i in range(max(len(order), len(plain)) - 1, 0, -1) for e in order[i:i + 1] + plain[i:i + 1]]
-        per_model[model] = paired + arms
+        # i-th SB-MoE candidate goes with the i-th plain rate (the grid's rates first on both sides); the top
+        # configuration's other rates of the grid, with plain fine-tuning's, go only after the attribution
+        # controls: an answer whose arms are not tuned alike is no answer, one without a control is a narrower one
+        pairs = [order[i:i + 1] + plain[i:i + 1] for i in range(max(len(order), len(plain)))]
+        grid = len(top) or 1
+        breadth = [e for pair in reversed(pairs[grid:]) for e in pair]
+        tuned_alike = [e for pair in reversed(pairs[1:grid]) for e in pair]
+        per_model[model] = breadth + arms + tuned_alike
     droppable = []
     while any(per_model.values()):
         for model in sorted(per_model):

@@ -11,7 +11,6 @@ and the schedule are :mod:`sbmoe_ray.train.stopping`.
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -155,7 +154,7 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_end", epoch=epoch, metrics=metrics)
             _print_epoch(cfg, metrics, stopper.reason() if stop else "")
-        with tempfile.TemporaryDirectory() as folder:
+        with session.checkpoint_folder(epoch) as folder:      # written once where it is kept (in-process runs)
             if rank == 0:
                 save_checkpoint(Path(folder), bare, cfg, optimizer, scheduler, epoch, stopper)
             session.report(metrics, Path(folder) if rank == 0 else None)

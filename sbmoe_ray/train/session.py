@@ -10,10 +10,12 @@ replays exactly what the interrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +104,10 @@ class RayTrainSession:
 
         return ray.train.torch.prepare_model(model)   # DDP when world > 1
 
+    def checkpoint_folder(self, epoch: int):
+        """Where rank 0 writes an epoch's checkpoint: a temporary folder that Ray Train persists on report."""
+        return tempfile.TemporaryDirectory()
+
     def report(self, metrics: dict[str, Any], folder: Path | None) -> None:
         import ray.train
 
@@ -129,12 +135,22 @@ class LocalCheckpoints:
         sign = 1 if self.mode == "min" else -1      # an epoch without the metric ranks last
         return min(self.all(), key=lambda item: (self.metric not in item[1], sign * item[1].get(self.metric, 0.0)))
 
+    def staging(self, epoch: int) -> Path:
+        """An empty folder in the run folder for an epoch's checkpoint, written there once and renamed by
+        :meth:`add` (a killed run leaves only a ``.partial`` folder, never a half checkpoint)."""
+        staging = self.root / f".checkpoint_epoch_{epoch:04d}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+
     def add(self, folder: Path, metrics: dict[str, Any]) -> None:
-        """Copy a checkpoint in (written under a temporary name, then renamed), then drop all but best and latest."""
+        """Take in a checkpoint (renamed from its staging folder, copied from anywhere else), then drop all but
+        best and latest."""
         target = self.root / f"checkpoint_epoch_{metrics['epoch']:04d}"
         staging = self.root / f".{target.name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(folder, staging)
+        if Path(folder) != staging:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(folder, staging)
         (staging / self.METRICS_FILE).write_text(json.dumps(metrics, default=str))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
@@ -160,6 +176,11 @@ class InProcessSession:
 
     def wrap(self, model: BiEncoder) -> torch.nn.Module:
         return model
+
+    @contextlib.contextmanager
+    def checkpoint_folder(self, epoch: int):
+        """Where the run writes an epoch's checkpoint: its final place in the run folder, under a temporary name."""
+        yield self.checkpoints.staging(epoch)
 
     def report(self, metrics: dict[str, Any], folder: Path | None) -> None:
         self.checkpoints.add(folder, metrics)

@@ -103,3 +103,13 @@ def test_the_budget_drops_a_tuned_baseline_with_each_sb_moe_candidate_so_neither
     for dropped in range(0, len(order) + 1, 2):
         kept = [e for e in tuned if e not in order[:dropped]]
         assert sum(e.role == "baseline" for e in kept) == sum(e.role in ("promoted", "control") for e in kept)
+
+
+def test_the_grid_of_encoder_rates_is_dropped_only_after_the_attribution_controls():
+    top = [Promotion("a", "promoted", {"encoder_lr": lr}, "ap1") for lr in (2e-5, 2e-4)]
+    plain = [Promotion("a", "baseline", {"encoder_lr": lr}) for lr in (2e-5, 2e-4, 6.3e-5)]
+    entries = [*top, Promotion("a", "control", {}, "ac1"), *plain,
+               Promotion("a", "dense adapter", {}), Promotion("a", "random routing", {})]
+    order = [(e.role, e.params.get("encoder_lr")) for e in priority(entries)]
+    assert order == [("control", None), ("baseline", 6.3e-5), ("random routing", None), ("dense adapter", None),
+                     ("promoted", 2e-4), ("baseline", 2e-4)]
