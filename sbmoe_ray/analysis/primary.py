@@ -326,17 +326,20 @@ def plan_from_pilot(pilot: dict, seeds: int, claims, family: int) -> PowerPlan:
 def terminal_lines(summary: dict, stage: str) -> list[str]:
     """A stage's answer in the terminal: the primary claim in one line per base model, then per collection
     Δ, its interval (queries and seeds) and verdict, one short row each."""
-    lines = [f"\n{stage}: the answer"]
+    lines, claimed = [f"\n{stage}: the answer"], {}
     for c in summary.get("primary", []):
-        size = f"; test size {c['size']['rate']:.1%} simulated" if c.get("size") else ""
+        claimed[c["base_model"]] = set(c["collections"])
+        notes = ([] if "detectable" in c["verdict"] else [f"detectable ±{c['mde']:.3f}"]) + (
+            [f"test size {c['size']['rate']:.1%} simulated"] if c.get("size") else [])
         lines.append(f"  {c['base_model']}: {c['statement']}: mean Δ nDCG@10 over {len(c['collections'])} "
-                     f"collections {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], {c['verdict']} "
-                     f"(detectable ±{c['mde']:.3f}{size})")
+                     f"collections {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], {c['verdict']}"
+                     + (f" ({'; '.join(notes)})" if notes else ""))
     for answer in summary.get("per_base_model", []):
         lines.append(f"  {answer['base_model']} per collection, {answer['chosen']['config']} against the baseline "
                      f"(secondary):")
         lines.append(f"    {'collection':<24} {'base':>6} {'sb-moe':>7} {'Δ':>7}  {'95% CI':<17} verdict")
         for dataset, row in answer["datasets"].items():
+            outside = "" if dataset in claimed.get(answer["base_model"], {dataset}) else " (not in the primary claim)"
             lines.append(f"    {dataset:<24} {row['baseline_mean']:6.3f} {row['moe_mean']:7.3f} {row['delta']:+7.3f}  "
-                         f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  {row['verdict']}")
+                         f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  {row['verdict']}{outside}")
     return lines
