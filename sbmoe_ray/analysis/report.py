@@ -32,31 +32,25 @@ from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.layout import StudyLayout
 from sbmoe_ray.study.space import BY_NAME
 
-SUMMARY_COLUMNS = ("base", "moe", "Δ", "CI", "query-only CI", "p adj", "TOST p adj", "MDE", "verdict")
+SUMMARY_COLUMNS = ("test set", "base", "sb-moe", "Δ", "95% CI", "p adj", "TOST p adj", "detectable", "verdict")
 
 
 def _interval(low: float, high: float) -> str:
     return "n/a" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
 
 
-def summary_rows(summary: dict, datasets: list[str]) -> list[dict[str, Any]]:
-    """Per base model: what validation prefers, the SB-MoE configuration it chose, and per dataset Δ nDCG@10
-    with its combined (queries and seeds) and query-only intervals, adjusted p and TOST p, the minimum
-    detectable effect and the verdict."""
-    rows, roles = [], summary.get("test_sets", {})
-    for answer in summary["per_base_model"]:
-        chosen = answer["chosen"]
-        row = {"base_model": answer["base_model"], "validation prefers": answer.get("preferred", "sb-moe"),
-               "best": chosen["config"], "seeds": len(chosen["seeds"])}
-        for dataset in datasets:
-            c = answer["datasets"].get(dataset)
-            if c:
-                row.update({f"{dataset} base": c["baseline_mean"], f"{dataset} moe": c["moe_mean"],
-                            f"{dataset} Δ": c["delta"], f"{dataset} CI": _interval(c["ci_low"], c["ci_high"]),
-                            f"{dataset} query-only CI": _interval(c["query_ci_low"], c["query_ci_high"]),
-                            f"{dataset} p adj": c["p_adjusted"], f"{dataset} TOST p adj": c["tost_p_adjusted"],
-                            f"{dataset} MDE": c["mde"], f"{dataset} verdict": c["verdict"] + _role(roles, dataset)})
-        rows.append(row)
+def summary_rows(summary: dict, answer: dict, datasets: list[str]) -> list[dict[str, Any]]:
+    """One base model's rows, one per test set: Δ nDCG@10 with its interval (queries and seeds together),
+    adjusted p and TOST p, the minimum detectable effect and the verdict (the query-only interval of the
+    paper's paired t-test is in ``summary.json``)."""
+    roles, rows = summary.get("test_sets", {}), []
+    for dataset in datasets:
+        c = answer["datasets"].get(dataset)
+        if c:
+            rows.append({"test set": dataset, "base": c["baseline_mean"], "sb-moe": c["moe_mean"], "Δ": c["delta"],
+                         "95% CI": _interval(c["ci_low"], c["ci_high"]), "p adj": c["p_adjusted"],
+                         "TOST p adj": c["tost_p_adjusted"], "detectable": c["mde"],
+                         "verdict": c["verdict"] + _role(roles, dataset)})
     return rows
 
 
@@ -72,9 +66,14 @@ def markdown_table(rows: list[dict[str, Any]], header: list[str]) -> list[str]:
 
 
 def answer_table(summary: dict, datasets: list[str]) -> list[str]:
-    header = ["base_model", "validation prefers", "best", "seeds",
-              *[f"{d} {c}" for d in datasets for c in SUMMARY_COLUMNS]]
-    return markdown_table(summary_rows(summary, datasets), header)
+    """Per base model: what validation prefers and the configuration it chose, then one row per test set."""
+    lines = []
+    for answer in summary["per_base_model"]:
+        chosen = answer["chosen"]
+        lines += [f"**{answer['base_model']}**: validation prefers {answer.get('preferred', 'sb-moe')}; chosen "
+                  f"`{chosen['config']}`, {len(chosen['seeds'])} seed(s).", "",
+                  *markdown_table(summary_rows(summary, answer, datasets), list(SUMMARY_COLUMNS)), ""]
+    return lines
 
 
 def budget_line(summary: dict) -> str:

@@ -26,7 +26,9 @@ def test_stage_one_report_renders_the_result_and_links_only_figures_it_wrote(tmp
     layout = config.layout
     text = layout.report_file.read_text()
     answer = proxy.summary["per_base_model"][0]
-    assert f"| m | sb-moe | {answer['chosen']['config']} | 2 |" in text
+    assert f"**m**: validation prefers sb-moe; chosen `{answer['chosen']['config']}`, 2 seed(s)." in text
+    rows = [line for line in text.splitlines() if line.startswith("| a |") or line.startswith("| b |")]
+    assert len(rows) == 2 and all(line.count("|") == 10 for line in rows)        # 9 columns a test set
     assert f"{answer['datasets']['a']['delta']:.4f}" in text and "Holm-Bonferroni" in text
     assert "seed variance not estimated" in text and "nothing is claimed" in text          # 2 seeds per arm
     assert "A/A check (8 pairs" in text and answer["datasets"]["a"]["verdict"] in text
