@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sbmoe_ray.analysis.comparisons import CONFIRMATORY, CORRECTIONS, Comparison
 from sbmoe_ray.analysis.inference import MIN_SEEDS, aa_check
-from sbmoe_ray.analysis.records import ConfigGroup, baselines, best_group, preferred_group
+from sbmoe_ray.analysis.records import ConfigGroup, baselines, best_group, best_overall, preferred_group
 from sbmoe_ray.analysis.routing import routing_summary
 from sbmoe_ray.study.claims import ClaimsConfig
 from sbmoe_ray.study.space import label
@@ -59,6 +59,8 @@ def study_summary(groups: list[ConfigGroup], comparisons: list[Comparison], data
         chosen_keys[base_model] = chosen.key
         answers.append({"base_model": base_model, "configurations": len(mine),
                         "preferred": "baseline" if preferred is not None and preferred.is_baseline else "sb-moe",
+                        "within_noise": bool(preferred is not None and preferred.is_baseline
+                                             and best_overall(mine, mode) is not preferred),
                         "baseline_objective": base.objective if base is not None else float("nan"),
                         "chosen": {"group": chosen.key, "config": label(chosen.params), "params": chosen.params,
                                    "seeds": chosen.seeds, "trial_ids": [r.trial_id for r in chosen.records],

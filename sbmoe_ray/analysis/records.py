@@ -202,9 +202,36 @@ def best_baseline(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
     return _best(plain, mode) or (plain[0] if len(plain) == 1 else None)
 
 
-def preferred_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
-    """The configuration validation prefers, the baseline included: the answer to "SB-MoE at all?"."""
+def best_overall(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
+    """The configuration with the best mean validation objective, the baseline included, no tie rule."""
     return _best([g for g in groups if not g.arm], mode)
+
+
+def validation_noise(groups: list[ConfigGroup]) -> float:
+    """The standard deviation of one replicate's validation objective around its configuration's mean, pooled
+    over the configurations with two or more replicates (NaN where none has)."""
+    squares, df = 0.0, 0
+    for group in groups:
+        values = [r.objective for r in group.records if not math.isnan(r.objective)]
+        if len(values) >= 2 and len(set(values)) > 1:      # replicates of one run (zero-shot) measure no noise
+            mean = sum(values) / len(values)
+            squares, df = squares + sum((v - mean) ** 2 for v in values), df + len(values) - 1
+    return math.sqrt(squares / df) if df else math.nan
+
+
+def preferred_group(groups: list[ConfigGroup], mode: str) -> ConfigGroup | None:
+    """The configuration validation prefers, the baseline included: the answer to "SB-MoE at all?". An SB-MoE
+    configuration ahead of the best baseline by less than one standard error of the difference of their mean
+    objectives (:func:`validation_noise`) is within the validation noise, and the simpler arm, plain
+    fine-tuning, is preferred."""
+    best, base = best_overall(groups, mode), best_baseline(groups, mode)
+    if best is None or best.is_baseline or base is None:
+        return best
+    noise = validation_noise([g for g in groups if not g.arm])
+    if math.isnan(noise):
+        return best
+    se = noise * math.sqrt(1 / len(best.records) + 1 / len(base.records))
+    return base if abs(best.objective - base.objective) <= se else best
 
 
 def format_table(rows: list[dict[str, object]], columns: list[str]) -> str:

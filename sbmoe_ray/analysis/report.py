@@ -70,7 +70,8 @@ def answer_table(summary: dict, datasets: list[str]) -> list[str]:
     lines = []
     for answer in summary["per_base_model"]:
         chosen = answer["chosen"]
-        lines += [f"**{answer['base_model']}**: validation prefers {answer.get('preferred', 'sb-moe')}; chosen "
+        why = " (SB-MoE's lead is within the validation noise: the simpler arm)" if answer.get("within_noise") else ""
+        lines += [f"**{answer['base_model']}**: validation prefers {answer.get('preferred', 'sb-moe')}{why}; chosen "
                   f"`{chosen['config']}`, {len(chosen['seeds'])} seed(s).", "",
                   *markdown_table(summary_rows(summary, answer, datasets), list(SUMMARY_COLUMNS)), ""]
     return lines

@@ -100,3 +100,18 @@ def test_a_study_whose_baseline_validates_best_answers_baseline():
     comparisons = compare_groups(groups, ["a"], claimed_keys(groups, "min"), CLAIMS)
     (answer,) = study_summary(groups, comparisons, ["a"], "min", "val_loss", BUDGET, CLAIMS)["per_base_model"]
     assert answer["preferred"] == "baseline" and answer["baseline_objective"] == 0.5
+
+
+def test_a_lead_within_the_validation_noise_goes_to_the_simpler_arm():
+    from sbmoe_ray.analysis.records import preferred_group, validation_noise
+
+    from helpers import record
+
+    scores = {"a": {"q0": 0.5, "q1": 0.6}}
+    base = [record(f"b{s}", 0, scores, objective=v, seed=s) for s, v in enumerate((0.700, 0.710, 0.690))]
+    close = [record(f"c{s}", 3, scores, objective=v, seed=s) for s, v in enumerate((0.695, 0.705, 0.690))]
+    far = [record(f"f{s}", 3, scores, objective=v, seed=s, lr=1e-2) for s, v in enumerate((0.600, 0.610, 0.590))]
+    pooled = (sum((v - 0.7) ** 2 for v in (0.700, 0.710, 0.690)) + sum((v - 2.09 / 3) ** 2 for v in (0.695, 0.705, 0.690))) / 4
+    assert validation_noise(group_trials(base + close)) == pytest.approx(pooled ** 0.5)
+    assert preferred_group(group_trials(base + close), "min").is_baseline                  # 0.003 ahead: noise
+    assert not preferred_group(group_trials(base + close + far), "min").is_baseline        # 0.1 ahead
