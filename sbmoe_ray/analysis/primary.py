@@ -335,8 +335,9 @@ def terminal_lines(summary: dict, stage: str) -> list[str]:
                      f"collections {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], {c['verdict']}"
                      + (f" ({'; '.join(notes)})" if notes else ""))
     for answer in summary.get("per_base_model", []):
-        lines.append(f"  {answer['base_model']} per collection, {answer['chosen']['config']} against the baseline "
-                     f"(secondary):")
+        objective = summary.get("objective", "validation objective")
+        lines += [f"  {answer['base_model']} per collection (secondary): {answer['chosen']['config']} against the "
+                  "baseline,", f"  the configuration chosen by mean {objective}:"]
         lines.append(f"    {'collection':<24} {'base':>6} {'sb-moe':>7} {'Δ':>7}  {'95% CI':<17} verdict")
         for dataset, row in answer["datasets"].items():
             outside = "" if dataset in claimed.get(answer["base_model"], {dataset}) else " (not in the primary claim)"
