@@ -96,7 +96,9 @@ def evaluate_remote(folder: Path | None, cfg: TrainConfig, datasets: list[BeirDa
     # Train schedules its own actors.
     task = ray.remote(num_cpus=cpus, num_gpus=s.gpus, max_retries=1,
                       scheduling_strategy="DEFAULT")(_evaluate)
-    return task.remote(evaluation, folder, datasets, max(1, int(cpus)))
+    # no progress bars from a Ray task: they stream into the driver's terminal, which counts tested models itself
+    quiet = replace(evaluation, settings=replace(evaluation.settings, progress=False))
+    return task.remote(quiet, folder, datasets, max(1, int(cpus)))
 
 
 def _evaluate(evaluation, folder: Path | None, datasets: list[BeirDataset], threads: int) -> list:
