@@ -23,7 +23,8 @@ from sbmoe_ray.analysis.attribution import attribution_lines
 from sbmoe_ray.analysis.curves import curve_lines, curve_rows, learning_curves_figure
 from sbmoe_ray.analysis.evidence import confirmation_line, evidence_lines, not_run_lines
 from sbmoe_ray.analysis.pareto import pareto_figure, pareto_lines
-from sbmoe_ray.analysis.primary import PowerPlan, claim_lines
+from sbmoe_ray.analysis.power import PowerPlan
+from sbmoe_ray.analysis.primary import claim_lines
 from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
 from sbmoe_ray.analysis.routing import routing_lines

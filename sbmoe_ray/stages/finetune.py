@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import time
 
-from sbmoe_ray.analysis.primary import PowerPlan, plan_from_pilot, terminal_lines
+from sbmoe_ray.analysis.power import PowerPlan, plan_from_pilot
+from sbmoe_ray.analysis.primary import terminal_lines
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sbmoe_ray.analysis.inference import combined
-from sbmoe_ray.analysis.primary import adjust_primary, power_plan, primary_claim
+from sbmoe_ray.analysis.power import power_plan
+from sbmoe_ray.analysis.primary import adjust_primary, primary_claim
 
 
 def runs(rng: np.random.Generator, collections: dict[str, float], seeds: int, queries: int = 120,
