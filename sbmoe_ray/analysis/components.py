@@ -53,9 +53,6 @@ class Components:
         """What one replicate's mean varies by around its configuration's: σ²_b + σ²_e / Q (= MS_S / Q)."""
         return self.seed + self.interaction / self.queries
 
-    def to_dict(self) -> dict[str, float]:
-        return {"seed": float(self.seed), "interaction": float(self.interaction), "seed_df": float(self.seed_df),
-                "queries": self.queries, "df_seed": self.df_seed, "df_error": self.df_error}
 
 
 def sums_of_squares(y: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, int]:
