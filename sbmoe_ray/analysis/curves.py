@@ -67,9 +67,14 @@ def curve_rows(records: list[TrialRecord], roles: dict[str, tuple[str, str]], me
             continue
         stopped = bool(record.history and record.history[-1].get("stopped_early"))
         best_step = min(points, key=lambda p: (1.0 if mode == "min" else -1.0) * p[1])[0]
+        # Still improving: by the stopping rule where the run has one (its last validation improved by more than
+        # its threshold, so patience had not begun), else by the curve (its best is its last validation)
+        flat = flattened_step(points, mode)
+        rule = record.history[-1].get("since_best")
+        improving = (not stopped and rule == 0) if rule is not None else flat is None
         rows.append({"base_model": base_model, "role": role, "seed": record.seed, "steps": points[-1][0],
                      "stopped": "patience" if stopped else "cap", "best_step": best_step,
-                     "flattened_step": flattened_step(points, mode), "trial": record.trial_id})
+                     "flattened_step": flat, "improving": improving, "trial": record.trial_id})
     return rows
 
 
@@ -81,10 +86,11 @@ def curve_lines(rows: list[dict[str, Any]], metric: str) -> list[str]:
              "patience (converged by the declared criterion) or at the epoch cap; it *flattened* at the first "
              "validation within 95 % of its improvement from the first validation to the best.", ""]
     for r in rows:
-        flat = f"flattened at step {r['flattened_step']}" if r["flattened_step"] else "**still improving**"
+        flat = ("**still improving**" if r["improving"] else f"flattened at step {r['flattened_step']}"
+                if r["flattened_step"] else "no improvement beyond its threshold")
         lines.append(f"- {r['base_model']} {r['role']} (seed {r['seed']}): {r['steps']} steps, stopped by "
                      f"{r['stopped']}, best at step {r['best_step']}, {flat}")
-    open_runs = [r for r in rows if r["flattened_step"] is None]
+    open_runs = [r for r in rows if r["improving"]]
     if open_runs:
         lines += ["", f"{len(open_runs)} of {len(rows)} runs were still improving when they stopped: their "
                   "comparisons are of runs that had not converged (raise finetune.epochs)."]

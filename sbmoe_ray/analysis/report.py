@@ -174,7 +174,9 @@ def routing_section(routing: dict, folder, name: str) -> list[str]:
 def stopping(ft) -> str:
     if not ft.patience:
         return "no early stopping"
-    return f"early stop after {ft.patience} validations without improving by more than {ft.min_delta:g}"
+    noise = (f" or {ft.min_delta_se:g} standard error(s) of the per-pair difference from the best validation, "
+             "whichever is larger") if ft.min_delta_se else ""
+    return f"early stop after {ft.patience} validations without improving by more than {ft.min_delta:g}{noise}"
 
 
 def where(study: StudyConfig) -> str:

@@ -19,6 +19,12 @@ run it. Breadth is traded, never depth: every run kept trains to its declared st
 report says, per claim, what the dropped runs would have settled.
 The plan (costs, estimate, what was dropped) is written once (``<study>/finetune/plan.json``):
 a resumed study runs exactly the planned stage 2. The large collections are not in the estimate.
+
+The plan forecasts every run at its epoch cap; most stop sooner on their patience. So once the selection has
+run, :func:`plan_confirmation` looks again with what it measured (a selection trial's wall time here, the
+time left): the attribution controls the first plan dropped are re-admitted, the one that decides
+attribution first (the dense adapter), while the confirmation and its test phase still fit. That second plan
+is written once too (``<study>/finetune/confirm_plan.json``) and says what it re-admitted.
 """
 
 from __future__ import annotations
@@ -179,16 +185,68 @@ def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts]
                       asked_confirm if confirm < asked_confirm else None)
 
 
+@dataclass
+class ConfirmationPlan:
+    """The attribution controls re-admitted for the confirmation, from the selection's measured trials."""
+    spent_s: float
+    trial_s: dict[str, float]             # per base model: a selection trial's wall time, measured
+    admitted: list[Promotion]
+    dropped: list[Promotion]              # still dropped
+    estimate_s: float                     # the confirmation and its test phase, with what was admitted
+
+    def summary_line(self) -> str:
+        took = ", ".join(f"{m} {s / 60:.1f} min" for m, s in sorted(self.trial_s.items()))
+        head = (f"[plan] before confirmation: {self.spent_s / 60:.1f} min spent, a selection trial measured at "
+                f"{took}; the confirmation and its test phase estimated {self.estimate_s / 60:.1f} min")
+        back = "; ".join(_named(e) for e in self.admitted)
+        gone = "; ".join(_named(e) for e in self.dropped)
+        return head + (f"; re-admitted: {back}" if back else "") + (f"; still dropped: {gone}" if gone else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "admitted": [e.to_dict() for e in self.admitted],
+                "dropped": [e.to_dict() for e in self.dropped]}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ConfirmationPlan:
+        return cls(**{**values, "admitted": [Promotion.from_dict(e) for e in values["admitted"]],
+                      "dropped": [Promotion.from_dict(e) for e in values["dropped"]]})
+
+
+def plan_confirmation(plan: BudgetPlan, selection_s: dict[str, float], spent_s: float) -> ConfirmationPlan:
+    """Re-admit the attribution controls ``plan`` dropped, most needed first, while the confirmation (the
+    chosen configuration, the baseline and the controls, ``plan.confirm_seeds`` each) and its test phase fit
+    the budget; ``selection_s``: a selection trial's measured wall seconds per base model."""
+    costs = {m: ModelCosts(**c) for m, c in plan.costs.items()}
+    trial_s = {m: selection_s.get(m, costs[m].trial_s) for m in costs}
+    # tested per base model still in stage 2: its chosen configuration, its baseline, its attribution controls
+    models = {e.base_model for e in plan.kept}
+    kept = {m: 2 + sum(e.base_model == m and is_arm(e.role) for e in plan.kept) for m in models}
+
+    def estimate(tested: dict[str, int]) -> float:
+        return sum(n * plan.confirm_seeds * (trial_s[m] + costs[m].test_s / max(1, plan.cores // costs[m].eval_threads))
+                   for m, n in tested.items())
+
+    waiting = [e for e in plan.dropped if is_arm(e.role)]
+    waiting.sort(key=lambda e: -labels()[e.role].drop_rank)              # the last the budget drops: first back
+    admitted, dropped = [], []
+    for entry in waiting:
+        trial = {**kept, entry.base_model: kept.get(entry.base_model, 0) + 1}
+        if entry.base_model in kept and spent_s + estimate(trial) <= plan.budget_s:
+            kept, admitted = trial, admitted + [entry]
+        else:
+            dropped.append(entry)
+    return ConfirmationPlan(spent_s, trial_s, admitted, dropped, estimate(kept))
+
+
 def read_plan(path: Path) -> BudgetPlan | None:
     """The plan of a stage 2 planned to a budget, else None."""
     return BudgetPlan.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
 
-def load_or_plan(path: Path, compute) -> BudgetPlan:
-    """The plan written before (a resumed study runs it), else ``compute()`` written now."""
-    plan = read_plan(path)
-    if plan is not None:
-        return plan
+def load_or_plan(path: Path, compute, kind: type = BudgetPlan):
+    """The plan (a ``kind``) written before (a resumed study runs it), else ``compute()`` written now."""
+    if path.is_file():
+        return kind.from_dict(json.loads(path.read_text()))
     plan = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

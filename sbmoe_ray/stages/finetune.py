@@ -24,9 +24,16 @@ from sbmoe_ray.analysis.power import PowerPlan, plan_from_pilot
 from sbmoe_ray.analysis.primary import terminal_lines
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
-from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
+from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, stage_seconds, study_times
 from sbmoe_ray.analysis.routing import routing_metrics
-from sbmoe_ray.stages.budget import BudgetPlan, load_or_plan, plan_stage2, read_plan
+from sbmoe_ray.stages.budget import (
+    BudgetPlan,
+    ConfirmationPlan,
+    load_or_plan,
+    plan_confirmation,
+    plan_stage2,
+    read_plan,
+)
 from sbmoe_ray.stages.confirm import confirmation_entries, run_confirmation
 from sbmoe_ray.stages.costs import ModelCosts
 from sbmoe_ray.stages.grid import fit_grid
@@ -78,8 +85,12 @@ def result_of(study: StudyConfig, proxy: StageResult, records: list[TrialRecord]
     with where the study's time went."""
     entries, seeds, why = planned(study, entries, plan)
     seconds = study_times(proxy.records, records, confirmed or [])
-    result = analyze_finetune(study, records, entries, seeds, why, seconds, plan and plan.to_dict(),
-                              plan and plan.sentence(seconds["stage 2 training"]), confirmed)
+    text = plan and plan.sentence(seconds["stage 2 training"])
+    if plan is not None and study.layout.confirm_plan_file.is_file():
+        again = load_or_plan(study.layout.confirm_plan_file, None, ConfirmationPlan)
+        line = again.summary_line().removeprefix("[plan] ")
+        text = f"{text} {line[0].upper()}{line[1:]}."
+    result = analyze_finetune(study, records, entries, seeds, why, seconds, plan and plan.to_dict(), text, confirmed)
     result.summary["power_plan"] = [p.to_dict() for p in power_plans(study, proxy, plan)]
     return result
 
@@ -99,6 +110,33 @@ def rebuild(study: StudyConfig, proxy: StageResult) -> FinetuneResult | None:
         return None
     confirmed = load_trials(study.layout.confirm) if confirm_seeds(study, plan) else None
     return result_of(study, proxy, load_trials(study.layout.finetune), entries, plan, confirmed)
+
+
+def confirmation_plan(study: StudyConfig, plan: BudgetPlan | None, records: list[TrialRecord],
+                      started: float) -> ConfirmationPlan | None:
+    """After the selection: the attribution controls the first plan dropped, re-admitted where the selection's
+    measured trials say they fit (made once, read back on resume); None when there is nothing to re-admit."""
+    if plan is None or not confirm_seeds(study, plan) or not any(is_arm(e.role) for e in plan.dropped):
+        return None
+    path = study.layout.confirm_plan_file
+    if not path.is_file() and not records:
+        return None
+
+    def measured() -> ConfirmationPlan:
+        models = {r.params.get("base_model") for r in records}
+        per_trial = {m: stage_seconds(own) / len(own) for m in models
+                     if (own := [r for r in records if r.params.get("base_model") == m])}
+        return plan_confirmation(plan, {m: s for m, s in per_trial.items() if s == s}, time.monotonic() - started)
+
+    confirm = load_or_plan(path, measured, ConfirmationPlan)
+    if confirm.admitted or confirm.dropped:
+        print(confirm.summary_line(), flush=True)
+    return confirm
+
+
+def with_admitted(entries: list[Promotion], confirm: ConfirmationPlan | None) -> list[Promotion]:
+    """Stage 2's entries and the controls the confirmation's plan re-admitted."""
+    return entries + (confirm.admitted if confirm else [])
 
 
 def confirm_and_test(study: StudyConfig, tracker: StudyTracker, stage: StudyTracker, records: list[TrialRecord],
@@ -169,7 +207,8 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
     records = fit_grid(study, stage, points)
     if records is None:
         return None
-    confirmed = confirm_and_test(study, tracker, stage, records, entries, plan,
+    admitted = with_admitted(entries, confirmation_plan(study, plan, records, started))
+    confirmed = confirm_and_test(study, tracker, stage, records, admitted, plan,
                                  None if study.finetune.use_gpu else cores)
     if confirmed is False:
         stage.finish_stage(status="FAILED")

@@ -164,7 +164,8 @@ class StudyConfig(ConfigBase):
         training (the chosen configurations are tested afterwards)."""
         ft, train = self.finetune, self._half(self.train, "selection")
         optim = replace(train.optim, encoder_lr=ft.lr_grid[0], freeze_encoder=False, epochs=ft.epochs,
-                        patience=ft.patience, min_delta=ft.min_delta, warmup_steps=ft.warmup_steps,
+                        patience=ft.patience, min_delta=ft.min_delta,
+                        min_delta_se=ft.min_delta_se, warmup_steps=ft.warmup_steps,
                         schedule=ft.schedule, trained_layers=ft.trained_layers)
         cfg = replace(train, optim=optim,
                       data=replace(train.data, test_datasets=[], large_test_datasets=[], zero_shot_validation=None,

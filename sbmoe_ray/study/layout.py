@@ -111,6 +111,10 @@ class StudyLayout:
         return self.finetune.folder / "plan.json"
 
     @property
+    def confirm_plan_file(self) -> Path:
+        return self.finetune.folder / "confirm_plan.json"
+
+    @property
     def report_dir(self) -> Path:
         return self.root / "report"
 

@@ -97,6 +97,9 @@ class FinetuneConfig(ConfigBase):
     epochs: int = setting(8, positive_int)
     patience: int | None = setting(2, optional(positive_int))  # validations without improvement
     min_delta: float = setting(0.0, non_negative)     # an improvement smaller than this is none (the objective's units)
+    # ... measured: an improvement within this many standard errors of the per-pair difference from the best
+    # validation (the held-out pairs scored twice) is none (val_loss or val_accuracy; the larger applies)
+    min_delta_se: float = setting(0.0, non_negative)
     warmup_steps: int = setting(0, non_negative_int)  # linear warm-up, optimizer steps
     schedule: str = setting("constant", one_of(*SCHEDULES))  # after warm-up, to 0 at the cap
     objective: str = setting("val_loss", one_of(*OBJECTIVES))   # ranks stage 2 (validation, never test)

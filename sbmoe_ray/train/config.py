@@ -125,6 +125,9 @@ class OptimConfig(ConfigBase):
     # null: train every epoch (sbmoe_ray/train/stopping.py)
     patience: int | None = setting(None, optional(positive_int))
     min_delta: float = setting(0.0, non_negative)  # what counts as an improvement
+    # ... or, measured: this many standard errors of the per-pair difference from the best validation (the
+    # larger threshold applies; val_loss or val_accuracy only)
+    min_delta_se: float = setting(0.0, non_negative)
     grad_clip: float = setting(1.0, non_negative)    # max gradient norm; 0 disables clipping
     attention_dropout: float | None = setting(0.0, optional(unit_interval))  # on attention probabilities
     #                                       while training; null keeps the base model's (0.1 for BERT),
@@ -256,6 +259,10 @@ class TrainConfig(ConfigBase):
         if o.batch_size % self.scaling.num_workers:
             raise ConfigError(f"{where}.optim.batch_size={o.batch_size}: must be a multiple of "
                               f"scaling.num_workers={self.scaling.num_workers} (each worker takes an equal shard)")
+        if o.min_delta_se and self.run.checkpoint_metric not in ("val_loss", "val_accuracy"):
+            raise ConfigError(f"{where}.optim.min_delta_se={o.min_delta_se:g}: measured on held-out pairs, so "
+                              f"run.checkpoint_metric must be val_loss or val_accuracy, not "
+                              f"{self.run.checkpoint_metric!r}; set min_delta_se=0 or change the metric")
         if self.run.checkpoint_metric == "val_ndcg@10" and not self.data.validation_retrieval_docs:
             raise ConfigError(f"{where}.run.checkpoint_metric='val_ndcg@10': needs data.validation_retrieval_docs > 0")
         overlap = sorted(set(self.data.large_test_datasets) & set(self.data.test_datasets))

@@ -27,7 +27,7 @@ from sbmoe_ray.train.routes import ROUTES, Route, Step, objective_for
 from sbmoe_ray.train.session import RayTrainSession, log_progress, save_checkpoint
 from sbmoe_ray.train.step import all_sum
 from sbmoe_ray.train.stopping import EarlyStopping, lr_multiplier
-from sbmoe_ray.train.validation import validate
+from sbmoe_ray.train.validation import validate_pairs
 
 
 def seed_everything(seed: int) -> None:
@@ -130,7 +130,8 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
     steps = steps_per_epoch(len(data.train), cfg)
     optimizer, scheduler = build_optimizer(model, cfg, steps * cfg.optim.epochs)
     metric = cfg.run.checkpoint_metric
-    stopper = EarlyStopping(metric, CHECKPOINT_METRICS[metric], cfg.optim.patience, cfg.optim.min_delta)
+    stopper = EarlyStopping(metric, CHECKPOINT_METRICS[metric], cfg.optim.patience, cfg.optim.min_delta,
+                            cfg.optim.min_delta_se)
     start_epoch = session.resume(model, optimizer, scheduler, stopper)
     if start_epoch and rank == 0:
         print(f"[{cfg.run.name}] resuming from the checkpoint of epoch {start_epoch}/{cfg.optim.epochs} in "
@@ -147,10 +148,16 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
             log_progress(cfg.run_dir, "epoch_start", epoch=epoch, device=str(device))
         trained = run_epoch(model, step, data, data.train, cfg, rank, world, epoch, optimizer, scheduler)
         metrics = {"epoch": epoch, "steps_done": (epoch + 1) * steps, **trained}
+        pairs: dict[str, list[float]] = {}
         if data.validation:            # each rank embeds its share of the held-out texts; all get the metrics
-            metrics.update(validate(bare, data, criterion, cfg, device, rank, world))
-        stop = stopper.update(epoch, metrics)
-        metrics.update({"since_best": stopper.since_best, "stopped_early": float(stop)})
+            # val_ndcg@10 (500-odd more documents to encode) only where this checkpoint is the best so far
+            every = metric == "val_ndcg@10"
+            validated, pairs = validate_pairs(bare, data, criterion, cfg, device, rank, world,
+                                              None if every else stopper.sets_raw_best)
+            metrics.update(validated)
+        stop = stopper.update(epoch, metrics, pairs.get(metric))
+        metrics.update({"since_best": stopper.since_best, "stopped_early": float(stop),
+                        "val_noise_se": stopper.noise_se, "val_improve_threshold": stopper.threshold})
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_end", epoch=epoch, metrics=metrics)
             _print_epoch(cfg, metrics, stopper.reason() if stop else "")

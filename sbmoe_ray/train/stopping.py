@@ -8,6 +8,11 @@ batches, the validation interval on a large collection), keeps the best checkpoi
 
 * ``optim.patience``: stop after this many validations in a row that did not improve the best value by more
   than ``optim.min_delta`` (early stopping, Prechelt 1998; the best checkpoint, not the last, is tested);
+* ``optim.min_delta_se``: the threshold measured, not guessed: an improvement counts only when it exceeds
+  this many standard errors of the per-pair difference between this validation and the best one (the same
+  held-out pairs scored twice: ``sd(best_i - now_i) / sqrt(n)``), so a change within the validation
+  set's own noise neither resets the patience nor moves the tested checkpoint; the larger of the two
+  thresholds applies, and each validation reports the one it used (``val_noise_se``);
 * ``optim.epochs``: the cap, reached when the run never stalls.
 
 The learning rate warms up linearly for ``optim.warmup_steps`` optimizer steps, then follows
@@ -48,34 +53,63 @@ class EarlyStopping:
     mode: str
     patience: int | None = None
     min_delta: float = 0.0
+    min_delta_se: float = 0.0
     best: float | None = None
     best_epoch: int = -1
     since_best: int = 0
+    best_pairs: list[float] | None = None
+    threshold: float = 0.0
+    noise_se: float = 0.0
+    raw_best: float | None = None
 
-    def update(self, epoch: int, metrics: dict[str, Any]) -> bool:
-        """Record this epoch's validation; True when the run should stop after it."""
+    def sets_raw_best(self, metrics: dict[str, Any]) -> bool:
+        """Whether these metrics hold the best raw value so far (the checkpoint a run keeps and tests, whatever
+        the threshold): what validation's retrieval view is computed for."""
+        value = metrics.get(self.metric)
+        if value is None or value != value:
+            return True
+        return self.raw_best is None or (value < self.raw_best if self.mode == "min" else value > self.raw_best)
+
+    def update(self, epoch: int, metrics: dict[str, Any], pairs: list[float] | None = None) -> bool:
+        """Record this epoch's validation (``pairs``: the metric of each held-out pair, whose mean is the
+        metric, for ``min_delta_se``); True when the run should stop after it."""
         value = metrics.get(self.metric)
         if value is None or value != value:
             return False                                  # no validation this epoch: nothing to judge
         sign = 1.0 if self.mode == "min" else -1.0
-        if self.best is None or sign * (self.best - value) > self.min_delta:
+        if self.sets_raw_best(metrics):
+            self.raw_best = float(value)
+        self.noise_se = self.paired_se(pairs)
+        self.threshold = max(self.min_delta, self.min_delta_se * self.noise_se)
+        if self.best is None or sign * (self.best - value) > self.threshold:
             self.best, self.best_epoch, self.since_best = float(value), epoch, 0
+            self.best_pairs = [float(p) for p in pairs] if pairs is not None and self.min_delta_se else None
         else:
             self.since_best += 1
         return self.exhausted
+
+    def paired_se(self, pairs: list[float] | None) -> float:
+        """The standard error of the mean per-pair difference between ``pairs`` and the best validation's
+        (0 before a best exists or without per-pair values)."""
+        if not self.best_pairs or pairs is None or len(pairs) != len(self.best_pairs) or len(pairs) < 2:
+            return 0.0
+        diffs = [b - float(p) for b, p in zip(self.best_pairs, pairs)]
+        mean = sum(diffs) / len(diffs)
+        return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
 
     @property
     def exhausted(self) -> bool:
         return self.patience is not None and self.since_best >= self.patience
 
     def reason(self) -> str:
-        return (f"{self.metric} did not improve by more than {self.min_delta:g} in {self.since_best} validations "
-                f"(best {self.best:.4f} at epoch {self.best_epoch + 1})")
+        noise = f" ({self.min_delta_se:g} SE of the paired difference)" if self.min_delta_se else ""
+        return (f"{self.metric} did not improve by more than {self.threshold:.4g}{noise} in {self.since_best} "
+                f"validations (best {self.best:.4f} at epoch {self.best_epoch + 1})")
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        for key in ("best", "best_epoch", "since_best"):
+        for key in ("best", "best_epoch", "since_best", "best_pairs", "raw_best"):
             if state and key in state:
                 setattr(self, key, state[key])

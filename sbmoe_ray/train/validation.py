@@ -23,6 +23,7 @@ epoch reports them; :func:`base_model_validation` gives the same numbers for the
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,30 +85,49 @@ def _ndcg(queries: torch.Tensor, query_ids: list[str], docs: torch.Tensor, doc_i
     return evaluate_run({q: data.dataset.qrels[q] for q in query_ids}, run, ignore_identical_ids=drop).means["ndcg@10"]
 
 
-@torch.inference_mode()
 def validate(model: BiEncoder, data: PairData, criterion: torch.nn.Module, cfg: TrainConfig,
              device: torch.device, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Every validation metric of a run at this point (:func:`validate_pairs` without the per-pair values)."""
+    return validate_pairs(model, data, criterion, cfg, device, rank, world)[0]
+
+
+def _per_pair(criterion: torch.nn.Module, queries: torch.Tensor, docs: torch.Tensor) -> dict[str, list[float]]:
+    """Each held-out pair's loss and accuracy against every held-out positive (their means are ``val_loss``
+    and ``val_accuracy`` for a mean-reduced loss): the values the stopping rule's paired noise is taken from."""
+    rows = [criterion(queries[i: i + 1], docs, offset=i) for i in range(len(queries))]
+    return {"val_loss": [float(loss) for loss, _ in rows], "val_accuracy": [float(acc) for _, acc in rows]}
+
+
+@torch.inference_mode()
+def validate_pairs(model: BiEncoder, data: PairData, criterion: torch.nn.Module, cfg: TrainConfig,
+                   device: torch.device, rank: int = 0, world: int = 1,
+                   retrieval: Callable[[dict[str, Any]], bool] | None = None,
+                   ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Every validation metric of a run at this point: ``val_loss`` and ``val_accuracy`` over every held-out
-    pair at once, the router's load on the held-out queries and positives, and nDCG@10 when configured.
-    Each held-out text is embedded once, its share by each of ``world`` workers."""
+    pair at once, the router's load on the held-out queries and positives, and nDCG@10 when configured (and
+    ``retrieval``, given the other metrics, says so: the loop asks for it only where the checkpoint is a new
+    best, the one that may be tested); and the loss and accuracy of each held-out pair. Each held-out text is
+    embedded once, its share by each of ``world`` workers."""
     model.eval()
     load = ExpertLoad.empty(model.head.num_experts) if model.head is not None else None
     query_ids, positives = sorted({q for q, _ in data.validation}), sorted({d for _, d in data.validation})
     queries = _embed_shared(model, query_ids, data.query_input, cfg, device, rank, world, load)
     docs = _embed_shared(model, positives, data.passage_input, cfg, device, rank, world, load)
     q_row, d_row = {q: i for i, q in enumerate(query_ids)}, {d: i for i, d in enumerate(positives)}
-    loss, accuracy = criterion(queries[[q_row[q] for q, _ in data.validation]],
-                               docs[[d_row[d] for _, d in data.validation]], offset=0)
+    paired_queries = queries[[q_row[q] for q, _ in data.validation]]
+    paired_docs = docs[[d_row[d] for _, d in data.validation]]
+    loss, accuracy = criterion(paired_queries, paired_docs, offset=0)
+    pairs = _per_pair(criterion, paired_queries, paired_docs)
     metrics = {"val_loss": float(loss), "val_accuracy": float(accuracy), "val_pairs": len(data.validation),
                "val_queries": len(query_ids)}
     if load is not None:
         merged = ExpertLoad.from_tensor(all_sum(load.to_tensor().to(device), world).cpu())
         metrics.update({f"val_load.{k}": v for k, v in merged.summary().items()})
     sample = _retrieval_sample(data, cfg, positives)
-    if sample:
+    if sample and (retrieval is None or retrieval(metrics)):
         docs = torch.cat([docs, _embed_shared(model, sample, data.passage_input, cfg, device, rank, world, None)])
         metrics["val_ndcg@10"] = _ndcg(queries, query_ids, docs, positives + sample, data, cfg)
-    return metrics
+    return metrics, pairs
 
 
 def base_model_validation(cfg: TrainConfig) -> dict[str, Any]:

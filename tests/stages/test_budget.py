@@ -113,3 +113,24 @@ def test_the_grid_of_encoder_rates_is_dropped_only_after_the_attribution_control
     order = [(e.role, e.params.get("encoder_lr")) for e in priority(entries)]
     assert order == [("control", None), ("baseline", 6.3e-5), ("random routing", None), ("dense adapter", None),
                      ("promoted", 2e-4), ("baseline", 2e-4)]
+
+
+def test_after_the_selection_the_dropped_controls_come_back_as_far_as_the_measured_trials_allow():
+    from sbmoe_ray.stages.budget import ConfirmationPlan, plan_confirmation
+
+    arms = with_arms(models=("a",))
+    tight = make_plan(arms, 1, costs(), budget_s=900.0, spent_s=0, cores=2, confirm=3)   # the least: 840 s
+    assert {e.role for e in tight.dropped} >= {"dense adapter", "random routing"}
+    # one confirmation model costs 3 seeds x (trial + test 120 s / 2 evaluations at once); 2 are always tested
+    per_model = 3 * (20.0 + 60.0)
+    room = tight.budget_s - 2 * per_model
+    back = plan_confirmation(tight, {"a": 20.0}, spent_s=room - per_model - 1.0)    # room for exactly one more
+    assert [e.role for e in back.admitted] == ["dense adapter"]                  # the decisive control first
+    assert [e.role for e in back.dropped] == ["random routing"]
+    assert back.estimate_s == 3 * per_model
+    both = plan_confirmation(tight, {"a": 5.0}, spent_s=0.0)                    # 4 x 3 x (5 + 60) s fit
+    assert [e.role for e in both.admitted] == ["dense adapter", "random routing"] and not both.dropped
+    slow = plan_confirmation(tight, {"a": 600.0}, spent_s=0.0)                   # measured slower than planned
+    assert not slow.admitted and "still dropped" in slow.summary_line()
+    assert ConfirmationPlan.from_dict(back.to_dict()) == back
+    assert "re-admitted: a dense adapter" in back.summary_line()

@@ -27,6 +27,42 @@ def test_patience_stops_after_that_many_validations_without_an_improvement_beyon
     assert restored.exhausted and restored.best_epoch == 1
 
 
+def test_an_improvement_within_the_validation_noise_neither_resets_patience_nor_moves_the_best():
+    import math
+    import random
+
+    rng = random.Random(0)
+    first = [1.0 + rng.gauss(0, 0.5) for _ in range(100)]
+    noisy = [v - 0.01 + rng.gauss(0, 0.3) for v in first]                 # a mean gain of ~0.01, SE ~0.03
+    real = [v - 0.3 + rng.gauss(0, 0.05) for v in first]                  # a gain of 0.3, SE ~0.005
+    mean = lambda xs: sum(xs) / len(xs)                                     # noqa: E731
+    stopper = EarlyStopping("val_loss", "min", patience=1, min_delta_se=1.0)
+    assert not stopper.update(0, {"val_loss": mean(first)}, first)
+    assert mean(noisy) < mean(first)                                       # raw: an improvement
+    assert stopper.update(1, {"val_loss": mean(noisy)}, noisy)             # within 1 SE: none, patience 1 ends it
+    diffs = [a - b for a, b in zip(first, noisy)]
+    se = math.sqrt(sum((d - mean(diffs)) ** 2 for d in diffs) / 99 / 100)
+    assert stopper.noise_se == pytest.approx(se) and stopper.threshold == pytest.approx(se)
+    assert stopper.best_epoch == 0 and "SE of the paired difference" in stopper.reason()
+    # the raw best moved (the checkpoint a run keeps and tests), though the rule's best did not
+    assert stopper.raw_best == mean(noisy) and not stopper.sets_raw_best({"val_loss": mean(first)})
+    again = EarlyStopping("val_loss", "min", patience=1, min_delta_se=1.0)
+    again.load_state_dict(stopper.state_dict())                           # the best's pairs travel in checkpoints
+    assert again.best_pairs == pytest.approx(first)
+    assert not again.update(1, {"val_loss": mean(real)}, real) and again.best_epoch == 1
+    plain = EarlyStopping("val_loss", "min", patience=1)                   # min_delta_se 0: the raw rule
+    plain.update(0, {"val_loss": mean(first)}, first)
+    assert not plain.update(1, {"val_loss": mean(noisy)}, noisy) and plain.best_epoch == 1
+
+
+def test_a_noise_threshold_needs_a_per_pair_metric():
+    from sbmoe_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.min_delta_se=1: .*val_loss or val_accuracy"):
+        TrainConfig.from_dict({"optim": {"min_delta_se": 1.0}, "run": {"checkpoint_metric": "val_ndcg@10"}}).validate()
+    TrainConfig.from_dict({"optim": {"min_delta_se": 1.0}, "run": {"checkpoint_metric": "val_accuracy"}}).validate()
+
+
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
 def test_the_learning_rate_warms_up_then_follows_its_schedule_to_the_last_step(schedule):
     factor = lr_multiplier(schedule, warmup=4, total=20)
@@ -71,3 +107,17 @@ def test_a_run_stops_on_patience_tests_its_best_checkpoint_and_a_resumed_stopped
     assert starts == [0, 1, 2] and again.best_metrics == stopped.best_metrics
     capped = fit(config(assets, tmp_path, name="capped", epochs=4))                # no patience: the cap
     assert [row["epoch"] for row in capped.history] == [0, 1, 2, 3]
+
+
+def test_a_run_logs_its_measured_threshold_and_its_best_checkpoint_has_the_retrieval_view(assets, tmp_path):
+    run = fit(config(assets, tmp_path, name="noise", epochs=4, patience=2, min_delta_se=1.0,
+                     validation_retrieval_docs=8))
+    rows = run.history
+    assert rows[0]["val_noise_se"] == 0.0                                  # no best to compare with yet
+    assert all(r["val_noise_se"] > 0 and r["val_improve_threshold"] == pytest.approx(r["val_noise_se"])
+               for r in rows[1:])
+    # the retrieval view is computed where a checkpoint is the best so far (the one that is tested), not every epoch
+    losses = [r["val_loss"] for r in rows]
+    new_best = [i == 0 or v < min(losses[:i]) for i, v in enumerate(losses)]
+    assert [("val_ndcg@10" in r and r["val_ndcg@10"] == r["val_ndcg@10"]) for r in rows] == new_best
+    assert 0.0 <= run.best_metrics["val_ndcg@10"] <= 1.0

@@ -11,7 +11,7 @@ from sbmoe_ray.model.bi_encoder import ModelConfig, build_bi_encoder
 from sbmoe_ray.model.losses import InBatchNegativesLoss
 from sbmoe_ray.train.config import TrainConfig
 from sbmoe_ray.train.inputs import PairData
-from sbmoe_ray.train.validation import validate
+from sbmoe_ray.train.validation import validate, validate_pairs
 
 
 def held_out(num_queries: int = 13, hidden: int = 16):
@@ -39,6 +39,15 @@ def test_every_held_out_pair_counts_once_and_equals_the_loss_over_all_of_them():
         reference, accuracy = criterion(q, d)
     assert abs(metrics["val_loss"] - reference.item()) < 1e-6 and metrics["val_accuracy"] == accuracy.item()
     assert 0.0 <= metrics["val_load.load_cv"] and "val_load.load_max_over_mean" in metrics
+
+
+def test_each_held_out_pairs_loss_and_accuracy_average_to_the_objective():
+    model, data = held_out()
+    metrics, pairs = validate_pairs(model, data, InBatchNegativesLoss(0.05), TrainConfig(), torch.device("cpu"))
+    assert len(pairs["val_loss"]) == len(pairs["val_accuracy"]) == 14
+    assert abs(sum(pairs["val_loss"]) / 14 - metrics["val_loss"]) < 1e-5
+    assert abs(sum(pairs["val_accuracy"]) / 14 - metrics["val_accuracy"]) < 1e-6
+    assert len(set(round(v, 4) for v in pairs["val_loss"])) > 1               # per pair, not the mean repeated
 
 
 def test_the_objective_does_not_depend_on_batch_size_chunks_or_the_load_balancing_coefficient():
