@@ -13,10 +13,12 @@ class SBMoERetriever(PythonModel):
 
         self.model = SentenceTransformer(context.artifacts["model"], trust_remote_code=True, device="cpu")
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params=None) -> list[list[float]]:
+        # the hint is MLflow's signature and input validation: a list, a Series or a one-column DataFrame of
+        # strings arrives here as a list of strings
         if hasattr(model_input, "iloc"):
             model_input = model_input.iloc[:, 0] if model_input.ndim == 2 else model_input
-        return self.model.encode([str(t) for t in model_input], convert_to_numpy=True)
+        return self.model.encode([str(t) for t in model_input], convert_to_numpy=True).tolist()
 
 
 mlflow.models.set_model(SBMoERetriever())
