@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sbmoe_ray.analysis.records import load_trials
 from sbmoe_ray.analysis.result import analyze_proxy
-from sbmoe_ray.stages.prepare import load_study
+from sbmoe_ray.study.config import load_study
 
 
 def main() -> None:

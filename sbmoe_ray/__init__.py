@@ -1,18 +1,7 @@
 """sbmoe-ray: distributed hyperparameter studies of SB-MoE dense retrievers (Sokli et al. 2025, arXiv 2510.15683).
 
-The package reads in layers, each importing only those below it::
-
-    errors, config      typed YAML configs with file:line errors
-    runtime/            precision from the hardware, the machine's ceiling, Ray clusters
-    data/               BEIR datasets, the paper's large collections, provenance
-    model/              the SB-MoE block, the bi-encoder, base models, losses
-    evaluation/         exact dense retrieval and BEIR metrics, the embedding cache, sharded evaluation
-    train/              one distributed training run (Ray Train) on its route, and how it is tested
-    study/              what a study is: config, search space, stages, what it leaves on disk
-    analysis/           what a stage found: records, comparisons, the proxy check, the report
-    tracking/           MLflow runs of a study
-    stages/             running a study: the proxy search, fine-tuning, the budget, the pipeline
-    cli                 the ``sbmoe`` command: study, train, evaluate, report
+The package reads in layers (:data:`LAYERS`), each importing only from itself and the layers before it; the
+architecture page of the docs is generated from that table and the modules' docstrings.
 
 The public names below are loaded on first use, so ``import sbmoe_ray`` stays cheap and a bad config
 answers before torch or Ray load.
@@ -23,6 +12,23 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.2.0"
+
+# The layers, in order: a module imports from its own layer and earlier ones only (tests/test_docs.py checks every
+# import); each entry a subpackage or a top-level module. docs/concepts/architecture.md is generated from this.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundation: errors, configs, limits", ("errors", "config", "limits")),
+    ("where a run runs", ("runtime",)),
+    ("data and the model", ("data", "model")),
+    ("evaluation", ("evaluation",)),
+    ("one training run", ("train",)),
+    ("base encoders derived here", ("derive",)),
+    ("what a study is", ("study",)),
+    ("what a study found", ("analysis",)),
+    ("MLflow", ("tracking",)),
+    ("the model outside the toolkit", ("export",)),
+    ("running a study", ("stages",)),
+    ("the command line", ("cli",)),
+)
 
 _EXPORTS = {
     "StudyConfig": "sbmoe_ray.study.config", "StudyLayout": "sbmoe_ray.study.layout",

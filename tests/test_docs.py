@@ -84,3 +84,41 @@ def test_no_user_page_carries_a_dated_measurement():
     dated = [(page.name, line.strip()[:80]) for page in USER_PAGES for line in page.read_text().splitlines()
              if re.search(r"\b20\d\d-\d\d-\d\d\b", re.sub(r"\]\([^)]*\)|results/[\w.-]+", "", line))]
     assert not dated, dated
+
+
+def _architecture():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_architecture", ROOT / "docs" / "_scripts" / "gen_architecture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_architecture_page_is_generated_from_the_layers_and_the_docstrings():
+    page = (ROOT / "docs" / "concepts" / "architecture.md").read_text()
+    assert page == _architecture().render(), (
+        "docs/concepts/architecture.md drifted: python docs/_scripts/gen_architecture.py > docs/concepts/architecture.md")
+
+
+def test_every_module_is_in_a_layer_and_no_import_runs_back_up_the_layers():
+    import ast
+
+    import sbmoe_ray
+
+    layer_of = {unit: i for i, (_, units) in enumerate(sbmoe_ray.LAYERS) for unit in units}
+    package = ROOT / "sbmoe_ray"
+    files = [p for p in package.rglob("*.py") if p != package / "__init__.py"]
+    units = {p.relative_to(package).parts[0].removesuffix(".py") for p in files}
+    assert units - set(layer_of) == set(), "a module outside sbmoe_ray.LAYERS"
+    upward = []
+    for file in files:
+        own = layer_of[file.relative_to(package).parts[0].removesuffix(".py")]
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "sbmoe_ray" and len(parts) > 1 and layer_of.get(parts[1], -1) > own:
+                    upward.append(f"{file.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert upward == []

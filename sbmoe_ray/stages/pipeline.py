@@ -151,7 +151,7 @@ def rebuild_report(study_dir: Path) -> Path:
     from sbmoe_ray.analysis.result import analyze_proxy
     from sbmoe_ray.stages.budget import read_plan
     from sbmoe_ray.stages.finetune import rebuild
-    from sbmoe_ray.stages.prepare import load_study
+    from sbmoe_ray.study.config import load_study
     from sbmoe_ray.tracking import StudyTracker
 
     study = load_study(study_dir)

@@ -80,13 +80,3 @@ def fill_shared_caches(configs: list[TrainConfig]) -> None:
             fill_family(family, [d.full_text for d in ds.corpus.values()], family[0].config.max_length,
                         f"{ds.name} corpus")
             fill_family(family, list(ds.queries.values()), data.query_max_length, f"{ds.name} queries")
-
-
-def load_study(study_dir: Path) -> StudyConfig:
-    """The config a study ran with (``sbmoe report``)."""
-    from sbmoe_ray.study.layout import StudyLayout
-
-    path = StudyLayout(Path(study_dir)).config_file
-    if not path.is_file():
-        raise ConfigError(f"{study_dir}: not a study folder (no {path.name})")
-    return StudyConfig.from_dict(json.loads(path.read_text()), where=str(path))

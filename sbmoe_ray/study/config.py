@@ -256,3 +256,13 @@ def _numbers(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def load_study(study_dir: Path) -> StudyConfig:
+    """The config a study ran with, read from its folder (``sbmoe report``, ``sbmoe ui``)."""
+    import json
+
+    path = StudyLayout(Path(study_dir)).config_file
+    if not path.is_file():
+        raise ConfigError(f"{study_dir}: not a study folder (no {path.name})")
+    return StudyConfig.from_dict(json.loads(path.read_text()), where=str(path))

@@ -22,7 +22,7 @@ def study_link(study_dir: Path, port: int) -> tuple[str, str]:
     from mlflow.tracking import MlflowClient
 
     from sbmoe_ray.errors import ConfigError
-    from sbmoe_ray.stages.prepare import load_study
+    from sbmoe_ray.study.config import load_study
 
     study = load_study(study_dir)
     experiment = MlflowClient(tracking_uri=study.tracking_uri).get_experiment_by_name(study.name)
