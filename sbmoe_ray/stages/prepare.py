@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 
-from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.train.config import TrainConfig
 
