@@ -85,12 +85,14 @@ def result_of(study: StudyConfig, proxy: StageResult, records: list[TrialRecord]
     with where the study's time went."""
     entries, seeds, why = planned(study, entries, plan)
     seconds = study_times(proxy.records, records, confirmed or [])
-    text = plan and plan.sentence(seconds["stage 2 training"])
+    text, again = plan and plan.sentence(seconds["stage 2 training"]), None
     if plan is not None and study.layout.confirm_plan_file.is_file():
         again = load_or_plan(study.layout.confirm_plan_file, None, ConfirmationPlan)
         line = again.summary_line().removeprefix("[plan] ")
         text = f"{text} {line[0].upper()}{line[1:]}."
     result = analyze_finetune(study, records, entries, seeds, why, seconds, plan and plan.to_dict(), text, confirmed)
+    if again is not None:
+        result.summary["confirmation_plan"] = again.to_dict()
     result.summary["power_plan"] = [p.to_dict() for p in power_plans(study, proxy, plan)]
     return result
 

@@ -94,3 +94,26 @@ def test_the_power_plan_before_stage_two_reads_stage_ones_claim_at_the_seeds_sta
     assert fewer.mde > plan.mde
     print_power_plan(config, proxy, None)
     assert "power plan (pilot: stage 1's claim" in capsys.readouterr().out
+
+
+def test_after_the_selection_the_measured_plan_readmits_the_controls_once_and_a_resume_reads_it_back(tmp_path):
+    import time
+    from dataclasses import replace
+
+    from sbmoe_ray.stages.finetune import confirmation_plan, with_admitted
+    from sbmoe_ray.study.points import Promotion
+
+    config = hand_study(tmp_path, confirm_seeds=2, attribution=["dense_adapter", "random_routing"])
+    entries = [Promotion("m", "promoted", {"num_experts": 3}, "p1"), Promotion("m", "baseline", {}),
+               Promotion("m", "dense adapter", {}), Promotion("m", "random routing", {})]
+    costs = {"m": ModelCosts(1.0, 1.0, 1.0, trial_s=600.0, test_s=10.0, eval_threads=2)}
+    plan = make_plan(entries, 1, costs, budget_s=2 * 600.0 + 2 * 2 * 610.0 + 100.0, spent_s=0.0, cores=2, confirm=2)
+    assert {e.role for e in plan.dropped} == {"dense adapter", "random routing"}     # at 600 s a trial: no room
+    records = [replace(r, params={**r.params, "base_model": "m"}, seconds={"start": 10.0 * i, "end": 10.0 * i + 9})
+               for i, r in enumerate(study(seeds=1)[:2])]                          # 2 trials from 0 s to 19 s
+    again = confirmation_plan(config, plan, records, time.monotonic())
+    assert [e.role for e in again.admitted] == ["dense adapter", "random routing"]
+    assert again.trial_s == {"m": 9.5} and config.layout.confirm_plan_file.is_file()     # the span, 19 s / 2
+    assert [e.role for e in with_admitted(plan.kept, again)][-2:] == ["dense adapter", "random routing"]
+    slower = [replace(r, seconds={"start": 0.0, "end": 5000.0}) for r in records]
+    assert confirmation_plan(config, plan, slower, time.monotonic()) == again        # made once: a resume reads it
