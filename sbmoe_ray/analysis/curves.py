@@ -78,8 +78,9 @@ def curve_rows(records: list[TrialRecord], roles: dict[str, tuple[str, str]], me
     return rows
 
 
-def curve_lines(rows: list[dict[str, Any]], metric: str) -> list[str]:
-    """The report's sentences: per trial, how it ended; then which runs had not flattened."""
+def curve_lines(rows: list[dict[str, Any]], metric: str, schedule: str | None = None) -> list[str]:
+    """The report's sentences: per trial, how it ended; then which runs had not flattened, and (with a constant
+    learning rate, which does not depend on the cap) which runs a longer cap would leave exactly as they are."""
     if not rows:
         return []
     lines = [f"Learning curves (validation `{metric}` after each epoch, against optimizer steps): a run ends on its "
@@ -94,6 +95,11 @@ def curve_lines(rows: list[dict[str, Any]], metric: str) -> list[str]:
     if open_runs:
         lines += ["", f"{len(open_runs)} of {len(rows)} runs were still improving when they stopped: their "
                   "comparisons are of runs that had not converged (raise finetune.epochs)."]
+    ruled = sum(r["stopped"] == "patience" for r in rows)
+    if schedule == "constant":
+        lines += ["", f"{ruled} of {len(rows)} runs stopped by the rule before the cap; the learning rate is constant "
+                  "after warm-up, so these runs train identically under any longer cap (doubling it changes none of "
+                  f"them); the other {len(rows) - ruled} ended at the cap."]
     return lines
 
 

@@ -223,11 +223,12 @@ def finetune_section(study: StudyConfig, result: FinetuneResult, layout: StudyLa
     lines += answer_table(result.summary, datasets) + [""]
     lines += attribution_lines(result.summary.get("attribution", {}))
     lines += evidence_lines(result.summary, result.agreement, result.plan, result.training_seeds)
-    lines += curves_section(result, study.finetune_stage().mode, objective2, layout.report_dir)
+    lines += curves_section(result, study.finetune_stage().mode, objective2, layout.report_dir,
+                            study.finetune.schedule)
     return lines + routing_section(result.summary.get("routing", {}), layout.report_dir, "routing_finetune.png")
 
 
-def curves_section(result: FinetuneResult, mode: str, metric: str, folder) -> list[str]:
+def curves_section(result: FinetuneResult, mode: str, metric: str, folder, schedule: str | None = None) -> list[str]:
     """Stage 2's learning curves: how each run ended, where it flattened, and the figure."""
     roles = {r["group"]: (r["base_model"], r["role"]) for r in result.configurations if "group" in r}
     records = [*result.records, *result.confirmed]
@@ -235,7 +236,7 @@ def curves_section(result: FinetuneResult, mode: str, metric: str, folder) -> li
     if not rows:
         return []
     figures.save(learning_curves_figure(records, roles, metric), folder / "learning_curves.png")
-    return ["## Stage 2 learning curves", "", *curve_lines(rows, metric), "",
+    return ["## Stage 2 learning curves", "", *curve_lines(rows, metric, schedule), "",
             "![learning curves](learning_curves.png)", ""]
 
 

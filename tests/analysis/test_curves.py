@@ -31,5 +31,21 @@ def test_rows_say_how_each_run_ended_and_the_report_names_runs_still_improving()
         ("baseline", 40, "patience", 20, 20), ("promoted", 30, "cap", 30, None)]
     text = "\n".join(curve_lines(rows, "val_loss"))
     assert "still improving" in text and "1 of 2 runs were still improving" in text
+    assert "longer cap" not in text                          # the schedule unknown: no claim about the cap
+    constant = "\n".join(curve_lines(rows, "val_loss", "constant"))
+    assert "1 of 2 runs stopped by the rule before the cap" in constant and "the other 1 ended at the cap" in constant
     fig = learning_curves_figure(records, roles, "val_loss")
     assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_xlabel() == "optimizer steps"
+
+
+def test_a_run_with_the_rules_history_is_still_improving_only_if_its_last_validation_reset_the_patience():
+    moe = {"base_model": "m", "num_experts": 3}
+    roles = {group_key(moe): ("m", "promoted")}
+    # raw values still falling at the cap, but the last two falls were within the noise threshold (since_best 1, 2)
+    noisy = record("n", moe, [2.0, 1.5, 1.49, 1.48], stopped=False)
+    for row, since in zip(noisy.history, [0, 0, 1, 2]):
+        row["since_best"] = since
+    (row,) = curve_rows([noisy], roles, "val_loss", "min")
+    assert row["flattened_step"] is None and not row["improving"]       # the curve's last point is its lowest
+    noisy.history[-1]["since_best"] = 0
+    assert curve_rows([noisy], roles, "val_loss", "min")[0]["improving"]
