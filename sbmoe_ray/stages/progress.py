@@ -21,8 +21,8 @@ def tune_verbosity() -> int:
 
 
 def quiet_third_parties() -> None:
-    """Off unless ``--verbose``: the libraries' chatter that tells a study's user nothing (Optuna's and MLflow's
-    INFO lines, MLflow's artifact-download bars and its pyfunc type-hint advice). Warnings that matter stay."""
+    """Off unless ``--verbose``: the libraries' chatter that tells a study's user nothing (Optuna's, MLflow's and
+    Ray Tune's INFO lines, MLflow's artifact-download bars). Warnings that matter stay."""
     import logging
 
     if os.environ.get(VERBOSE_ENV) == "1":
@@ -31,7 +31,8 @@ def quiet_third_parties() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("mlflow.system_metrics", "mlflow.tracking", "mlflow.store"):
+    # ray.tune: "Wrote the latest version of all result files and experiment state to ..." after each stage
+    for name in ("mlflow.system_metrics", "mlflow.tracking", "mlflow.store", "ray.tune", "ray.tune.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
