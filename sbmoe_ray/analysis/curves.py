@@ -88,7 +88,7 @@ def curve_lines(rows: list[dict[str, Any]], metric: str, schedule: str | None = 
              "validation within 95 % of its improvement from the first validation to the best.", ""]
     for r in rows:
         flat = ("**still improving**" if r["improving"] else f"flattened at step {r['flattened_step']}"
-                if r["flattened_step"] else "no improvement beyond its threshold")
+                if r["flattened_step"] else "its last gains within its noise threshold")
         lines.append(f"- {r['base_model']} {r['role']} (seed {r['seed']}): {r['steps']} steps, stopped by "
                      f"{r['stopped']}, best at step {r['best_step']}, {flat}")
     open_runs = [r for r in rows if r["improving"]]
@@ -97,9 +97,9 @@ def curve_lines(rows: list[dict[str, Any]], metric: str, schedule: str | None = 
                   "comparisons are of runs that had not converged (raise finetune.epochs)."]
     ruled = sum(r["stopped"] == "patience" for r in rows)
     if schedule == "constant":
-        lines += ["", f"{ruled} of {len(rows)} runs stopped by the rule before the cap; the learning rate is constant "
-                  "after warm-up, so these runs train identically under any longer cap (doubling it changes none of "
-                  f"them); the other {len(rows) - ruled} ended at the cap."]
+        lines += ["", f"{ruled} of {len(rows)} runs stopped by their rule (at the cap or before it); the learning rate "
+                  "is constant after warm-up, so these runs train identically under any longer cap (doubling it "
+                  f"changes none of them); the other {len(rows) - ruled} ended at the cap with patience left."]
     return lines
 
 

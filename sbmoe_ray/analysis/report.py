@@ -29,6 +29,7 @@ from sbmoe_ray.analysis.records import TrialRecord
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult
 from sbmoe_ray.analysis.routing import routing_lines
 from sbmoe_ray.analysis.test_sets import role_line
+from sbmoe_ray.study.arms import ARMS
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.layout import StudyLayout
 from sbmoe_ray.study.space import BY_NAME
@@ -232,6 +233,9 @@ def curves_section(result: FinetuneResult, mode: str, metric: str, folder, sched
     """Stage 2's learning curves: how each run ended, where it flattened, and the figure."""
     roles = {r["group"]: (r["base_model"], r["role"]) for r in result.configurations if "group" in r}
     records = [*result.records, *result.confirmed]
+    # the attribution controls are built from the choice at confirmation: their groups are their own
+    roles.update({r.group: (r.params.get("base_model", "?"), ARMS[r.params["arm"]].label) for r in records
+                  if r.params.get("arm") in ARMS})
     rows = curve_rows(records, roles, metric, mode)
     if not rows:
         return []

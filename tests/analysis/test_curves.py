@@ -33,7 +33,7 @@ def test_rows_say_how_each_run_ended_and_the_report_names_runs_still_improving()
     assert "still improving" in text and "1 of 2 runs were still improving" in text
     assert "longer cap" not in text                          # the schedule unknown: no claim about the cap
     constant = "\n".join(curve_lines(rows, "val_loss", "constant"))
-    assert "1 of 2 runs stopped by the rule before the cap" in constant and "the other 1 ended at the cap" in constant
+    assert "1 of 2 runs stopped by their rule" in constant and "the other 1 ended at the cap" in constant
     fig = learning_curves_figure(records, roles, "val_loss")
     assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_xlabel() == "optimizer steps"
 

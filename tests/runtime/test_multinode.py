@@ -46,13 +46,8 @@ def assets(tmp_path_factory, tokenizer):
 @pytest.fixture
 def cluster():
     # The head holds no CPU, so trial drivers and Train workers run on the two worker nodes.
-    # A dead node is noticed in ~3 s rather than Ray's default ~15-30 s (the GCS health check of every node):
-    # what the test waits for after it removes one
-    fast_health = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-                   "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1", **own_ports(),
-                                                            "_system_config": fast_health})
+                                                            "dashboard_host": "127.0.0.1", **own_ports()})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, workers
