@@ -154,7 +154,8 @@ class StudyConfig(ConfigBase):
     def proxy_stage(self) -> StageConfig:
         """Stage 1 as its trials see it: the train template (validated on the promotion half of the held-out
         queries when there is a stage 2), ranked by ``proxy.objective``."""
-        return StageConfig("proxy", str(self.layout.proxy.folder), self._half(self.train, "promotion"),
+        train = self._half(self.train, "promotion")
+        return StageConfig("proxy", str(self.layout.proxy.folder), replace(train, run=replace(train.run, quiet=True)),
                            self.proxy.objective, self.proxy.asha, str(self.cache_dir))
 
     def finetune_stage(self) -> StageConfig:

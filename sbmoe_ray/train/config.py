@@ -184,6 +184,9 @@ class RunConfig(ConfigBase):
     storage_path: str = "results/ray"  # checkpoints and results.json
     checkpoint_metric: str = setting("val_loss", one_of(*CHECKPOINT_METRICS))  # picks the tested checkpoint
     seed: int = 0  # initialisation, gating noise, batch order
+    # no route line and no per-epoch line (a study's stage-1 trials, seconds each: their stage prints one line a
+    # trial); the epochs are in progress.jsonl and results.json all the same
+    quiet: bool = False
 
 
 @dataclass

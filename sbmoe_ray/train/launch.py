@@ -72,7 +72,7 @@ def prepare(cfg: TrainConfig, quiet: bool = False, where: str = "config") -> tup
     if cfg.route != "zero_shot" and pairs < cfg.optim.batch_size:
         raise ConfigError(f"{where}.optim.batch_size={cfg.optim.batch_size}: larger than the {pairs} training "
                           f"pairs of {cfg.data.train_dataset!r} ({cfg.data.train_split})")
-    if not quiet:
+    if not (quiet or cfg.run.quiet):
         print(f"[{cfg.run.name}] {cfg.route} route, {explain(cfg.memory.precision, cfg.scaling.device_type)}",
               flush=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)

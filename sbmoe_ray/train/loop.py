@@ -160,7 +160,8 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
                         "val_noise_se": stopper.noise_se, "val_improve_threshold": stopper.threshold})
         if rank == 0:
             log_progress(cfg.run_dir, "epoch_end", epoch=epoch, metrics=metrics)
-            _print_epoch(cfg, metrics, stopper.reason() if stop else "")
+            if not cfg.run.quiet:
+                _print_epoch(cfg, metrics, stopper.reason() if stop else "")
         with session.checkpoint_folder(epoch) as folder:      # written once where it is kept (in-process runs)
             if rank == 0:
                 save_checkpoint(Path(folder), bare, cfg, optimizer, scheduler, epoch, stopper)

@@ -100,3 +100,9 @@ def test_a_study_begun_before_a_setting_existed_resumes_while_that_setting_keeps
     changed = StudyConfig.from_dict({"name": "older", "train": {"data": {"train_passage_max_length": 128}}})
     with pytest.raises(ConfigError, match=r"train_passage_max_length: \(absent\) -> 128"):
         check_identity(changed, saved)
+
+
+def test_stage_one_trials_print_no_line_of_their_own_and_stage_two_trials_print_their_epochs():
+    study = StudyConfig()
+    assert study.proxy_stage().train.run.quiet                         # 72 trials of seconds: one line a trial
+    assert not study.finetune_stage().train.run.quiet and not study.confirm_stage().train.run.quiet

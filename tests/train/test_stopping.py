@@ -121,3 +121,12 @@ def test_a_run_logs_its_measured_threshold_and_its_best_checkpoint_has_the_retri
     new_best = [i == 0 or v < min(losses[:i]) for i, v in enumerate(losses)]
     assert [("val_ndcg@10" in r and r["val_ndcg@10"] == r["val_ndcg@10"]) for r in rows] == new_best
     assert 0.0 <= run.best_metrics["val_ndcg@10"] <= 1.0
+
+
+def test_a_quiet_run_prints_no_epoch_line_and_keeps_every_epoch_in_its_record(assets, tmp_path, capsys):
+    loud = fit(config(assets, tmp_path, name="loud", epochs=2))
+    assert "epoch 2/2" in capsys.readouterr().out
+    quiet = fit(config(assets, tmp_path, name="quiet", epochs=2, quiet=True))
+    out = capsys.readouterr().out
+    assert "epoch" not in out and "route" not in out
+    assert [r["epoch"] for r in quiet.history] == [r["epoch"] for r in loud.history] == [0, 1]
