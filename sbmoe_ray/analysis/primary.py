@@ -234,6 +234,11 @@ def claim_lines(claims: list[dict]) -> list[str]:
 
 
 
+def _calibrated(size: dict) -> str:
+    word = RejectionRate.from_dict(size).calibration
+    return f", {word}" if word else ""
+
+
 def terminal_lines(summary: dict, stage: str) -> list[str]:
     """A stage's answer in the terminal: the primary claim in one line per base model, then per collection
     Δ, its interval (queries and seeds) and verdict, one short row each."""
@@ -241,7 +246,7 @@ def terminal_lines(summary: dict, stage: str) -> list[str]:
     for c in summary.get("primary", []):
         claimed[c["base_model"]] = set(c["collections"])
         notes = ([] if "detectable" in c["verdict"] else [f"detectable ±{c['mde']:.3f}"]) + (
-            [f"test size {c['size']['rate']:.1%} simulated"] if c.get("size") else [])
+            [f"test size {c['size']['rate']:.1%} simulated" + _calibrated(c["size"])] if c.get("size") else [])
         lines.append(f"  {c['base_model']}: {c['statement']}: mean Δ nDCG@10 over {len(c['collections'])} "
                      f"collections {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], {c['verdict']}"
                      + (f" ({'; '.join(notes)})" if notes else ""))

@@ -48,11 +48,19 @@ class RejectionRate:
     def from_dict(cls, values: dict) -> RejectionRate:
         return cls(**{**values, "seeds": tuple(values["seeds"])})
 
+    @property
+    def calibration(self) -> str:
+        """For a size (no effect): "anti-conservative" when its whole interval lies above α (the test rejects a
+        true null more often than it says), "conservative" when below, else "" (consistent with α)."""
+        if self.effect != 0:
+            return ""
+        return "anti-conservative" if self.low > self.alpha else "conservative" if self.high < self.alpha else ""
+
     def text(self) -> str:
         what = "size" if self.effect == 0 else f"power at Δ = {self.effect:+.3f}"
         return (f"{what} {self.rate:.1%} [{self.low:.1%}, {self.high:.1%}] at α = {self.alpha:g} "
                 f"({self.draws} simulated A/B comparisons, {self.seeds[0]} vs {self.seeds[1]} seeds, "
-                f"{self.queries} queries)")
+                f"{self.queries} queries)" + (f": {self.calibration}" if self.calibration else ""))
 
 
 def query_difference_variance(s2_d: float, interaction: float, m: int, n: int) -> float:

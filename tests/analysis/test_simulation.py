@@ -41,3 +41,17 @@ def test_the_size_check_reads_a_comparisons_own_components():
     assert query_difference_variance(s2_d, float(comps.interaction), 3, 3) == pytest.approx(QUERY_DIFF, rel=0.35)
     size = size_at(comps, s2_d, 3, 3, draws=500)
     assert size.draws == 500 and size.seeds == (3, 3) and size.queries == Q and 0 <= size.rate <= 0.2
+
+
+def test_a_size_whose_interval_excludes_alpha_is_named_conservative_or_anti_conservative():
+    from sbmoe_ray.analysis.simulation import RejectionRate
+
+    def size(rate, low, high):
+        return RejectionRate(rate, low, high, 2000, 0.05, 0.0, (3, 3), 799)
+
+    assert size(0.0705, 0.060, 0.083).calibration == "anti-conservative"
+    assert size(0.025, 0.019, 0.033).calibration == "conservative"
+    assert size(0.049, 0.040, 0.059).calibration == ""
+    assert size(0.0705, 0.060, 0.083).text().endswith(": anti-conservative")
+    power = RejectionRate(0.8, 0.78, 0.82, 2000, 0.05, 0.01, (3, 3), 799)
+    assert power.calibration == "" and "power at" in power.text()
