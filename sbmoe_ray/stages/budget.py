@@ -20,11 +20,7 @@ report says, per claim, what the dropped runs would have settled.
 The plan (costs, estimate, what was dropped) is written once (``<study>/finetune/plan.json``):
 a resumed study runs exactly the planned stage 2. The large collections are not in the estimate.
 
-The plan forecasts every run at its epoch cap; most stop sooner on their patience. So once the selection has
-run, :func:`plan_confirmation` looks again with what it measured (a selection trial's wall time here, the
-time left): the attribution controls the first plan dropped are re-admitted, the one that decides
-attribution first (the dense adapter), while the confirmation and its test phase still fit. That second plan
-is written once too (``<study>/finetune/confirm_plan.json``) and says what it re-admitted.
+After the selection a second, measured plan may re-admit dropped controls (:mod:`sbmoe_ray.stages.confirm_plan`).
 """
 
 from __future__ import annotations
@@ -65,7 +61,7 @@ class BudgetPlan:
         head += f"; {self.confirm_seeds} fresh confirmation seed(s)"
         if not self.dropped and not self.dropped_seeds and not self.dropped_confirm:
             return head + ": everything fits"
-        gone = ", ".join(_named(e) for e in self.dropped)
+        gone = ", ".join(named(e) for e in self.dropped)
         if self.runs_nothing:
             return (f"{head.replace('stage 2 estimated', 'the least stage 2 estimated')}: over the budget, so stage 2 "
                     f"is not run and the answer is stage 1's (the least: the first base model's baseline and top "
@@ -101,7 +97,7 @@ class BudgetPlan:
                       "dropped": [Promotion.from_dict(e) for e in values["dropped"]]})
 
 
-def _named(entry: Promotion) -> str:
+def named(entry: Promotion) -> str:
     """``minilm promoted 1a2b3c4d``, ``minilm baseline enc-lr=6.3e-06``, ``minilm dense adapter``."""
     lr = entry.params.get("encoder_lr")
     return f"{entry.base_model} {entry.role}" + (f" {entry.stage1_group}" if entry.stage1_group else "") + (
@@ -183,59 +179,6 @@ def make_plan(entries: list[Promotion], seeds: int, costs: dict[str, ModelCosts]
     return BudgetPlan(budget_s, spent_s, seeds, kept, dropped, needed,
                       {m: asdict(c) for m, c in costs.items()}, cores, asked, confirm,
                       asked_confirm if confirm < asked_confirm else None)
-
-
-@dataclass
-class ConfirmationPlan:
-    """The attribution controls re-admitted for the confirmation, from the selection's measured trials."""
-    spent_s: float
-    trial_s: dict[str, float]             # per base model: a selection trial's wall time, measured
-    admitted: list[Promotion]
-    dropped: list[Promotion]              # still dropped
-    estimate_s: float                     # the confirmation and its test phase, with what was admitted
-
-    def summary_line(self) -> str:
-        took = ", ".join(f"{m} {s / 60:.1f} min" for m, s in sorted(self.trial_s.items()))
-        head = (f"[plan] before confirmation: {self.spent_s / 60:.1f} min spent, a selection trial measured at "
-                f"{took}; the confirmation and its test phase estimated {self.estimate_s / 60:.1f} min")
-        back = "; ".join(_named(e) for e in self.admitted)
-        gone = "; ".join(_named(e) for e in self.dropped)
-        return head + (f"; re-admitted: {back}" if back else "") + (f"; still dropped: {gone}" if gone else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "admitted": [e.to_dict() for e in self.admitted],
-                "dropped": [e.to_dict() for e in self.dropped]}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ConfirmationPlan:
-        return cls(**{**values, "admitted": [Promotion.from_dict(e) for e in values["admitted"]],
-                      "dropped": [Promotion.from_dict(e) for e in values["dropped"]]})
-
-
-def plan_confirmation(plan: BudgetPlan, selection_s: dict[str, float], spent_s: float) -> ConfirmationPlan:
-    """Re-admit the attribution controls ``plan`` dropped, most needed first, while the confirmation (the
-    chosen configuration, the baseline and the controls, ``plan.confirm_seeds`` each) and its test phase fit
-    the budget; ``selection_s``: a selection trial's measured wall seconds per base model."""
-    costs = {m: ModelCosts(**c) for m, c in plan.costs.items()}
-    trial_s = {m: selection_s.get(m, costs[m].trial_s) for m in costs}
-    # tested per base model still in stage 2: its chosen configuration, its baseline, its attribution controls
-    models = {e.base_model for e in plan.kept}
-    kept = {m: 2 + sum(e.base_model == m and is_arm(e.role) for e in plan.kept) for m in models}
-
-    def estimate(tested: dict[str, int]) -> float:
-        return sum(n * plan.confirm_seeds * (trial_s[m] + costs[m].test_s / max(1, plan.cores // costs[m].eval_threads))
-                   for m, n in tested.items())
-
-    waiting = [e for e in plan.dropped if is_arm(e.role)]
-    waiting.sort(key=lambda e: -labels()[e.role].drop_rank)              # the last the budget drops: first back
-    admitted, dropped = [], []
-    for entry in waiting:
-        trial = {**kept, entry.base_model: kept.get(entry.base_model, 0) + 1}
-        if entry.base_model in kept and spent_s + estimate(trial) <= plan.budget_s:
-            kept, admitted = trial, admitted + [entry]
-        else:
-            dropped.append(entry)
-    return ConfirmationPlan(spent_s, trial_s, admitted, dropped, estimate(kept))
 
 
 def read_plan(path: Path) -> BudgetPlan | None:

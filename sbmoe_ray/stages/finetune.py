@@ -24,17 +24,11 @@ from sbmoe_ray.analysis.power import PowerPlan, plan_from_pilot
 from sbmoe_ray.analysis.primary import terminal_lines
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
-from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, stage_seconds, study_times
+from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
 from sbmoe_ray.analysis.routing import routing_metrics
-from sbmoe_ray.stages.budget import (
-    BudgetPlan,
-    ConfirmationPlan,
-    load_or_plan,
-    plan_confirmation,
-    plan_stage2,
-    read_plan,
-)
+from sbmoe_ray.stages.budget import BudgetPlan, load_or_plan, plan_stage2, read_plan
 from sbmoe_ray.stages.confirm import confirmation_entries, run_confirmation
+from sbmoe_ray.stages.confirm_plan import confirmation_plan, read_confirmation_plan, with_admitted
 from sbmoe_ray.stages.costs import ModelCosts
 from sbmoe_ray.stages.grid import fit_grid
 from sbmoe_ray.stages.promotion import load_or_promote, promotions, read_promotions
@@ -87,7 +81,7 @@ def result_of(study: StudyConfig, proxy: StageResult, records: list[TrialRecord]
     seconds = study_times(proxy.records, records, confirmed or [])
     text, again = plan and plan.sentence(seconds["stage 2 training"]), None
     if plan is not None and study.layout.confirm_plan_file.is_file():
-        again = load_or_plan(study.layout.confirm_plan_file, None, ConfirmationPlan)
+        again = read_confirmation_plan(study.layout.confirm_plan_file)
         line = again.summary_line().removeprefix("[plan] ")
         text = f"{text} {line[0].upper()}{line[1:]}."
     result = analyze_finetune(study, records, entries, seeds, why, seconds, plan and plan.to_dict(), text, confirmed)
@@ -112,33 +106,6 @@ def rebuild(study: StudyConfig, proxy: StageResult) -> FinetuneResult | None:
         return None
     confirmed = load_trials(study.layout.confirm) if confirm_seeds(study, plan) else None
     return result_of(study, proxy, load_trials(study.layout.finetune), entries, plan, confirmed)
-
-
-def confirmation_plan(study: StudyConfig, plan: BudgetPlan | None, records: list[TrialRecord],
-                      started: float) -> ConfirmationPlan | None:
-    """After the selection: the attribution controls the first plan dropped, re-admitted where the selection's
-    measured trials say they fit (made once, read back on resume); None when there is nothing to re-admit."""
-    if plan is None or not confirm_seeds(study, plan) or not any(is_arm(e.role) for e in plan.dropped):
-        return None
-    path = study.layout.confirm_plan_file
-    if not path.is_file() and not records:
-        return None
-
-    def measured() -> ConfirmationPlan:
-        models = {r.params.get("base_model") for r in records}
-        per_trial = {m: stage_seconds(own) / len(own) for m in models
-                     if (own := [r for r in records if r.params.get("base_model") == m])}
-        return plan_confirmation(plan, {m: s for m, s in per_trial.items() if s == s}, time.monotonic() - started)
-
-    confirm = load_or_plan(path, measured, ConfirmationPlan)
-    if confirm.admitted or confirm.dropped:
-        print(confirm.summary_line(), flush=True)
-    return confirm
-
-
-def with_admitted(entries: list[Promotion], confirm: ConfirmationPlan | None) -> list[Promotion]:
-    """Stage 2's entries and the controls the confirmation's plan re-admitted."""
-    return entries + (confirm.admitted if confirm else [])
 
 
 def confirm_and_test(study: StudyConfig, tracker: StudyTracker, stage: StudyTracker, records: list[TrialRecord],

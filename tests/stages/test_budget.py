@@ -116,7 +116,7 @@ def test_the_grid_of_encoder_rates_is_dropped_only_after_the_attribution_control
 
 
 def test_after_the_selection_the_dropped_controls_come_back_as_far_as_the_measured_trials_allow():
-    from sbmoe_ray.stages.budget import ConfirmationPlan, plan_confirmation
+    from sbmoe_ray.stages.confirm_plan import ConfirmationPlan, plan_confirmation
 
     arms = with_arms(models=("a",))
     tight = make_plan(arms, 1, costs(), budget_s=900.0, spent_s=0, cores=2, confirm=3)   # the least: 840 s

@@ -100,7 +100,7 @@ def test_after_the_selection_the_measured_plan_readmits_the_controls_once_and_a_
     import time
     from dataclasses import replace
 
-    from sbmoe_ray.stages.finetune import confirmation_plan, with_admitted
+    from sbmoe_ray.stages.confirm_plan import confirmation_plan, with_admitted
     from sbmoe_ray.study.points import Promotion
 
     config = hand_study(tmp_path, confirm_seeds=2, attribution=["dense_adapter", "random_routing"])
