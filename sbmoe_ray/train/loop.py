@@ -153,7 +153,8 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
             # val_ndcg@10 (500-odd more documents to encode) only where this checkpoint is the best so far
             every = metric == "val_ndcg@10"
             validated, pairs = validate_pairs(bare, data, criterion, cfg, device, rank, world,
-                                              None if every else stopper.sets_raw_best)
+                                              None if every else stopper.sets_raw_best,
+                                              per_pair=bool(cfg.optim.min_delta_se))
             metrics.update(validated)
         stop = stopper.update(epoch, metrics, pairs.get(metric))
         metrics.update({"since_best": stopper.since_best, "stopped_early": float(stop),

@@ -11,8 +11,8 @@ batches, the validation interval on a large collection), keeps the best checkpoi
 * ``optim.min_delta_se``: the threshold measured, not guessed: an improvement counts only when it exceeds
   this many standard errors of the per-pair difference between this validation and the best one (the same
   held-out pairs scored twice: ``sd(best_i - now_i) / sqrt(n)``), so a change within the validation
-  set's own noise neither resets the patience nor moves the tested checkpoint; the larger of the two
-  thresholds applies, and each validation reports the one it used (``val_noise_se``);
+  set's own noise does not reset the patience (the tested checkpoint is still the best raw value); the larger
+  of the two thresholds applies, and each validation reports it (``val_improve_threshold``, ``val_noise_se``);
 * ``optim.epochs``: the cap, reached when the run never stalls.
 
 The learning rate warms up linearly for ``optim.warmup_steps`` optimizer steps, then follows
@@ -24,6 +24,7 @@ checkpoint, so a resumed run stops where the uninterrupted one would have.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,9 +94,7 @@ class EarlyStopping:
         (0 before a best exists or without per-pair values)."""
         if not self.best_pairs or pairs is None or len(pairs) != len(self.best_pairs) or len(pairs) < 2:
             return 0.0
-        diffs = [b - float(p) for b, p in zip(self.best_pairs, pairs)]
-        mean = sum(diffs) / len(diffs)
-        return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        return statistics.stdev(b - float(p) for b, p in zip(self.best_pairs, pairs)) / math.sqrt(len(pairs))
 
     @property
     def exhausted(self) -> bool:

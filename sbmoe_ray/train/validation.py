@@ -101,13 +101,13 @@ def _per_pair(criterion: torch.nn.Module, queries: torch.Tensor, docs: torch.Ten
 @torch.inference_mode()
 def validate_pairs(model: BiEncoder, data: PairData, criterion: torch.nn.Module, cfg: TrainConfig,
                    device: torch.device, rank: int = 0, world: int = 1,
-                   retrieval: Callable[[dict[str, Any]], bool] | None = None,
+                   retrieval: Callable[[dict[str, Any]], bool] | None = None, per_pair: bool = True,
                    ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Every validation metric of a run at this point: ``val_loss`` and ``val_accuracy`` over every held-out
     pair at once, the router's load on the held-out queries and positives, and nDCG@10 when configured (and
     ``retrieval``, given the other metrics, says so: the loop asks for it only where the checkpoint is a new
-    best, the one that may be tested); and the loss and accuracy of each held-out pair. Each held-out text is
-    embedded once, its share by each of ``world`` workers."""
+    best, the one that may be tested); and, with ``per_pair``, the loss and accuracy of each held-out pair.
+    Each held-out text is embedded once, its share by each of ``world`` workers."""
     model.eval()
     load = ExpertLoad.empty(model.head.num_experts) if model.head is not None else None
     query_ids, positives = sorted({q for q, _ in data.validation}), sorted({d for _, d in data.validation})
@@ -117,7 +117,7 @@ def validate_pairs(model: BiEncoder, data: PairData, criterion: torch.nn.Module,
     paired_queries = queries[[q_row[q] for q, _ in data.validation]]
     paired_docs = docs[[d_row[d] for _, d in data.validation]]
     loss, accuracy = criterion(paired_queries, paired_docs, offset=0)
-    pairs = _per_pair(criterion, paired_queries, paired_docs)
+    pairs = _per_pair(criterion, paired_queries, paired_docs) if per_pair else {}
     metrics = {"val_loss": float(loss), "val_accuracy": float(accuracy), "val_pairs": len(data.validation),
                "val_queries": len(query_ids)}
     if load is not None:
