@@ -80,7 +80,9 @@ def power_plan(pilot: dict[str, dict[str, float]], sigma_z: float, seeds: int, p
         parts = [((p["query_diff"] + p["interaction"] * 2 / m) / p["queries"] / c ** 2, p["queries"] - 1)
                  for p in pilot.values()]
         terms = parts + [(sigma_z * 2 / m, 2 * (m - 1)), ((tau2 / c) if pooling == "random" else 0.0, c - 1)]
-        return math.sqrt(sum(v for v, _ in terms)), satterthwaite(terms)
+        # collections random: the claim's t has C − 1 df whatever the seeds (primary.py's spread variance)
+        df = float(c - 1) if pooling == "random" and c > 1 else satterthwaite(terms)
+        return math.sqrt(sum(v for v, _ in terms)), df
 
     se, df = se_df(seeds)
     needed = next((m for m in range(2, MAX_PLANNED_SEEDS + 1) if mde(*se_df(m), a, power) <= margin), None)

@@ -4,22 +4,33 @@ Each test collection tested alone cannot reach the effects at issue (the SB-MoE 
 +0.001..+0.023 nDCG@10; the query term alone of one collection gives SE 0.004-0.007). The primary claim is
 therefore across collections (``analysis.primary``): the chosen SB-MoE configuration against plain fine-tuning,
 the **unweighted mean over the declared collections** of Δ_c (each collection's Δ as in
-:func:`sbmoe_ray.analysis.inference.combined`), with
+:func:`sbmoe_ray.analysis.inference.combined`).
 
-    Var(Δ̄) = Σ_c (s²_d,c / Q_c) / C²          queries: independent across collections
-           + σ²_z (1/m + 1/n)                 seeds: one training run moves every collection at once, so the
-                                              seed component of the collection-averaged replicate score z,
-                                              less its Σ_c σ²_e,c / (Q_c C²) (:mod:`~sbmoe_ray.analysis.components`)
-           + τ² / C                           collections random (the default): the between-collection
-                                              variance of the true Δ_c (Paule–Mandel, statsmodels
-                                              ``combine_effects``), on C − 1 df
+Collections random (the default: the claim is about collections like these), the variance is the spread of
+the Δ_c themselves, which holds each collection's query and seed noise and the collections' disagreement τ² at
+once, with the part of the seed a training run shares across collections put back (it moves every Δ_c alike,
+so their spread cannot see it):
 
-df by Welch–Satterthwaite over the three terms. ``collections: fixed`` drops τ² (the claim is then about these
-collections only, and says so). τ² is estimated from the Δ_c with their query and seed variances, the seed
-covariance between collections ignored there (so τ² errs high: conservative). The claim's family is one
-primary claim per base model, adjusted over the base models (Holm); its minimum detectable effect is at the
-first Holm step's α. Per-collection results are secondary and adjusted apart
-(:mod:`sbmoe_ray.analysis.comparisons`).
+    Var(Δ̄) = s²_Δ / C + (C σ²_z − mean_c σ²_b,c) (1/m + 1/n) / (C − 1),     t on C − 1 df
+
+(s²_Δ: the sample variance of the Δ_c; σ²_z: the seed component of the collection-averaged replicate score, less
+its Σ_c σ²_e,c / (Q_c C²); σ²_b,c: each collection's seed component, :mod:`~sbmoe_ray.analysis.components`). The
+seed estimates are the unbiased ANOVA ones, not truncated at 0 (a truncated component errs high exactly where the
+truth is 0, which makes the test conservative there); the total is floored at half of s²_Δ / C. This is the
+unweighted analogue of the Hartung–Knapp–Sidik–Jonkman random-effects test (IntHout, Ioannidis & Borm 2014, BMC
+Med Res Methodol 14:25): its C − 1 df are what few collections give, where a Paule–Mandel τ² with Satterthwaite
+df is anti-conservative (the size simulation, :func:`sbmoe_ray.analysis.simulation.primary_size`, checks both at
+a study's own components; the results pages give the figures). τ² itself (Paule–Mandel, statsmodels
+``combine_effects``) is still reported, and the size simulation draws the true Δ_c with it.
+
+Collections fixed (``collections: fixed``: the claim is about these collections only, and says so):
+
+    Var(Δ̄) = Σ_c (s²_d,c / Q_c) / C² + σ²_z (1/m + 1/n),     df by Welch–Satterthwaite
+
+(queries independent across collections; one training run moves every collection at once, so its seed is
+counted once, in the collection mean). The claim's family is one primary claim per base model, adjusted over
+the base models (Holm); its minimum detectable effect is at the first Holm step's α. Per-collection results
+are secondary and adjusted apart (:mod:`sbmoe_ray.analysis.comparisons`).
 
 What the claim can detect at the planned seeds and collections, before stage 2: :mod:`sbmoe_ray.analysis.power`.
 """
@@ -57,7 +68,7 @@ class PrimaryClaim:
     margin: float
     seeds: tuple[int, int]
     per_collection: dict[str, float]
-    variance: dict[str, float]          # queries, seeds, collections (τ² / C)
+    variance: dict[str, float]          # its parts: queries, seeds (the shared seed), spread (s²_Δ / C; random)
     tau2: float
     components: dict[str, dict[str, float]]     # per collection: queries, σ²_e, σ²_d (what the simulation draws from)
     seed_component: float = 0.0         # σ²_z: a training run's move of the collection mean
@@ -97,7 +108,8 @@ def as_arrays(a_runs: dict[str, list[dict[str, float]]], b_runs: dict[str, list[
 
 
 def seed_term(parts: dict[str, dict]) -> tuple[float, float]:
-    """σ²_z, the seed component of the collection-averaged replicate score, and its df."""
+    """σ²_z, the seed component of the collection-averaged replicate score (the unbiased estimate: it may be
+    negative), and its df."""
     c = len(parts)
     z = [np.mean([p[arm].mean(1) for p in parts.values()], axis=0) for arm in ("a", "b")
          if not deterministic(next(iter(parts.values()))[arm])]
@@ -109,8 +121,19 @@ def seed_term(parts: dict[str, dict]) -> tuple[float, float]:
                for p in parts.values() if p["components"].estimated]
     raw = ms_z - sum(v for v, _ in carried)
     if raw <= 0:
-        return 0.0, float(df_z)
+        return raw, float(df_z)
     return raw, raw ** 2 / (ms_z ** 2 / df_z + sum(v ** 2 / d for v, d in carried))
+
+
+def spread_variance(parts: dict[str, dict], sigma_z: float) -> tuple[float, float, float]:
+    """Collections random: Var(Δ̄) from the spread of the Δ_c with the shared seed put back (the module's
+    formula), as (total, the spread's part s²_Δ / C, the shared seed's part)."""
+    c, factor = len(parts), next(iter(parts.values()))["factor"]
+    spread = float(np.var([p["delta"] for p in parts.values()], ddof=1)) / c
+    per_collection = np.mean([(float(p["components"].ms_seed) - float(p["components"].ms_error)) / p["queries"]
+                              if p["components"].estimated else 0.0 for p in parts.values()])
+    shared = (c * sigma_z - float(per_collection)) * factor / (c - 1)
+    return max(spread + shared, spread / 2), spread, shared
 
 
 def between_collections(parts: dict[str, dict], m: int, n: int) -> float:
@@ -140,18 +163,19 @@ def claim_of(base_model: str, statement: str, arrays: dict[str, tuple[np.ndarray
     df_query = satterthwaite([(p["v_query"] / c ** 2, p["queries"] - 1) for p in parts.values()])
     sigma_z, df_z = seed_term(parts)
     factor = next(iter(parts.values()))["factor"]            # 1/m + 1/n, less a deterministic arm's term
-    v_seed = sigma_z * factor
-    tau2 = 0.0
-    if pooling == "random" and c >= 2:
-        tau2 = between_collections(parts, m, n)
-    elif pooling == "random":
+    if pooling == "random" and c < 2:
         notes.append("one collection: the between-collection variance cannot be estimated; the claim is about it alone")
         pooling = "fixed"
     if min(m, n) < 2:
         notes.append("one replicate an arm: the seed variance is not estimated; the interval holds queries only")
-    v_coll = tau2 / c
-    total = v_query + v_seed + v_coll
-    df = satterthwaite([(v_query, df_query), (v_seed, df_z), (v_coll, c - 1)])
+    if pooling == "random":
+        tau2 = between_collections(parts, m, n)
+        total, spread, shared = spread_variance(parts, sigma_z)
+        variance, df = {"queries": v_query, "spread": spread, "seeds": shared}, float(c - 1)
+    else:
+        tau2, v_seed = 0.0, max(sigma_z, 0.0) * factor
+        total, variance = v_query + v_seed, {"queries": v_query, "seeds": v_seed}
+        df = satterthwaite([(v_query, df_query), (v_seed, df_z)])
     delta = float(np.mean([p["delta"] for p in parts.values()]))
     se = math.sqrt(total)
     half = t_quantile(0.975, df) * se
@@ -159,8 +183,7 @@ def claim_of(base_model: str, statement: str, arrays: dict[str, tuple[np.ndarray
     tost = Estimate(delta, se, df, delta - half, delta + half, p, 0, 0.0, True).tost(margin)
     return PrimaryClaim(base_model, statement, list(parts), pooling, delta, delta - half, delta + half, se, df, p,
                         tost, margin, (m, n), {k: v["delta"] for k, v in parts.items()},
-                        {"queries": v_query, "seeds": v_seed, "collections": v_coll}, tau2,
-                        {k: pilot_components(v) for k, v in parts.items()}, sigma_z,
+                        variance, tau2, {k: pilot_components(v) for k, v in parts.items()}, max(sigma_z, 0.0),
                         deterministic(next(iter(arrays.values()))[1]), notes=notes)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from sbmoe_ray.analysis.inference import combined
 from sbmoe_ray.analysis.power import power_plan
@@ -46,7 +47,20 @@ def test_collections_as_a_random_effect_widen_the_interval_by_their_disagreement
     random = primary_claim("minilm", "x", a, b, "random", 0.01)
     assert fixed.delta == pytest.approx(random.delta) == pytest.approx(np.mean(list(random.per_collection.values())))
     assert random.tau2 > 0 and random.se > fixed.se and random.high - random.low > fixed.high - fixed.low
-    assert random.variance["collections"] == pytest.approx(random.tau2 / 5)
+    spread = np.var(list(random.per_collection.values()), ddof=1) / 5
+    assert random.variance["spread"] == pytest.approx(spread) and random.df == 4
+
+
+def test_collections_random_with_one_run_an_arm_is_the_t_test_over_the_collections_deltas():
+    rng = np.random.default_rng(4)
+    names = {f"c{i}": shift for i, shift in enumerate([0.03, -0.01, 0.0, 0.02, 0.05, 0.01])}
+    truth = truths(rng, names)
+    a, b = runs(rng, names, 1, truth=truth), runs(rng, dict.fromkeys(names, 0.0), 1, truth=truth)
+    claim = primary_claim("minilm", "x", a, b, "random", 0.01)
+    reference = stats.ttest_1samp(list(claim.per_collection.values()), 0.0)
+    assert claim.p == pytest.approx(reference.pvalue, rel=1e-9) and claim.df == reference.df == 5
+    low, high = reference.confidence_interval(0.95)
+    assert (claim.low, claim.high) == (pytest.approx(low), pytest.approx(high))
 
 
 def test_a_seed_shared_by_every_collection_is_counted_once_in_the_mean():

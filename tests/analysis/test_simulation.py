@@ -55,3 +55,29 @@ def test_a_size_whose_interval_excludes_alpha_is_named_conservative_or_anti_cons
     assert size(0.0705, 0.060, 0.083).text().endswith(": anti-conservative")
     power = RejectionRate(0.8, 0.78, 0.82, 2000, 0.05, 0.01, (3, 3), 799)
     assert power.calibration == "" and "power at" in power.text()
+
+
+# six collections of this project's default test sets: queries, σ²_e, σ²_d of the order stage 2 measures
+COLLECTIONS = {"nfcorpus": (323, 0.0015, 0.0008), "cran": (225, 0.0011, 0.0017), "cisi": (76, 0.0007, 0.0019),
+               "med": (30, 0.0013, 0.0015), "cacm": (52, 0.0027, 0.0024), "vaswani": (93, 0.0014, 0.0009)}
+
+
+@pytest.mark.parametrize(("seed_component", "tau2", "fixed_baseline"), [
+    (0.0, 0.0, False),          # the boundary: no shared seed, collections agree (where truncation was conservative)
+    (5e-6, 1e-4, False),        # a shared seed and disagreeing collections
+    (0.0, 1e-4, True),          # stage 1: a deterministic baseline, disagreeing collections (PM + Satterthwaite: 7 %)
+])
+def test_the_primary_claims_size_is_near_alpha_at_and_away_from_the_boundary(seed_component, tau2, fixed_baseline):
+    from dataclasses import replace
+
+    from sbmoe_ray.analysis.primary import claim_of
+    from sbmoe_ray.analysis.simulation import primary_size
+
+    rng = np.random.default_rng(21)
+    arrays = {name: tuple(x[0] for x in draw_arms(rng, 1, 3, 3, q, 0.0, e, d)) for name, (q, e, d) in COLLECTIONS.items()}
+    claim = replace(claim_of("m", "x", arrays, "random", 0.01), seed_component=seed_component, tau2=tau2,
+                    fixed_baseline=fixed_baseline,
+                    components={n: {"queries": q, "interaction": e, "query_diff": d}
+                                for n, (q, e, d) in COLLECTIONS.items()})
+    size = primary_size(claim, 0.05, draws=2000, rng_seed=22)
+    assert 0.035 <= size.rate <= 0.065, size.text()
