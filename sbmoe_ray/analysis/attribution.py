@@ -78,7 +78,12 @@ def attribution_lines(attribution: dict[str, Any]) -> list[str]:
     for model, a in attribution.items():
         lines += [f"| {model} | {r['dataset']} | {ARMS[r['against']].label} | {r['delta']:+.3f} | "
                   f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['verdict']} |" for r in a["rows"]]
-    lines += [""] + [f"- {model} on {d}: {text}" for model, a in attribution.items() for d, text in a["credit"].items()]
+    lines.append("")
+    for model, a in attribution.items():        # one line per credit, naming the collections it holds for
+        by_text: dict[str, list[str]] = {}
+        for dataset, text in a["credit"].items():
+            by_text.setdefault(text, []).append(dataset)
+        lines += [f"- {model} on {', '.join(names)}: {text}" for text, names in by_text.items()]
     lines += [f"- {model} random routing's load (centred projection, test documents): effective experts "
               f"{a['random_routing_load']['effective_experts']:.2f} of {int(a['random_routing_load']['num_experts'])}, "
               f"largest share {a['random_routing_load']['max_share']:.2f}" for model, a in attribution.items()

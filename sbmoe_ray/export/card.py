@@ -61,6 +61,17 @@ def _depth(facts: dict[str, Any], config) -> str:
     return depth_label(None if k == "all" else k, num_layers(config.base_model))
 
 
+def _claim(facts: dict[str, Any]) -> list[str]:
+    """The study's answer, as the first screen of its report says it (the primary claim in one sentence)."""
+    from sbmoe_ray.analysis.sections.first_screen import claim_sentence, sides
+
+    claim, answer = facts.get("claim"), facts.get("answer", {})
+    if not claim:
+        return []
+    subject, against = sides(facts["stage"] == "finetune", answer.get("chosen", {}).get("config", "?"))
+    return ["## The study's answer", "", claim_sentence(claim, subject, against), ""]
+
+
 def model_card(facts: dict[str, Any], config, name: str = "path/to/this/folder") -> str:
     """The card's markdown for an export with ``facts`` (:class:`sbmoe_ray.export.source.Exportable`)."""
     params = facts.get("params") or {"base_model": config.base_model, "num_experts": config.num_experts}
@@ -75,6 +86,6 @@ def model_card(facts: dict[str, Any], config, name: str = "path/to/this/folder")
              f"- Configuration: `{label(params)}`, training seed {facts.get('seed', 'n/a')}, trial "
              f"`{facts.get('trial_id', 'n/a')}` ({facts.get('route', 'n/a')} route).",
              f"- Training data: `{facts.get('train_dataset', 'n/a')}` (BEIR format).",
-             f"- Fine-tuned: {_depth(facts, config)}.", "", "## Test metrics", "",
+             f"- Fine-tuned: {_depth(facts, config)}.", "", *_claim(facts), "## Test metrics", "",
              *_metrics(facts), "## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)

@@ -70,7 +70,9 @@ def from_study(folder: Path, base_model: str | None, baseline: bool = False) -> 
     if not layout.summary_file.is_file():
         raise ConfigError(f"{folder}: the study has no answer yet ({layout.summary_file} is missing); run it to "
                           "its report first")
-    stage, answer = _answer(json.loads(layout.summary_file.read_text()), base_model, folder)
+    summary = json.loads(layout.summary_file.read_text())
+    stage, answer = _answer(summary, base_model, folder)
+    claims = summary["finetune"]["test"].get("primary", []) if stage == "finetune" else summary.get("primary", [])
     files = layout.stage(stage).results_files() + (layout.confirm.results_files() if stage == "finetune" else [])
     records = {r.trial_id: r for r in map(TrialRecord.read, files) if r}
     record = pick(answer, list(records.values()), baseline)
@@ -78,7 +80,8 @@ def from_study(folder: Path, base_model: str | None, baseline: bool = False) -> 
         raise ConfigError(f"{folder}: no tested {'baseline' if baseline else 'chosen'} trial of {answer['base_model']}")
     found = from_record(record)
     found.facts.update({"study": folder.name, "stage": stage, "role": "baseline" if baseline else "chosen",
-                        "answer": answer})
+                        "answer": answer, "claim": next((c for c in claims
+                                                         if c["base_model"] == answer["base_model"]), None)})
     return found
 
 

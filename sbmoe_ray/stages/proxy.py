@@ -28,8 +28,9 @@ from ray.tune.search.optuna import OptunaSearch
 from sbmoe_ray.analysis import figures
 from sbmoe_ray.analysis.primary import terminal_lines
 from sbmoe_ray.analysis.records import load_trials
-from sbmoe_ray.analysis.report import budget_line, write_report
+from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import StageResult, analyze_proxy
+from sbmoe_ray.analysis.sections.method import budget_line
 from sbmoe_ray.stages.progress import ProgressCallback, tune_verbosity
 from sbmoe_ray.stages.trial import trainable, trials_in_process
 from sbmoe_ray.study.config import StudyConfig

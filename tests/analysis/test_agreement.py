@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from sbmoe_ray.analysis.agreement import BOOTSTRAP_FROM, decision_quality, rank_agreement, smallest_p, verdict
-from sbmoe_ray.analysis.report import agreement_line
+from sbmoe_ray.analysis.sections.stage2 import agreement_line
 
 
 def test_the_rank_check_is_scipys_exact_kendall_and_spearman():

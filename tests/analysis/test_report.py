@@ -28,7 +28,7 @@ def test_stage_one_report_renders_the_result_and_links_only_figures_it_wrote(tmp
     answer = proxy.summary["per_base_model"][0]
     assert f"**m**: validation prefers sb-moe; chosen `{answer['chosen']['config']}`, 2 seed(s)." in text
     rows = [line for line in text.splitlines() if line.startswith("| a |") or line.startswith("| b |")]
-    assert len(rows) == 2 and all(line.count("|") == 10 for line in rows)        # 9 columns a test set
+    assert len(rows) == 2 and all(line.count("|") == 9 for line in rows)         # 8 columns a collection
     assert f"{answer['datasets']['a']['delta']:.4f}" in text and "Holm-Bonferroni" in text
     assert "seed variance not estimated" in text and "nothing is claimed" in text          # 2 seeds per arm
     assert "A/A check (8 pairs" in text and answer["datasets"]["a"]["verdict"] in text
@@ -49,7 +49,12 @@ def test_with_stage_two_the_report_has_both_stages_and_is_rewritten_not_appended
     write_report(config, proxy, finetune)
     first = config.layout.report_file.read_text()
     write_report(config, proxy, finetune)
-    assert config.layout.report_file.read_text() == first and first.count("## Stage 2") == 1
+    assert config.layout.report_file.read_text() == first and first.count("## Stage 2: fine-tuning") == 1
+    headers = [line for line in first.splitlines() if line.startswith("## ")]
+    order = ["## The answer", "## Stage 2: fine-tuning", "## Stage 1", "## Method"]
+    at = [next(i for i, h in enumerate(headers) if h.startswith(o)) for o in order]
+    assert at == sorted(at), headers                     # the answer first, the method last
+    assert "fine-tuned SB-MoE `" in first.split("## Stage 2")[0] and "plain fine-tuning tuned alike" in first
     assert "stage_agreement.png" in first and (config.layout.report_dir / "stage_agreement.png").is_file()
     summary = json.loads(config.layout.summary_file.read_text())
     assert set(summary["finetune"]) >= {"configurations", "agreement", "seconds", "test"}
@@ -66,6 +71,11 @@ def test_the_first_screen_is_the_primary_claim_with_its_interval_power_and_simul
     first_screen = "\n".join(text.splitlines()[:12])
     assert claim["collections"] == ["a", "b"] and claim["pooling"] == "random" and tuple(claim["seeds"]) == (3, 3)
     assert "Primary claim (m)" in first_screen and f"{claim['delta']:+.4f}" in first_screen
+    assert (f"On 2 test collections, the SB-MoE head `{proxy.summary['per_base_model'][0]['chosen']['config']}` on "
+            f"the frozen encoder changes nDCG@10 by {claim['delta']:+.3f} [{claim['low']:+.3f}, {claim['high']:+.3f}]"
+            f" against the encoder alone") in first_screen
+    assert f"the design could have detected ±{claim['mde']:.3f}." in first_screen
+    assert first_screen.splitlines()[2].startswith("Regime: **Stage 1 only") and "3 vs 3 seeds" in first_screen
     assert f"[{claim['low']:+.4f}, {claim['high']:+.4f}]" in first_screen and claim["verdict"] in first_screen
     assert f"detectable |Δ| ≥ {claim['mde']:.3f}" in first_screen
     size = claim["size"]

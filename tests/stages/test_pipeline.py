@@ -52,6 +52,10 @@ def test_sbmoe_study_runs_stage_one_to_its_report_and_mlflow_runs(tmp_path, asse
     exported = main(["export", str(layout.root), "--out", str(tmp_path / "exported")])
     card = (tmp_path / "exported" / "README.md").read_text()
     assert exported == 0 and "tiny-study" in card and answer["chosen"]["config"] in card
+    # the card's answer is the report's first screen: the same sentence
+    sentence = next((line for line in card.splitlines() if line.startswith("On ")), None)
+    assert (sentence is not None) == bool(summary.get("primary"))
+    assert sentence is None or sentence in layout.report_file.read_text()
     assert (layout.model_folder(answer["base_model"], "chosen") / "modules.json").is_file()
 
     # The finished study run again: with another setting it is refused, listing the change; as it was, it is
