@@ -34,7 +34,7 @@ def confirmation_entries(entries: list[Promotion], records: list[TrialRecord], m
     return picked + controls_of(entries, chosen)
 
 
-def run_confirmation(study: StudyConfig, tracker: StudyTracker, entries: list[Promotion], seeds: int,
+def run_confirmation(study: StudyConfig, tracker: StudyTracker, entries: list[Promotion], seeds: int, mode: str,
                      cores: int | None) -> list[TrialRecord] | None:
     """Train ``entries`` on ``seeds`` fresh seeds (resumed when interrupted) and test them; their records, or
     None if a trial failed (run the study again to retry it)."""
@@ -46,7 +46,7 @@ def run_confirmation(study: StudyConfig, tracker: StudyTracker, entries: list[Pr
     records = fit_grid(study, stage, points, confirm=True)
     if records is None:
         return None
-    test_phase(study, records, cores)
+    test_phase(study, records, mode, cores)
     stage.log_trial_files(trec_files(records))
     stage.finish_stage()
     return records

@@ -102,15 +102,23 @@ def _run(study: StudyConfig, resume: bool, address: str | None, started: float |
 
 def run_stages(study: StudyConfig, tracker, started: float, address: str | None, costs) -> int:
     """Stage 1, stage 2 (if promoted), the chosen models published; 0, or 1 when a trial failed."""
-    from sbmoe_ray.stages.finetune import run_finetune
+    from sbmoe_ray.stages.finetune import not_run, publish_finetune, run_finetune
+    from sbmoe_ray.stages.finetune_setup import setup_stage2
     from sbmoe_ray.stages.proxy import run_proxy
     from sbmoe_ray.stages.publish import publish_models
 
     final = proxy = run_proxy(study, tracker)
     failed = proxy.failed > 0
     if study.promote and not failed:
-        final = run_finetune(study, tracker, proxy, started, cores_of(address), costs)
-        failed = final is None
+        cores = cores_of(address)
+        setup = setup_stage2(study, proxy, started, cores, costs)         # stage 2 decided once, handed on
+        if setup.runs_nothing:
+            final = not_run(study, tracker, proxy, setup.plan)
+        else:
+            final = run_finetune(study, tracker, proxy, setup, started, cores)
+            failed = final is None
+            if not failed:
+                publish_finetune(study, tracker, proxy, final)
     if not failed:
         publish_models(study, tracker, final)
         say_where(study, final.summary)

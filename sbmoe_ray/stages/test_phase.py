@@ -42,12 +42,12 @@ def tested_groups(records: list[TrialRecord], mode: str) -> list[ConfigGroup]:
     return picked + [g for g in group_trials(records) if g.arm]
 
 
-def test_phase(study: StudyConfig, records: list[TrialRecord], cores: int | None = None) -> None:
+def test_phase(study: StudyConfig, records: list[TrialRecord], mode: str, cores: int | None = None) -> None:
     """Test the chosen configurations' and the baselines' replicates (``records``: stage 2's trials, updated
     in place), as many at once as ``cores`` hold their threads (all at once when None)."""
     import ray
 
-    todo = [r for g in tested_groups(records, study.finetune_stage().mode) for r in g.records]
+    todo = [r for g in tested_groups(records, mode) for r in g.records]
     jobs = [(r, *evaluation_config(study, r)) for r in todo if not r.test]
     pending, started, total = {}, time.monotonic(), len(jobs)
     while jobs or pending:

@@ -8,7 +8,8 @@ import json
 from sbmoe_ray.analysis.records import TrialRecord, group_trials
 from sbmoe_ray.analysis.result import analyze_proxy
 from sbmoe_ray.stages.budget import ModelCosts, make_plan
-from sbmoe_ray.stages.finetune import planned, power_plans, print_power_plan, rebuild
+from sbmoe_ray.stages.finetune import rebuild
+from sbmoe_ray.stages.finetune_setup import power_plan_lines, setup_from_disk, setup_of
 from sbmoe_ray.stages.promotion import promotions
 from sbmoe_ray.stages.test_phase import add_results, chosen_groups, evaluation_config
 from sbmoe_ray.study.config import StudyConfig
@@ -25,12 +26,15 @@ def hand_study(tmp_path, **finetune) -> StudyConfig:
 
 def test_stage_two_trains_what_was_promoted_or_what_the_plan_kept(tmp_path):
     config = hand_study(tmp_path)
-    entries = promotions(group_trials(study(seeds=2)), "min", promote=2, controls=1, seed=0)
-    assert planned(config, entries, None) == (entries, 2, "set")
+    proxy = analyze_proxy(config, study(seeds=2))
+    entries = promotions(proxy.groups, "min", promote=2, controls=1, seed=0)
+    setup = setup_of(config, proxy, entries, None)
+    assert (setup.entries, setup.seeds, setup.why, setup.mode) == (entries, 2, "set", "min")
     costs = {"m": ModelCosts(1.0, 1.0, 1.0, trial_s=100.0, test_s=10.0)}
     plan = make_plan(entries, 2, costs, budget_s=250.0, spent_s=0.0, cores=2)
-    kept, seeds, why = planned(config, entries, plan)
-    assert kept == plan.kept and len(kept) < len(entries) and seeds == 1 and why == "set; 1 to fit budget_minutes"
+    setup = setup_of(config, proxy, entries, plan)
+    assert setup.entries == plan.kept and len(setup.entries) < len(entries) and setup.seeds == 1
+    assert setup.why == "set; 1 to fit budget_minutes" and setup.promoted == entries
 
 
 def test_the_test_phase_tests_the_choice_and_the_baseline_and_writes_results_back(tmp_path):
@@ -82,18 +86,18 @@ def test_the_test_phase_tests_the_baseline_that_validation_prefers_among_the_tun
         baselines(group_trials(records))
 
 
-def test_the_power_plan_before_stage_two_reads_stage_ones_claim_at_the_seeds_stage_two_will_test(tmp_path, capsys):
+def test_the_power_plan_before_stage_two_reads_stage_ones_claim_at_the_seeds_stage_two_will_test(tmp_path):
     config = hand_study(tmp_path, confirm_seeds=5)
     proxy = analyze_proxy(config, study(seeds=3))
     entries = promotions(proxy.groups, "min", promote=1, controls=1, seed=0)
     config.layout.promotions_file.parent.mkdir(parents=True)
     config.layout.promotions_file.write_text(json.dumps({"settings": {}, "entries": [e.to_dict() for e in entries]}))
-    plan, = power_plans(config, proxy, None)
+    setup = setup_from_disk(config, proxy)
+    plan, = setup.power_plans
     assert plan.seeds == 5 and plan.collections == ["a", "b"] and plan.mde > 0 and plan.pooling == "random"
-    fewer, = power_plans(hand_study(tmp_path, confirm_seeds=2), proxy, None)
+    fewer, = setup_from_disk(hand_study(tmp_path, confirm_seeds=2), proxy).power_plans
     assert fewer.mde > plan.mde
-    print_power_plan(config, proxy, None)
-    assert "power plan (pilot: stage 1's claim" in capsys.readouterr().out
+    assert power_plan_lines(setup)[0].startswith("power plan (pilot: stage 1's claim")
 
 
 def test_after_the_selection_the_measured_plan_readmits_the_controls_once_and_a_resume_reads_it_back(tmp_path):
