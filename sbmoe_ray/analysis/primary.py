@@ -254,32 +254,3 @@ def claim_lines(claims: list[dict]) -> list[str]:
                       "components (seed, seed x query, query, between collections).", ""]
         lines += [f"- {n}" for n in c.get("notes", [])] + ([""] if c.get("notes") else [])
     return lines
-
-
-
-def _calibrated(size: dict) -> str:
-    word = RejectionRate.from_dict(size).calibration
-    return f", {word}" if word else ""
-
-
-def terminal_lines(summary: dict, stage: str) -> list[str]:
-    """A stage's answer in the terminal: the primary claim in one line per base model, then per collection
-    Δ, its interval (queries and seeds) and verdict, one short row each."""
-    lines, claimed = [f"\n{stage}: the answer"], {}
-    for c in summary.get("primary", []):
-        claimed[c["base_model"]] = set(c["collections"])
-        notes = ([] if "detectable" in c["verdict"] else [f"detectable ±{c['mde']:.3f}"]) + (
-            [f"test size {c['size']['rate']:.1%} simulated" + _calibrated(c["size"])] if c.get("size") else [])
-        lines.append(f"  {c['base_model']}: {c['statement']}: mean Δ nDCG@10 over {len(c['collections'])} "
-                     f"collections {c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], {c['verdict']}"
-                     + (f" ({'; '.join(notes)})" if notes else ""))
-    for answer in summary.get("per_base_model", []):
-        objective = summary.get("objective", "validation objective")
-        lines += [f"  {answer['base_model']} per collection (secondary): {answer['chosen']['config']} against the "
-                  "baseline,", f"  the configuration chosen by mean {objective}:"]
-        lines.append(f"    {'collection':<24} {'base':>6} {'sb-moe':>7} {'Δ':>7}  {'95% CI':<17} verdict")
-        for dataset, row in answer["datasets"].items():
-            outside = "" if dataset in claimed.get(answer["base_model"], {dataset}) else " (not in the primary claim)"
-            lines.append(f"    {dataset:<24} {row['baseline_mean']:6.3f} {row['moe_mean']:7.3f} {row['delta']:+7.3f}  "
-                         f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  {row['verdict']}{outside}")
-    return lines

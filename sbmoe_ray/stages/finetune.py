@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import time
 
-from sbmoe_ray.analysis.primary import terminal_lines
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import FinetuneResult, StageResult, analyze_finetune, study_times
 from sbmoe_ray.analysis.routing import routing_metrics
+from sbmoe_ray.analysis.sections.first_screen import terminal_answer
 from sbmoe_ray.stages.budget import BudgetPlan
 from sbmoe_ray.stages.confirm import confirmation_entries, run_confirmation
 from sbmoe_ray.stages.confirm_plan import confirmation_plan, read_confirmation_plan, with_admitted
@@ -136,5 +136,6 @@ def publish_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResu
     tracker.log_report(study.layout.report_dir)
     for a in result.agreement.values():
         print(a["verdict"])
-    print("\n".join(terminal_lines(result.summary, f"stage 2 ({study.depth_label()}, confirmed on fresh seeds)")))
+    stage = f"stage 2 ({study.depth_label()}, confirmed on fresh seeds)"
+    print("\n".join(terminal_answer(result.summary, stage, True)))
     print(f"report (both stages): {study.layout.report_file}")

@@ -26,10 +26,10 @@ from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from sbmoe_ray.analysis import figures
-from sbmoe_ray.analysis.primary import terminal_lines
 from sbmoe_ray.analysis.records import load_trials
 from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import StageResult, analyze_proxy
+from sbmoe_ray.analysis.sections.first_screen import terminal_answer
 from sbmoe_ray.analysis.sections.method import budget_line
 from sbmoe_ray.stages.progress import ProgressCallback, tune_verbosity
 from sbmoe_ray.stages.trial import trainable, trials_in_process
@@ -156,4 +156,4 @@ def run_proxy(study: StudyConfig, tracker: StudyTracker) -> StageResult:
 def say_result(study: StudyConfig, result: StageResult) -> None:
     """Stage 1's answer in the terminal: the primary claim, then per collection (queries and seeds together)."""
     print(f"\n{study.name}, stage 1 (proxy): {len(result.records)} trials. {budget_line(result.summary)}")
-    print("\n".join(terminal_lines(result.summary, "stage 1 (a head on the frozen encoder)")), flush=True)
+    print("\n".join(terminal_answer(result.summary, "stage 1 (a head on the frozen encoder)", False)), flush=True)

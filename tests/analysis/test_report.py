@@ -83,14 +83,16 @@ def test_the_first_screen_is_the_primary_claim_with_its_interval_power_and_simul
     assert "simulated at this study's own variance components" in first_screen
 
 
-def test_the_terminal_says_the_primary_claim_then_one_short_row_per_collection(tmp_path):
-    from sbmoe_ray.analysis.primary import terminal_lines
+def test_the_terminal_says_the_reports_sentence_then_one_short_row_per_collection(tmp_path):
+    from sbmoe_ray.analysis.sections.first_screen import claim_sentence, sides, terminal_answer
 
     proxy = analyze_proxy(hand_study(tmp_path), study(seeds=3))
-    lines = terminal_lines(proxy.summary, "stage 1")
-    claim = proxy.summary["primary"][0]
-    assert any(f"{claim['delta']:+.4f} [{claim['low']:+.4f}, {claim['high']:+.4f}], {claim['verdict']}" in line
-               for line in lines)
+    lines = terminal_answer(proxy.summary, "stage 1", False)
+    claim, answer = proxy.summary["primary"][0], proxy.summary["per_base_model"][0]
+    sentence = claim_sentence(claim, *sides(False, answer["chosen"]["config"]))
+    detail = next(i for i, line in enumerate(lines) if line.startswith("  (p "))
+    said = " ".join(line.strip() for line in lines[1:detail])                 # the sentence, unwrapped
+    assert sentence in said and f"TOST p {claim['tost_p_adjusted']:.3g}" in "\n".join(lines)
     rows = {line.split()[0]: line for line in lines if line.startswith("    ") and not line.strip().startswith("coll")}
-    assert set(rows) == {"a", "b"} and all(len(line) <= 120 for line in lines[2:])
-    assert f"{proxy.summary['per_base_model'][0]['datasets']['a']['delta']:+7.3f}" in rows["a"]
+    assert set(rows) == {"a", "b"} and all(len(line) <= 120 for line in lines[1:])
+    assert f"{answer['datasets']['a']['delta']:+7.3f}" in rows["a"]

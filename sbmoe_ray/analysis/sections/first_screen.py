@@ -1,11 +1,15 @@
 """The report's first screen: the study's title and regime, the primary claim in one sentence with its numbers,
 then the claim's detail and each collection's result (secondary). A reader who stops here has the answer: does
-SB-MoE help, by how much, how sure, and what the design could have seen."""
+SB-MoE help, by how much, how sure, and what the design could have seen. The terminal's last lines
+(:func:`terminal_answer`) and the exported model's card say the same sentence."""
 
 from __future__ import annotations
 
+import textwrap
+
 from sbmoe_ray.analysis.primary import claim_lines
 from sbmoe_ray.analysis.sections.tables import answer_tables
+from sbmoe_ray.analysis.simulation import RejectionRate
 
 
 def verdict_words(verdict: str) -> str:
@@ -64,4 +68,28 @@ def first_screen(study, proxy, finetune) -> list[str]:
     if summary.get("per_base_model"):
         lines += [f"### Per collection (secondary: adjusted over {summary.get('confirmatory', 0)} comparisons, "
                   "apart from the primary claim)", "", *answer_tables(summary, datasets, claimed)]
+    return lines
+
+
+def terminal_answer(summary: dict, stage: str, finetuned: bool) -> list[str]:
+    """A stage's answer in the terminal: per base model the claim's sentence (wrapped), its p, TOST p and the
+    test's simulated size, then per collection Δ, its interval and verdict (secondary), one short row each."""
+    lines, claimed = [f"\n{stage}: the answer"], {}
+    chosen = {a["base_model"]: a["chosen"]["config"] for a in summary.get("per_base_model", [])}
+    for c in summary.get("primary", []):
+        claimed[c["base_model"]] = set(c["collections"])
+        sentence = claim_sentence(c, *sides(finetuned, chosen.get(c["base_model"], "?")))
+        lines += textwrap.wrap(sentence, 110, initial_indent="  ", subsequent_indent="  ")
+        size = RejectionRate.from_dict(c["size"]) if c.get("size") else None
+        simulated = (f"; the test's size simulated {size.rate:.1%} [{size.low:.1%}, {size.high:.1%}]"
+                     + (f", {size.calibration}" if size.calibration else "")) if size else ""
+        lines.append(f"  (p {c['p_adjusted']:.3g}, TOST p {c['tost_p_adjusted']:.3g}; "
+                     f"{c['seeds'][0]} vs {c['seeds'][1]} seeds{simulated})")
+    for answer in summary.get("per_base_model", []):
+        lines += [f"  {answer['base_model']} per collection (secondary):"]
+        lines.append(f"    {'collection':<24} {'base':>6} {'sb-moe':>7} {'Δ':>7}  {'95% CI':<17} verdict")
+        for dataset, row in answer["datasets"].items():
+            outside = "" if dataset in claimed.get(answer["base_model"], {dataset}) else " (not in the claim)"
+            lines.append(f"    {dataset:<24} {row['baseline_mean']:6.3f} {row['moe_mean']:7.3f} {row['delta']:+7.3f}  "
+                         f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  {row['verdict']}{outside}")
     return lines
