@@ -58,9 +58,9 @@ class PowerPlan:
                f"({', '.join(self.collections)}), {self.seeds} seeds an arm, collections {self.pooling}: detectable "
                f"|Δ| ≥ {self.mde:.3f} nDCG@10 at {self.power:.0%} power, α = {self.alpha_adjusted:g} (first Holm step)"]
         if self.seeds_for_margin is None:
-            out.append(f"  the margin ±{self.margin:g} is out of reach by seeds: the query variance of these "
-                       "collections alone exceeds it; add collections (train.data.test_datasets) or widen "
-                       "analysis.margin")
+            out.append(f"  the margin ±{self.margin:g} is out of reach by seeds: what seeds do not reduce (the "
+                       "queries' variance and, collections random, the collections' disagreement on C - 1 df) "
+                       "already exceeds it; add collections (train.data.test_datasets) or widen analysis.margin")
         elif self.seeds_for_margin > self.seeds:
             out.append(f"  to detect ±{self.margin:g}: {self.seeds_for_margin} seeds an arm")
         out.append(f"  equivalence within ±{self.margin:g}: " + (
