@@ -85,11 +85,13 @@ def terminal_answer(summary: dict, stage: str, finetuned: bool) -> list[str]:
                      + (f", {size.calibration}" if size.calibration else "")) if size else ""
         lines.append(f"  (p {c['p_adjusted']:.3g}, TOST p {c['tost_p_adjusted']:.3g}; "
                      f"{c['seeds'][0]} vs {c['seeds'][1]} seeds{simulated})")
+    objective = summary.get("objective", "validation objective")
     for answer in summary.get("per_base_model", []):
-        lines += [f"  {answer['base_model']} per collection (secondary):"]
+        lines += [f"  {answer['base_model']} per collection (secondary): `{answer['chosen']['config']}` against the "
+                  f"baseline,", f"  the configuration chosen by mean {objective}:"]
         lines.append(f"    {'collection':<24} {'base':>6} {'sb-moe':>7} {'Δ':>7}  {'95% CI':<17} verdict")
         for dataset, row in answer["datasets"].items():
-            outside = "" if dataset in claimed.get(answer["base_model"], {dataset}) else " (not in the claim)"
+            outside = "" if dataset in claimed.get(answer["base_model"], {dataset}) else " (not in the primary claim)"
             lines.append(f"    {dataset:<24} {row['baseline_mean']:6.3f} {row['moe_mean']:7.3f} {row['delta']:+7.3f}  "
                          f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  {row['verdict']}{outside}")
     return lines
