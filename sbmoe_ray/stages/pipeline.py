@@ -89,14 +89,19 @@ def _run(study: StudyConfig, resume: bool, address: str | None, started: float |
     try:
         return run_stages(study, tracker, started, address, costs)
     except KeyboardInterrupt as exc:
-        stop = stopped(exc)
-        tracker.stop_all()
+        from mlflow.exceptions import MlflowException
+
+        stop, ended = stopped(exc), "the MLflow runs in progress ended KILLED"
+        try:
+            tracker.stop_all()
+        except MlflowException as err:      # the store stayed locked: the resumed study takes the runs up again
+            ended = f"the MLflow runs in progress could not be marked KILLED ({str(err).splitlines()[0]})"
         if not on_cluster:
             import ray
 
             ray.shutdown()                  # the local Ray this command started, and every trial in it
-        print(f"\nsbmoe: stopped by {stop}; the MLflow runs in progress ended KILLED. The same command resumes the "
-              f"study {study.name!r} where it stopped", file=sys.stderr, flush=True)
+        print(f"\nsbmoe: stopped by {stop}; {ended}. The same command resumes the study {study.name!r} where it "
+              "stopped", file=sys.stderr, flush=True)
         return stop.exit_code
 
 

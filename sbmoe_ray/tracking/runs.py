@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,20 @@ from sbmoe_ray.study.space import BY_NAME, PARAMS, label
 from sbmoe_ray.tracking import system_metrics
 from sbmoe_ray.tracking.store import artifact_location, flatten, metric_entities
 from sbmoe_ray.tracking.views import EXPERIMENT_KIND, dataset_inputs, report_html, tags_of
+
+
+def when_unlocked(call, attempts: int = 40, wait: float = 0.25):
+    """``call()``, retried while an SQLite store is locked by another writer (a stage's system-metrics thread,
+    a trial being stopped): on a signal the runs must still end KILLED, not fail the stop."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(wait)
 
 
 class StudyTracker:
@@ -259,8 +274,9 @@ class StudyTracker:
     def stop_all(self) -> None:
         """A study stopped by a signal: every run of its experiment still RUNNING (trials, stages, the parent)
         ends KILLED; the next run of the same command takes them up again."""
-        for run in self.client.search_runs([self.experiment_id()], "attributes.status = 'RUNNING'", max_results=5000):
-            self.client.set_terminated(run.info.run_id, "KILLED")
+        for run in when_unlocked(lambda: self.client.search_runs(
+                [self.experiment_id()], "attributes.status = 'RUNNING'", max_results=5000)):
+            when_unlocked(lambda run_id=run.info.run_id: self.client.set_terminated(run_id, "KILLED"))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.runs["parent"]:

@@ -125,3 +125,36 @@ def test_the_callback_logs_the_epochs_a_trial_reported_only_at_its_end(store):
     client = MlflowClient(uri)
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")] == [(1, 2.0), (2, 1.5)]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_stopped_study_ends_its_runs_killed_while_another_writer_holds_the_store(tmp_path, store):
+    import sqlite3
+    import threading
+    import time
+
+    uri, runs_file = store
+    tracker = StudyTracker(uri, "hand", runs_file)
+    parent = tracker.start_study({"space": {"num_experts": [0, 3]}})
+    stage = tracker.for_stage("proxy", "stage 1")
+    stage.finish_stage()          # its system-metrics thread stopped: this test's writer is the only other one
+    stage = tracker.for_stage("finetune", "stage 2")
+    locked, held = threading.Event(), 2.0
+
+    def writer():                 # another writer's transaction (MLflow waits up to 20 s; what it cannot wait out, an
+        # immediate SQLITE_BUSY when two transactions would deadlock, is what when_unlocked retries)
+        db = sqlite3.connect(tmp_path / "mlflow.db", timeout=30)
+        db.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(held)
+        db.rollback()
+        db.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    locked.wait(10)
+    started = time.monotonic()
+    tracker.stop_all()
+    thread.join()
+    client = MlflowClient(uri)
+    assert client.get_run(parent).info.status == "KILLED" and time.monotonic() - started >= held / 2
+    assert client.get_run(stage.runs["stages"]["finetune"]).info.status == "KILLED"
