@@ -136,7 +136,7 @@ def spread_variance(parts: dict[str, dict], sigma_z: float) -> tuple[float, floa
     return max(spread + shared, spread / 2), spread, shared
 
 
-def between_collections(parts: dict[str, dict], m: int, n: int) -> float:
+def between_collections(parts: dict[str, dict]) -> float:
     """τ², the variance of the true Δ_c across collections (Paule–Mandel, statsmodels)."""
     from statsmodels.stats.meta_analysis import combine_effects
 
@@ -169,7 +169,7 @@ def claim_of(base_model: str, statement: str, arrays: dict[str, tuple[np.ndarray
     if min(m, n) < 2:
         notes.append("one replicate an arm: the seed variance is not estimated; the interval holds queries only")
     if pooling == "random":
-        tau2 = between_collections(parts, m, n)
+        tau2 = between_collections(parts)
         total, spread, shared = spread_variance(parts, sigma_z)
         variance, df = {"queries": v_query, "spread": spread, "seeds": shared}, float(c - 1)
     else:
