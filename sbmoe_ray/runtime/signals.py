@@ -42,6 +42,15 @@ def _stop(signum, _frame) -> None:
     raise Stopped(signum)
 
 
+def raise_if_stopped() -> None:
+    """Raise the :class:`Stopped` of a signal whose exception a library swallowed. Optuna's journal lock
+    (``JournalFileOpenLock.release``, optuna 5.1) answers a KeyboardInterrupt raised before its ``os.rename`` by
+    unlinking a file that does not exist yet, so the interrupt comes out as a ``FileNotFoundError``; a caller
+    that survives such errors (the journal mirror) would let the study run on."""
+    if _RECEIVED:
+        raise Stopped(_RECEIVED[-1])
+
+
 def take_signals() -> None:
     """(Re)install the handlers: ``ray.init`` installs Ray's own SIGTERM handler (it logs a stack and aborts the
     driver), so the study takes SIGTERM back once its Ray has started."""
@@ -59,6 +68,7 @@ def stopping_on_signals() -> Iterator[None]:
     before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    _RECEIVED.clear()                       # a study run again in the same process starts unstopped
     take_signals()
     try:
         yield

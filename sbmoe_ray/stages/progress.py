@@ -7,6 +7,8 @@ import time
 
 from ray import tune
 
+from sbmoe_ray.runtime.signals import raise_if_stopped
+
 VERBOSE_ENV = "SBMOE_VERBOSE"      # `sbmoe study --verbose` sets it: Ray Tune's own trial tables come back
 
 
@@ -50,6 +52,9 @@ class ProgressCallback(tune.Callback):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._start()
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        raise_if_stopped()          # a signal some library in Tune's loop swallowed still stops the study
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         # This trial is not yet TERMINATED when Tune calls back; trials finished before a resume are.

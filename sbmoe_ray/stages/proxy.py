@@ -31,6 +31,7 @@ from sbmoe_ray.analysis.report import write_report
 from sbmoe_ray.analysis.result import StageResult, analyze_proxy
 from sbmoe_ray.analysis.sections.first_screen import terminal_answer
 from sbmoe_ray.analysis.sections.method import budget_line
+from sbmoe_ray.runtime.signals import raise_if_stopped
 from sbmoe_ray.stages.progress import ProgressCallback, tune_verbosity
 from sbmoe_ray.stages.trial import trainable, trials_in_process
 from sbmoe_ray.study.config import StudyConfig
@@ -58,6 +59,7 @@ class FinalResultOptunaSearch(OptunaSearch):
             try:                   # a view for optuna-dashboard: it must never stop the search
                 mirror(self.journal, self.journal_name, [d.name.lower() for d in self._ot_study.directions], trial)
             except Exception as exc:  # noqa: BLE001
+                raise_if_stopped()          # a signal the journal's lock turned into an OSError
                 print(f"sbmoe: warning: {self.journal}: trial not mirrored for optuna-dashboard ({exc})",
                       file=sys.stderr)
 

@@ -153,11 +153,9 @@ def test_a_signal_stops_a_study_within_seconds_its_runs_killed_and_the_same_comm
     config = write_study(tmp_path, assets, **{"proxy.num_trials": 6, "proxy.max_concurrent": 1,
                                               "train.optim.epochs": 4})
     finished = tmp_path / "studies" / "tiny-study" / "proxy" / "finished"
-    proc = sweep(config)
-    deadline = time.monotonic() + 300
-    while not (finished.is_dir() and any(finished.iterdir())):
-        assert proc.poll() is None and time.monotonic() < deadline, finish(proc, 1)[-4000:]
-        time.sleep(0.2)
+    holding = tmp_path / "holding"
+    proc = held_sweep(config, holding)           # held after its first finished trial: it cannot end first
+    wait_until_held(proc, holding)
     proc.send_signal(signum)
     sent = time.monotonic()
     output = finish(proc, 60)
