@@ -39,6 +39,7 @@ _EXPORTS = {
     "load_model": "sbmoe_ray.model.bi_encoder", "load_dataset": "sbmoe_ray.data.beir",
     "evaluate": "sbmoe_ray.evaluation.dense", "EncodeSettings": "sbmoe_ray.evaluation.dense",
     "load_config": "sbmoe_ray.config", "load_trials": "sbmoe_ray.analysis.records",
+    "StageSummary": "sbmoe_ray.analysis.summary",
     "ConfigError": "sbmoe_ray.errors", "DataError": "sbmoe_ray.errors", "SbmoeError": "sbmoe_ray.errors",
 }
 

@@ -21,9 +21,11 @@ INTRO = """# Architecture: the layers
 
 The package reads in layers; a module imports only from its own layer and the layers above it in this page
 (a test checks every import). The main job is a function of the package, `sbmoe_ray.stages.pipeline.run`
-(`sbmoe study`). What the stages hand each other is typed and passed as values: stage 1's `StageResult` is
-rendered by the report, logged by the tracker and read by stage 2's promotion; `Promotion`s go to the budget's
-`BudgetPlan` and become stage 2's `TrialPoint`s.
+(`sbmoe study`). What the stages hand each other is typed and passed as values: a stage's `StageResult` holds
+its answer as a `StageSummary` (per base model an `Answer` with its `Comparison`s, and the `PrimaryClaim`s),
+which the report's sections render, the tracker logs, the export's card states and stage 2's setup reads
+(`Stage2Setup`: promotions, plan, seeds, power plan, decided once); `Promotion`s go to the budget's `BudgetPlan`
+and become stage 2's `TrialPoint`s.
 """
 
 

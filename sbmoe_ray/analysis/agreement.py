@@ -19,12 +19,56 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 BOOTSTRAP_FROM = 10
+
+
+@dataclass
+class ProxyCheck:
+    """One base model's proxy check over the configurations both stages trained (:func:`proxy_check`)."""
+
+    configurations: int
+    smallest_p: float                       # the smallest exact p Kendall's τ can reach over them
+    kendall_tau: float
+    kendall_tau_p: float
+    kendall_tau_ci: list[float]             # NaN below BOOTSTRAP_FROM configurations
+    spearman_rho: float
+    spearman_rho_p: float
+    spearman_rho_ci: list[float]
+    top_k_recall: float = math.nan
+    regret: float = math.nan
+    k: int = 0                              # the promoted configurations the recall is over
+    verdict: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """The report's line: τ with its exact p (an interval only where the bootstrap means something)."""
+        quality = (f", top-{self.k} recall {self.top_k_recall:.2f}, regret {self.regret:.4f}"
+                   if self.k and not math.isnan(self.top_k_recall) else "")
+        return (f"- τ = {self.kendall_tau:+.2f}{_ci(self.kendall_tau_ci)} (exact p = {self.kendall_tau_p:.2g}), "
+                f"ρ = {self.spearman_rho:+.2f}{_ci(self.spearman_rho_ci)} over {self.configurations} configurations"
+                f"{quality}. {self.verdict}")
+
+
+def _ci(interval: list[float]) -> str:
+    low, high = interval
+    return "" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]"
+
+
+def proxy_check(rows: list[dict[str, Any]], promoted: int, mode: str, base_model: str,
+                alpha: float = 0.05) -> ProxyCheck:
+    """The proxy check over ``rows`` (one per configuration, both stages' objectives): τ, ρ, the decision's
+    quality and the verdict."""
+    agreement = rank_agreement([r["stage1_objective"] for r in rows], [r["stage2_objective"] for r in rows])
+    return ProxyCheck(**agreement, **decision_quality(rows, promoted, mode),
+                      verdict=verdict(agreement, base_model, alpha))
 
 
 def smallest_p(n: int) -> float:

@@ -14,6 +14,7 @@ from sbmoe_ray.analysis.comparisons import CONFIRMATORY, CORRECTIONS, Comparison
 from sbmoe_ray.analysis.inference import MIN_SEEDS, aa_check
 from sbmoe_ray.analysis.records import ConfigGroup, baselines, best_group, best_overall, preferred_group
 from sbmoe_ray.analysis.routing import routing_summary
+from sbmoe_ray.analysis.summary import Answer, Chosen, StageSummary
 from sbmoe_ray.study.claims import ClaimsConfig
 from sbmoe_ray.study.space import label
 
@@ -44,11 +45,11 @@ def method_text(claims: ClaimsConfig, family: int) -> str:
 
 
 def study_summary(groups: list[ConfigGroup], comparisons: list[Comparison], datasets: list[str], mode: str,
-                  objective: str, budget: dict, claims: ClaimsConfig) -> dict:
-    """The stage's answer per base model, machine-readable (``report/summary.json``): what validation
-    prefers (``preferred``: "sb-moe" or "baseline"), the SB-MoE configuration it chose (``chosen``), and
-    that configuration's confirmatory comparisons with the baseline on every dataset. ``budget``: what the
-    stage spent (configurations, seeds, epochs)."""
+                  objective: str, budget: dict, claims: ClaimsConfig) -> StageSummary:
+    """The stage's answer per base model (``report/summary.json``): what validation prefers (``preferred``:
+    "sb-moe" or "baseline"), the SB-MoE configuration it chose (``chosen``), and that configuration's
+    confirmatory comparisons with the baseline on every dataset. ``budget``: what the stage spent
+    (configurations, seeds, epochs)."""
     by_key = {(c.group, c.dataset): c for c in comparisons if c.family == CONFIRMATORY}
     answers, paired, chosen_keys = [], baselines(groups), {}
     for base_model in sorted({g.base_model for g in groups}):
@@ -57,20 +58,16 @@ def study_summary(groups: list[ConfigGroup], comparisons: list[Comparison], data
         if chosen is None:
             continue
         chosen_keys[base_model] = chosen.key
-        answers.append({"base_model": base_model, "configurations": len(mine),
-                        "preferred": "baseline" if preferred is not None and preferred.is_baseline else "sb-moe",
-                        "within_noise": bool(preferred is not None and preferred.is_baseline
-                                             and best_overall(mine, mode) is not preferred),
-                        "baseline_objective": base.objective if base is not None else float("nan"),
-                        "chosen": {"group": chosen.key, "config": label(chosen.params), "params": chosen.params,
-                                   "seeds": chosen.seeds, "trial_ids": [r.trial_id for r in chosen.records],
-                                   objective: chosen.objective},
-                        "datasets": {d: by_key[(chosen.key, d)].to_dict() for d in datasets
-                                     if (chosen.key, d) in by_key}})
+        answers.append(Answer(
+            base_model, len(mine), "baseline" if preferred is not None and preferred.is_baseline else "sb-moe",
+            bool(preferred is not None and preferred.is_baseline and best_overall(mine, mode) is not preferred),
+            base.objective if base is not None else float("nan"),
+            Chosen(chosen.key, label(chosen.params), chosen.params, chosen.seeds,
+                   [r.trial_id for r in chosen.records], chosen.objective, objective),
+            {d: by_key[(chosen.key, d)] for d in datasets if (chosen.key, d) in by_key}))
     trials = sum(len(g.records) for g in groups)
     family = sum(c.family == CONFIRMATORY for c in comparisons)
-    return {"objective": objective, "budget": {**budget, "configurations": len(groups), "trials": trials},
-            "comparisons": len(comparisons), "confirmatory": family, "correction": claims.correction,
-            "alpha": claims.alpha, "margin": claims.margin, "method": method_text(claims, family),
-            "aa_check": aa_rates(groups, datasets, claims.alpha) if all(g.tested for g in groups) else None,
-            "per_base_model": answers, "routing": routing_summary(groups, chosen_keys, datasets)}
+    return StageSummary(objective, {**budget, "configurations": len(groups), "trials": trials}, len(comparisons),
+                        family, claims.correction, claims.alpha, claims.margin, method_text(claims, family),
+                        aa_rates(groups, datasets, claims.alpha) if all(g.tested for g in groups) else None,
+                        answers, routing_summary(groups, chosen_keys, datasets))

@@ -20,6 +20,7 @@ from typing import Any
 from sbmoe_ray.analysis.comparisons import ATTRIBUTION, Comparison, adjust_family, compare
 from sbmoe_ray.analysis.records import ConfigGroup, best_group
 from sbmoe_ray.analysis.routing import group_routing
+from sbmoe_ray.analysis.summary import Answer
 from sbmoe_ray.study.arms import ARMS, DECISIVE
 from sbmoe_ray.study.claims import ClaimsConfig
 
@@ -50,17 +51,17 @@ def credit(versus_baseline: str | None, versus_adapter: str | None) -> str:
     return f"a gain of a trained head, not shown to be the experts' (vs the dense adapter: {versus_adapter})"
 
 
-def attribution_summary(answers: list[dict[str, Any]], rows: list[Comparison], groups: list[ConfigGroup] = (),
+def attribution_summary(answers: list[Answer], rows: list[Comparison], groups: list[ConfigGroup] = (),
                         datasets: list[str] = ()) -> dict[str, Any]:
     """Per base model: the rows against each control, per dataset what its gain may be credited to, and the
     random-routing control's expert load (a control that sends everything to one expert tests nothing)."""
     out = {}
     for answer in answers:
-        model = answer["base_model"]
+        model = answer.base_model
         mine = [r for r in rows if r.base_model == model]
         adapter = {r.dataset: r.verdict for r in mine if r.against == DECISIVE}
         out[model] = {"rows": [r.to_dict() for r in mine],
-                      "credit": {d: credit(c.get("verdict"), adapter.get(d)) for d, c in answer["datasets"].items()}}
+                      "credit": {d: credit(c.verdict, adapter.get(d)) for d, c in answer.datasets.items()}}
         for group in (g for g in groups if g.base_model == model and g.arm == "random_routing" and g.tested):
             load = group_routing(group, list(datasets))
             if load is not None:

@@ -9,9 +9,9 @@ crediting the experts needs the dense adapter. Costs come from the plan's own me
 
 from __future__ import annotations
 
-from typing import Any
-
+from sbmoe_ray.analysis.agreement import ProxyCheck
 from sbmoe_ray.analysis.inference import MIN_SEEDS
+from sbmoe_ray.analysis.summary import StageSummary
 
 
 def _minutes(plan: dict | None, model: str, trials: int) -> str:
@@ -19,23 +19,23 @@ def _minutes(plan: dict | None, model: str, trials: int) -> str:
     return f", ~{trials * costs['trial_s'] / 60:.0f} min more of training here" if costs else ""
 
 
-def evidence_lines(summary: dict[str, Any], agreement: dict[str, dict], plan: dict | None,
+def evidence_lines(summary: StageSummary, agreement: dict[str, ProxyCheck], plan: dict | None,
                    training_seeds: dict[str, list[int]]) -> list[str]:
     """One line per base model and kind of claim whose evidence is missing, with what would settle it."""
     lines = []
     seeds = len(training_seeds.get("confirmation") or training_seeds.get("selection") or [])
-    for answer in summary.get("per_base_model", []):
-        model = answer["base_model"]
+    for answer in summary.per_base_model:
+        model = answer.base_model
         if seeds < MIN_SEEDS:
             lines.append(f"- {model}: no interval over seeds ({seeds} seed(s) per arm, {MIN_SEEDS} needed): set "
                          f"finetune.confirm_seeds: {MIN_SEEDS} (budget_minutes: null or a larger budget"
                          f"{_minutes(plan, model, 2 * (MIN_SEEDS - seeds))}), or run the paper_grade preset")
-        check = agreement.get(model, {})
-        if check and check.get("configurations", 0) < 5:
-            lines.append(f"- {model}: proxy check not settled ({check.get('configurations', 0)} configurations, "
+        check = agreement.get(model)
+        if check is not None and check.configurations < 5:
+            lines.append(f"- {model}: proxy check not settled ({check.configurations} configurations, "
                          f"5 needed for p < 0.05): raise finetune.controls or the budget"
-                         f"{_minutes(plan, model, 5 - check.get('configurations', 0))}")
-        credit = summary.get("attribution", {}).get(model, {}).get("credit", {})
+                         f"{_minutes(plan, model, 5 - check.configurations)}")
+        credit = summary.attribution.get(model, {}).get("credit", {})
         if any("no dense-adapter control" in text for text in credit.values()):
             lines.append(f"- {model}: a gain cannot be credited to the experts without the dense adapter: keep "
                          f"finetune.attribution: [dense_adapter, ...] within the budget"

@@ -90,12 +90,13 @@ def power_plan(pilot: dict[str, dict[str, float]], sigma_z: float, seeds: int, p
                      equivalence_reach(se, df, a, power), source)
 
 
-def plan_from_pilot(pilot: dict, seeds: int, claims, family: int) -> PowerPlan:
-    """The power plan of stage 2's primary claim from stage 1's (``pilot``: its summary entry): its per-collection
-    query and seed x query components, its seed component of the collection mean and its τ²."""
-    m, n = pilot["seeds"]
-    sigma_z = pilot["seed_component"]
+def plan_from_pilot(pilot, seeds: int, claims, family: int) -> PowerPlan:
+    """The power plan of stage 2's primary claim from stage 1's (``pilot``: its
+    :class:`~sbmoe_ray.analysis.primary.PrimaryClaim`): its per-collection query and seed x query components, its
+    seed component of the collection mean and its τ²."""
+    m, n = pilot.seeds
+    sigma_z = pilot.seed_component
     source = (f"pilot: stage 1's claim, {m} vs {n} seeds; two fine-tuned arms may differ less per query, and a "
               "fine-tuning seed may move more than a head's")
-    return power_plan(pilot["components"], sigma_z, seeds, pilot["pooling"], pilot["tau2"], claims.alpha, family,
+    return power_plan(pilot.components, sigma_z, seeds, pilot.pooling, pilot.tau2, claims.alpha, family,
                       claims.power, claims.margin, source)

@@ -238,19 +238,18 @@ def primary_claims(groups, mode: str, claims, collections: list[str], statement:
     return out
 
 
-def claim_lines(claims: list[dict]) -> list[str]:
+def claim_lines(claims: list[PrimaryClaim]) -> list[str]:
     """The report's first screen: each primary claim, its estimate, interval, p, TOST p, MDE and the test's size."""
     lines = []
     for c in claims:
-        size = c.get("size")
-        lines += [f"**Primary claim ({c['base_model']}): {c['statement']}** — mean Δ nDCG@10 over "
-                  f"{len(c['collections'])} collections ({', '.join(c['collections'])}; collections {c['pooling']}), "
-                  f"{c['seeds'][0]} vs {c['seeds'][1]} seeds: **{c['delta']:+.4f}**, 95% CI "
-                  f"[{c['low']:+.4f}, {c['high']:+.4f}], p = {c['p']:.3g} (adjusted {c['p_adjusted']:.3g}), "
-                  f"TOST p (±{c['margin']:g}) = {c['tost_p_adjusted']:.3g} adjusted; detectable |Δ| ≥ {c['mde']:.3f} "
-                  f"at α = {c['alpha_adjusted']:g}. **Verdict: {c['verdict']}.**", ""]
-        if size:
-            lines += [f"The test's {RejectionRate.from_dict(size).text()}, simulated at this study's own variance "
+        lines += [f"**Primary claim ({c.base_model}): {c.statement}** — mean Δ nDCG@10 over "
+                  f"{len(c.collections)} collections ({', '.join(c.collections)}; collections {c.pooling}), "
+                  f"{c.seeds[0]} vs {c.seeds[1]} seeds: **{c.delta:+.4f}**, 95% CI "
+                  f"[{c.low:+.4f}, {c.high:+.4f}], p = {c.p:.3g} (adjusted {c.p_adjusted:.3g}), "
+                  f"TOST p (±{c.margin:g}) = {c.tost_p_adjusted:.3g} adjusted; detectable |Δ| ≥ {c.mde:.3f} "
+                  f"at α = {c.alpha_adjusted:g}. **Verdict: {c.verdict}.**", ""]
+        if c.size:
+            lines += [f"The test's {RejectionRate.from_dict(c.size).text()}, simulated at this study's own variance "
                       "components (seed, seed x query, query, between collections).", ""]
-        lines += [f"- {n}" for n in c.get("notes", [])] + ([""] if c.get("notes") else [])
+        lines += [f"- {n}" for n in c.notes] + ([""] if c.notes else [])
     return lines

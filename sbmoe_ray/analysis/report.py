@@ -42,7 +42,7 @@ def _stage2(r: ReportInputs) -> list[str]:
         return []
     folder = r.study.layout.report_dir
     return [*detail_section(r.study, r.finetune),
-            *routing_section(r.finetune.summary.get("routing", {}), folder, "routing_finetune.png", "stage 2")]
+            *routing_section(r.finetune.summary.routing, folder, "routing_finetune.png", "stage 2")]
 
 
 SECTIONS: tuple[tuple[str, Callable[[ReportInputs], list[str]]], ...] = (
@@ -63,7 +63,7 @@ def write_report(study: StudyConfig, proxy: StageResult, finetune: FinetuneResul
     inputs = ReportInputs(study, proxy, finetune, stage2_not_run)
     lines = [line for _, section in SECTIONS for line in section(inputs)]
     summary = {"regime": {"finetune_trained_layers": study.finetune.trained_layers,
-                          "label": study.depth_label() if study.promote else "stage 1 only"}, **proxy.summary}
+                          "label": study.depth_label() if study.promote else "stage 1 only"}, **proxy.summary.to_dict()}
     if stage2_not_run:
         summary["finetune"] = {"not_run": stage2_not_run}
     if finetune is not None:

@@ -14,13 +14,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sbmoe_ray.analysis.agreement import decision_quality, rank_agreement, verdict
+from sbmoe_ray.analysis.agreement import ProxyCheck, proxy_check
 from sbmoe_ray.analysis.answer import claimed_keys, study_summary
 from sbmoe_ray.analysis.attribution import attribution_comparisons, attribution_summary
 from sbmoe_ray.analysis.comparisons import Comparison, compare_groups
 from sbmoe_ray.analysis.pareto import pareto_summary
 from sbmoe_ray.analysis.primary import primary_claims
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, group_key, group_trials, nan_mean
+from sbmoe_ray.analysis.summary import StageSummary
 from sbmoe_ray.analysis.test_sets import describe_test_sets
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion, seeds_used
@@ -33,14 +34,14 @@ class StageResult:
     records: list[TrialRecord]
     groups: list[ConfigGroup]
     comparisons: list[Comparison]
-    summary: dict[str, Any]                # the answer per base model (comparisons.study_summary)
+    summary: StageSummary                  # the answer per base model (answer.study_summary)
     failed: int = 0                        # trials that failed (the stage is then run again to retry them)
 
 
 @dataclass
 class FinetuneResult(StageResult):
     configurations: list[dict[str, Any]] = field(default_factory=list)   # promoted, control, baseline rows
-    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)    # per base model: τ, ρ, verdict
+    agreement: dict[str, ProxyCheck] = field(default_factory=dict)        # per base model: τ, ρ, verdict
     seconds: dict[str, float] = field(default_factory=dict)              # where the study's time went
     seeds: int = 1
     seeds_why: str = ""
@@ -51,8 +52,10 @@ class FinetuneResult(StageResult):
 
     def summary_entry(self) -> dict[str, Any]:
         """Stage 2 in ``summary.json``."""
-        return {"configurations": self.configurations, "agreement": self.agreement, "seconds": self.seconds,
-                "plan": self.plan, "seeds": self.seeds, "training_seeds": self.training_seeds, "test": self.summary}
+        return {"configurations": self.configurations,
+                "agreement": {m: a.to_dict() for m, a in self.agreement.items()}, "seconds": self.seconds,
+                "plan": self.plan, "seeds": self.seeds, "training_seeds": self.training_seeds,
+                "test": self.summary.to_dict()}
 
 
 def analyze_proxy(study: StudyConfig, records: list[TrialRecord], failed: int = 0) -> StageResult:
@@ -62,12 +65,12 @@ def analyze_proxy(study: StudyConfig, records: list[TrialRecord], failed: int = 
     comparisons = compare_groups(groups, datasets, claimed_keys(groups, mode), study.analysis)
     summary = study_summary(groups, comparisons, datasets, mode, study.proxy.objective, study.budget(),
                             study.analysis)
-    summary["test_sets"] = describe_test_sets(study.train.data)
-    summary["primary"] = [c.to_dict() for c in primary_claims(
+    summary.test_sets = describe_test_sets(study.train.data)
+    summary.primary = primary_claims(
         groups, mode, study.analysis, study.primary_test_sets,
-        "the SB-MoE head validation chose, on the frozen encoder (stage 1), against the encoder alone")]
+        "the SB-MoE head validation chose, on the frozen encoder (stage 1), against the encoder alone")
     if study.train.data.zero_shot_validation:
-        summary["pareto"] = pareto_summary(groups, mode, datasets)
+        summary.pareto = pareto_summary(groups, mode, datasets)
     return StageResult("proxy", records, groups, comparisons, summary, failed)
 
 
@@ -91,16 +94,16 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
               "steps_cap": ft.epochs * per_epoch,
               "steps_run": {"min": min(ran, default=0), "max": max(ran, default=0)}}
     summary = study_summary(tested, comparisons, study.final_test_names, mode, ft.objective, budget, study.analysis)
-    summary["primary"] = [c.to_dict() for c in primary_claims(
+    summary.primary = primary_claims(
         tested, mode, study.analysis, study.primary_test_sets,
-        f"fine-tuned SB-MoE, the configuration validation chose, against plain fine-tuning ({study.depth_label()})")]
-    summary["attribution"] = attribution_summary(summary["per_base_model"], attribution_comparisons(
+        f"fine-tuned SB-MoE, the configuration validation chose, against plain fine-tuning ({study.depth_label()})")
+    summary.attribution = attribution_summary(summary.per_base_model, attribution_comparisons(
         tested, study.final_test_names, mode, study.analysis), tested, study.final_test_names)
     rows = configuration_rows(promotions, {g.key: g for g in groups})
     used = seeds_used(study.train.run.seed, seeds, len({r.seed for r in confirmed or []}))
     if confirmed:
         used = {**used, "train_fraction": ft.confirm_train_fraction}
-    summary["training_seeds"] = used
+    summary.training_seeds = used
     return FinetuneResult("finetune", records, groups, comparisons, summary, 0, rows,
                           agreements(rows, mode, study.analysis.alpha), seconds, seeds, seeds_why, plan, plan_text,
                           confirmed or [], used)
@@ -121,17 +124,14 @@ def configuration_rows(promotions: list[Promotion], groups: dict[str, ConfigGrou
     return rows
 
 
-def agreements(rows: list[dict[str, Any]], mode: str, alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+def agreements(rows: list[dict[str, Any]], mode: str, alpha: float = 0.05) -> dict[str, ProxyCheck]:
     """Per base model: τ and ρ between the stages over its promoted and control configurations, and how
     good the proxy's promotion was as a decision (top-k recall, regret)."""
     out = {}
     for base_model in sorted({r["base_model"] for r in rows}):
         mine = [r for r in rows if r["base_model"] == base_model and r["role"] != "baseline"
                 and not math.isnan(r["stage1_objective"]) and not math.isnan(r["stage2_objective"])]
-        agreement = rank_agreement([r["stage1_objective"] for r in mine], [r["stage2_objective"] for r in mine])
-        promoted = sum(r["role"] == "promoted" for r in mine)
-        out[base_model] = {**agreement, **decision_quality(mine, promoted, mode),
-                           "verdict": verdict(agreement, base_model, alpha)}
+        out[base_model] = proxy_check(mine, sum(r["role"] == "promoted" for r in mine), mode, base_model, alpha)
     return out
 
 

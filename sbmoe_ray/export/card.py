@@ -34,15 +34,16 @@ def _fmt(value: Any) -> str:
 
 
 def _metrics(facts: dict[str, Any]) -> list[str]:
-    test, answer = facts.get("test", {}), facts.get("answer", {}).get("datasets", {})
+    answer = facts.get("answer")
+    test, answer = facts.get("test", {}), answer.datasets if answer is not None else {}
     if not test:
         return ["No test metrics were recorded with this model.", ""]
     lines = ["| test set | nDCG@10 | Recall@100 | Δ nDCG@10 vs baseline [95 % CI] | verdict |", "|---|---|---|---|---|"]
     for dataset, m in test.items():
         c = answer.get(dataset) if facts.get("role") == "chosen" else None
-        delta = f"{c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" if c else ""
+        delta = f"{c.delta:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]" if c else ""
         lines.append(f"| {dataset} | {_fmt(m.get('ndcg@10'))} | {_fmt(m.get('recall@100'))} | {delta} | "
-                     f"{c['verdict'] if c else ''} |")
+                     f"{c.verdict if c else ''} |")
     note = ("Δ and its interval count test queries and training seeds together; the verdict is the study's "
             "(an equivalence test for 'equivalent'; 'seed variance not estimated' below 3 seeds per arm).")
     return lines + ["", note if answer else "", ""]
@@ -65,10 +66,10 @@ def _claim(facts: dict[str, Any]) -> list[str]:
     """The study's answer, as the first screen of its report says it (the primary claim in one sentence)."""
     from sbmoe_ray.analysis.sections.first_screen import claim_sentence, sides
 
-    claim, answer = facts.get("claim"), facts.get("answer", {})
-    if not claim:
+    claim, answer = facts.get("claim"), facts.get("answer")
+    if claim is None or answer is None:
         return []
-    subject, against = sides(facts["stage"] == "finetune", answer.get("chosen", {}).get("config", "?"))
+    subject, against = sides(facts["stage"] == "finetune", answer.chosen.config)
     return ["## The study's answer", "", claim_sentence(claim, subject, against), ""]
 
 
@@ -78,7 +79,7 @@ def model_card(facts: dict[str, Any], config, name: str = "path/to/this/folder")
     head = (f"an SB-MoE block of {config.num_experts} experts (top-{config.top_k} in training, inference "
             f"{config.inference_top_k or 'as in training'})" if config.num_experts else "no SB-MoE head")
     origin = (f"Study `{facts['study']}`, stage `{facts['stage']}`: the {facts['role']} model of base "
-              f"`{facts['answer']['base_model']}`" if "study" in facts else f"Checkpoint `{facts.get('checkpoint')}`")
+              f"`{facts['answer'].base_model}`" if "study" in facts else f"Checkpoint `{facts.get('checkpoint')}`")
     lines = [*_front_matter(config.base_model), f"# SB-MoE retriever: {label(params)}", "",
              f"A dense bi-encoder (base `{config.base_model}`, {config.pooling} pooling, normalize={config.normalize}) "
              f"with {head} after the last layer (Sokli et al. 2025, arXiv 2510.15683), trained and exported by "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe_ray.analysis.records import TrialRecord
+from sbmoe_ray.analysis.summary import Answer, StageSummary
 from sbmoe_ray.errors import ConfigError
 from sbmoe_ray.model.bi_encoder import MODEL_CONFIG_FILE, BiEncoder, build_bi_encoder, load_model
 from sbmoe_ray.model.config import ModelConfig
@@ -43,25 +44,31 @@ def from_record(record: TrialRecord) -> Exportable:
     return found
 
 
-def pick(answer: dict[str, Any], records: list[TrialRecord], baseline: bool = False) -> TrialRecord | None:
+def pick(answer: Answer, records: list[TrialRecord], baseline: bool = False) -> TrialRecord | None:
     """The first replicate (lowest seed) of an answer's chosen configuration, or of its tested baseline."""
     if baseline:
         mine = [r for r in records if r.test and r.params.get("num_experts") == 0
-                and r.params.get("base_model") == answer["base_model"]]
+                and r.params.get("base_model") == answer.base_model]
     else:
-        mine = [r for r in records if r.trial_id in set(answer["chosen"]["trial_ids"])]
+        mine = [r for r in records if r.trial_id in set(answer.chosen.trial_ids)]
     return min(mine, key=lambda r: r.seed) if mine else None
 
 
-def _answer(summary: dict[str, Any], base_model: str | None, where: Path) -> tuple[str, dict[str, Any]]:
-    """The final stage's answer for ``base_model`` (stage 2's when the study ran it)."""
-    stage = "finetune" if summary.get("finetune", {}).get("test", {}).get("per_base_model") else "proxy"
-    answers = summary["finetune"]["test"]["per_base_model"] if stage == "finetune" else summary["per_base_model"]
-    names = [a["base_model"] for a in answers]
-    matches = [a for a in answers if base_model in (None, a["base_model"], Path(a["base_model"]).name)]
+def final_summary(summary_json: dict[str, Any]) -> tuple[str, StageSummary]:
+    """The final stage and its summary, from ``summary.json`` (stage 2's when the study ran it)."""
+    finetune = summary_json.get("finetune", {}).get("test", {})
+    if finetune.get("per_base_model"):
+        return "finetune", StageSummary.from_dict(finetune)
+    return "proxy", StageSummary.from_dict(summary_json)
+
+
+def _answer(summary: StageSummary, base_model: str | None, where: Path) -> Answer:
+    """The answer for ``base_model``."""
+    names = [a.base_model for a in summary.per_base_model]
+    matches = [a for a in summary.per_base_model if base_model in (None, a.base_model, Path(a.base_model).name)]
     if len(matches) != 1:
         raise ConfigError(f"--base-model={base_model!r}: the study {where} answers for {names}; name one of them")
-    return stage, matches[0]
+    return matches[0]
 
 
 def from_study(folder: Path, base_model: str | None, baseline: bool = False) -> Exportable:
@@ -70,18 +77,16 @@ def from_study(folder: Path, base_model: str | None, baseline: bool = False) -> 
     if not layout.summary_file.is_file():
         raise ConfigError(f"{folder}: the study has no answer yet ({layout.summary_file} is missing); run it to "
                           "its report first")
-    summary = json.loads(layout.summary_file.read_text())
-    stage, answer = _answer(summary, base_model, folder)
-    claims = summary["finetune"]["test"].get("primary", []) if stage == "finetune" else summary.get("primary", [])
+    stage, summary = final_summary(json.loads(layout.summary_file.read_text()))
+    answer = _answer(summary, base_model, folder)
     files = layout.stage(stage).results_files() + (layout.confirm.results_files() if stage == "finetune" else [])
     records = {r.trial_id: r for r in map(TrialRecord.read, files) if r}
     record = pick(answer, list(records.values()), baseline)
     if record is None:
-        raise ConfigError(f"{folder}: no tested {'baseline' if baseline else 'chosen'} trial of {answer['base_model']}")
+        raise ConfigError(f"{folder}: no tested {'baseline' if baseline else 'chosen'} trial of {answer.base_model}")
     found = from_record(record)
     found.facts.update({"study": folder.name, "stage": stage, "role": "baseline" if baseline else "chosen",
-                        "answer": answer, "claim": next((c for c in claims
-                                                         if c["base_model"] == answer["base_model"]), None)})
+                        "answer": answer, "claim": summary.claim(answer.base_model)})
     return found
 
 

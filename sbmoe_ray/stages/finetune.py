@@ -51,8 +51,8 @@ def result_of(study: StudyConfig, proxy: StageResult, records: list[TrialRecord]
     result = analyze_finetune(study, records, setup.entries, setup.seeds, setup.why, seconds,
                               plan and plan.to_dict(), text, confirmed)
     if again is not None:
-        result.summary["confirmation_plan"] = again.to_dict()
-    result.summary["power_plan"] = [p.to_dict() for p in setup.power_plans]
+        result.summary.confirmation_plan = again.to_dict()
+    result.summary.power_plan = list(setup.power_plans)
     return result
 
 
@@ -124,7 +124,7 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
     result = result_of(study, proxy, records, setup, confirmed)
     stage.log_stage_result(result)
     estimate = {f"plan_{k}_seconds": v for k, v in setup.plan.estimate_s.items()} if setup.plan else {}
-    routing = routing_metrics(result.summary.get("routing", {}), BY_NAME["base_model"].show)
+    routing = routing_metrics(result.summary.routing, BY_NAME["base_model"].show)
     stage.finish_stage({"seconds": time.monotonic() - stage_started, **estimate, **routing})
     return result
 
@@ -132,10 +132,10 @@ def run_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, 
 def publish_finetune(study: StudyConfig, tracker: StudyTracker, proxy: StageResult, result: FinetuneResult) -> None:
     """Stage 2's answer out: the report (both stages), the answer on the study's MLflow run, the terminal."""
     write_report(study, proxy, result)
-    tracker.log_answer(proxy.summary, result.agreement, result.summary.get("primary"))
+    tracker.log_answer(proxy.summary, result.agreement, result.summary.primary)
     tracker.log_report(study.layout.report_dir)
     for a in result.agreement.values():
-        print(a["verdict"])
+        print(a.verdict)
     stage = f"stage 2 ({study.depth_label()}, confirmed on fresh seeds)"
     print("\n".join(terminal_answer(result.summary, stage, True)))
     print(f"report (both stages): {study.layout.report_file}")

@@ -62,7 +62,7 @@ def setup_of(study: StudyConfig, proxy: StageResult, promoted: list[Promotion], 
         entries, why = plan.kept, why if plan.seeds == seeds else f"{why}; {plan.seeds} to fit budget_minutes"
         seeds = plan.seeds
     confirm = study.finetune.confirm_seeds if plan is None else plan.confirm_seeds
-    pilots = [p for p in proxy.summary.get("primary", []) if min(p["seeds"]) >= 2]
+    pilots = [p for p in proxy.summary.primary if min(p.seeds) >= 2]
     power = tuple(plan_from_pilot(p, confirm or seeds, study.analysis, len(pilots)) for p in pilots)
     return Stage2Setup(promoted, plan, entries, seeds, why, confirm, study.finetune_stage().mode, power)
 

@@ -133,11 +133,11 @@ def run_stages(study: StudyConfig, tracker, started: float, address: str | None,
     return 1 if failed else 0
 
 
-def say_where(study: StudyConfig, summary: dict) -> None:
+def say_where(study: StudyConfig, summary) -> None:
     """The last lines of a study: where its answer is (the report, the MLflow UI, the registered models)."""
     from sbmoe_ray.tracking.models import registered_name
 
-    models = [f"models:/{registered_name(study.name, a['base_model'])}@champion" for a in summary["per_base_model"]]
+    models = [f"models:/{registered_name(study.name, a.base_model)}@champion" for a in summary.per_base_model]
     prog = sys.argv[0] if sys.argv[0].endswith("sbmoe") else "sbmoe"          # .venv/bin/sbmoe after make
     print(f"\nreport:  {study.layout.report_file}\nMLflow:  {prog} ui {study.layout.root}   (its runs, on "
           f"127.0.0.1)" + "".join(f"\nmodel:   {m}" for m in models), flush=True)
@@ -175,7 +175,7 @@ def rebuild_report(study_dir: Path) -> Path:
     tracker = StudyTracker(study.tracking_uri, study.name, study.layout.mlflow_runs_file, study.train.run.seed)
     if tracker.runs["parent"]:
         tracker.log_answer(proxy.summary, finetune.agreement if finetune else None,
-                           finetune.summary.get("primary") if finetune else None)
+                           finetune.summary.primary if finetune else None)
         tracker.log_report(study.layout.report_dir)
     return study.layout.report_file
 

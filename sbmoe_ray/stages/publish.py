@@ -31,8 +31,8 @@ def publish_models(study: StudyConfig, tracker: StudyTracker, result: StageResul
     from sbmoe_ray.tracking.models import ALIASES, log_retriever, registered_name
 
     runs, versions = tracker.all_trial_runs(), {}
-    for answer in result.summary["per_base_model"]:
-        name = registered_name(study.name, answer["base_model"])
+    for answer in result.summary.per_base_model:
+        name = registered_name(study.name, answer.base_model)
         for role in ("chosen", "baseline"):
             record = pick(answer, [*result.records, *getattr(result, "confirmed", [])], baseline=role == "baseline")
             if record is None or record.trial_id not in runs:
@@ -41,10 +41,10 @@ def publish_models(study: StudyConfig, tracker: StudyTracker, result: StageResul
                 continue
             found = from_record(record)
             found.facts.update({"study": study.name, "stage": result.name, "role": role, "answer": answer})
-            folder = study.layout.model_folder(answer["base_model"], role)
+            folder = study.layout.model_folder(answer.base_model, role)
             export_folder(found.model, found.config, load_tokenizer(found.config.base_model), folder,
                           model_card(found.facts, found.config, f"models:/{name}@{ALIASES[role]}"))
-            versions[f"{answer['base_model']} {role}"], _ = log_retriever(
+            versions[f"{answer.base_model} {role}"], _ = log_retriever(
                 study.tracking_uri, runs[record.trial_id], folder, name, role, final_metrics(record.test))
             print(f"[models] {name}@{ALIASES[role]}: {folder}", flush=True)
     return versions

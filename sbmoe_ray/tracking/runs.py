@@ -13,7 +13,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sbmoe_ray.analysis.records import group_key
 from sbmoe_ray.analysis.routing import routing_metrics
@@ -23,6 +23,11 @@ from sbmoe_ray.study.space import BY_NAME, PARAMS, label
 from sbmoe_ray.tracking import system_metrics
 from sbmoe_ray.tracking.store import artifact_location, flatten, metric_entities
 from sbmoe_ray.tracking.views import EXPERIMENT_KIND, dataset_inputs, report_html, tags_of
+
+if TYPE_CHECKING:
+    from sbmoe_ray.analysis.agreement import ProxyCheck
+    from sbmoe_ray.analysis.primary import PrimaryClaim
+    from sbmoe_ray.analysis.summary import StageSummary
 
 
 def when_unlocked(call, attempts: int = 40, wait: float = 0.25):
@@ -220,34 +225,35 @@ class StudyTracker:
                 if trial_id in runs and Path(path).is_file():
                     self.client.log_artifact(runs[trial_id], str(path))
 
-    def log_answer(self, summary: dict[str, Any], agreement: dict[str, dict] | None = None,
-                   primary: list[dict[str, Any]] | None = None) -> None:
+    def log_answer(self, summary: StageSummary, agreement: dict[str, ProxyCheck] | None = None,
+                   primary: list[PrimaryClaim] | None = None) -> None:
         """The study's answer on the parent run: the primary claim per base model (``primary``, else
         ``summary``'s: its verdict a tag, its Δ, interval, adjusted p, TOST p, MDE and simulated size metrics),
         per base model and dataset the chosen configuration (tag), its Δ, intervals and p (stage 1's
         ``summary``), and stage 2's rank check (τ, ρ)."""
         parent, metrics, short = self.runs["parent"], {}, BY_NAME["base_model"].show
-        for claim in summary.get("primary", []) if primary is None else primary:
-            model = short(claim["base_model"])
-            self.client.set_tag(parent, f"sbmoe.primary.{model}.verdict", claim["verdict"])
-            metrics.update({f"primary.{model}.{k}": claim[k] for k in ("delta", "low", "high", "p_adjusted",
-                                                                        "tost_p_adjusted", "mde", "tau2")})
-            if claim.get("size"):
-                metrics[f"primary.{model}.simulated_size"] = claim["size"]["rate"]
-        for answer in summary["per_base_model"]:
-            model = short(answer["base_model"])
-            self.client.set_tag(parent, f"sbmoe.chosen.{model}", answer["chosen"]["config"])
-            self.client.set_tag(parent, f"sbmoe.preferred.{model}", answer["preferred"])
-            for dataset, c in answer["datasets"].items():
-                self.client.set_tag(parent, f"sbmoe.{model}.{metric_key(dataset, 'verdict')}", c["verdict"])
+        for claim in summary.primary if primary is None else primary:
+            model = short(claim.base_model)
+            self.client.set_tag(parent, f"sbmoe.primary.{model}.verdict", claim.verdict)
+            metrics.update({f"primary.{model}.{k}": getattr(claim, k) for k in (
+                "delta", "low", "high", "p_adjusted", "tost_p_adjusted", "mde", "tau2")})
+            if claim.size:
+                metrics[f"primary.{model}.simulated_size"] = claim.size["rate"]
+        for answer in summary.per_base_model:
+            model = short(answer.base_model)
+            self.client.set_tag(parent, f"sbmoe.chosen.{model}", answer.chosen.config)
+            self.client.set_tag(parent, f"sbmoe.preferred.{model}", answer.preferred)
+            for dataset, c in answer.datasets.items():
+                self.client.set_tag(parent, f"sbmoe.{model}.{metric_key(dataset, 'verdict')}", c.verdict)
                 for name in ("baseline_mean", "moe_mean", "delta", "ci_low", "ci_high", "query_ci_low",
                              "query_ci_high", "p_raw", "p_adjusted", "tost_p_adjusted", "mde"):
-                    metrics[f"{model}.{metric_key(dataset, name)}"] = c[name]
-        if summary.get("aa_check"):
-            metrics.update({f"aa_check.{k}": summary["aa_check"][k] for k in ("combined_rate", "query_only_rate")})
-        metrics.update(routing_metrics(summary.get("routing", {}), short))
+                    metrics[f"{model}.{metric_key(dataset, name)}"] = getattr(c, name)
+        if summary.aa_check:
+            metrics.update({f"aa_check.{k}": summary.aa_check[k] for k in ("combined_rate", "query_only_rate")})
+        metrics.update(routing_metrics(summary.routing, short))
         for model, a in (agreement or {}).items():
-            metrics.update({f"{short(model)}.{k}": a[k] for k in ("kendall_tau", "spearman_rho")})
+            metrics.update({f"{short(model)}.kendall_tau": a.kendall_tau,
+                            f"{short(model)}.spearman_rho": a.spearman_rho})
         self.log_summary(parent, metrics)
 
     def log_report(self, report_dir: Path) -> None:

@@ -9,8 +9,14 @@ import math
 import pytest
 from scipy import stats
 
-from sbmoe_ray.analysis.agreement import BOOTSTRAP_FROM, decision_quality, rank_agreement, smallest_p, verdict
-from sbmoe_ray.analysis.sections.stage2 import agreement_line
+from sbmoe_ray.analysis.agreement import (
+    BOOTSTRAP_FROM,
+    ProxyCheck,
+    decision_quality,
+    rank_agreement,
+    smallest_p,
+    verdict,
+)
 
 
 def test_the_rank_check_is_scipys_exact_kendall_and_spearman():
@@ -33,7 +39,7 @@ def test_a_bootstrap_interval_only_from_enough_configurations():
 def test_no_ordering_of_four_prints_a_degenerate_interval_and_every_one_is_underpowered():
     for order in itertools.permutations(range(4)):
         agreement = rank_agreement([0.1, 0.2, 0.3, 0.4], [float(v) for v in order])
-        line = agreement_line({**agreement, "verdict": verdict(agreement, "m")})
+        line = ProxyCheck(**agreement, verdict=verdict(agreement, "m")).line()
         assert agreement["kendall_tau_p"] > 0.05 and "[" not in line
         assert "underpowered" in line and "n = 4" in line
     assert smallest_p(4) == pytest.approx(1 / 12) and smallest_p(5) < 0.05

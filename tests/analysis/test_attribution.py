@@ -4,9 +4,12 @@ against its controls, per test set, with the same inference as against the basel
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
+from sbmoe_ray.analysis.agreement import ProxyCheck, rank_agreement
 from sbmoe_ray.analysis.attribution import attribution_comparisons, attribution_lines, attribution_summary, credit
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord
+from sbmoe_ray.analysis.summary import Answer, Chosen, StageSummary
 from sbmoe_ray.study.claims import ClaimsConfig
 
 
@@ -38,23 +41,32 @@ def test_the_chosen_configuration_is_compared_with_each_control_and_never_chosen
     assert set(by_arm) == {"dense_adapter", "random_routing"} and all(r.family == "attribution" for r in rows)
     assert by_arm["random_routing"].delta > 0.05 and by_arm["random_routing"].verdict == "better"
     assert abs(by_arm["dense_adapter"].delta) < 0.05 and by_arm["dense_adapter"].verdict != "better"
-    answers = [{"base_model": "m", "datasets": {"d": {"verdict": "better"}}}]
+    chosen = Chosen("g", "m N=3 k=1", moe, [0, 1, 2], [], 1.0, "val_loss")
+    answers = [Answer("m", 4, "sb-moe", False, 1.2, chosen, {"d": replace(rows[0], verdict="better")})]
     summary = attribution_summary(answers, rows)
     assert summary["m"]["credit"]["d"].startswith("a gain of a trained head, not shown to be the experts'")
     text = "\n".join(attribution_lines(summary))
     assert "| m | d | dense adapter |" in text and "random routing" in text
 
 
+def check(configurations: int) -> ProxyCheck:
+    """A proxy check over ``configurations`` configurations ranked alike by both stages."""
+    return ProxyCheck(**rank_agreement(list(range(configurations)), list(range(configurations))))
+
+
 def test_the_report_says_which_claims_the_remaining_evidence_cannot_settle_and_what_would():
     from sbmoe_ray.analysis.evidence import evidence_lines
 
-    summary = {"per_base_model": [{"base_model": "m"}],
-               "attribution": {"m": {"credit": {"d": "a gain of the SB-MoE head, not attributed: no dense-adapter "
-                                                     "control was tested (dropped by the budget)"}}}}
+    answers = [{"base_model": "m", "chosen": {"group": "g", "config": "c", "params": {}, "seeds": [0],
+                                              "trial_ids": []}}]
+    summary = StageSummary.from_dict({
+        "per_base_model": answers,
+        "attribution": {"m": {"credit": {"d": "a gain of the SB-MoE head, not attributed: no dense-adapter "
+                                              "control was tested (dropped by the budget)"}}}})
     plan = {"costs": {"m": {"trial_s": 600.0}}}
-    text = "\n".join(evidence_lines(summary, {"m": {"configurations": 3}}, plan, {"selection": [0], "confirmation": []}))
+    text = "\n".join(evidence_lines(summary, {"m": check(3)}, plan, {"selection": [0], "confirmation": []}))
     assert "no interval over seeds (1 seed(s) per arm, 3 needed)" in text and "~40 min more" in text
     assert "proxy check not settled (3 configurations" in text and "without the dense adapter" in text
-    settled = evidence_lines({"per_base_model": [{"base_model": "m"}]}, {"m": {"configurations": 6}}, plan,
+    settled = evidence_lines(StageSummary.from_dict({"per_base_model": answers}), {"m": check(6)}, plan,
                              {"selection": [0], "confirmation": [1000, 1001, 1002]})
     assert settled == []

@@ -73,15 +73,15 @@ def test_the_summary_names_the_configuration_chosen_by_mean_validation_and_its_c
     groups = group_trials(study())
     comparisons = compare_groups(groups, ["a", "b"], claimed_keys(groups, "min"), CLAIMS)
     summary = study_summary(groups, comparisons, ["a", "b"], "min", "val_loss", BUDGET, CLAIMS)
-    assert summary["comparisons"] == 6 and summary["confirmatory"] == 2 and summary["correction"] == "holm"
-    assert summary["budget"] == {**BUDGET, "configurations": 4, "trials": 12}
-    (answer,) = summary["per_base_model"]
-    assert answer["chosen"]["trial_ids"] == ["t2-s0", "t2-s1", "t2-s2"]   # lowest mean validation loss
-    assert answer["preferred"] == "sb-moe" and answer["chosen"]["seeds"] == [0, 1, 2]
-    for c in answer["datasets"].values():
-        assert c["family"] == CONFIRMATORY and c["verdict"] == "better"   # shift 0.2 on 40 queries, 3 seeds
-        assert c["ci_low"] <= c["delta"] <= c["ci_high"] and c["mde"] > 0
-    assert summary["aa_check"]["pairs"] == 4 * 2 * 3                       # 4 configurations, 2 sets, 3 pairs
+    assert summary.comparisons == 6 and summary.confirmatory == 2 and summary.correction == "holm"
+    assert summary.budget == {**BUDGET, "configurations": 4, "trials": 12}
+    (answer,) = summary.per_base_model
+    assert answer.chosen.trial_ids == ["t2-s0", "t2-s1", "t2-s2"]   # lowest mean validation loss
+    assert answer.preferred == "sb-moe" and answer.chosen.seeds == [0, 1, 2]
+    for c in answer.datasets.values():
+        assert c.family == CONFIRMATORY and c.verdict == "better"   # shift 0.2 on 40 queries, 3 seeds
+        assert c.ci_low <= c.delta <= c.ci_high and c.mde > 0
+    assert summary.aa_check["pairs"] == 4 * 2 * 3                       # 4 configurations, 2 sets, 3 pairs
 
 
 def test_one_seed_per_arm_claims_nothing_on_query_evidence_alone():
@@ -98,8 +98,8 @@ def test_a_study_whose_baseline_validates_best_answers_baseline():
     records += [record(f"t-s{s}", 3, queries, objective=0.9, seed=s) for s in range(3)]
     groups = group_trials(records)
     comparisons = compare_groups(groups, ["a"], claimed_keys(groups, "min"), CLAIMS)
-    (answer,) = study_summary(groups, comparisons, ["a"], "min", "val_loss", BUDGET, CLAIMS)["per_base_model"]
-    assert answer["preferred"] == "baseline" and answer["baseline_objective"] == 0.5
+    (answer,) = study_summary(groups, comparisons, ["a"], "min", "val_loss", BUDGET, CLAIMS).per_base_model
+    assert answer.preferred == "baseline" and answer.baseline_objective == 0.5
 
 
 def test_a_lead_within_the_validation_noise_goes_to_the_simpler_arm():

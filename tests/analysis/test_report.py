@@ -25,18 +25,18 @@ def test_stage_one_report_renders_the_result_and_links_only_figures_it_wrote(tmp
     write_report(config, proxy)
     layout = config.layout
     text = layout.report_file.read_text()
-    answer = proxy.summary["per_base_model"][0]
-    assert f"**m**: validation prefers sb-moe; chosen `{answer['chosen']['config']}`, 2 seed(s)." in text
+    answer = proxy.summary.per_base_model[0]
+    assert f"**m**: validation prefers sb-moe; chosen `{answer.chosen.config}`, 2 seed(s)." in text
     rows = [line for line in text.splitlines() if line.startswith("| a |") or line.startswith("| b |")]
     assert len(rows) == 2 and all(line.count("|") == 9 for line in rows)         # 8 columns a collection
-    assert f"{answer['datasets']['a']['delta']:.4f}" in text and "Holm-Bonferroni" in text
+    assert f"{answer.datasets['a'].delta:.4f}" in text and "Holm-Bonferroni" in text
     assert "seed variance not estimated" in text and "nothing is claimed" in text          # 2 seeds per arm
-    assert "A/A check (8 pairs" in text and answer["datasets"]["a"]["verdict"] in text
+    assert "A/A check (8 pairs" in text and answer.datasets["a"].verdict in text
     linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert "heatmap_a.png" in linked and all((layout.report_dir / name).is_file() for name in linked)
     written = json.loads(layout.summary_file.read_text())
     assert written.pop("regime")["finetune_trained_layers"] == config.finetune.trained_layers
-    assert written == json.loads(json.dumps(proxy.summary, default=str))
+    assert written == json.loads(json.dumps(proxy.summary.to_dict(), default=str))
     assert "Stage 2" not in text
 
 
@@ -67,18 +67,18 @@ def test_the_first_screen_is_the_primary_claim_with_its_interval_power_and_simul
     proxy = analyze_proxy(config, study(seeds=3))
     write_report(config, proxy)
     text = config.layout.report_file.read_text()
-    claim = proxy.summary["primary"][0]
+    claim = proxy.summary.primary[0]
     first_screen = "\n".join(text.splitlines()[:12])
-    assert claim["collections"] == ["a", "b"] and claim["pooling"] == "random" and tuple(claim["seeds"]) == (3, 3)
-    assert "Primary claim (m)" in first_screen and f"{claim['delta']:+.4f}" in first_screen
-    assert (f"On 2 test collections, the SB-MoE head `{proxy.summary['per_base_model'][0]['chosen']['config']}` on "
-            f"the frozen encoder changes nDCG@10 by {claim['delta']:+.3f} [{claim['low']:+.3f}, {claim['high']:+.3f}]"
+    assert claim.collections == ["a", "b"] and claim.pooling == "random" and tuple(claim.seeds) == (3, 3)
+    assert "Primary claim (m)" in first_screen and f"{claim.delta:+.4f}" in first_screen
+    assert (f"On 2 test collections, the SB-MoE head `{proxy.summary.per_base_model[0].chosen.config}` on "
+            f"the frozen encoder changes nDCG@10 by {claim.delta:+.3f} [{claim.low:+.3f}, {claim.high:+.3f}]"
             f" against the encoder alone") in first_screen
-    assert f"the design could have detected ±{claim['mde']:.3f}." in first_screen
+    assert f"the design could have detected ±{claim.mde:.3f}." in first_screen
     assert first_screen.splitlines()[2].startswith("Regime: **Stage 1 only") and "3 vs 3 seeds" in first_screen
-    assert f"[{claim['low']:+.4f}, {claim['high']:+.4f}]" in first_screen and claim["verdict"] in first_screen
-    assert f"detectable |Δ| ≥ {claim['mde']:.3f}" in first_screen
-    size = claim["size"]
+    assert f"[{claim.low:+.4f}, {claim.high:+.4f}]" in first_screen and claim.verdict in first_screen
+    assert f"detectable |Δ| ≥ {claim.mde:.3f}" in first_screen
+    size = claim.size
     assert size["draws"] == config.analysis.primary.size_draws and size["low"] <= size["rate"] <= size["high"]
     assert "simulated at this study's own variance components" in first_screen
 
@@ -88,11 +88,11 @@ def test_the_terminal_says_the_reports_sentence_then_one_short_row_per_collectio
 
     proxy = analyze_proxy(hand_study(tmp_path), study(seeds=3))
     lines = terminal_answer(proxy.summary, "stage 1", False)
-    claim, answer = proxy.summary["primary"][0], proxy.summary["per_base_model"][0]
-    sentence = claim_sentence(claim, *sides(False, answer["chosen"]["config"]))
+    claim, answer = proxy.summary.primary[0], proxy.summary.per_base_model[0]
+    sentence = claim_sentence(claim, *sides(False, answer.chosen.config))
     detail = next(i for i, line in enumerate(lines) if line.startswith("  (p "))
     said = " ".join(line.strip() for line in lines[1:detail])                 # the sentence, unwrapped
-    assert sentence in said and f"TOST p {claim['tost_p_adjusted']:.3g}" in "\n".join(lines)
+    assert sentence in said and f"TOST p {claim.tost_p_adjusted:.3g}" in "\n".join(lines)
     rows = {line.split()[0]: line for line in lines if line.startswith("    ") and not line.strip().startswith("coll")}
     assert set(rows) == {"a", "b"} and all(len(line) <= 120 for line in lines[1:])
-    assert f"{answer['datasets']['a']['delta']:+7.3f}" in rows["a"]
+    assert f"{answer.datasets['a'].delta:+7.3f}" in rows["a"]

@@ -66,7 +66,7 @@ def test_stage_twos_result_is_rebuilt_from_its_files(tmp_path):
         r.write()
     result = rebuild(config, proxy)
     assert [row["role"] for row in result.configurations] == [e.role for e in entries]
-    assert result.seeds == 2 and len(result.records) == 8 and result.summary["per_base_model"]
+    assert result.seeds == 2 and len(result.records) == 8 and result.summary.per_base_model
 
 
 def test_the_test_phase_tests_the_baseline_that_validation_prefers_among_the_tuned_ones():

@@ -104,10 +104,10 @@ def test_a_stage_result_is_logged_on_its_trials_and_the_answer_on_the_parent(tmp
             metrics = client.get_run(runs[trial_id]).data.metrics
             assert metrics[f"{c.dataset}.p_adjusted_ndcg_at_10"] == pytest.approx(c.p_adjusted)
             assert metrics[f"{c.dataset}.delta_this_seed_ndcg_at_10"] == pytest.approx(own)
-    answer = result.summary["per_base_model"][0]
+    answer = result.summary.per_base_model[0]
     parent_run = client.get_run(parent).data
-    assert parent_run.tags["sbmoe.chosen.m"] == answer["chosen"]["config"]
-    assert parent_run.metrics["m.a.delta"] == pytest.approx(answer["datasets"]["a"]["delta"])
+    assert parent_run.tags["sbmoe.chosen.m"] == answer.chosen.config
+    assert parent_run.metrics["m.a.delta"] == pytest.approx(answer.datasets["a"].delta)
 
 
 def test_the_callback_logs_the_epochs_a_trial_reported_only_at_its_end(store):

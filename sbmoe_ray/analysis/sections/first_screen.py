@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import textwrap
 
-from sbmoe_ray.analysis.primary import claim_lines
+from sbmoe_ray.analysis.primary import PrimaryClaim, claim_lines
 from sbmoe_ray.analysis.sections.tables import answer_tables
 from sbmoe_ray.analysis.simulation import RejectionRate
+from sbmoe_ray.analysis.summary import StageSummary
 
 
 def verdict_words(verdict: str) -> str:
@@ -21,12 +22,12 @@ def verdict_words(verdict: str) -> str:
     return verdict
 
 
-def claim_sentence(claim: dict, subject: str, against: str) -> str:
+def claim_sentence(claim: PrimaryClaim, subject: str, against: str) -> str:
     """``On 6 test collections, <subject> changes nDCG@10 by +0.004 [-0.006, +0.014] against <against>: no
     difference shown; the design could have detected ±0.011.``"""
-    return (f"On {len(claim['collections'])} test collections, {subject} changes nDCG@10 by {claim['delta']:+.3f} "
-            f"[{claim['low']:+.3f}, {claim['high']:+.3f}] against {against}: {verdict_words(claim['verdict'])}; the "
-            f"design could have detected ±{claim['mde']:.3f}.")
+    return (f"On {len(claim.collections)} test collections, {subject} changes nDCG@10 by {claim.delta:+.3f} "
+            f"[{claim.low:+.3f}, {claim.high:+.3f}] against {against}: {verdict_words(claim.verdict)}; the "
+            f"design could have detected ±{claim.mde:.3f}.")
 
 
 def sides(finetuned: bool, config: str) -> tuple[str, str]:
@@ -36,17 +37,17 @@ def sides(finetuned: bool, config: str) -> tuple[str, str]:
     return f"the SB-MoE head `{config}` on the frozen encoder", "the encoder alone"
 
 
-def regime_line(study, summary: dict, finetuned: bool, claims: list[dict]) -> str:
+def regime_line(study, summary: StageSummary, finetuned: bool, claims: list[PrimaryClaim]) -> str:
     """What the answer is about: the depth, the seeds, the collections and how they are pooled."""
     depth = study.depth_label() if finetuned else "stage 1 only: SB-MoE heads on the frozen encoder"
-    seeds = summary.get("training_seeds", {})
+    seeds = summary.training_seeds
     fresh = " (fresh confirmation seeds)" if finetuned and seeds.get("confirmation") else ""
     parts = [f"**{depth[0].upper()}{depth[1:]}**" + (" (every arm)" if finetuned else "")]
     if claims:
         c = claims[0]
-        pooled = "a claim about collections like these" if c["pooling"] == "random" else "about these collections only"
-        parts += [f"{c['seeds'][0]} vs {c['seeds'][1]} seeds{fresh}",
-                  f"{len(c['collections'])} test collections, {c['pooling']} ({pooled})"]
+        pooled = "a claim about collections like these" if c.pooling == "random" else "about these collections only"
+        parts += [f"{c.seeds[0]} vs {c.seeds[1]} seeds{fresh}",
+                  f"{len(c.collections)} test collections, {c.pooling} ({pooled})"]
     return "Regime: " + "; ".join(parts) + "."
 
 
@@ -54,44 +55,39 @@ def first_screen(study, proxy, finetune) -> list[str]:
     """Title, regime, the primary claim per base model, its detail, and the per-collection tables."""
     finetuned = finetune is not None
     summary = (finetune or proxy).summary
-    claims = summary.get("primary") or []
-    chosen = {a["base_model"]: a["chosen"]["config"] for a in summary.get("per_base_model", [])}
+    claims, chosen = summary.primary, summary.chosen_configs()
     lines = [f"# Study `{study.name}`", "", regime_line(study, summary, finetuned, claims), "", "## The answer", ""]
-    lines += [f"**{claim_sentence(c, *sides(finetuned, chosen.get(c['base_model'], '?')))}**"
-              + (f" ({c['base_model']})" if len(claims) > 1 else "") for c in claims] + ([""] if claims else [])
+    lines += [f"**{claim_sentence(c, *sides(finetuned, chosen.get(c.base_model, '?')))}**"
+              + (f" ({c.base_model})" if len(claims) > 1 else "") for c in claims] + ([""] if claims else [])
     if not claims:
         lines += ["No primary claim: no base model had both its chosen SB-MoE configuration and its baseline tested "
                   "on a declared collection.", ""]
     lines += claim_lines(claims)
-    claimed = {c["base_model"]: set(c["collections"]) for c in claims}
     datasets = study.final_test_names if finetuned else study.test_names
-    if summary.get("per_base_model"):
-        lines += [f"### Per collection (secondary: adjusted over {summary.get('confirmatory', 0)} comparisons, "
-                  "apart from the primary claim)", "", *answer_tables(summary, datasets, claimed)]
+    if summary.per_base_model:
+        lines += [f"### Per collection (secondary: adjusted over {summary.confirmatory} comparisons, "
+                  "apart from the primary claim)", "", *answer_tables(summary, datasets, summary.claimed())]
     return lines
 
 
-def terminal_answer(summary: dict, stage: str, finetuned: bool) -> list[str]:
+def terminal_answer(summary: StageSummary, stage: str, finetuned: bool) -> list[str]:
     """A stage's answer in the terminal: per base model the claim's sentence (wrapped), its p, TOST p and the
     test's simulated size, then per collection Δ, its interval and verdict (secondary), one short row each."""
-    lines, claimed = [f"\n{stage}: the answer"], {}
-    chosen = {a["base_model"]: a["chosen"]["config"] for a in summary.get("per_base_model", [])}
-    for c in summary.get("primary", []):
-        claimed[c["base_model"]] = set(c["collections"])
-        sentence = claim_sentence(c, *sides(finetuned, chosen.get(c["base_model"], "?")))
+    lines, claimed, chosen = [f"\n{stage}: the answer"], summary.claimed(), summary.chosen_configs()
+    for c in summary.primary:
+        sentence = claim_sentence(c, *sides(finetuned, chosen.get(c.base_model, "?")))
         lines += textwrap.wrap(sentence, 110, initial_indent="  ", subsequent_indent="  ")
-        size = RejectionRate.from_dict(c["size"]) if c.get("size") else None
+        size = RejectionRate.from_dict(c.size) if c.size else None
         simulated = (f"; the test's size simulated {size.rate:.1%} [{size.low:.1%}, {size.high:.1%}]"
                      + (f", {size.calibration}" if size.calibration else "")) if size else ""
-        lines.append(f"  (p {c['p_adjusted']:.3g}, TOST p {c['tost_p_adjusted']:.3g}; "
-                     f"{c['seeds'][0]} vs {c['seeds'][1]} seeds{simulated})")
-    objective = summary.get("objective", "validation objective")
-    for answer in summary.get("per_base_model", []):
-        lines += [f"  {answer['base_model']} per collection (secondary): `{answer['chosen']['config']}` against the "
-                  f"baseline,", f"  the configuration chosen by mean {objective}:"]
+        lines.append(f"  (p {c.p_adjusted:.3g}, TOST p {c.tost_p_adjusted:.3g}; "
+                     f"{c.seeds[0]} vs {c.seeds[1]} seeds{simulated})")
+    for answer in summary.per_base_model:
+        lines += [f"  {answer.base_model} per collection (secondary): `{answer.chosen.config}` against the "
+                  f"baseline,", f"  the configuration chosen by mean {summary.objective}:"]
         lines.append(f"    {'collection':<24} {'base':>6} {'sb-moe':>7} {'Δ':>7}  {'95% CI':<17} verdict")
-        for dataset, row in answer["datasets"].items():
-            outside = "" if dataset in claimed.get(answer["base_model"], {dataset}) else " (not in the primary claim)"
-            lines.append(f"    {dataset:<24} {row['baseline_mean']:6.3f} {row['moe_mean']:7.3f} {row['delta']:+7.3f}  "
-                         f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  {row['verdict']}{outside}")
+        for dataset, row in answer.datasets.items():
+            outside = "" if dataset in claimed.get(answer.base_model, {dataset}) else " (not in the primary claim)"
+            lines.append(f"    {dataset:<24} {row.baseline_mean:6.3f} {row.moe_mean:7.3f} {row.delta:+7.3f}  "
+                         f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]  {row.verdict}{outside}")
     return lines

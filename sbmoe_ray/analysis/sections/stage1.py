@@ -21,11 +21,10 @@ def proxy_section(study, proxy: StageResult, answered: bool) -> list[str]:
              f"{len(records)} finished trials; objective `{study.proxy.objective}` ({mode}) on the held-out "
              f"validation split of `{study.train.data.train_dataset}`.", ""]
     if not answered:
-        claims = summary.get("primary") or []
         lines += ["Stage 1's own claim (exploratory once stage 2 ran; its power plan's pilot):", "",
-                  *claim_lines(claims)]
-        if summary["per_base_model"]:
-            lines += answer_tables(summary, datasets, {c["base_model"]: set(c["collections"]) for c in claims})
+                  *claim_lines(summary.primary)]
+        if summary.per_base_model:
+            lines += answer_tables(summary, datasets, summary.claimed())
     if any(not g.is_baseline for g in groups):
         for dataset in datasets:
             figures.save(figures.heatmap_figure(groups, dataset, mode), folder / f"heatmap_{dataset}.png")
@@ -33,19 +32,19 @@ def proxy_section(study, proxy: StageResult, answered: bool) -> list[str]:
     zero_shot = study.train.data.zero_shot_validation
     if zero_shot:
         figures.save(pareto_figure(groups, mode, study.proxy.objective, zero_shot), folder / "pareto.png")
-        lines += pareto_lines(summary["pareto"], study.proxy.objective, zero_shot, datasets)
+        lines += pareto_lines(summary.pareto, study.proxy.objective, zero_shot, datasets)
     fig = figures.importance_figure(groups, mode, study.proxy.objective)
     if fig is not None:
         figures.save(fig, folder / "importances.png")
         lines += ["### Parameter importances (per base model)", "", "![importances](importances.png)", ""]
     by_id = {r.trial_id: r for r in records}
-    for answer in summary["per_base_model"]:
-        first = by_id[answer["chosen"]["trial_ids"][0]]
-        fig = figures.expert_load_figure(first.history, first.test, title=f"{answer['base_model']} chosen: "
-                                         f"{answer['chosen']['config']} (seed {first.seed})")
+    for answer in summary.per_base_model:
+        first = by_id[answer.chosen.trial_ids[0]]
+        fig = figures.expert_load_figure(first.history, first.test, title=f"{answer.base_model} chosen: "
+                                         f"{answer.chosen.config} (seed {first.seed})")
         if fig is not None:
-            name = f"expert_load_{BY_NAME['base_model'].show(answer['base_model'])}.png"
+            name = f"expert_load_{BY_NAME['base_model'].show(answer.base_model)}.png"
             figures.save(fig, folder / name)
-            lines += [f"### Expert load of the chosen {answer['base_model']} configuration", "",
+            lines += [f"### Expert load of the chosen {answer.base_model} configuration", "",
                       f"![expert load]({name})", ""]
-    return lines + routing_section(summary.get("routing", {}), folder, "routing.png", "stage 1")
+    return lines + routing_section(summary.routing, folder, "routing.png", "stage 1")

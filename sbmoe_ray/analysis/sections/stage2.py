@@ -4,14 +4,10 @@ settle, routing)."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 from sbmoe_ray.analysis import figures
 from sbmoe_ray.analysis.attribution import attribution_lines
 from sbmoe_ray.analysis.curves import curve_lines, curve_rows, learning_curves_figure
 from sbmoe_ray.analysis.evidence import confirmation_line, evidence_lines
-from sbmoe_ray.analysis.power import PowerPlan
 from sbmoe_ray.analysis.result import FinetuneResult
 from sbmoe_ray.analysis.sections.tables import markdown_table
 from sbmoe_ray.study.arms import ARMS
@@ -19,7 +15,7 @@ from sbmoe_ray.study.arms import ARMS
 
 def controls_section(study, result: FinetuneResult) -> list[str]:
     """The chosen configuration against its attribution controls, and the curves of every stage-2 run."""
-    lines = attribution_lines(result.summary.get("attribution", {}))
+    lines = attribution_lines(result.summary.attribution)
     lines = ["## The controls: is a gain the experts'?", "", *lines] if lines else []
     return lines + curves_section(result, study.finetune_stage().mode, study.finetune.objective,
                                   study.layout.report_dir, study.finetune.schedule)
@@ -75,9 +71,9 @@ def detail_section(study, result: FinetuneResult) -> list[str]:
              confirmation_line(result.training_seeds), ""]
     if result.plan_text:
         lines += [result.plan_text, ""]
-    for plan in result.summary.get("power_plan", []):
+    for plan in result.summary.power_plan:
         lines += ["Planned before stage 2 (from stage 1's claim; printed before it ran):", "", "```",
-                  *PowerPlan(**plan).lines(), "```", ""]
+                  *plan.lines(), "```", ""]
     header = ["base_model", "role", "config", f"stage 1 {study.proxy.objective}", f"stage 2 {objective2}",
               "stage 2 val nDCG@10", "seeds"]
     rows = [{**r, f"stage 1 {study.proxy.objective}": r["stage1_objective"], f"stage 2 {objective2}":
@@ -86,20 +82,6 @@ def detail_section(study, result: FinetuneResult) -> list[str]:
     lines += ["", "Does the proxy rank like fine-tuning? (Kendall's τ with its exact p over the promoted and control "
               "configurations, Spearman's ρ, top-k recall of the promoted among stage 2's top k, regret of the "
               "proxy's first pick in stage 2's objective)", ""]
-    lines += [agreement_line(a) for a in result.agreement.values()]
+    lines += [a.line() for a in result.agreement.values()]
     lines += ["", "![stage agreement](stage_agreement.png)", ""]
     return lines + evidence_lines(result.summary, result.agreement, result.plan, result.training_seeds)
-
-
-def _ci(interval: list[float]) -> str:
-    low, high = interval
-    return "" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]"
-
-
-def agreement_line(a: dict[str, Any]) -> str:
-    """One base model's proxy check: τ with its exact p (an interval only where the bootstrap means something)."""
-    quality = (f", top-{a['k']} recall {a['top_k_recall']:.2f}, regret {a['regret']:.4f}"
-               if "k" in a and not math.isnan(a["top_k_recall"]) else "")
-    return (f"- τ = {a['kendall_tau']:+.2f}{_ci(a['kendall_tau_ci'])} (exact p = {a['kendall_tau_p']:.2g}), "
-            f"ρ = {a['spearman_rho']:+.2f}{_ci(a['spearman_rho_ci'])} over {a['configurations']} configurations"
-            f"{quality}. {a['verdict']}")
