@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sbmoe_ray.runtime.signals import stopped, stopping_on_signals, take_signals
+from sbmoe_ray.runtime.signals import raise_if_stopped, stopped, stopping_on_signals, take_signals
 from sbmoe_ray.study.config import StudyConfig
 
 
@@ -114,6 +114,7 @@ def run_stages(study: StudyConfig, tracker, started: float, address: str | None,
 
     final = proxy = run_proxy(study, tracker)
     failed = proxy.failed > 0
+    raise_if_stopped()                  # a signal a library swallowed during the stage stops before the next
     if study.promote and not failed:
         cores = cores_of(address)
         setup = setup_stage2(study, proxy, started, cores, costs)         # stage 2 decided once, handed on
@@ -122,6 +123,7 @@ def run_stages(study: StudyConfig, tracker, started: float, address: str | None,
         else:
             final = run_finetune(study, tracker, proxy, setup, started, cores)
             failed = final is None
+            raise_if_stopped()
             if not failed:
                 publish_finetune(study, tracker, proxy, final)
     if not failed:

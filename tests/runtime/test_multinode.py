@@ -93,7 +93,11 @@ def test_a_study_survives_losing_a_worker_node(tmp_path, assets, cluster):
     assert events[restart]["node_id"] != node_id
     before = [e["epoch"] for e in events[:restart] if e["event"] == "epoch_start"]
     after = [e["epoch"] for e in events[restart:] if e["event"] == "epoch_start"]
-    assert before == list(range(len(before))) and after == list(range(registered + 1, EPOCHS))
+    # A loaded machine may see the first restart fail too (the dead node is noticed late): it restarts again from
+    # the same checkpoint. Either way no epoch up to the checkpoint runs again, and every later one runs.
+    assert before == list(range(len(before))) and min(after) == registered + 1
+    assert set(after) == set(range(registered + 1, EPOCHS)) and after[-(EPOCHS - registered - 1):] == list(
+        range(registered + 1, EPOCHS))
     assert {e["epoch"] for e in events if e["event"] == "epoch_end"} == set(range(EPOCHS))
     assert len(load_trials(StudyLayout(tmp_path / "studies" / "tiny-study").proxy)) == 2
     trials = [r for r in runs(tmp_path) if r.data.tags.get("sbmoe.kind") == "trial"]
