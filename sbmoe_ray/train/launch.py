@@ -168,6 +168,7 @@ def train_ray(cfg: TrainConfig, address: str | None = None, callbacks: list | No
 
     s, mode = cfg.scaling, CHECKPOINT_METRICS[cfg.run.checkpoint_metric]
     init_ray(address, s.num_workers * s.cpus_per_worker + 1, s.dashboard)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
@@ -185,6 +186,13 @@ def train_ray(cfg: TrainConfig, address: str | None = None, callbacks: list | No
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     # Storage is a local or shared file system (see resolved()), so checkpoint paths are folders here.
     return Path(best.path), best_metrics, Path(result.checkpoint.path)
+
+
+# Ray Train's controller polls its workers every 2 s by default, and a run's end and each report wait for the next
+# poll (``bench/ray_train_overhead.py`` measures the difference). A poll that times out is no error (a worker is
+# declared dead after 10 min of missed polls), so polling more often costs a few remote calls. The user's own
+# setting wins; the controller reads it from the environment of the process that builds the trainer.
+POLL_INTERVAL_S = "0.25"
 
 
 TRAINERS = {"zero_shot": train_nothing, "in_process": train_in_process, "ray_train": train_ray}
