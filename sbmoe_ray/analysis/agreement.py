@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from sbmoe_ray.analysis.summary import ConfigurationRow
+
 BOOTSTRAP_FROM = 10
 
 
@@ -62,11 +64,11 @@ def _ci(interval: list[float]) -> str:
     return "" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]"
 
 
-def proxy_check(rows: list[dict[str, Any]], promoted: int, mode: str, base_model: str,
+def proxy_check(rows: list[ConfigurationRow], promoted: int, mode: str, base_model: str,
                 alpha: float = 0.05) -> ProxyCheck:
     """The proxy check over ``rows`` (one per configuration, both stages' objectives): τ, ρ, the decision's
     quality and the verdict."""
-    agreement = rank_agreement([r["stage1_objective"] for r in rows], [r["stage2_objective"] for r in rows])
+    agreement = rank_agreement([r.stage1_objective for r in rows], [r.stage2_objective for r in rows])
     return ProxyCheck(**agreement, **decision_quality(rows, promoted, mode),
                       verdict=verdict(agreement, base_model, alpha))
 
@@ -110,17 +112,17 @@ def rank_agreement(stage1: list[float], stage2: list[float]) -> dict[str, Any]:
     return out
 
 
-def decision_quality(rows: list[dict[str, Any]], promoted: int, mode: str) -> dict[str, float]:
+def decision_quality(rows: list[ConfigurationRow], promoted: int, mode: str) -> dict[str, float]:
     """Top-k recall of the promoted configurations among stage 2's top k, and the regret of the proxy's
     first pick in stage 2's objective (0: it was the best fine-tuned configuration)."""
     if not rows or promoted < 1:
         return {"top_k_recall": math.nan, "regret": math.nan}
     sign = 1.0 if mode == "min" else -1.0
-    by_stage1 = sorted(rows, key=lambda r: sign * r["stage1_objective"])
-    by_stage2 = sorted(rows, key=lambda r: sign * r["stage2_objective"])
+    by_stage1 = sorted(rows, key=lambda r: sign * r.stage1_objective)
+    by_stage2 = sorted(rows, key=lambda r: sign * r.stage2_objective)
     k = min(promoted, len(rows))
-    top1, top2 = {r["config"] for r in by_stage1[:k]}, {r["config"] for r in by_stage2[:k]}
-    regret = sign * (by_stage1[0]["stage2_objective"] - by_stage2[0]["stage2_objective"])
+    top1, top2 = {r.config for r in by_stage1[:k]}, {r.config for r in by_stage2[:k]}
+    regret = sign * (by_stage1[0].stage2_objective - by_stage2[0].stage2_objective)
     return {"top_k_recall": len(top1 & top2) / k, "regret": float(regret), "k": k}
 
 

@@ -155,16 +155,17 @@ def write_trial_figures(folder: Path, records: list[TrialRecord]) -> dict[str, l
     return files
 
 
-def agreement_figure(rows: list[dict[str, Any]], objective: str, objective2: str):
-    """The proxy check: each configuration's stage-1 objective against its stage-2 objective, per base model."""
-    models = sorted({r["base_model"] for r in rows})
+def agreement_figure(rows, objective: str, objective2: str):
+    """The proxy check: each configuration's stage-1 objective against its stage-2 objective, per base model
+    (``rows``: :class:`~sbmoe_ray.analysis.summary.ConfigurationRow`)."""
+    models = sorted({r.base_model for r in rows})
     fig, axes = plt.subplots(1, len(models), squeeze=False, figsize=(4.4 * len(models), 3.4))
     for ax, model in zip(axes[0], models):
         for role, color in (("promoted", "tab:red"), ("control", "tab:gray")):
-            mine = [r for r in rows if r["base_model"] == model and r["role"] == role]
-            ax.scatter([r["stage1_objective"] for r in mine], [r["stage2_objective"] for r in mine], color=color,
+            mine = [r for r in rows if r.base_model == model and r.role == role]
+            ax.scatter([r.stage1_objective for r in mine], [r.stage2_objective for r in mine], color=color,
                        label=role)
-        base = [r["stage2_objective"] for r in rows if r["base_model"] == model and r["role"] == "baseline"]
+        base = [r.stage2_objective for r in rows if r.base_model == model and r.role == "baseline"]
         if base and not math.isnan(base[0]):
             ax.axhline(base[0], color="tab:blue", linestyle="--", label="plain fine-tuning")
         ax.set_xlabel(f"stage 1 (proxy) {objective}", fontsize=8)

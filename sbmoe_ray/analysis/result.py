@@ -21,7 +21,7 @@ from sbmoe_ray.analysis.comparisons import Comparison, compare_groups
 from sbmoe_ray.analysis.pareto import pareto_summary
 from sbmoe_ray.analysis.primary import primary_claims
 from sbmoe_ray.analysis.records import ConfigGroup, TrialRecord, group_key, group_trials, nan_mean
-from sbmoe_ray.analysis.summary import StageSummary
+from sbmoe_ray.analysis.summary import ConfigurationRow, StageSummary
 from sbmoe_ray.analysis.test_sets import describe_test_sets
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import Promotion, seeds_used
@@ -40,7 +40,7 @@ class StageResult:
 
 @dataclass
 class FinetuneResult(StageResult):
-    configurations: list[dict[str, Any]] = field(default_factory=list)   # promoted, control, baseline rows
+    configurations: list[ConfigurationRow] = field(default_factory=list)  # promoted, control, baseline rows
     agreement: dict[str, ProxyCheck] = field(default_factory=dict)        # per base model: τ, ρ, verdict
     seconds: dict[str, float] = field(default_factory=dict)              # where the study's time went
     seeds: int = 1
@@ -52,7 +52,7 @@ class FinetuneResult(StageResult):
 
     def summary_entry(self) -> dict[str, Any]:
         """Stage 2 in ``summary.json``."""
-        return {"configurations": self.configurations,
+        return {"configurations": [r.to_dict() for r in self.configurations],
                 "agreement": {m: a.to_dict() for m, a in self.agreement.items()}, "seconds": self.seconds,
                 "plan": self.plan, "seeds": self.seeds, "training_seeds": self.training_seeds,
                 "test": self.summary.to_dict()}
@@ -109,29 +109,27 @@ def analyze_finetune(study: StudyConfig, records: list[TrialRecord], promotions:
                           confirmed or [], used)
 
 
-def configuration_rows(promotions: list[Promotion], groups: dict[str, ConfigGroup]) -> list[dict[str, Any]]:
+def configuration_rows(promotions: list[Promotion], groups: dict[str, ConfigGroup]) -> list[ConfigurationRow]:
     """One row per promoted, control and baseline configuration, with both stages' objectives."""
     rows = []
     for entry in promotions:
         group = groups.get(group_key(entry.params))
         records = group.records if group else []
-        rows.append({"base_model": entry.base_model, "role": entry.role, "config": label(entry.params),
-                     "group": group_key(entry.params),
-                     "stage1_objective": entry.stage1_objective,
-                     "stage2_objective": group.objective if group else math.nan,
-                     "stage2_val_ndcg@10": nan_mean(r.best_metrics.get("val_ndcg@10", math.nan) for r in records),
-                     "seeds": len(records)})
+        rows.append(ConfigurationRow(
+            entry.base_model, entry.role, label(entry.params), group_key(entry.params), entry.stage1_objective,
+            group.objective if group else math.nan,
+            nan_mean(r.best_metrics.get("val_ndcg@10", math.nan) for r in records), len(records)))
     return rows
 
 
-def agreements(rows: list[dict[str, Any]], mode: str, alpha: float = 0.05) -> dict[str, ProxyCheck]:
+def agreements(rows: list[ConfigurationRow], mode: str, alpha: float = 0.05) -> dict[str, ProxyCheck]:
     """Per base model: τ and ρ between the stages over its promoted and control configurations, and how
     good the proxy's promotion was as a decision (top-k recall, regret)."""
     out = {}
-    for base_model in sorted({r["base_model"] for r in rows}):
-        mine = [r for r in rows if r["base_model"] == base_model and r["role"] != "baseline"
-                and not math.isnan(r["stage1_objective"]) and not math.isnan(r["stage2_objective"])]
-        out[base_model] = proxy_check(mine, sum(r["role"] == "promoted" for r in mine), mode, base_model, alpha)
+    for base_model in sorted({r.base_model for r in rows}):
+        mine = [r for r in rows if r.base_model == base_model and r.role != "baseline"
+                and not math.isnan(r.stage1_objective) and not math.isnan(r.stage2_objective)]
+        out[base_model] = proxy_check(mine, sum(r.role == "promoted" for r in mine), mode, base_model, alpha)
     return out
 
 

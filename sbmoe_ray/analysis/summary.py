@@ -75,6 +75,25 @@ class Answer:
 
 
 @dataclass
+class ConfigurationRow:
+    """One configuration stage 2 fine-tuned (promoted, control or baseline), with both stages' objectives."""
+
+    base_model: str
+    role: str                       # promoted, control or baseline
+    config: str                     # its label
+    group: str                      # its key (records.group_key)
+    stage1_objective: float
+    stage2_objective: float         # NaN where it has no stage-2 trial
+    stage2_val_ndcg: float          # the mean validation nDCG@10 of its stage-2 replicates
+    seeds: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base_model": self.base_model, "role": self.role, "config": self.config, "group": self.group,
+                "stage1_objective": self.stage1_objective, "stage2_objective": self.stage2_objective,
+                "stage2_val_ndcg@10": self.stage2_val_ndcg, "seeds": self.seeds}
+
+
+@dataclass
 class StageSummary:
     """What a stage found and how: the answer per base model, the primary claims, the method and the checks."""
 
@@ -122,6 +141,14 @@ class StageSummary:
                     "training_seeds": self.training_seeds, "power_plan": [p.to_dict() for p in self.power_plan],
                     "confirmation_plan": self.confirmation_plan}
         return {**out, **{k: v for k, v in optional.items() if v}}
+
+    @classmethod
+    def final(cls, summary_json: dict[str, Any]) -> tuple[str, StageSummary]:
+        """The study's final stage and its summary, from ``summary.json`` (stage 2's where it ran)."""
+        finetune = summary_json.get("finetune", {}).get("test", {})
+        if finetune.get("per_base_model"):
+            return "finetune", cls.from_dict(finetune)
+        return "proxy", cls.from_dict(summary_json)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageSummary:

@@ -54,14 +54,6 @@ def pick(answer: Answer, records: list[TrialRecord], baseline: bool = False) -> 
     return min(mine, key=lambda r: r.seed) if mine else None
 
 
-def final_summary(summary_json: dict[str, Any]) -> tuple[str, StageSummary]:
-    """The final stage and its summary, from ``summary.json`` (stage 2's when the study ran it)."""
-    finetune = summary_json.get("finetune", {}).get("test", {})
-    if finetune.get("per_base_model"):
-        return "finetune", StageSummary.from_dict(finetune)
-    return "proxy", StageSummary.from_dict(summary_json)
-
-
 def _answer(summary: StageSummary, base_model: str | None, where: Path) -> Answer:
     """The answer for ``base_model``."""
     names = [a.base_model for a in summary.per_base_model]
@@ -77,7 +69,7 @@ def from_study(folder: Path, base_model: str | None, baseline: bool = False) -> 
     if not layout.summary_file.is_file():
         raise ConfigError(f"{folder}: the study has no answer yet ({layout.summary_file} is missing); run it to "
                           "its report first")
-    stage, summary = final_summary(json.loads(layout.summary_file.read_text()))
+    stage, summary = StageSummary.final(json.loads(layout.summary_file.read_text()))
     answer = _answer(summary, base_model, folder)
     files = layout.stage(stage).results_files() + (layout.confirm.results_files() if stage == "finetune" else [])
     records = {r.trial_id: r for r in map(TrialRecord.read, files) if r}

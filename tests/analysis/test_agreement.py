@@ -17,6 +17,7 @@ from sbmoe_ray.analysis.agreement import (
     smallest_p,
     verdict,
 )
+from sbmoe_ray.analysis.summary import ConfigurationRow
 
 
 def test_the_rank_check_is_scipys_exact_kendall_and_spearman():
@@ -55,7 +56,7 @@ def test_the_verdict_trusts_the_proxy_only_on_a_significant_positive_tau():
 
 
 def test_top_k_recall_and_regret_judge_the_promotion_as_a_decision():
-    rows = [{"config": c, "stage1_objective": s1, "stage2_objective": s2}
+    rows = [ConfigurationRow("m", "promoted", c, c, s1, s2, math.nan, 1)
             for c, s1, s2 in (("a", 0.1, 0.50), ("b", 0.2, 0.40), ("c", 0.3, 0.45), ("d", 0.4, 0.60))]
     quality = decision_quality(rows, promoted=2, mode="min")                  # promoted a, b; stage 2 best b, c
     assert quality["top_k_recall"] == 0.5 and quality["regret"] == pytest.approx(0.10)

@@ -65,7 +65,7 @@ def test_stage_twos_result_is_rebuilt_from_its_files(tmp_path):
         (layout.finetune.runs / r.trial_id).mkdir(parents=True)
         r.write()
     result = rebuild(config, proxy)
-    assert [row["role"] for row in result.configurations] == [e.role for e in entries]
+    assert [row.role for row in result.configurations] == [e.role for e in entries]
     assert result.seeds == 2 and len(result.records) == 8 and result.summary.per_base_model
 
 

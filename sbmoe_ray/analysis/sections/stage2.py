@@ -23,7 +23,7 @@ def controls_section(study, result: FinetuneResult) -> list[str]:
 
 def curves_section(result: FinetuneResult, mode: str, metric: str, folder, schedule: str | None = None) -> list[str]:
     """Stage 2's learning curves: how each run ended, where it flattened, and the figure."""
-    roles = {r["group"]: (r["base_model"], r["role"]) for r in result.configurations if "group" in r}
+    roles = {r.group: (r.base_model, r.role) for r in result.configurations}
     records = [*result.records, *result.confirmed]
     # the attribution controls are built from the choice at confirmation: their groups are their own
     roles.update({r.group: (r.params.get("base_model", "?"), ARMS[r.params["arm"]].label) for r in records
@@ -76,8 +76,8 @@ def detail_section(study, result: FinetuneResult) -> list[str]:
                   *plan.lines(), "```", ""]
     header = ["base_model", "role", "config", f"stage 1 {study.proxy.objective}", f"stage 2 {objective2}",
               "stage 2 val nDCG@10", "seeds"]
-    rows = [{**r, f"stage 1 {study.proxy.objective}": r["stage1_objective"], f"stage 2 {objective2}":
-             r["stage2_objective"], "stage 2 val nDCG@10": r["stage2_val_ndcg@10"]} for r in result.configurations]
+    rows = [{**r.to_dict(), f"stage 1 {study.proxy.objective}": r.stage1_objective, f"stage 2 {objective2}":
+             r.stage2_objective, "stage 2 val nDCG@10": r.stage2_val_ndcg} for r in result.configurations]
     lines += markdown_table(rows, header)
     lines += ["", "Does the proxy rank like fine-tuning? (Kendall's τ with its exact p over the promoted and control "
               "configurations, Spearman's ρ, top-k recall of the promoted among stage 2's top k, regret of the "
