@@ -9,10 +9,9 @@ import pytest
 
 from helpers import REPO, make_tiny_bert, write_beir
 
-# Faster feedback: Ray Train V2's controller polls its workers every 2 s by default; a run of tiny epochs
-# then mostly waits. Every test process (and the studies they start) inherits these; Train V2 copies
-# RAY_TRAIN_* variables to its controller. The preemption watcher only watches cloud nodes.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Every test process (and the studies they start) inherits these; Train V2 copies RAY_TRAIN_* variables to
+# its controller. The preemption watcher only watches cloud nodes. (The controller's poll interval is the
+# package's own: sbmoe_ray.train.launch.POLL_INTERVAL_S.)
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # No test reaches the Hugging Face hub (the machines are offline): an unknown model fails at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
