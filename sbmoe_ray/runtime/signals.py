@@ -9,9 +9,11 @@ then ends its runs as KILLED and shuts down the Ray it started (:func:`sbmoe_ray
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,6 +42,14 @@ def stopped(exc: KeyboardInterrupt) -> Stopped:
 def _stop(signum, _frame) -> None:
     _RECEIVED.append(signum)
     raise Stopped(signum)
+
+
+def release(exc: BaseException) -> None:
+    """Let go of what the code a signal unwound still holds. A store write the signal cut short keeps its
+    database session, and SQLite's write lock with it, alive in the frames of the exception's traceback: marking
+    the study's runs KILLED afterwards then waits on its own lock ("database is locked", every retry)."""
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
 
 
 def raise_if_stopped() -> None:

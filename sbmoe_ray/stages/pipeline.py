@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sbmoe_ray.runtime.signals import raise_if_stopped, stopped, stopping_on_signals, take_signals
+from sbmoe_ray.runtime.signals import raise_if_stopped, release, stopped, stopping_on_signals, take_signals
 from sbmoe_ray.study.config import StudyConfig
 
 
@@ -92,6 +92,7 @@ def _run(study: StudyConfig, resume: bool, address: str | None, started: float |
         from mlflow.exceptions import MlflowException
 
         stop, ended = stopped(exc), "the MLflow runs in progress ended KILLED"
+        release(exc)                        # a store write the signal cut short gives its lock back
         try:
             tracker.stop_all()
         except MlflowException as err:      # the store stayed locked: the resumed study takes the runs up again

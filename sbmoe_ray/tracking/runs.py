@@ -30,16 +30,19 @@ if TYPE_CHECKING:
     from sbmoe_ray.analysis.summary import StageSummary
 
 
-def when_unlocked(call, attempts: int = 40, wait: float = 0.25):
-    """``call()``, retried while an SQLite store is locked by another writer (a stage's system-metrics thread,
-    a trial being stopped): on a signal the runs must still end KILLED, not fail the stop."""
+def when_unlocked(call, seconds: float = 30.0, wait: float = 0.25):
+    """``call()``, retried for up to ``seconds`` while an SQLite store is locked by another writer (a stage's
+    system-metrics thread, a trial being stopped; an immediate SQLITE_BUSY where two transactions would
+    deadlock): on a signal the runs must still end KILLED, not fail the stop. (Each try may itself wait out
+    MLflow's 20 s busy timeout.)"""
     from mlflow.exceptions import MlflowException
 
-    for attempt in range(attempts):
+    deadline = time.monotonic() + seconds
+    while True:
         try:
             return call()
         except MlflowException as exc:
-            if "database is locked" not in str(exc) or attempt == attempts - 1:
+            if "database is locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(wait)
 

@@ -158,3 +158,41 @@ def test_a_stopped_study_ends_its_runs_killed_while_another_writer_holds_the_sto
     client = MlflowClient(uri)
     assert client.get_run(parent).info.status == "KILLED" and time.monotonic() - started >= held / 2
     assert client.get_run(stage.runs["stages"]["finetune"]).info.status == "KILLED"
+
+
+def test_a_signal_that_cuts_a_store_write_short_leaves_no_lock_on_marking_the_runs_killed(tmp_path, store):
+    """Ctrl-C right after a statement of MLflow's write transaction (the study's last write, ending its parent
+    run): the session, with SQLite's write lock, lives on in the traceback's frames until the stop lets go of
+    them (``signals.release``, what the pipeline does); then every run ends KILLED at once."""
+    import os
+    import signal
+    import time
+
+    from sqlalchemy.engine.default import DefaultDialect
+
+    from sbmoe_ray.runtime.signals import Stopped, release, stopping_on_signals
+
+    uri, runs_file = store
+    tracker = StudyTracker(uri, "hand", runs_file)
+    parent = tracker.start_study({})
+    real = DefaultDialect.do_execute
+
+    def interrupted(self, cursor, statement, parameters, context=None):     # the signal lands as a SELECT returns
+        out = real(self, cursor, statement, parameters, context)              # inside the write transaction
+        if statement.lstrip().upper().startswith("SELECT"):
+            DefaultDialect.do_execute = real
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    with stopping_on_signals():
+        DefaultDialect.do_execute = interrupted
+        try:
+            with pytest.raises(Stopped) as stop:
+                tracker.finish()
+        finally:
+            DefaultDialect.do_execute = real
+        release(stop.value)
+        started = time.monotonic()
+        tracker.stop_all()
+    assert time.monotonic() - started < 5
+    assert MlflowClient(uri).get_run(parent).info.status == "KILLED"
