@@ -166,6 +166,65 @@ def held_sweep(config: Path, holding: Path, *extra: str) -> subprocess.Popen:
     return sweep(config, *extra, script=(str(script), str(holding)))
 
 
+# Every process started with this folder on its PYTHONPATH (a study's driver, and Ray's workers, which inherit the
+# environment of whoever started Ray) imports this at start-up: once ``sbmoe_ray.train.session`` is loaded, the
+# first run whose folder is under $SBMOE_TEST_HOLD_UNDER to start epoch $SBMOE_TEST_HOLD_EPOCH (its previous epoch
+# checkpointed) logs the start, creates $SBMOE_TEST_HOLDING and waits there until it is killed; once that file
+# exists, no run waits (a restarted one goes on). A test then kills a run inside an epoch without racing it.
+HELD_EPOCH_SITE = """
+import importlib.abc, os, pathlib, sys, time
+
+
+def _hold(module):
+    log = module.log_progress
+
+    def held(run_dir, event, **values):
+        log(run_dir, event, **values)
+        holding = pathlib.Path(os.environ["SBMOE_TEST_HOLDING"])
+        if (event == "epoch_start" and values.get("epoch") == int(os.environ["SBMOE_TEST_HOLD_EPOCH"])
+                and os.environ["SBMOE_TEST_HOLD_UNDER"] in str(pathlib.Path(run_dir).resolve())):
+            try:
+                holding.touch(exist_ok=False)     # the first run there waits; the others, and restarts, go on
+            except FileExistsError:
+                return
+            while True:
+                time.sleep(1)
+
+    module.log_progress = held
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "sbmoe_ray.train.session":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _hold(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+import importlib.util
+sys.meta_path.insert(0, _Finder())
+"""
+
+
+def held_in_epoch(folder: Path, under: Path, epoch: int, holding: Path) -> dict[str, str]:
+    """An environment in which the first run under ``under`` to start ``epoch`` waits there (see
+    ``HELD_EPOCH_SITE``; ``holding`` is created when it does): for a :func:`sweep`, or for starting Ray."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HELD_EPOCH_SITE)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path,
+            "SBMOE_TEST_HOLD_UNDER": str(under.resolve()), "SBMOE_TEST_HOLD_EPOCH": str(epoch),
+            "SBMOE_TEST_HOLDING": str(holding)}
+
+
 def wait_until_held(proc: subprocess.Popen, holding: Path, timeout: float = 400) -> None:
     """Until a held study has finished its first trial; fails with its output if it ended or hung first."""
     deadline = time.monotonic() + timeout

@@ -89,9 +89,8 @@ def cluster():
 def job_dir(tmp_path, tokenizer):
     """The folder a user submits (``--working-dir``): the study's YAML; the study itself writes to absolute
     paths under ``tmp_path`` (the storage every node would mount)."""
-    assets = {"model": save_tiny_model(tmp_path / "model", tokenizer), "data": synthetic_dataset(tmp_path / "data", 808)}   # trials of seconds
-    config = write_study(tmp_path, assets, **{"proxy.num_trials": 4, "proxy.max_concurrent": 1,
-                                              "train.optim.epochs": 6})
+    assets = {"model": save_tiny_model(tmp_path / "model", tokenizer), "data": synthetic_dataset(tmp_path / "data", 88)}
+    config = write_study(tmp_path, assets, **{"proxy.num_trials": 4, "proxy.max_concurrent": 1})
     folder = tmp_path / "submitted"
     folder.mkdir()
     shutil.copy(config, folder / "study.yaml")

@@ -23,12 +23,26 @@ from sbmoe_ray.train import TrainConfig, fit, read_progress
 from sbmoe_ray.train.routes import build_model, objective_for
 from sbmoe_ray.train.step import CachedGradientStep
 
-from helpers import registered_epoch, save_tiny_model, synthetic_dataset, with_settings
+from helpers import held_in_epoch, registered_epoch, save_tiny_model, synthetic_dataset, with_settings
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory) -> dict[str, Path]:
+    """Runs stored under ``under`` wait at the start of epoch 1, the first of them only (helpers.HELD_EPOCH_SITE):
+    Ray's workers inherit the environment Ray was started in."""
+    root = tmp_path_factory.mktemp("held")
+    return {"site": root / "site", "under": root / "runs", "holding": root / "holding"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=4, object_store_memory=int(2e8))
+def local_ray(held):
+    saved = dict(os.environ)
+    os.environ.update(held_in_epoch(held["site"], held["under"], 1, held["holding"]))
+    try:
+        ray.init(address="local", num_cpus=4, object_store_memory=int(2e8))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     yield
     ray.shutdown()
 
@@ -36,8 +50,7 @@ def local_ray():
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("train")
-    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 48),
-            "big_data": synthetic_dataset(root / "big", 808)}
+    return {"model": save_tiny_model(root / "model", tokenizer), "data": synthetic_dataset(root / "data", 48)}
 
 
 def config(assets, tmp_path, **overrides) -> TrainConfig:
@@ -123,23 +136,20 @@ def test_two_workers_with_ddp_or_with_cached_gradients_reach_the_weights_of_one_
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
-    cfg = config(assets, tmp_path, train_dataset=str(assets["big_data"]), epochs=3, max_failures=2,
-                 batch_size=4, name="killed")
+def test_killed_worker_resumes_from_the_last_checkpoint(assets, held):
+    # stored where rank 0 waits at the start of epoch 1 (the `held` fixture), so it is killed there, not raced
+    cfg = config(assets, held["under"], epochs=3, max_failures=2, batch_size=4, name="killed")
     progress = Path(cfg.run.storage_path).resolve() / cfg.run.name
     killed: list[int] = []
 
     def kill_rank0_during_epoch_1() -> None:
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            events = read_progress(progress)
-            starts = [e for e in events if e["event"] == "epoch_start" and e["epoch"] == 1]
-            if any(e["event"] == "epoch_end" and e["epoch"] == 1 for e in events):
-                return                               # epoch 1 ended before epoch 0 was registered
-            if starts and registered_epoch(progress) == 0:
+            starts = [e for e in read_progress(progress) if e["event"] == "epoch_start" and e["epoch"] == 1]
+            if held["holding"].exists() and starts and registered_epoch(progress) == 0:
                 os.kill(starts[0]["pid"], signal.SIGKILL)
                 killed.append(starts[0]["pid"])
-            time.sleep(0.02)
+            time.sleep(0.05)
 
     watcher = threading.Thread(target=kill_rank0_during_epoch_1, daemon=True)
     watcher.start()
@@ -147,12 +157,15 @@ def test_killed_worker_resumes_from_the_last_checkpoint(assets, tmp_path):
     watcher.join(timeout=5)
     assert killed, "the watcher never saw epoch 1 running after epoch 0 was registered"
     events = read_progress(progress)
-    starts = [e["epoch"] for e in events if e["event"] == "epoch_start"]
-    ends = [e["epoch"] for e in events if e["event"] == "epoch_end"]
-    ran_twice = {epoch for epoch in set(starts) if starts.count(epoch) > 1}
-    assert ran_twice == {1}                           # only the epoch in progress was lost
-    assert ends == [0, 1, 2]                          # epoch 1 finished once, after the restart
-    assert len({e["pid"] for e in events if e["event"] == "epoch_start" and e["epoch"] == 1}) == 2
+    # The worker group restarted from the checkpoint of epoch 0: only the epoch in progress ran again. (On a
+    # loaded machine Ray Train's placement-group cleaner may take the live controller for dead and restart the
+    # group once more, earlier: docs/stack-notes.md. What is checked is the restart after this kill.)
+    kill = next(i for i, e in enumerate(events) if e["event"] == "epoch_start" and e["epoch"] == 1
+                and e["pid"] == killed[0])
+    after = [e for e in events[kill + 1:] if e["event"] == "epoch_start"]
+    assert [e["epoch"] for e in after] == [1, 2] and killed[0] not in {e["pid"] for e in after}
+    assert [e["epoch"] for e in events[:kill] if e["event"] == "epoch_end"] == [0]
+    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == [0, 1, 2]    # each epoch finished once
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
 
 
