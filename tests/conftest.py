@@ -17,13 +17,14 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-# The longest tests first (`make test` in a clean clone, `--durations`, 2-core AMD EPYC, 2026-12-03: the two-stage
-# study 620 s, the node loss 184 s, the Ray Jobs module 178 s, then 120 s to 50 s). With `--maxschedchunk 1`
-# (Makefile) pytest-xdist hands each worker two tests to start with and one more
-# whenever it is down to two: the long ones start first.
+# The longest tests first (the whole suite on 2 xdist workers, 2-core AMD EPYC, 2026-12-06: the two-stage study
+# 133 s, the node loss 110 s, the Ray Job 81 s, the DDP equivalence 75 s, then 62 s to 34 s). With
+# `--maxschedchunk 1` (Makefile) pytest-xdist hands each worker two tests to start with and one more whenever it
+# is down to two: the long ones start first.
 HEAVIEST = ("test_a_two_stage_study", "test_a_study_survives_losing_a_worker_node", "test_a_study_submitted_as_a_ray_job",
-            "test_a_killed_encode_redoes", "test_killed_worker_resumes", "test_storage_that_a_node_cannot_see",
-            "test_two_workers_with_ddp", "test_a_killed_study_with_seeds")
+            "test_two_workers_with_ddp", "test_a_signal_stops_a_study", "test_a_killed_study_with_seeds",
+            "test_killed_worker_resumes", "test_a_killed_encode_redoes",
+            "test_storage_that_a_node_cannot_see")
 
 
 def pytest_collection_modifyitems(items):

@@ -98,26 +98,10 @@ def test_cached_gradients_equal_the_whole_batch_backward(tokenizer, tmp_path, hi
 
 
 @pytest.mark.slow
-def test_two_workers_report_each_epoch_with_merged_expert_load(assets, tmp_path):
-    result = fit(config(assets, tmp_path, validation_retrieval_docs=10))
-    assert [row["epoch"] for row in result.history] == [0, 1]
-    for row in result.history:
-        shares = [row[f"train_load.expert_{i}.share"] for i in range(3)]
-        assert sum(shares) == pytest.approx(1.0)
-        # 40 train pairs -> 32 kept queries -> 4 steps of 8: counts are over the global batch, both workers
-        assert all(s * 64 == pytest.approx(round(s * 64)) for s in shares)
-        assert row["train_load.load_max_over_mean"] >= 1.0 and "val_loss" in row
-        assert 0.0 <= row["val_ndcg@10"] <= 1.0
-        assert row["train_tflops"] > 0 and 0 < row["train_utilisation"] < 10    # share of the measured ceiling
-    saved = json.loads((Path(result.config.run_dir) / "results.json").read_text())
-    assert saved["test"][0]["num_queries"] == 8 and 0 <= saved["test"][0]["metrics"]["ndcg@10"] <= 1
-    assert (Path(result.best_checkpoint) / "train_state.pt").is_file()
-
-
-@pytest.mark.slow
 def test_two_workers_with_ddp_or_with_cached_gradients_reach_the_weights_of_one_worker(assets, tmp_path):
-    """Two workers (with DDP, or with cached gradients averaged by hand) train as one worker does: one
-    reference run, two 2-worker runs (each Ray Train run costs ~15 s of CPU before it trains at all)."""
+    """Two workers (with DDP, or with cached gradients averaged by hand) train as one worker does, and report each
+    epoch once with what both saw: one reference run, two 2-worker runs (each Ray Train run costs ~15 s of CPU
+    before it trains at all; the 2-worker validation is tests/train/test_validation.py's)."""
     settings = dict(noisy_gating=False, load_balancing=0.0, checkpoint_metric="train_loss")
     one = fit(config(assets, tmp_path, num_workers=1, cpus_per_worker=2.0, name="one", **settings))
     w1 = weights(one.last_checkpoint)
@@ -133,6 +117,18 @@ def test_two_workers_with_ddp_or_with_cached_gradients_reach_the_weights_of_one_
             torch.testing.assert_close(w1[name], w2[name], atol=2e-5, rtol=1e-4, msg=f"chunk {grad_cache_chunk}: {name}")
         assert one.history[-1]["train_loss"] == pytest.approx(two.history[-1]["train_loss"], rel=1e-4)
         assert two.config.route == ("cached_gradient" if grad_cache_chunk else "live")
+        # Each epoch reported once, with the expert load merged over both workers and the utilisation.
+        assert [row["epoch"] for row in two.history] == [0, 1]
+        for row in two.history:
+            shares = [row[f"train_load.expert_{i}.share"] for i in range(3)]
+            assert sum(shares) == pytest.approx(1.0)
+            # 40 train pairs -> 32 kept queries -> 4 steps of 8: counts are over the global batch, both workers
+            assert all(s * 64 == pytest.approx(round(s * 64)) for s in shares)
+            assert row["train_load.load_max_over_mean"] >= 1.0 and "val_loss" in row
+            assert row["train_tflops"] > 0 and 0 < row["train_utilisation"] < 10    # share of the measured ceiling
+        saved = json.loads((Path(two.config.run_dir) / "results.json").read_text())
+        assert saved["test"][0]["num_queries"] == 8 and 0 <= saved["test"][0]["metrics"]["ndcg@10"] <= 1
+        assert (Path(two.best_checkpoint) / "train_state.pt").is_file()
 
 
 @pytest.mark.slow
