@@ -105,7 +105,7 @@ def test_a_killed_study_with_seeds_resumes_without_retraining_finished_trials(tm
     # train the head on cached embeddings in their own process, each shorter than Ray Tune's experiment
     # checkpoint period: the restored Tuner remembers fewer finished trials than there are, and each
     # configuration x seed must still train once (its results file answers).
-    config = write_study(tmp_path, assets, **{"train.optim.epochs": 40,
+    config = write_study(tmp_path, assets, **{"train.optim.epochs": 4,
                                                "proxy.num_trials": 2, "proxy.seeds": 2, "space.num_experts": [2, 3],
                                                "proxy.max_concurrent": 1})
     study_dir = tmp_path / "studies" / "tiny-study"
