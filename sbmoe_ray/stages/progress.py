@@ -15,7 +15,8 @@ VERBOSE_ENV = "SBMOE_VERBOSE"      # `sbmoe study --verbose` sets it: Ray Tune's
 def tune_verbosity() -> int:
     """Ray Tune's output: silent (the study prints its own progress lines), or its trial tables (``--verbose``).
     Silent needs Tune's classic reporter: its newer one prints an experiment table and a TensorBoard hint even at
-    verbosity 0 (Ray 2.60, ``ray/tune/experimental/output.py``)."""
+    verbosity 0 (Ray 2.60, ``ray/tune/experimental/output.py``), and a restored Tuner reads the environment
+    again, not the verbosity it was created with: :func:`quiet_third_parties` sets it for the whole command."""
     if os.environ.get(VERBOSE_ENV) == "1":
         return 2
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -30,12 +31,16 @@ def quiet_third_parties() -> None:
     if os.environ.get(VERBOSE_ENV) == "1":
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    tune_verbosity()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # ray.tune: "Wrote the latest version of all result files and experiment state to ..." after each stage
     for name in ("mlflow.system_metrics", "mlflow.tracking", "mlflow.store", "ray.tune", "ray.tune.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A restored stage: "Failed to fetch metrics for 1 trial(s): ... result.json ... not found" for the trial that
+    # was stopped before its first report (it runs again; the study reads its trials from its own files).
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
 class ProgressCallback(tune.Callback):
