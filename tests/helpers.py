@@ -172,7 +172,7 @@ def held_sweep(config: Path, holding: Path, *extra: str) -> subprocess.Popen:
 # checkpointed) logs the start, creates $SBMOE_TEST_HOLDING and waits there until it is killed; once that file
 # exists, no run waits (a restarted one goes on). A test then kills a run inside an epoch without racing it.
 HELD_EPOCH_SITE = """
-import importlib.abc, os, pathlib, sys, time
+import importlib.abc, importlib.util, os, pathlib, sys, time
 
 
 def _hold(module):
@@ -209,7 +209,6 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
-import importlib.util
 sys.meta_path.insert(0, _Finder())
 """
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from ray.cluster_utils import Cluster
@@ -48,15 +49,10 @@ def cluster(tmp_path):
     # The head holds no CPU, so trial drivers and Train workers run on the two worker nodes. The first run stored
     # under tmp_path/studies to start epoch 1 waits there (helpers.HELD_EPOCH_SITE: the nodes' workers inherit the
     # environment they were started in), so its node is removed inside that epoch, not raced.
-    saved = dict(os.environ)
-    os.environ.update(held_in_epoch(tmp_path / "site", tmp_path / "studies", 1, tmp_path / "holding"))
-    try:
+    with mock.patch.dict(os.environ, held_in_epoch(tmp_path / "site", tmp_path / "studies", 1, tmp_path / "holding")):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
                                                                 "dashboard_host": "127.0.0.1", **own_ports()})
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     cluster.wait_for_nodes()
     yield cluster, workers
     cluster.shutdown()

@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import ray
@@ -36,13 +37,8 @@ def held(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray(held):
-    saved = dict(os.environ)
-    os.environ.update(held_in_epoch(held["site"], held["under"], 1, held["holding"]))
-    try:
+    with mock.patch.dict(os.environ, held_in_epoch(held["site"], held["under"], 1, held["holding"])):
         ray.init(address="local", num_cpus=4, object_store_memory=int(2e8))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     yield
     ray.shutdown()
 
