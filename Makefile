@@ -32,13 +32,12 @@ sweep: setup
 
 # The full suite (what CI runs), spread over pytest-xdist workers, one per core: the suite is bound by CPU
 # (Ray's processes, Train's helper actors), and a third worker on 2 cores only slowed every study down.
-# --maxschedchunk 1: tests are handed out a few at a time as workers free up (by default each worker's
-# first chunk is ~22 consecutive tests, and every slow one landed on the same worker). Not --dist loadgroup:
-# with pytest 9.2 and pytest-xdist 3.8 it ignores xdist_group marks (docs/stack-notes.md).
-# docs/contributing.md, "Tests".
+# --dist loadscope as tests/conftest.py schedules it: the modules with a costly module fixture (a local Ray)
+# each go whole to one worker, every other test alone, handed out as workers free up, the longest first
+# (--no-loadscope-reorder keeps that order). docs/contributing.md, "Tests".
 TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 1
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # The edit loop: everything but whole studies, Ray Train runs and clusters (every module still reached).
 test-fast: setup

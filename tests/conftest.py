@@ -18,13 +18,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 # The longest tests first (the whole suite on 2 xdist workers, 2-core AMD EPYC, 2026-12-06: the two-stage study
-# 133 s, the node loss 110 s, the Ray Job 81 s, the DDP equivalence 75 s, then 62 s to 34 s). With
-# `--maxschedchunk 1` (Makefile) pytest-xdist hands each worker two tests to start with and one more whenever it
-# is down to two: the long ones start first.
+# 133 s, the node loss 110 s, the Ray Job 81 s, the DDP equivalence 75 s, then 62 s to 34 s). Under
+# `--dist loadscope --no-loadscope-reorder` (Makefile, and WHOLE_MODULES below) pytest-xdist hands each worker two
+# units to start with and one more whenever it is down to two tests: the long ones start first.
 HEAVIEST = ("test_a_two_stage_study", "test_a_study_survives_losing_a_worker_node", "test_a_study_submitted_as_a_ray_job",
             "test_two_workers_with_ddp", "test_a_signal_stops_a_study", "test_a_killed_study_with_seeds",
             "test_killed_worker_resumes", "test_a_killed_encode_redoes",
             "test_storage_that_a_node_cannot_see")
+
+
+# Modules whose module-scoped fixture takes seconds (a local Ray; a `ray start --head`): pytest tears a module
+# fixture down whenever the next test a worker runs is another module's, so handed out test by test they were set
+# up again and again (a suite on 2 workers, 2026-12-06: 6 local Rays for test_train.py, 2 heads for
+# test_ray_jobs.py, ~70 s of a worker). Under `--dist loadscope` (Makefile) each of them goes whole to one worker;
+# every other test is a unit of its own, handed out as workers free up (pytest-xdist's loadscope would group
+# every module, and `--dist loadgroup` ignores xdist_group marks with pytest 9.2: docs/stack-notes.md).
+WHOLE_MODULES = ("tests/train/test_train.py", "tests/runtime/test_ray_jobs.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WholeModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in WHOLE_MODULES else nodeid
+
+    return WholeModules(config, log)
 
 
 def pytest_collection_modifyitems(items):
