@@ -7,6 +7,7 @@ the study was interrupted, so a killed trial resumes from its last checkpoint li
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ray import tune
 
@@ -18,12 +19,21 @@ from sbmoe_ray.study.points import TrialPoint
 from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
 
 
+def restorable(folder: Path) -> bool:
+    """Whether a stage's Tuner has something to restore: Tune's own check (its ``tuner.pkl``) and an experiment
+    state. A Tuner killed before its first state snapshot has only the former; ``Tuner.restore`` then logs an
+    ERROR traceback ("no experiment state file ... expected if you are launching a new experiment") and starts
+    afresh, so a new Tuner is made instead (finished trials are still known by their files:
+    :mod:`sbmoe_ray.stages.trial`)."""
+    return tune.Tuner.can_restore(str(folder)) and any(Path(folder).glob("experiment_state-*.json"))
+
+
 def finetune_tuner(study: StudyConfig, points: list[TrialPoint], callbacks: list, confirm: bool = False) -> tune.Tuner:
     """Stage 2's Tuner (or its confirmation's): a grid over the points (restored when interrupted)."""
     stage = study.confirm_stage() if confirm else study.finetune_stage()
     folder = study.layout.confirm if confirm else study.layout.finetune
     space = {"point": tune.grid_search([p.grid_value() for p in points])}
-    if tune.Tuner.can_restore(str(folder.tune)):
+    if restorable(folder.tune):
         # The space again: a Tuner killed before its first trial restores without one (one empty trial).
         return tune.Tuner.restore(str(folder.tune), trainable=trainable(stage, study.space), param_space=space,
                                   resume_errored=True)

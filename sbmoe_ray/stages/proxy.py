@@ -32,6 +32,7 @@ from sbmoe_ray.analysis.result import StageResult, analyze_proxy
 from sbmoe_ray.analysis.sections.first_screen import terminal_answer
 from sbmoe_ray.analysis.sections.method import budget_line
 from sbmoe_ray.runtime.signals import raise_if_stopped
+from sbmoe_ray.stages.grid import restorable
 from sbmoe_ray.stages.progress import ProgressCallback, tune_verbosity
 from sbmoe_ray.stages.trial import trainable, trials_in_process
 from sbmoe_ray.study.config import StudyConfig
@@ -114,7 +115,7 @@ def proxy_tuner(study: StudyConfig, callbacks: list) -> tune.Tuner:
     from ray.tune.search import ConcurrencyLimiter
 
     stage, proxy, folder = study.proxy_stage(), study.proxy, study.layout.proxy
-    if tune.Tuner.can_restore(str(folder.tune)):
+    if restorable(folder.tune):
         return tune.Tuner.restore(str(folder.tune), trainable=trainable(stage, study.space), resume_errored=True)
     scheduler = (ASHAScheduler(metric="objective", mode=stage.mode, time_attr="epochs_done",
                                grace_period=proxy.asha_grace_epochs, max_t=study.train.optim.epochs)

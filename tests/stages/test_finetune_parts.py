@@ -122,3 +122,16 @@ def test_after_the_selection_the_measured_plan_readmits_the_controls_once_and_a_
     slower = [replace(r, seconds={"start": 0.0, "end": 5000.0}) for r in records]
     read_back = confirmation_plan(config, plan, slower, time.monotonic())          # made once: a resume reads it
     assert json.dumps(read_back.to_dict()) == json.dumps(again.to_dict())
+
+
+def test_a_stage_killed_before_its_first_state_snapshot_gets_a_new_tuner_not_a_restore(tmp_path):
+    """Tune writes ``tuner.pkl`` when a Tuner is made, its experiment state only once trials run: restoring the
+    former alone logs an ERROR traceback to the user's terminal and starts afresh anyway."""
+    from ray import tune
+
+    from sbmoe_ray.stages.grid import restorable
+
+    tune.Tuner(lambda config: None, run_config=tune.RunConfig(name="tune", storage_path=str(tmp_path)))
+    assert tune.Tuner.can_restore(str(tmp_path / "tune")) and not restorable(tmp_path / "tune")
+    (tmp_path / "tune" / "experiment_state-2026-12-06_23-49-35.json").write_text("{}")
+    assert restorable(tmp_path / "tune")
