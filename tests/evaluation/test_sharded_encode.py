@@ -51,34 +51,51 @@ def test_the_plan_reads_every_document_once_from_byte_offsets(tmp_path):
     assert read_shard(folder / "corpus.jsonl", shards[0]["offset"], 2)[1] == ["text 0", "t text 1"]
 
 
+# The encode driver, held (when given a file to create) once it has reported its second shard: it submits one
+# shard at a time (workers=1) and reports each after it is written, so exactly two shards exist and none is in
+# flight when the test kills it; it cannot finish first.
+ENCODE = """
+import pathlib, sys, time
+sys.path[:0] = [{tests!r}, {helpers!r}]
+from test_sharded_encode import evaluation_for
+from sbmoe_ray.evaluation.sharded import encode
+
+if len(sys.argv) > 1:
+    def held(*args, **kwargs):
+        print(*args, **kwargs)
+        if str(args[0]).startswith("[encode] 2/"):
+            pathlib.Path(sys.argv[1]).touch()
+            while True:
+                time.sleep(1)
+
+    encode.print = held
+encode.encode_sharded(evaluation_for({model!r}), None, {corpus!r}, {shards!r}, workers=1, shard_rows=100,
+                      cpus_per_worker=1.0)
+"""
+
+
 @pytest.mark.slow
 def test_a_killed_encode_redoes_only_its_missing_shards(tmp_path, model_folder):
-    corpus = [{"_id": f"d{i}", "title": "", "text": " ".join(["word"] * 40) + f" {i}"} for i in range(6000)]
+    corpus = [{"_id": f"d{i}", "title": "", "text": " ".join(["word"] * 40) + f" {i}"} for i in range(600)]
     folder = write_beir(tmp_path / "big", corpus, [{"_id": "q", "text": "word"}], {"test": [("q", "d0", 1)]})
-    script = tmp_path / "encode.py"
-    script.write_text(f"""
-import sys
-sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(REPO / "tests")!r}]
-from test_sharded_encode import evaluation_for
-from sbmoe_ray.evaluation.sharded.encode import encode_sharded
-encode_sharded(evaluation_for({str(model_folder)!r}), None, {str(folder / 'corpus.jsonl')!r}, {str(tmp_path / 'shards')!r},
-               workers=1, shard_rows=500, cpus_per_worker=1.0)
-""")
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    script, holding = tmp_path / "encode.py", tmp_path / "holding"
+    script.write_text(ENCODE.format(tests=str(Path(__file__).parent), helpers=str(REPO / "tests"),
+                                    model=str(model_folder), corpus=str(folder / "corpus.jsonl"),
+                                    shards=str(tmp_path / "shards")))
+    proc = subprocess.Popen([sys.executable, str(script), str(holding)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and len(list(tmp_path.glob("shards/*/shard_*.npy"))) < 2:
+    while time.time() < deadline and proc.poll() is None and not holding.exists():
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     output, _ = proc.communicate(timeout=60)
-    time.sleep(3.0)                  # Ray stops the dead driver's workers; a shard in flight may still land
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shards/*/shard_*.npy")}
-    assert 2 <= len(before) < 12, output[-2000:]
+    assert holding.exists() and len(before) == 2, output[-2000:]
     assert not list(tmp_path.glob("shards/*/manifest.json"))              # unfinished: no manifest yet
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     after = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shards/*/shard_*.npy")}
-    assert len(after) == 12 and all(after[name] == mtime for name, mtime in before.items())
-    assert result.stdout.count("[encode]") == 12 - len(before)            # only the missing shards ran
+    assert len(after) == 6 and all(after[name] == mtime for name, mtime in before.items())
+    assert result.stdout.count("[encode]") == 4                           # only the missing shards ran
     manifest = json.loads(next(tmp_path.glob("shards/*/manifest.json")).read_text())
-    assert manifest["rows"] == 6000
+    assert manifest["rows"] == 600
