@@ -12,7 +12,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from sbmoe_ray.analysis.answer import claimed_keys, study_summary
-from sbmoe_ray.analysis.comparisons import CONFIRMATORY, EXPLORATORY, compare_groups, paired
+from sbmoe_ray.analysis.comparisons import CONFIRMATORY, EXPLORATORY, adjust, compare_groups, paired
 from sbmoe_ray.analysis.records import group_trials
 from sbmoe_ray.study.claims import ClaimsConfig
 
@@ -115,3 +115,22 @@ def test_a_lead_within_the_validation_noise_goes_to_the_simpler_arm():
     assert validation_noise(group_trials(base + close)) == pytest.approx(pooled ** 0.5)
     assert preferred_group(group_trials(base + close), "min").is_baseline                  # 0.003 ahead: noise
     assert not preferred_group(group_trials(base + close + far), "min").is_baseline        # 0.1 ahead
+
+
+def test_holm_adjustment_leaves_the_garbage_collector_as_it_found_it():
+    """``adjust`` keeps the objects alive out of statsmodels' ``gc.collect()`` for the call only: nothing stays
+    frozen, and garbage made of objects that were alive during the call is collected afterwards."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a                        # a cycle: only the collector frees it
+    alive = weakref.ref(a)
+    assert adjust([0.01, 0.2, 0.03]) == pytest.approx([0.03, 0.2, 0.06])
+    assert gc.get_freeze_count() == 0
+    del a, b
+    gc.collect()
+    assert alive() is None
