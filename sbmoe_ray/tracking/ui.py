@@ -4,10 +4,15 @@
 defaults to GenAI; mlflow#24498), whatever the experiment's ``mlflow.experimentKind`` tag says. The link this
 prints names the model-training view (``?workflowType=machine_learning``), so a browser with a fresh profile
 lands on the study's runs. The server listens on 127.0.0.1 only.
+
+One person browses one study: the server runs one worker (``mlflow ui`` starts 4) and without MLflow's job
+execution (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``, on by default in 3.17: a job runner and 7 Huey consumer
+processes for GenAI jobs a study never submits). On a 2-core machine those took ~30 s of CPU at start-up.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -57,8 +62,9 @@ def run_ui(study_dir: Path, port: int = 5000, open_browser: bool = True) -> int:
 
 def _serve(uri: str, link: str, port: int, study_dir: Path, open_browser: bool) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         if not serving(port, proc=proc):
             error = proc.stderr.read()[-2000:] if proc.poll() is not None else "no answer in 90 s"
