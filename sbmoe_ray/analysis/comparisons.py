@@ -90,8 +90,8 @@ def paired(baseline: dict[str, float], moe: dict[str, float]) -> tuple[float, fl
 def adjust(p_values: list[float], correction: str = "holm") -> list[float]:
     """p-values adjusted over the family (statsmodels ``multipletests``). Its Holm branch calls ``gc.collect()``
     on every call (statsmodels 0.15, ``stats/multitest.py``), which scans every object of a driver that holds
-    torch, Ray and MLflow (~550k). The objects alive are frozen for the call (``gc.freeze``, the standard
-    library's way to keep long-lived objects out of collections), so it scans only its own."""
+    torch, Ray and MLflow. The objects alive are frozen for the call (``gc.freeze``, the standard library's way
+    to keep long-lived objects out of collections), so it scans only its own."""
     import gc
 
     from statsmodels.stats.multitest import multipletests

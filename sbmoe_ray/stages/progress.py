@@ -31,7 +31,7 @@ def quiet_third_parties() -> None:
     if os.environ.get(VERBOSE_ENV) == "1":
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    tune_verbosity()
+    tune_verbosity()                # Tune's classic reporter, silent: for restored Tuners too
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

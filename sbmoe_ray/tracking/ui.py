@@ -7,7 +7,7 @@ lands on the study's runs. The server listens on 127.0.0.1 only.
 
 One person browses one study: the server runs one worker (``mlflow ui`` starts 4) and without MLflow's job
 execution (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``, on by default in 3.17: a job runner and 7 Huey consumer
-processes for GenAI jobs a study never submits). On a 2-core machine those took ~30 s of CPU at start-up.
+processes for GenAI jobs a study never submits); what they cost at start-up: docs/stack-notes.md, MLflow.
 """
 
 from __future__ import annotations
