@@ -30,9 +30,10 @@ HEAVIEST = ("test_a_two_stage_study", "test_a_study_survives_losing_a_worker_nod
 # Modules whose module-scoped fixture takes seconds (a local Ray; a `ray start --head`): pytest tears a module
 # fixture down whenever the next test a worker runs is another module's, so handed out test by test they were set
 # up again and again (a suite on 2 workers, 2026-12-06: 6 local Rays for test_train.py, 2 heads for
-# test_ray_jobs.py, ~70 s of a worker). Under `--dist loadscope` (Makefile) each of them goes whole to one worker;
-# every other test is a unit of its own, handed out as workers free up (pytest-xdist's loadscope would group
-# every module, and `--dist loadgroup` ignores xdist_group marks with pytest 9.2: docs/stack-notes.md).
+# test_ray_jobs.py, ~75 s of repeated setups and teardowns). Under `--dist loadscope` (Makefile) each of them
+# goes whole to one worker; every other test is a unit of its own, handed out as workers free up (xdist's own
+# loadscope would group every module, and `--dist loadgroup` ignores xdist_group marks with pytest 9.2:
+# docs/stack-notes.md).
 WHOLE_MODULES = ("tests/train/test_train.py", "tests/runtime/test_ray_jobs.py")
 
 

@@ -2,9 +2,9 @@
 Tune trial's own process, one worker): early stopping, the attribution controls, confirmation on fresh seeds,
 MLflow nesting, SIGKILL between the stages and inside a confirmation fine-tuning, then resume to the same answer.
 Ray Train's workers are tested in a study by ``tests/runtime/test_multinode.py`` (a worker's node lost) and with
-two workers by ``tests/train/test_train.py`` (the same weights as one, a killed worker resumed): each Ray Train
-run costs ~28 s of CPU before it trains (its controller and helper actors), ten of them here cost more than the
-rest of this test."""
+two workers by ``tests/train/test_train.py`` (the same weights as one, a killed worker resumed): a Ray Train run
+pays for a controller and helper actors before it trains, and ten of them here cost more than the rest of this
+test (docs/results/2026-12-06-where-the-cpu-goes.md)."""
 
 from __future__ import annotations
 

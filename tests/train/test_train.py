@@ -96,8 +96,8 @@ def test_cached_gradients_equal_the_whole_batch_backward(tokenizer, tmp_path, hi
 @pytest.mark.slow
 def test_two_workers_with_ddp_or_with_cached_gradients_reach_the_weights_of_one_worker(assets, tmp_path):
     """Two workers (with DDP, or with cached gradients averaged by hand) train as one worker does, and report each
-    epoch once with what both saw: one reference run, two 2-worker runs (each Ray Train run costs ~15 s of CPU
-    before it trains at all; the 2-worker validation is tests/train/test_validation.py's)."""
+    epoch once with what both saw: one reference run, two 2-worker runs (each Ray Train run starts a controller
+    and helper actors before it trains: docs/contributing.md; the 2-worker validation is test_validation.py's)."""
     settings = dict(noisy_gating=False, load_balancing=0.0, checkpoint_metric="train_loss")
     one = fit(config(assets, tmp_path, num_workers=1, cpus_per_worker=2.0, name="one", **settings))
     w1 = weights(one.last_checkpoint)
