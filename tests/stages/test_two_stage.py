@@ -82,13 +82,12 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     assert json.loads(promoted_file.read_text()) == promoted                     # promoted once, kept
     assert {p: p.stat().st_mtime for p in (study_dir / "proxy" / "runs").glob("*/results.json")} == stage1_mtimes
 
-    # The held confirmation run went on from its checkpoint in a new process: its first epoch ran once.
-    held = [read_progress(p.parent) for p in (study_dir / "confirm" / "runs").glob("*/progress.jsonl")]
-    held = [events for events in held if len({e["pid"] for e in events}) > 1]
-    assert held, "no confirmation run was resumed in a new process"
-    for events in held:
-        starts = [(e["epoch"], e["pid"]) for e in events if e["event"] == "epoch_start"]
-        assert [epoch for epoch, _ in starts][:3] == [0, 1, 1] and starts[1][1] == starts[0][1] != starts[2][1]
+    # The held confirmation run went on from its checkpoint in a new process: its first epoch ran once. (A run
+    # beside it, max_concurrent 2, killed inside its epoch 0 starts again from scratch: [0, 0, 1].)
+    starts = [[(e["epoch"], e["pid"]) for e in read_progress(p.parent) if e["event"] == "epoch_start"]
+              for p in (study_dir / "confirm" / "runs").glob("*/progress.jsonl")]
+    assert any([epoch for epoch, _ in run][:3] == [0, 1, 1] and run[0][1] == run[1][1] != run[2][1]
+               for run in starts), starts
 
     # optuna-dashboard's journal: each stage-1 configuration once, after a SIGKILL and two resumes.
     journal = journal_study(StudyLayout(study_dir).proxy.optuna_journal, "tiny-study-proxy", ["minimize"]).trials
