@@ -6,9 +6,10 @@ on and logs ``system/<node>/<metric>`` with a step count that a resumed study co
 not reach the MLflow store (a ``sqlite:///`` file on the driver, a server on the head's loopback). So the
 samples travel through Ray instead: one small actor pinned to each other alive node (``num_cpus=0``, a hard
 node affinity) holds MLflow's metric collectors; on the driver one ``SystemMetricsMonitor`` per node asks
-its actor to sample, aggregate and clear, and logs the result under that node's name. One monitor class,
-one logging path, one store connection; the curves of every node sit side by side on the stage run
-("per node on a cluster", issue 23).
+its actor to sample, aggregate and clear, and logs the result under that node's name. The actors start in
+the background: a stage does not wait for them, and a node's curves begin once its actor runs (a loaded
+node, a node still setting up its runtime environment). One monitor class, one logging path, one store
+connection; the curves of every node sit side by side on the stage run ("per node on a cluster", issue 23).
 
 Node names are host names, stable across a resume (Ray node ids are not); when several nodes share a host
 (``ray.cluster_utils.Cluster`` on loopback), a node's id prefix is added.
@@ -16,9 +17,11 @@ Node names are host names, stable across a resume (Ray node ids are not); when s
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,7 +29,12 @@ class NodeMonitors:
     """The monitors of one stage run: this node's, and one per other node of the cluster."""
 
     monitors: list = field(default_factory=list)
-    actors: list = field(default_factory=list)
+
+    @property
+    def samplers(self) -> list[_RemoteSampler]:
+        """The other nodes' samplers, in the order of ``monitors[1:]``."""
+        return [collector for monitor in self.monitors for collector in monitor.monitors
+                if isinstance(collector, _RemoteSampler)]
 
 
 class NodeSampler:
@@ -55,25 +63,72 @@ class NodeSampler:
         return metrics
 
 
-class _RemoteCollector:
-    """Stands, inside a driver-side ``SystemMetricsMonitor``, for the collectors of a node's ``NodeSampler``."""
+class _RemoteSampler:
+    """Stands, inside a driver-side ``SystemMetricsMonitor``, for the collectors of one node's ``NodeSampler``.
 
-    def __init__(self, actor):
-        self.actor, self._metrics, self._pending = actor, {}, {}
+    Until the actor's first ``collect`` has returned, the node has no samples (its monitor logs nothing).
+    Ray can end an actor it is still creating when its GCS cannot reach the actor's owner for a moment
+    (``REF_DELETED``: "all references to the actor were removed"), so an actor that dies before it ran is
+    started once more. One that dies after it ran (its node lost), or twice before, ends the node's curve:
+    later calls do nothing, and the monitor's thread goes on for the other nodes."""
+
+    def __init__(self, name: str, node_id: str):
+        self.name, self.node_id = name, node_id
+        self.started = self.gone = False
+        self.restarts = 0
+        self._metrics: dict = {}
+        self._launch()
+
+    def _launch(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy = NodeAffinitySchedulingStrategy(self.node_id, soft=False)
+        self.actor = ray.remote(num_cpus=0)(NodeSampler).options(scheduling_strategy=strategy).remote()
+        self._first = self.actor.collect.remote()
+
+    def _running(self) -> bool:
+        import ray
+
+        if self.gone or self.started:
+            return self.started and not self.gone
+        if not ray.wait([self._first], timeout=0)[0]:
+            return False
+        try:
+            ray.get(self._first)
+            self.started = True
+        except ray.exceptions.RayError as error:
+            if self.restarts:
+                self._give_up(f"its sampler died twice before it ran: {str(error).splitlines()[0]}")
+            else:
+                self.restarts += 1
+                _log.info("node %s: its sampler died before it ran; starting it again", self.name)
+                self._launch()
+        return self.started
+
+    def _call(self, method) -> dict:
+        import ray
+
+        if not self._running():
+            return {}
+        try:
+            return ray.get(method.remote(), timeout=30) or {}
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+            self._give_up(f"its sampler stopped: {str(error).splitlines()[0]}")
+            return {}
+
+    def _give_up(self, why: str) -> None:
+        self.gone = True
+        _log.warning("no more system metrics from node %s: %s", self.name, why)
 
     def collect_metrics(self) -> None:
-        import ray
-
-        ray.get(self.actor.collect.remote(), timeout=30)
+        self._call(self.actor.collect)
 
     def aggregate_metrics(self) -> dict[str, float]:
-        import ray
-
-        self._pending = ray.get(self.actor.aggregate_and_clear.remote(), timeout=30)
-        return self._pending
+        return self._call(self.actor.aggregate_and_clear)
 
     def clear_metrics(self) -> None:
-        self._pending = {}
+        pass
 
 
 def start(run_id: str, tracking_uri: str, interval: float) -> NodeMonitors:
@@ -81,12 +136,11 @@ def start(run_id: str, tracking_uri: str, interval: float) -> NodeMonitors:
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     started = NodeMonitors()
-    for name, actor in [(socket.gethostname(), None), *_other_nodes()]:
+    for name, node_id in [(socket.gethostname(), None), *_other_nodes()]:
         monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
                                        resume_logging=True, node_id=name, tracking_uri=tracking_uri)
-        if actor is not None:
-            monitor.monitors = [_RemoteCollector(actor)]
-            started.actors.append(actor)
+        if node_id is not None:
+            monitor.monitors = [_RemoteSampler(name, node_id)]
         monitor.start()
         started.monitors.append(monitor)
     return started
@@ -103,24 +157,22 @@ def stop(started: NodeMonitors) -> None:
             monitor.mlflow_logger.flush()
         except Exception:               # noqa: BLE001 - a node that died with the stage has no last sample
             pass
-    if started.actors:
+    if started.samplers:
         import ray
 
-        for actor in started.actors:
-            ray.kill(actor)
+        for sampler in started.samplers:
+            ray.kill(sampler.actor)
 
 
-def _other_nodes() -> list[tuple[str, Any]]:
-    """(name, NodeSampler actor) of every alive node but this one; none outside a Ray cluster."""
+def _other_nodes() -> list[tuple[str, str]]:
+    """(name, Ray node id) of every alive node but this one; none outside a Ray cluster."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if not ray.is_initialized():
         return []
     here = ray.get_runtime_context().get_node_id()
     nodes = [n for n in ray.nodes() if n["Alive"]]
     hosts = [n["NodeManagerHostname"] for n in nodes]
-    sampler = ray.remote(num_cpus=0)(NodeSampler)
     others = []
     for node in nodes:
         if node["NodeID"] == here:
@@ -128,11 +180,5 @@ def _other_nodes() -> list[tuple[str, Any]]:
         name = node["NodeManagerHostname"]
         if hosts.count(name) > 1 or name == socket.gethostname():
             name = f"{name}-{node['NodeID'][:8]}"
-        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        others.append((name, sampler.options(scheduling_strategy=strategy).remote()))
-    # Started (~2 s) before sampling begins; a node whose sampler cannot start within a minute is left out.
-    refs = {actor.collect.remote(): (name, actor) for name, actor in others}
-    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=60) if refs else ([], [])
-    for ref in late:
-        ray.kill(refs[ref][1])
-    return [refs[ref] for ref in ready]
+        others.append((name, node["NodeID"]))
+    return others

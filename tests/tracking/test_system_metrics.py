@@ -1,6 +1,7 @@
 """System metrics per node on a cluster: on a Ray cluster of a head and two worker nodes on loopback (Ray's
 own ``cluster_utils.Cluster``), a stage run records the system metrics of each of the three nodes under its
-own name, read back from a real SQLite store, and the nodes' samplers are gone when the stage ends."""
+own name, read back from a real SQLite store; a node's sampler that dies ends only that node's curve, one
+that dies before it ran is started again, and the nodes' samplers are gone when the stage ends."""
 
 from __future__ import annotations
 
@@ -39,15 +40,65 @@ def test_a_stage_run_on_a_cluster_records_each_nodes_system_metrics(tmp_path, cl
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("nodes")).info.run_id
     started = system_metrics.start(run_id, uri, interval=0.5)
-    time.sleep(5)
+    nodes = [monitor.node_id for monitor in started.monitors]
+    assert len(nodes) == 3, nodes                            # the driver's node and the two others
+    # the samplers start in the background (a loaded machine can take a minute): wait for two samples a node
+    _wait_for(lambda: all(_samples(client, run_id, node) >= 2 for node in nodes),
+              lambda: {node: _samples(client, run_id, node) for node in nodes})
+    # a node's sampler that dies mid-stage (its node lost) ends that node's curve; the other nodes go on
+    lost, kept = started.samplers
+    ray.kill(lost.actor)
+    _wait_for(lambda: lost.gone, lambda: "the killed sampler is not seen as gone")
+    kept_before = _samples(client, run_id, kept.name)
+    _wait_for(lambda: _samples(client, run_id, kept.name) >= kept_before + 2,
+              lambda: "the other node stopped logging after one node's sampler died")
+    assert not kept.gone and lost.restarts == 0
+    assert all(monitor._process.is_alive() for monitor in started.monitors)
     system_metrics.stop(started)
-    names = [m for m in client.get_run(run_id).data.metrics if m.endswith("/cpu_utilization_percentage")]
-    nodes = {m.split("/")[1] for m in names}
-    assert len(nodes) == 3, names                            # the driver's node and the two others
-    for name in names:
-        assert len(client.get_metric_history(run_id, name)) >= 2, [(n, len(client.get_metric_history(run_id, n))) for n in names]
-    assert len(started.actors) == 2
+    assert all(_samples(client, run_id, node) >= 2 for node in nodes)
     time.sleep(1)
     alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
              if a.class_name == "NodeSampler"]
     assert not alive
+
+
+class _FirstLaunchDies(system_metrics._RemoteSampler):
+    """A node's sampler whose first actor dies before it runs, as Ray's REF_DELETED ends one."""
+
+    def _launch(self) -> None:
+        if hasattr(self, "actor"):
+            super()._launch()
+        else:
+            class DiesBeforeItRuns:                 # local, so that Ray ships it by value
+                def __init__(self):
+                    raise RuntimeError("this sampler dies in its creation")
+
+                def collect(self) -> None:
+                    pass
+
+            self.actor = ray.remote(num_cpus=0)(DiesBeforeItRuns).remote()
+            self._first = self.actor.collect.remote()
+
+
+def test_a_nodes_sampler_that_dies_before_it_runs_is_started_once_more():
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        sampler = _FirstLaunchDies("node", ray.get_runtime_context().get_node_id())
+        _wait_for(lambda: sampler._running() or sampler.gone, lambda: "the sampler never ran")
+        assert (sampler.started, sampler.restarts, sampler.gone) == (True, 1, False)
+        sampler.collect_metrics()
+        assert "cpu_utilization_percentage" in sampler.aggregate_metrics()
+        ray.kill(sampler.actor)
+    finally:
+        ray.shutdown()
+
+
+def _samples(client: MlflowClient, run_id: str, node: str) -> int:
+    return len(client.get_metric_history(run_id, f"system/{node}/cpu_utilization_percentage"))
+
+
+def _wait_for(condition, why, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, why()
+        time.sleep(0.25)
