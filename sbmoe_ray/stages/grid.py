@@ -13,7 +13,7 @@ from ray import tune
 
 from sbmoe_ray.analysis.records import TrialRecord, load_trials
 from sbmoe_ray.stages.progress import ProgressCallback, tune_verbosity
-from sbmoe_ray.stages.trial import trainable
+from sbmoe_ray.stages.trial import trainable, trials_in_process
 from sbmoe_ray.study.config import StudyConfig
 from sbmoe_ray.study.points import TrialPoint
 from sbmoe_ray.tracking import MlflowStudyCallback, StudyTracker
@@ -40,7 +40,10 @@ def finetune_tuner(study: StudyConfig, points: list[TrialPoint], callbacks: list
     folder.folder.mkdir(parents=True, exist_ok=True)
     return tune.Tuner(
         trainable(stage, study.space), param_space=space,
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=study.finetune.max_concurrent),
+        # Trials in their own process (one worker): one trial actor serves the next, as in stage 1 (no
+        # process start and imports per fine-tuning; the cached states are memory-mapped, not held).
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=study.finetune.max_concurrent,
+                                    reuse_actors=trials_in_process(stage, study.space)),
         run_config=tune.RunConfig(name=folder.tune.name, storage_path=str(folder.folder), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=tune_verbosity()))
 

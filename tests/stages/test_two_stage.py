@@ -113,6 +113,9 @@ def test_a_two_stage_study_killed_between_and_inside_the_stages_resumes_to_the_s
     built = builds(tmp_path / "studies" / "embedding_cache")
     assert built and len({b["key"] for b in built}) == len(built)   # each text list encoded once, for every trial
     assert all(json.loads(open(r.file).read())["config"]["scaling"]["num_workers"] == 1 for r in stage2)
+    # ... and one trial actor serves the next (reuse_actors): fewer processes than fine-tunings
+    pids = {e["pid"] for r in stage2 for e in read_progress(os.path.dirname(r.file)) if e["event"] == "epoch_start"}
+    assert len(pids) < len(stage2), (pids, len(stage2))
     # Confirmation: the chosen configuration, the baseline and both controls trained again on a fresh seed,
     # disjoint from the selection seed; only those are tested.
     assert not any(r.test for r in stage2) and all(r.test for r in confirmed)
