@@ -81,7 +81,7 @@ class _FirstLaunchDies(system_metrics._RemoteSampler):
 
 
 def test_a_nodes_sampler_that_dies_before_it_runs_is_started_once_more():
-    ray.init(num_cpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)   # not a `ray start` head beside it
     try:
         sampler = _FirstLaunchDies("node", ray.get_runtime_context().get_node_id())
         _wait_for(lambda: sampler._running() or sampler.gone, lambda: "the sampler never ran")
