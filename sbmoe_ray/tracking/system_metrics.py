@@ -113,7 +113,9 @@ class _RemoteSampler:
             return {}
         try:
             return ray.get(method.remote(), timeout=30) or {}
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+        except ray.exceptions.GetTimeoutError:
+            return {}                   # a node too busy to answer: no sample this time
+        except ray.exceptions.RayActorError as error:
             self._give_up(f"its sampler stopped: {str(error).splitlines()[0]}")
             return {}
 
