@@ -76,7 +76,7 @@ class _RemoteSampler:
         self.name, self.node_id = name, node_id
         self.started = self.gone = False
         self.restarts = 0
-        self._metrics: dict = {}
+        self._metrics: dict = {}        # read by SystemMetricsMonitor.collect_metrics: the samples stay on the node
         self._launch()
 
     def _launch(self) -> None:
@@ -90,8 +90,10 @@ class _RemoteSampler:
     def _running(self) -> bool:
         import ray
 
-        if self.gone or self.started:
-            return self.started and not self.gone
+        if self.gone:
+            return False
+        if self.started:
+            return True
         if not ray.wait([self._first], timeout=0)[0]:
             return False
         try:
