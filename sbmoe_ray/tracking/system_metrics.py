@@ -70,7 +70,10 @@ class _RemoteSampler:
     Ray can end an actor it is still creating when its GCS cannot reach the actor's owner for a moment
     (``REF_DELETED``: "all references to the actor were removed"), so an actor that dies before it ran is
     started once more. One that dies after it ran (its node lost), or twice before, ends the node's curve:
-    later calls do nothing, and the monitor's thread goes on for the other nodes."""
+    later calls do nothing, and the monitor's thread goes on for the other nodes. A node too busy to answer
+    within ``ANSWER_WITHIN_S`` skips that sample."""
+
+    ANSWER_WITHIN_S = 30.0
 
     def __init__(self, name: str, node_id: str):
         self.name, self.node_id = name, node_id
@@ -114,7 +117,7 @@ class _RemoteSampler:
         if not self._running():
             return {}
         try:
-            return ray.get(method.remote(), timeout=30) or {}
+            return ray.get(method.remote(), timeout=self.ANSWER_WITHIN_S) or {}
         except ray.exceptions.GetTimeoutError:
             return {}                   # a node too busy to answer: no sample this time
         except ray.exceptions.RayActorError as error:

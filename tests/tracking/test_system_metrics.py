@@ -1,7 +1,8 @@
 """System metrics per node on a cluster: on a Ray cluster of a head and two worker nodes on loopback (Ray's
 own ``cluster_utils.Cluster``), a stage run records the system metrics of each of the three nodes under its
 own name, read back from a real SQLite store; a node's sampler that dies ends only that node's curve, one
-that dies before it ran is started again, and the nodes' samplers are gone when the stage ends."""
+that dies before it ran is started again, one too busy to answer skips a sample, and the nodes' samplers are
+gone when the stage ends."""
 
 from __future__ import annotations
 
@@ -80,7 +81,30 @@ class _FirstLaunchDies(system_metrics._RemoteSampler):
             self._first = self.actor.collect.remote()
 
 
-def test_a_nodes_sampler_that_dies_before_it_runs_is_started_once_more():
+class _BusyOnce(system_metrics._RemoteSampler):
+    """A node's sampler whose first answer comes long after the driver stops waiting for it."""
+
+    ANSWER_WITHIN_S = 1.0
+
+    def _launch(self) -> None:
+        class BusyOnce:                             # local, so that Ray ships it by value
+            def __init__(self):
+                self.answers = 0
+
+            def collect(self) -> None:
+                pass
+
+            def aggregate_and_clear(self) -> dict:
+                self.answers += 1
+                if self.answers == 1:
+                    time.sleep(4)
+                return {"cpu_utilization_percentage": float(self.answers)}
+
+        self.actor = ray.remote(num_cpus=0)(BusyOnce).remote()
+        self._first = self.actor.collect.remote()
+
+
+def test_a_nodes_sampler_that_dies_before_it_runs_is_started_once_more_and_a_busy_one_skips_a_sample():
     ray.init(address="local", num_cpus=1, include_dashboard=False)   # not a `ray start` head beside it
     try:
         sampler = _FirstLaunchDies("node", ray.get_runtime_context().get_node_id())
@@ -89,6 +113,16 @@ def test_a_nodes_sampler_that_dies_before_it_runs_is_started_once_more():
         sampler.collect_metrics()
         assert "cpu_utilization_percentage" in sampler.aggregate_metrics()
         ray.kill(sampler.actor)
+
+        busy = _BusyOnce("busy", ray.get_runtime_context().get_node_id())
+        _wait_for(lambda: busy._running(), lambda: "the busy sampler never ran")
+        assert busy.aggregate_metrics() == {}       # not answered within ANSWER_WITHIN_S: no sample this time
+        assert not busy.gone                        # ... and its node's curve goes on
+        answers = []
+        _wait_for(lambda: answers.append(busy.aggregate_metrics()) or answers[-1], lambda: f"no answer: {answers}",
+                  seconds=60)
+        assert answers[-1]["cpu_utilization_percentage"] >= 2 and not busy.gone
+        ray.kill(busy.actor)
     finally:
         ray.shutdown()
 
