@@ -4,7 +4,8 @@ and from those, a stage-2 trial's and a test evaluation's seconds (the estimator
 :mod:`sbmoe_ray.stages.budget`).
 
 * a stage-2 trial: ``epochs x steps x step`` + validation (every worker encodes the held-out queries'
-  positives and ``validation_retrieval_docs`` documents), times ``TRAIN_OVERHEAD`` (workers sharing the
+  positives each epoch, and ``validation_retrieval_docs`` documents once in-process, up to each epoch on Ray
+  Train workers), times ``TRAIN_OVERHEAD`` (workers sharing the
   cores, all-reduce; measured), + a fixed start-up (``TRIAL_OVERHEAD_S``);
 * a test evaluation: every test corpus's tokens (all of them, counted) at the measured tokens per second
   at a test evaluation's threads, times ``TEST_OVERHEAD`` plus ``TEST_FIXED_S`` (loading, queries, search,
@@ -139,8 +140,13 @@ def estimate_model(cfg, costs: ModelCosts, test_tokens: int, cores: int) -> Mode
     crowding = max(1.0, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker / cores)   # more workers than cores
     steps = len(train) // cfg.optim.batch_size
     val_loss = math.ceil(len(validation) / cfg.optim.batch_size) * costs.step_s / 3        # forward only
-    val_docs = (len({d for _, d in validation}) + cfg.data.validation_retrieval_docs) * cfg.model.max_length
-    train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss + val_docs / costs.tokens_per_s)
+    positives, retrieval = len({d for _, d in validation}) * cfg.model.max_length, \
+        cfg.data.validation_retrieval_docs * cfg.model.max_length
+    # the retrieval view: once, for the best checkpoint, in-process (with its positives again); on Ray Train
+    # workers wherever an epoch is the best so far (at most every epoch)
+    val_tokens = (cfg.optim.epochs * positives + positives + retrieval if cfg.in_process
+                  else cfg.optim.epochs * (positives + retrieval))
+    train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss) + val_tokens / costs.tokens_per_s
     cache_s = test_tokens / costs.cache_tokens_per_s if math.isfinite(costs.cache_tokens_per_s) else 0.0
     fixed, sharing = (IN_PROCESS_TRIAL_S, 1.0) if cfg.in_process else (TRIAL_OVERHEAD_S, TRAIN_OVERHEAD)
     test_fixed = LAYER_TEST_FIXED_S if cfg.route == "cached_layers" else TEST_FIXED_S

@@ -1,5 +1,6 @@
 """The training loop of one worker, top to bottom: seed, inputs, model, optimizer, resume; then per epoch
-train, validate, checkpoint and report, until early stopping or the epoch cap.
+train, validate, checkpoint and report, until early stopping or the epoch cap; then the best checkpoint's
+retrieval view (``val_ndcg@10``), once.
 
 It is the same loop on every route and in every session: the route (:mod:`sbmoe_ray.train.routes`) gives the
 inputs, the model and the step; the session (:mod:`sbmoe_ray.train.session`) gives rank, device, resume
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbmoe_ray.model.bi_encoder import BiEncoder
+from sbmoe_ray.model.bi_encoder import BiEncoder, load_weights
 from sbmoe_ray.model.losses import build_loss
 from sbmoe_ray.model.moe import ExpertLoad
 from sbmoe_ray.train.config import CHECKPOINT_METRICS, TrainConfig
@@ -150,10 +151,8 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
         metrics = {"epoch": epoch, "steps_done": (epoch + 1) * steps, **trained}
         pairs: dict[str, list[float]] = {}
         if data.validation:            # each rank embeds its share of the held-out texts; all get the metrics
-            # val_ndcg@10 (500-odd more documents to encode) only where this checkpoint is the best so far
-            every = metric == "val_ndcg@10"
             validated, pairs = validate_pairs(bare, data, criterion, cfg, device, rank, world,
-                                              None if every else stopper.sets_raw_best,
+                                              _retrieval_now(metric, session, stopper),
                                               per_pair=bool(cfg.optim.min_delta_se))
             metrics.update(validated)
         stop = stopper.update(epoch, metrics, pairs.get(metric))
@@ -169,6 +168,33 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
             session.report(metrics, Path(folder) if rank == 0 else None)
         if stop:
             break
+    if data.validation and session.checkpoints is not None and metric != "val_ndcg@10":
+        _retrieval_of_best(bare, data, criterion, cfg, device, session.checkpoints)
+
+
+def _retrieval_now(metric: str, session, stopper: EarlyStopping):
+    """When an epoch's validation adds ``val_ndcg@10`` (500-odd more documents to encode): every epoch where it
+    is the checkpoint metric; else never for a run that reloads its best checkpoint after the last epoch
+    (:func:`_retrieval_of_best`), and only where the checkpoint is the best so far for one that cannot (Ray Train
+    workers): either way the best checkpoint, the one tested, has it."""
+    if metric == "val_ndcg@10":
+        return None
+    return (lambda _: False) if session.checkpoints is not None else stopper.sets_raw_best
+
+
+def _retrieval_of_best(model: BiEncoder, data: PairData, criterion, cfg: TrainConfig, device: torch.device,
+                       checkpoints) -> None:
+    """``val_ndcg@10`` of the best checkpoint, computed once after the last epoch and added to its metrics
+    (a run resumed after it had stopped finds it there and computes nothing)."""
+    if not cfg.data.validation_retrieval_docs or not checkpoints.all():
+        return
+    folder, metrics = checkpoints.best()
+    if "val_ndcg@10" in metrics:
+        return
+    load_weights(model, folder)
+    validated, _ = validate_pairs(model, data, criterion, cfg, device, per_pair=False)
+    if "val_ndcg@10" in validated:     # absent where the corpus has no document besides the held-out positives
+        checkpoints.annotate(folder, {"val_ndcg@10": validated["val_ndcg@10"]})
 
 
 def _print_epoch(cfg: TrainConfig, metrics: dict[str, Any], stopped: str) -> None:

@@ -79,6 +79,8 @@ def epoch_history(run_dir: Path) -> list[dict[str, Any]]:
 class RayTrainSession:
     """What a Ray Train worker needs from Train: its rank, device, checkpoint to resume from, and reporting."""
 
+    checkpoints = None              # Train keeps them: a worker cannot reload its best one after the last epoch
+
     def __init__(self, cfg: TrainConfig) -> None:
         import ray.train
         import ray.train.torch
@@ -158,6 +160,13 @@ class LocalCheckpoints:
         for old, _ in self.all():
             if old not in keep:
                 shutil.rmtree(old)
+
+    def annotate(self, folder: Path, values: dict[str, Any]) -> None:
+        """Add ``values`` to a kept checkpoint's metrics (a number computed for it after the last epoch)."""
+        path = folder / self.METRICS_FILE
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps({**json.loads(path.read_text()), **values}, default=str))
+        tmp.replace(path)
 
 
 class InProcessSession:

@@ -15,8 +15,9 @@ validation set as the batch).
 The number does not depend on the batch size, the chunking or the worker count (every worker ends with
 the same embeddings), and carries no load-balancing term; the router's balance is reported beside it
 (``val_load.*``). The retrieval view: nDCG@10 of the held-out queries over their
-positives plus ``data.validation_retrieval_docs`` sampled documents. :func:`validate` gives both, as every
-epoch reports them; :func:`base_model_validation` gives the same numbers for the untrained base model (the
+positives plus ``data.validation_retrieval_docs`` sampled documents, for the best checkpoint only (the training
+loop asks for it once, after the last epoch; every epoch where it is the checkpoint metric). :func:`validate`
+gives both; :func:`base_model_validation` gives the same numbers for the untrained base model (the
 ``zero_shot`` baseline), so a study can answer "no head" when validation prefers it.
 """
 

@@ -4,11 +4,19 @@ follows the module's formula from them."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from sbmoe_ray.data.beir import load_dataset
-from sbmoe_ray.stages.costs import TRAIN_OVERHEAD, TRIAL_OVERHEAD_S, ModelCosts, estimate_model, measure_model
+from sbmoe_ray.stages.costs import (
+    IN_PROCESS_TRIAL_S,
+    TRAIN_OVERHEAD,
+    TRIAL_OVERHEAD_S,
+    ModelCosts,
+    estimate_model,
+    measure_model,
+)
 from sbmoe_ray.train.config import TrainConfig
 from sbmoe_ray.train.inputs import split_pairs
 from sbmoe_ray.train.launch import resolved
@@ -40,6 +48,13 @@ def test_a_trials_estimate_follows_the_formula(cfg):
     train_s = 2 * (steps * 1.0 + val_batches * 1.0 / 3 + val_docs / 320.0)
     assert estimate.trial_s == pytest.approx(TRIAL_OVERHEAD_S + TRAIN_OVERHEAD * train_s)
     assert estimate.test_s > 5000 / 1000.0
+    # in its trial's process the run encodes the retrieval view's documents once, for its best checkpoint
+    alone = replace(cfg, scaling=replace(cfg.scaling, num_workers=1))
+    assert alone.in_process
+    once = estimate_model(alone, ModelCosts(step_s=1.0, tokens_per_s=320.0, eval_tokens_per_s=1000.0), 5000, cores=2)
+    positives = len({d for _, d in validation}) * 32
+    train_s = 2 * (steps * 1.0 + val_batches * 1.0 / 3) + (3 * positives + 10 * 32) / 320.0
+    assert once.trial_s == pytest.approx(IN_PROCESS_TRIAL_S + train_s)
 
 
 def test_at_depth_1_the_step_and_the_encoding_of_the_top_layer_are_measured_and_the_cache_build_too(cfg):
