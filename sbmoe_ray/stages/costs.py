@@ -140,12 +140,12 @@ def estimate_model(cfg, costs: ModelCosts, test_tokens: int, cores: int) -> Mode
     crowding = max(1.0, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker / cores)   # more workers than cores
     steps = len(train) // cfg.optim.batch_size
     val_loss = math.ceil(len(validation) / cfg.optim.batch_size) * costs.step_s / 3        # forward only
-    positives, retrieval = len({d for _, d in validation}) * cfg.model.max_length, \
-        cfg.data.validation_retrieval_docs * cfg.model.max_length
+    positives = len({d for _, d in validation}) * cfg.model.max_length
+    retrieval = cfg.data.validation_retrieval_docs * cfg.model.max_length
     # the retrieval view: once, for the best checkpoint, in-process (with its positives again); on Ray Train
     # workers wherever an epoch is the best so far (at most every epoch)
-    val_tokens = (cfg.optim.epochs * positives + positives + retrieval if cfg.in_process
-                  else cfg.optim.epochs * (positives + retrieval))
+    views = 1 if cfg.in_process else cfg.optim.epochs
+    val_tokens = (cfg.optim.epochs + cfg.in_process) * positives + views * retrieval
     train_s = cfg.optim.epochs * (steps * costs.step_s + val_loss) + val_tokens / costs.tokens_per_s
     cache_s = test_tokens / costs.cache_tokens_per_s if math.isfinite(costs.cache_tokens_per_s) else 0.0
     fixed, sharing = (IN_PROCESS_TRIAL_S, 1.0) if cfg.in_process else (TRIAL_OVERHEAD_S, TRAIN_OVERHEAD)

@@ -141,6 +141,11 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
     bare = getattr(model, "module", model)
     step = route.step(cfg, objective_for(cfg, rank, world), device)
     criterion = build_loss(cfg.loss.name, cfg.loss.temperature)        # validation: the loss alone
+    # val_ndcg@10 (500-odd more documents to encode): every epoch where it is the checkpoint metric; else once,
+    # for the best checkpoint after the last epoch, where the session can reload it (in-process), and where an
+    # epoch is the best so far where it cannot (Ray Train workers): either way the tested checkpoint has it
+    once = metric != "val_ndcg@10" and session.checkpoints is not None
+    retrieval = None if metric == "val_ndcg@10" else (lambda _: False) if once else stopper.sets_raw_best
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         if stopper.exhausted:              # a run resumed after it had stopped: nothing left to train
@@ -151,8 +156,7 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
         metrics = {"epoch": epoch, "steps_done": (epoch + 1) * steps, **trained}
         pairs: dict[str, list[float]] = {}
         if data.validation:            # each rank embeds its share of the held-out texts; all get the metrics
-            validated, pairs = validate_pairs(bare, data, criterion, cfg, device, rank, world,
-                                              _retrieval_now(metric, session, stopper),
+            validated, pairs = validate_pairs(bare, data, criterion, cfg, device, rank, world, retrieval,
                                               per_pair=bool(cfg.optim.min_delta_se))
             metrics.update(validated)
         stop = stopper.update(epoch, metrics, pairs.get(metric))
@@ -168,18 +172,8 @@ def train_worker(cfg: TrainConfig, session, route: Route) -> None:
             session.report(metrics, Path(folder) if rank == 0 else None)
         if stop:
             break
-    if data.validation and session.checkpoints is not None and metric != "val_ndcg@10":
+    if data.validation and once:
         _retrieval_of_best(bare, data, criterion, cfg, device, session.checkpoints)
-
-
-def _retrieval_now(metric: str, session, stopper: EarlyStopping):
-    """When an epoch's validation adds ``val_ndcg@10`` (500-odd more documents to encode): every epoch where it
-    is the checkpoint metric; else never for a run that reloads its best checkpoint after the last epoch
-    (:func:`_retrieval_of_best`), and only where the checkpoint is the best so far for one that cannot (Ray Train
-    workers): either way the best checkpoint, the one tested, has it."""
-    if metric == "val_ndcg@10":
-        return None
-    return (lambda _: False) if session.checkpoints is not None else stopper.sets_raw_best
 
 
 def _retrieval_of_best(model: BiEncoder, data: PairData, criterion, cfg: TrainConfig, device: torch.device,
